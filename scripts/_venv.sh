@@ -1,0 +1,21 @@
+# Sourced by demo.sh and test.sh: create .venv with Python >= 3.10 and install the project.
+# Usage: . scripts/_venv.sh [extras]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for c in python3.11 python3.12 python3.10 python3; do
+    if command -v "$c" >/dev/null 2>&1; then PY="$c"; break; fi
+  done
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+fi
+SPEC="."
+if [ -n "${1:-}" ]; then SPEC=".[$1]"; fi
+echo "==> installing tbviz and style_transfer ($SPEC) into .venv"
+.venv/bin/python -m pip install -q -e "$SPEC" 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -1,0 +1,1 @@
+"""Fast neural style transfer (Johnson et al. 2016), instrumented with tbviz."""

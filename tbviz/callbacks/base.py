@@ -1,0 +1,121 @@
+"""The shared skeleton of every tbviz callback: when to log, and where.
+
+Subclasses implement :meth:`VizCallback.setup` (validate against the model,
+trace probes; runs at train begin) and :meth:`VizCallback.write` (log at one
+trigger). This class decides *when*: every ``every_n_epochs`` epochs and/or every
+``every_n_steps`` optimizer steps, and *where*: the shared writer of
+``<log_dir>/train`` (only on the chief under ``tf.distribute``).
+
+Steps are the optimizer's global step (``model.optimizer.iterations``), so
+curves continue at the right place after a resume and step- and epoch-triggered
+summaries of one tag share one axis, which TensorBoard's step slider needs.
+
+Example:
+    >>> import tensorflow as tf
+    >>> from tbviz.callbacks.base import VizCallback
+    >>> class LearningRate(VizCallback):
+    ...     def write(self, step, logs):
+    ...         with self.writer.as_default(step=step):
+    ...             tf.summary.scalar("lr", float(self.model.optimizer.learning_rate))
+    >>> cb = LearningRate("runs/lr", every_n_epochs=1)
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+from tbviz.summary import writers
+
+
+def check_every(name: str, value, allow_none: bool = True):
+    """Validate a frequency argument: a positive int, or ``None`` (off) where allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return value
+
+
+class VizCallback(keras.callbacks.Callback):
+    """Base class: frequency handling, the shared run writer, chief-only writing."""
+
+    #: Run sub-directory this callback writes to (``train`` like Keras).
+    run = "train"
+
+    def __init__(self, log_dir, every_n_epochs: int | None = 1, every_n_steps: int | None = None):
+        super().__init__()
+        if log_dir is None or not os.fspath(log_dir):
+            raise ValueError("log_dir must be a directory path, e.g. 'runs/my_run'")
+        self.log_dir = os.fspath(log_dir)
+        self.every_n_epochs = check_every("every_n_epochs", every_n_epochs)
+        self.every_n_steps = check_every("every_n_steps", every_n_steps)
+        self.writer = None
+        self.chief = True
+        self._held: list[str] = []
+        self._last_step = None
+
+    # -- hooks for subclasses ---------------------------------------------------------------
+    def setup(self) -> None:
+        """Validate against ``self.model`` and prepare probes. Runs at train begin."""
+
+    def write(self, step: int, logs: dict | None) -> None:
+        """Write this callback's summaries for global ``step``."""
+        raise NotImplementedError
+
+    # -- writers --------------------------------------------------------------------------------
+    def writer_for(self, run: str):
+        """The shared writer of ``<log_dir>/<run>``, held until train end."""
+        path = os.path.join(self.log_dir, run)
+        self._held.append(path)
+        return writers.acquire(path, chief=self.chief)
+
+    def _release(self):
+        if self.chief:
+            for path in self._held:
+                writers.release(path)
+        self._held = []
+        self.writer = None
+
+    # -- Keras callback protocol ----------------------------------------------------------------
+    @property
+    def global_step(self) -> int:
+        opt = getattr(self.model, "optimizer", None)
+        if opt is None or getattr(opt, "iterations", None) is None:
+            return 0
+        return int(opt.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        self.chief = writers.is_chief(getattr(self.model, "distribute_strategy", None))
+        if self.chief:
+            writers.check_writable(self.log_dir)
+        self._release()
+        self.writer = self.writer_for(self.run)
+        try:
+            self.setup()
+        except Exception:
+            self._release()
+            raise
+
+    def _trigger(self, logs):
+        step = self.global_step
+        if step == self._last_step:  # an epoch end right after a step trigger: same state
+            return
+        self._last_step = step
+        self.write(step, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_n_steps and self.writer is not None:
+            step = self.global_step
+            if step % self.every_n_steps == 0:
+                self._trigger(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_n_epochs and self.writer is not None and (epoch + 1) % self.every_n_epochs == 0:
+            self._trigger(logs)
+        writers.flush_all()
+
+    def on_train_end(self, logs=None):
+        self._release()

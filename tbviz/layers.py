@@ -1,0 +1,178 @@
+"""Finding layers by path and capturing their outputs during a forward pass.
+
+A layer is named by its path from the model: ``"conv1"`` or, for a layer inside
+a nested model (VGG19 inside a loss model, say), ``"vgg19/block1_conv1"``.
+Paths come in the network's order, so pickers and summaries read top to bottom.
+
+Capturing works by wrapping the chosen layers' ``call`` for the duration of a
+``with`` block. Used while tracing a ``tf.function`` it costs nothing at run time
+and works for Sequential, Functional, nested and subclassed models alike, which a
+``keras.Model(inputs, layer.output)`` sub-model cannot (it breaks on nested models).
+
+Example:
+    >>> import numpy as np, keras
+    >>> from tbviz.layers import layer_paths, capture_outputs
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
+    ...                           keras.layers.Flatten(name="flat")])
+    >>> layer_paths(model)
+    ['c1', 'flat']
+    >>> with capture_outputs(model, ["c1"]) as seen:
+    ...     _ = model(np.zeros((1, 8, 8, 3), "float32"))
+    >>> tuple(seen["c1"].shape)
+    (1, 6, 6, 4)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
+
+import keras
+import numpy as np
+
+
+def _children(layer) -> list:
+    # Functional/Sequential models list their layers in topological order;
+    # subclassed models list tracked sub-layers in attribute order.
+    if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
+        try:
+            return list(layer.layers)
+        except Exception:  # a layer whose .layers is not a list of layers
+            return []
+    return []
+
+
+def _walk(model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+    for layer in _children(model):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        path = f"{prefix}{layer.name}"
+        yield path, layer
+        yield from _walk(layer, prefix=path + "/")
+
+
+def layer_paths(model, kind=None) -> list[str]:
+    """Every layer's path, in network order, nested layers after their model.
+
+    ``kind`` keeps only layers that are instances of that class (or tuple).
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    >>> layer_paths(m, kind=keras.layers.Dense)
+    ['d']
+    """
+    return [p for p, layer in _walk(model) if kind is None or isinstance(layer, kind)]
+
+
+def get_layer(model, path: str):
+    """The layer at ``path`` (``"name"`` or ``"outer/inner"``).
+
+    Raises ``ValueError`` listing every valid path when there is no such layer.
+    """
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"layer must be a non-empty name or path, got {path!r}")
+    found = dict(_walk(model))
+    if path in found:
+        return found[path]
+    choices = ", ".join(found) or "(the model has no layers)"
+    raise ValueError(f"unknown layer {path!r} in model {model.name!r}; layers are: {choices}")
+
+
+def check_layers(model, paths: Iterable[str]) -> list[str]:
+    """Validate several paths at once; one error lists all unknown ones and all choices."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    found = dict(_walk(model))
+    unknown = [p for p in paths if p not in found]
+    if unknown:
+        raise ValueError(
+            f"unknown layer(s) {', '.join(map(repr, unknown))} in model {model.name!r}; "
+            f"layers are: {', '.join(found) or '(none)'}"
+        )
+    return paths
+
+
+@contextlib.contextmanager
+def capture_outputs(model, paths: Iterable[str]):
+    """Record the output of each layer in ``paths`` while the block runs the model.
+
+    Yields a dict filled in as the layers run: ``{path: output tensor}``. The
+    model is restored on exit, also on error. A layer called several times
+    (a shared layer) keeps its last output.
+    """
+    paths = check_layers(model, paths)
+    seen: dict = {}
+    patched = []
+    try:
+        for path in paths:
+            layer = get_layer(model, path)
+            original = layer.call
+            had_own = "call" in layer.__dict__
+
+            def call(*args, _original=original, _path=path, **kwargs):
+                out = _original(*args, **kwargs)
+                seen[_path] = out
+                return out
+
+            # object.__setattr__: skip Keras' attribute tracking, this is not state.
+            object.__setattr__(layer, "call", call)
+            patched.append((layer, original, had_own))
+        yield seen
+    finally:
+        for layer, original, had_own in reversed(patched):
+            if had_own:
+                object.__setattr__(layer, "call", original)
+            else:
+                object.__delattr__(layer, "call")
+
+
+def image_input_shape(model) -> tuple:
+    """The model's single image input shape without batch, e.g. ``(None, None, 3)``.
+
+    Raises ``ValueError`` when the model has several inputs or a non-image
+    (not rank-4, channels-last) input, saying what a probe needs.
+    """
+    try:
+        shapes = model.input_shape
+    except (AttributeError, ValueError) as e:
+        raise ValueError(
+            f"model {model.name!r} has no defined input (a subclassed model that was never "
+            "called?); build it with keras.Input or call it once on data first"
+        ) from e
+    if isinstance(shapes, list):
+        if len(shapes) != 1:
+            raise ValueError(f"model {model.name!r} has {len(shapes)} inputs; tbviz probes need "
+                             "one image input")
+        shapes = shapes[0]
+    shape = tuple(shapes)[1:]
+    if len(shape) != 3:
+        raise ValueError(
+            f"model {model.name!r} input has shape {tuple(shapes)}; image probes need a "
+            "(batch, height, width, channels) input"
+        )
+    return shape
+
+
+def check_images(model, images, name: str = "images") -> np.ndarray:
+    """Return ``images`` as a float32 array that fits the model's image input.
+
+    Accepts any real-valued array of shape ``(N, H, W, C)`` (a single ``(H, W, C)``
+    image gets a batch axis); raises ``ValueError`` naming the expected shape.
+    The caller's array is never modified.
+    """
+    want = image_input_shape(model)
+    arr = np.asarray(images)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim == len(want):
+        arr = arr[None]
+    if arr.ndim != len(want) + 1:
+        raise ValueError(f"{name} must have shape (N,) + {want}, got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty; give at least one image")
+    for got, expected in zip(arr.shape[1:], want):
+        if expected is not None and got != expected:
+            raise ValueError(f"{name} have shape {arr.shape}, but the model expects (N,) + {want}")
+    arr = arr.astype(np.float32, copy=True)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contain NaN or Inf values")
+    return arr

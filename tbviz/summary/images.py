@@ -1,0 +1,136 @@
+"""Turning raw arrays (projections, patches, heatmaps, kernels) into displayable images.
+
+Pure NumPy: arrays in, ``uint8`` RGB arrays out, ready for ``tf.summary.image``
+or Pillow. Contrast is normalized per tile, as in Zeiler & Fergus' figures, so a
+weak unit's projection is as visible as a strong one's; the raw values are logged
+separately where they matter.
+
+Example:
+    >>> import numpy as np
+    >>> from tbviz.summary.images import normalize, grid
+    >>> tiles = normalize(np.random.randn(9, 5, 5, 3))
+    >>> tiles.dtype, tiles.shape
+    (dtype('uint8'), (9, 5, 5, 3))
+    >>> grid(tiles, pad=1).shape
+    (17, 17, 3)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def normalize(tiles, mode: str = "minmax", per_tile: bool = True) -> np.ndarray:
+    """Scale float tiles ``(N, H, W, C)`` to ``uint8`` for display.
+
+    ``mode="minmax"`` maps each tile's range to 0..255; ``"symmetric"`` maps
+    0 to mid-gray and the largest magnitude to 0 or 255 (for signed maps where
+    the sign matters). Non-finite values are shown as 0 (black) rather than
+    poisoning the scale. A constant tile becomes mid-gray.
+    """
+    if mode not in ("minmax", "symmetric"):
+        raise ValueError(f"unknown mode {mode!r}; choose 'minmax' or 'symmetric'")
+    x = np.asarray(tiles, dtype=np.float64)
+    squeeze = x.ndim == 3
+    if squeeze:
+        x = x[None]
+    finite = np.isfinite(x)
+    x = np.where(finite, x, 0.0)
+    axes = tuple(range(1, x.ndim)) if per_tile else None
+    if mode == "minmax":
+        lo = x.min(axis=axes, keepdims=True)
+        hi = x.max(axis=axes, keepdims=True)
+        span = hi - lo
+        out = np.where(span > 0, (x - lo) / np.where(span > 0, span, 1), 0.5)
+    else:
+        mag = np.abs(x).max(axis=axes, keepdims=True)
+        out = 0.5 + 0.5 * x / np.where(mag > 0, mag, 1)
+    out = np.where(finite, out, 0.0)
+    out = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+    return out[0] if squeeze else out
+
+
+def to_rgb(tiles: np.ndarray) -> np.ndarray:
+    """Make ``(N, H, W, C)`` tiles 3-channel: gray is repeated, 4+ channels keep the first 3."""
+    c = tiles.shape[-1]
+    if c == 3:
+        return tiles
+    if c == 1:
+        return np.repeat(tiles, 3, axis=-1)
+    if c == 2:
+        return np.concatenate([tiles, tiles[..., :1]], axis=-1)
+    return tiles[..., :3]
+
+
+def grid(tiles, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tile ``(N, H, W, C)`` images into one ``(rows*(H+pad)-pad, cols*(W+pad)-pad, C)`` image.
+
+    ``cols`` defaults to ``ceil(sqrt(N))`` (9 tiles -> the paper's 3x3 view).
+    Tiles of different sizes (patches at image borders) are centred in the
+    largest tile's cell.
+    """
+    tiles = list(tiles) if not isinstance(tiles, np.ndarray) else list(tiles)
+    if not tiles:
+        raise ValueError("grid() needs at least one tile")
+    n = len(tiles)
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    th = max(t.shape[0] for t in tiles)
+    tw = max(t.shape[1] for t in tiles)
+    ch = tiles[0].shape[2] if tiles[0].ndim == 3 else 1
+    dtype = tiles[0].dtype
+    out = np.full((rows * (th + pad) - pad, cols * (tw + pad) - pad, ch), pad_value, dtype=dtype)
+    for i, t in enumerate(tiles):
+        if t.ndim == 2:
+            t = t[..., None]
+        r, c = divmod(i, cols)
+        y = r * (th + pad) + (th - t.shape[0]) // 2
+        x = c * (tw + pad) + (tw - t.shape[1]) // 2
+        out[y:y + t.shape[0], x:x + t.shape[1]] = t
+    return out
+
+
+# A perceptually ordered colormap (dark blue -> teal -> yellow), close to viridis.
+_CMAP_ANCHORS = np.array([
+    [68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37],
+], dtype=np.float64)
+
+
+def colorize(values, lo=None, hi=None) -> np.ndarray:
+    """Map a 2-D (or batch of 2-D) float array to ``uint8`` RGB with a viridis-like colormap."""
+    v = np.asarray(values, dtype=np.float64)
+    v = np.where(np.isfinite(v), v, 0.0)
+    lo = v.min() if lo is None else lo
+    hi = v.max() if hi is None else hi
+    t = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    t = np.clip(t, 0, 1) * (len(_CMAP_ANCHORS) - 1)
+    i = np.minimum(np.floor(t).astype(int), len(_CMAP_ANCHORS) - 2)
+    f = (t - i)[..., None]
+    rgb = _CMAP_ANCHORS[i] * (1 - f) + _CMAP_ANCHORS[i + 1] * f
+    return np.round(rgb).astype(np.uint8)
+
+
+def overlay(image, heat, alpha: float = 0.5) -> np.ndarray:
+    """Blend a heatmap ``(H, W)`` over an RGB image ``(H, W, 3)`` in [0, 255]; returns ``uint8``.
+
+    The heatmap is normalized to its own range, so only its shape matters.
+
+    >>> overlay(np.zeros((4, 4, 3)), np.eye(4)).shape
+    (4, 4, 3)
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3 and img.shape[-1] != 3:
+        img = to_rgb(img[None])[0]
+    h = np.asarray(heat, dtype=np.float64)
+    h = np.where(np.isfinite(h), h, 0.0)
+    if h.max() > h.min():
+        h = (h - h.min()) / (h.max() - h.min())
+    else:
+        h = np.zeros_like(h)
+    color = colorize(h, 0.0, 1.0).astype(np.float64)
+    # Weight the color by the heat itself so cold regions leave the photo readable.
+    a = alpha * h[..., None]
+    out = img * (1 - a) + color * a
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

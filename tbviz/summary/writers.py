@@ -1,0 +1,109 @@
+"""One summary writer per run directory, shared by every tbviz callback.
+
+TensorBoard reads a run directory best when one writer appends to it, so
+callbacks never open their own writers: they ``acquire`` the run's writer at
+train begin and ``release`` it at train end; the last release closes it.
+
+Under ``tf.distribute`` only the chief writes. Other workers get a no-op writer
+and create nothing under ``log_dir``.
+
+Example:
+    >>> import tempfile, tensorflow as tf
+    >>> from tbviz.summary import writers
+    >>> d = tempfile.mkdtemp()
+    >>> w = writers.acquire(d + "/train")
+    >>> with w.as_default(step=0):
+    ...     _ = tf.summary.scalar("x", 1.0)
+    >>> writers.release(d + "/train")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import tensorflow as tf
+
+_lock = threading.Lock()
+_open: dict[str, list] = {}  # absolute path -> [writer, refcount]
+
+
+def is_chief(strategy=None) -> bool:
+    """True on the process that should write logs, images and checkpoints.
+
+    Without a multi-worker cluster that is always this process. With one, it is
+    the ``chief`` task, or ``worker`` 0 when the cluster has no chief, exactly as
+    ``MultiWorkerMirroredStrategy`` elects it.
+    """
+    task_type = task_id = None
+    cluster = {}
+    resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
+    if resolver is not None and getattr(resolver, "task_type", None):
+        task_type, task_id = resolver.task_type, resolver.task_id
+        try:
+            cluster = resolver.cluster_spec().as_dict()
+        except Exception:
+            cluster = {}
+    else:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+        task = tf_config.get("task") or {}
+        task_type, task_id = task.get("type"), task.get("index", 0)
+        cluster = tf_config.get("cluster") or {}
+    if not task_type:
+        return True
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
+
+
+def check_writable(log_dir: str) -> str:
+    """Create ``log_dir`` if needed and prove it is writable; raise ``ValueError`` if not."""
+    path = os.path.abspath(os.fspath(log_dir))
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".tbviz_write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"log_dir {log_dir!r} is not writable ({e.strerror or e}); pass a directory you can "
+            "write to, e.g. log_dir='runs/my_run'"
+        ) from None
+    return path
+
+
+def acquire(path: str, chief: bool = True):
+    """The shared writer for run directory ``path`` (created on first use)."""
+    if not chief:
+        return tf.summary.create_noop_writer()
+    path = os.path.abspath(os.fspath(path))
+    with _lock:
+        entry = _open.get(path)
+        if entry is None:
+            os.makedirs(path, exist_ok=True)
+            entry = _open[path] = [tf.summary.create_file_writer(path), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release(path: str) -> None:
+    """Give back a writer from :func:`acquire`; the last holder flushes and closes it."""
+    path = os.path.abspath(os.fspath(path))
+    with _lock:
+        entry = _open.get(path)
+        if entry is None:
+            return
+        entry[1] -= 1
+        entry[0].flush()
+        if entry[1] <= 0:
+            entry[0].close()
+            del _open[path]
+
+
+def flush_all() -> None:
+    """Flush every open writer (called at epoch ends and checkpoints)."""
+    with _lock:
+        for writer, _ in _open.values():
+            writer.flush()
