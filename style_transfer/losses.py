@@ -1,0 +1,85 @@
+"""Perceptual losses of Johnson et al. 2016, as pure functions of feature tensors.
+
+All return float32 whatever the input dtype, so they stay exact under mixed
+precision. Batch-first ``(N, H, W, C)`` features; every loss is averaged over
+the batch.
+
+* feature reconstruction (content): ``||a - b||^2 / (C H W)``
+* Gram matrix: ``G = F^T F / (C H W)`` with ``F`` the ``(H W, C)`` feature matrix
+* style: ``||G(a) - G_style||_F^2`` per layer (summed over layers by the caller)
+* total variation: mean squared difference of vertical neighbours plus that of
+  horizontal neighbours (a smoothness prior on the output pixels)
+
+Example:
+    >>> import numpy as np
+    >>> from style_transfer import losses
+    >>> f = np.ones((2, 4, 4, 3), "float32")
+    >>> losses.gram_matrix(f).shape
+    TensorShape([2, 3, 3])
+    >>> float(losses.content_loss(f, f))
+    0.0
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _f32(x):
+    return tf.cast(x, tf.float32)
+
+
+def gram_matrix(features):
+    """``(N, H, W, C)`` -> ``(N, C, C)`` Gram matrices normalized by ``C * H * W``.
+
+    >>> import numpy as np
+    >>> float(gram_matrix(np.full((1, 2, 2, 1), 3.0, "float32"))[0, 0, 0])
+    9.0
+    """
+    f = _f32(features)
+    shape = tf.shape(f)
+    n, h, w, c = shape[0], shape[1], shape[2], shape[3]
+    flat = tf.reshape(f, [n, h * w, c])
+    return tf.matmul(flat, flat, transpose_a=True) / tf.cast(h * w * c, tf.float32)
+
+
+def content_loss(features, target):
+    """Squared Euclidean distance normalized by ``C * H * W``, averaged over the batch.
+
+    >>> import numpy as np
+    >>> float(content_loss(np.zeros((1, 1, 2, 2), "float32"), np.ones((1, 1, 2, 2), "float32")))
+    1.0
+    """
+    d = _f32(features) - _f32(target)
+    return tf.reduce_mean(tf.square(d))
+
+
+def style_loss(gram, target_gram):
+    """Squared Frobenius distance between Gram matrices, averaged over the batch.
+
+    ``target_gram`` (``(C, C)`` or ``(1, C, C)``) broadcasts over the batch.
+
+    >>> import numpy as np
+    >>> float(style_loss(np.ones((2, 2, 2), "float32"), np.zeros((2, 2), "float32")))
+    4.0
+    """
+    d = _f32(gram) - _f32(target_gram)
+    return tf.reduce_mean(tf.reduce_sum(tf.square(d), axis=[-2, -1]))
+
+
+def tv_loss(images):
+    """Total variation: mean squared vertical plus horizontal neighbour difference.
+
+    >>> import numpy as np
+    >>> float(tv_loss(np.array([[[[0.0], [2.0]]]], "float32")))  # one row: 0 -> 2
+    4.0
+    """
+    x = _f32(images)
+    dy = x[:, 1:, :, :] - x[:, :-1, :, :]
+    dx = x[:, :, 1:, :] - x[:, :, :-1, :]
+    return _mean_or_zero(tf.square(dy)) + _mean_or_zero(tf.square(dx))
+
+
+def _mean_or_zero(x):
+    # A 1-pixel-high image has no vertical neighbours: that term is 0, not NaN.
+    return tf.math.divide_no_nan(tf.reduce_sum(x), tf.cast(tf.size(x), tf.float32))

@@ -1,0 +1,169 @@
+"""The trainable style-transfer model: transform-net + frozen VGG19 + perceptual losses.
+
+``StyleTransferModel(style_image)`` is a ``keras.Model``:
+
+* ``model(photos)`` / ``model.stylize(photos)``: the stylized photos, ``[0, 255]``,
+* ``model.compute_losses(photos)``: ``{"loss", "content_loss", "style_loss", "tv_loss",
+  "style_loss_<layer>"...}`` (float32, weighted; the per-layer terms add up to
+  ``style_loss``), traced under the name scopes ``transform_net``, ``vgg_content``,
+  ``vgg_transformed`` and ``losses`` so the op graph reads like Fig. 4 of the paper,
+* ``model.compute_loss(x=photos)``: the total loss, so generic Keras tools and
+  gradient probes work,
+* ``model.fit(dataset)``: trains the transform-net only; the logs hold every loss.
+  The dataset yields ``photos`` or ``(photos, stream_index)`` (see
+  :mod:`style_transfer.data`), the latter keeps :attr:`data_position` and
+  :attr:`skipped_files` up to date for resuming and reporting.
+
+``model.transform_net`` is the Functional transform-net (what gets saved) and
+``model.vgg`` the Functional VGG19 feature model (a deconvnet probe target).
+
+Example:
+    >>> import numpy as np, keras
+    >>> from style_transfer.model import StyleTransferModel
+    >>> style = np.random.rand(64, 64, 3).astype("float32") * 255
+    >>> model = StyleTransferModel(style, vgg_weights="random")  # doctest: +SKIP
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))  # doctest: +SKIP
+    >>> model.fit(np.random.rand(4, 32, 32, 3).astype("float32") * 255, epochs=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from style_transfer import losses as L
+from style_transfer.transform_net import build_transform_net
+from style_transfer.vgg import CONTENT_LAYER, STYLE_LAYERS, build_vgg, check_layers
+
+# Weights for the losses of style_transfer.losses (features of Caffe-preprocessed
+# [0, 255] images, Grams over C*H*W, Frobenius style distance): the ratios of the
+# widely used TensorFlow implementation (content 7.5, style 100 on the mean over
+# block1's 64x64 Gram entries, TV 200 on mean squared pixel differences),
+# rewritten for a Frobenius sum.
+CONTENT_WEIGHT = 7.5
+STYLE_WEIGHT = 100.0 / 64**2
+TV_WEIGHT = 200.0
+
+#: Longest side the style image is resized to before its Grams are computed.
+STYLE_SIZE = 512
+
+
+def resize_longest(image, size: int | None) -> np.ndarray:
+    """Downscale ``(H, W, 3)`` so its longest side is at most ``size`` (never upscales).
+
+    >>> resize_longest(np.zeros((100, 50, 3), "float32"), 20).shape
+    (20, 10, 3)
+    """
+    image = np.asarray(image, dtype=np.float32)
+    h, w = image.shape[:2]
+    if not size or max(h, w) <= size:
+        return image
+    scale = size / max(h, w)
+    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return tf.image.resize(image, new, method="area", antialias=True).numpy()
+
+
+class StyleTransferModel(keras.Model):
+    """Johnson et al.'s training setup for one style image; see the module docstring."""
+
+    def __init__(self, style_image, vgg_weights: str = "imagenet",
+                 content_layer: str = CONTENT_LAYER, style_layers=STYLE_LAYERS,
+                 content_weight: float = CONTENT_WEIGHT, style_weight: float = STYLE_WEIGHT,
+                 tv_weight: float = TV_WEIGHT, style_size: int | None = STYLE_SIZE,
+                 transform_net: keras.Model | None = None, vgg: keras.Model | None = None,
+                 name: str = "style_transfer", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.content_layer = check_layers([content_layer])[0]
+        self.style_layers = check_layers(style_layers)
+        for label, value in (("content_weight", content_weight), ("style_weight", style_weight),
+                             ("tv_weight", tv_weight)):
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        self.content_weight = float(content_weight)
+        self.style_weight = float(style_weight)
+        self.tv_weight = float(tv_weight)
+
+        style = np.asarray(style_image, dtype=np.float32)
+        if style.ndim != 3 or style.shape[-1] != 3:
+            raise ValueError(f"style_image must be an (H, W, 3) RGB array, got shape {style.shape}")
+        self.transform_net = transform_net or build_transform_net()
+        self.vgg = vgg or build_vgg(vgg_weights, [self.content_layer] + self.style_layers)
+        self.vgg.trainable = False
+        feats = self.vgg(resize_longest(style, style_size)[None], training=False)
+        # Constants of the graph: the style never changes during a run.
+        self.style_grams = {n: tf.constant(L.gram_matrix(feats[n])[0]) for n in self.style_layers}
+
+        # Where the data stream stands (files consumed) and how many it skipped.
+        self.data_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
+        self.skipped_files = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_files")
+        self._stylize_fn = None
+
+    # -- inference -----------------------------------------------------------------------------
+    def call(self, images, training=False):
+        return self.transform_net(images, training=training)
+
+    def stylize(self, images):
+        """Stylized ``images`` (``(N, H, W, 3)`` in ``[0, 255]``), clipped to ``[0, 255]``.
+
+        Traced once for any batch and image size (no retracing per call).
+        """
+        if self._stylize_fn is None:
+            @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+                         reduce_retracing=True)
+            def stylize(x):
+                y = self.transform_net(x, training=False)
+                return tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 255.0)
+
+            self._stylize_fn = stylize
+        return self._stylize_fn(tf.convert_to_tensor(images, tf.float32))
+
+    # -- losses --------------------------------------------------------------------------------
+    def compute_losses(self, images, training: bool = False) -> dict:
+        """Every weighted loss term for a batch of content ``images`` (float32 scalars)."""
+        images = tf.cast(images, tf.float32)
+        with tf.name_scope("transform_net"):
+            stylized = tf.cast(self.transform_net(images, training=training), tf.float32)
+        with tf.name_scope("vgg_content"):
+            content = self.vgg(images, training=False)[self.content_layer]
+        with tf.name_scope("vgg_transformed"):
+            feats = self.vgg(stylized, training=False)
+        with tf.name_scope("losses"):
+            out = {"content_loss": self.content_weight
+                   * L.content_loss(feats[self.content_layer], content)}
+            terms = {f"style_loss_{n}": self.style_weight
+                     * L.style_loss(L.gram_matrix(feats[n]), self.style_grams[n])
+                     for n in self.style_layers}
+            out["style_loss"] = tf.add_n(list(terms.values()))
+            out["tv_loss"] = self.tv_weight * L.tv_loss(stylized)
+            out["loss"] = out["content_loss"] + out["style_loss"] + out["tv_loss"]
+        return {"loss": out["loss"], "content_loss": out["content_loss"],
+                "style_loss": out["style_loss"], "tv_loss": out["tv_loss"], **terms}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss hook: the total loss of :meth:`compute_losses` on ``x``."""
+        return self.compute_losses(x, training=training)["loss"]
+
+    # -- training ------------------------------------------------------------------------------
+    def train_step(self, data):
+        images, index = data if isinstance(data, (tuple, list)) else (data, None)
+        variables = self.transform_net.trainable_variables
+        with tf.GradientTape() as tape:
+            logs = self.compute_losses(images, training=True)
+            scaled = self.optimizer.scale_loss(logs["loss"])
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        if index is not None:
+            self._track_stream(index, tf.shape(images, out_type=tf.int64)[0])
+        return logs
+
+    def test_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        return self.compute_losses(images, training=False)
+
+    def _track_stream(self, index, batch):
+        # Batches are consecutive slices of the (filtered) file stream, so the files
+        # consumed by this batch minus the images in it are the files it skipped.
+        end = tf.reduce_max(tf.cast(index, tf.int64)) + 1
+        self.skipped_files.assign_add(tf.maximum(end - self.data_position - batch, 0))
+        self.data_position.assign(end)
