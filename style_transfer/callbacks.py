@@ -1,0 +1,166 @@
+"""Callbacks of the style pipeline: stylized probe photos, progress, checkpoints.
+
+* :class:`StylizedProbes` logs what the transform-net currently makes of fixed
+  photos, as a TensorBoard image summary and as a tbviz dashboard panel.
+* :class:`TrainingProgress` is the progress bar: steps, losses, images/s, and
+  the number of unreadable files skipped so far.
+* :class:`Checkpointing` saves a :class:`~style_transfer.checkpoints.TrainingState`
+  every N steps and at each epoch end.
+
+Example:
+    >>> import numpy as np
+    >>> from style_transfer.callbacks import StylizedProbes
+    >>> photos = np.random.rand(2, 32, 32, 3).astype("float32") * 255
+    >>> cb = StylizedProbes("runs/demo", photos, names=["a", "b"], every_n_steps=10)
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tbviz.callbacks.base import VizCallback, check_every
+from tbviz.summary import metadata, writers
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in ``[0, 255]`` -> ``uint8`` (rounded, clipped).
+
+    >>> to_uint8(np.array([-3.0, 0.4, 254.6, 300.0])).tolist()
+    [0, 0, 255, 255]
+    """
+    return np.clip(np.round(np.asarray(images, dtype=np.float32)), 0, 255).astype(np.uint8)
+
+
+class StylizedProbes(VizCallback):
+    """Log ``model.stylize(photos)`` as ``stylized/probes`` and the tbviz panel
+    ``tbviz/stylized/probes`` (one tile per photo, labelled by ``names``).
+
+    The unstylized photos are logged once at train begin as ``stylized/originals``.
+    The model must have a ``stylize(images)`` method (``StyleTransferModel`` has).
+    """
+
+    tag = "stylized/probes"
+
+    def __init__(self, log_dir, photos, names=None, every_n_epochs: int | None = 1,
+                 every_n_steps: int | None = None):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        photos = np.asarray(photos)
+        if photos.ndim == 3:
+            photos = photos[None]
+        if photos.ndim != 4 or photos.shape[-1] != 3 or photos.shape[0] == 0:
+            raise ValueError(f"photos must be an (N, H, W, 3) RGB array in [0, 255], "
+                             f"got shape {photos.shape}")
+        if not np.all(np.isfinite(photos)):
+            raise ValueError("photos contain NaN or Inf values")
+        self.photos = photos.astype(np.float32)
+        self.names = list(names) if names is not None else [f"photo {i}" for i in range(len(photos))]
+        if len(self.names) != len(self.photos):
+            raise ValueError(f"{len(self.photos)} photos but {len(self.names)} names")
+
+    def setup(self):
+        if not callable(getattr(self.model, "stylize", None)):
+            raise ValueError(f"StylizedProbes needs a model with a stylize(images) method; "
+                             f"{type(self.model).__name__} has none")
+        with self.writer.as_default(step=self.global_step):
+            tf.summary.image("stylized/originals", to_uint8(self.photos),
+                             max_outputs=len(self.photos))
+
+    def write(self, step, logs):
+        stylized = to_uint8(self.model.stylize(self.photos))
+        tiles = [{"label": name, "index": i} for i, name in enumerate(self.names)]
+        with self.writer.as_default(step=step):
+            tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
+            metadata.write_panel("tbviz/" + self.tag, "stylized",
+                                 [metadata.encode_png(img) for img in stylized], tiles=tiles,
+                                 description="The transform-net's output on fixed probe photos")
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """A progress bar per epoch: step, losses, images/s; reports skipped files.
+
+    Use with ``fit(..., verbose=0)`` so Keras' own bar does not print too.
+    """
+
+    def __init__(self, batch_size: int, keys=("loss", "content_loss", "style_loss", "tv_loss"),
+                 verbose: int = 1):
+        super().__init__()
+        self.batch_size = check_every("batch_size", batch_size, allow_none=False)
+        self.keys = tuple(keys)
+        self.verbose = verbose
+        self._skipped = 0
+
+    def on_train_begin(self, logs=None):
+        self._skipped = int(getattr(self.model, "skipped_files", tf.constant(0)).numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        steps = self.params.get("steps")
+        epochs = self.params.get("epochs")
+        if self.verbose:
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+        self.bar = keras.utils.Progbar(steps, verbose=self.verbose, stateful_metrics=["images/s"],
+                                       unit_name="step")
+        self._t0 = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        now = time.perf_counter()
+        values = [(k, float(logs[k])) for k in self.keys if k in logs]
+        if self._t0 is None:  # the first step includes tracing; time from its end
+            self._t0, self._n0 = now, batch + 1
+        elif now > self._t0:
+            rate = (batch + 1 - self._n0) * self.batch_size / (now - self._t0)
+            values.append(("images/s", rate))
+        self.bar.update(batch + 1, values=values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        skipped = int(getattr(self.model, "skipped_files", tf.constant(0)).numpy())
+        if skipped > self._skipped and self.verbose:
+            print(f"  skipped {skipped} unreadable image file(s) so far "
+                  f"({skipped - self._skipped} this epoch); training goes on", flush=True)
+        self._skipped = skipped
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Save ``state`` (a ``TrainingState``) every ``every_n_steps`` steps and at epoch ends.
+
+    ``first_epoch_offset`` is the number of steps of the first epoch already done
+    before this ``fit`` (when resuming in the middle of an epoch).
+    Only the chief saves under ``tf.distribute``.
+    """
+
+    def __init__(self, state, every_n_steps: int | None = None, first_epoch_offset: int = 0):
+        super().__init__()
+        self.state = state
+        self.every_n_steps = check_every("every_n_steps", every_n_steps)
+        self.first_epoch_offset = int(first_epoch_offset)
+        self._first_epoch = None
+        self.chief = True
+
+    def on_train_begin(self, logs=None):
+        self.chief = writers.is_chief(getattr(self.model, "distribute_strategy", None))
+        self._first_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+        self._offset = self.first_epoch_offset if epoch == self._first_epoch else 0
+        self.state.epoch.assign(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.state.step_in_epoch.assign(self._offset + batch + 1)
+        if self.every_n_steps and self.state.global_step % self.every_n_steps == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state.epoch.assign(epoch + 1)
+        self.state.step_in_epoch.assign(0)
+        self._save()
+
+    def _save(self):
+        if self.chief:
+            self.state.save()
+            writers.flush_all()  # the logs on disk then match the saved state
