@@ -91,10 +91,11 @@ class TrainingProgress(keras.callbacks.Callback):
         self.batch_size = check_every("batch_size", batch_size, allow_none=False)
         self.keys = tuple(keys)
         self.verbose = verbose
-        self._skipped = 0
+        self._skipped = self._skipped_steps = 0
 
     def on_train_begin(self, logs=None):
         self._skipped = int(getattr(self.model, "skipped_files", tf.constant(0)).numpy())
+        self._skipped_steps = int(getattr(self.model, "skipped_steps", tf.constant(0)).numpy())
 
     def on_epoch_begin(self, epoch, logs=None):
         steps = self.params.get("steps")
@@ -122,6 +123,11 @@ class TrainingProgress(keras.callbacks.Callback):
             print(f"  skipped {skipped} unreadable image file(s) so far "
                   f"({skipped - self._skipped} this epoch); training goes on", flush=True)
         self._skipped = skipped
+        steps = int(getattr(self.model, "skipped_steps", tf.constant(0)).numpy())
+        if steps > self._skipped_steps and self.verbose:
+            print(f"  {steps} step(s) so far had non-finite gradients (e.g. a blank image) and "
+                  "were not applied", flush=True)
+        self._skipped_steps = steps
 
 
 class Checkpointing(keras.callbacks.Callback):

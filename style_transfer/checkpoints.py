@@ -45,7 +45,8 @@ class TrainingState:
         self.checkpoint = tf.train.Checkpoint(
             transform_net=model.transform_net, optimizer=model.optimizer,
             epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-            data_position=model.data_position, skipped_files=model.skipped_files)
+            data_position=model.data_position, skipped_files=model.skipped_files,
+            skipped_steps=model.skipped_steps)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
                                                   max_to_keep=max_to_keep)
 

@@ -97,6 +97,8 @@ class StyleTransferModel(keras.Model):
         # Where the data stream stands (files consumed) and how many it skipped.
         self.data_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
         self.skipped_files = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_files")
+        # Steps whose gradients were not finite and were therefore not applied.
+        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         self._stylize_fn = None
 
     # -- inference -----------------------------------------------------------------------------
@@ -152,10 +154,32 @@ class StyleTransferModel(keras.Model):
             logs = self.compute_losses(images, training=True)
             scaled = self.optimizer.scale_loss(logs["loss"])
         grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            self.optimizer.apply(grads, variables)  # skips non-finite steps itself
+        else:
+            self._apply_if_finite(grads, variables)
         if index is not None:
             self._track_stream(index, tf.shape(images, out_type=tf.int64)[0])
         return logs
+
+    def _apply_if_finite(self, grads, variables):
+        # A flat image (all pixels equal) has zero variance at every instance norm,
+        # and each of them then multiplies the gradient by 1/sqrt(epsilon): the
+        # gradient overflows. Skip such a step, as a LossScaleOptimizer does, and
+        # count it, rather than writing NaN into every weight.
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+
+        def apply():
+            self.optimizer.apply(grads, variables)
+            return tf.constant(0, tf.int64)
+
+        def skip():
+            # The global step counts batches, applied or not, so step-triggered
+            # logs and checkpoints keep their rhythm.
+            self.optimizer.iterations.assign_add(1)
+            return tf.constant(1, tf.int64)
+
+        self.skipped_steps.assign_add(tf.cond(finite, apply, skip))
 
     def test_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data

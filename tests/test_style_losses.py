@@ -193,3 +193,22 @@ def test_bad_model_arguments():
                            vgg=vgg)
     with pytest.raises(ValueError, match="block5_conv1"):
         StyleTransferModel(style, style_layers=["nope"], vgg=vgg)
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_counted(model, rng):
+    # A blank image (zero variance at every instance norm) can overflow the
+    # gradient; a NaN pixel makes that happen for sure. The step must be skipped
+    # and counted, the weights must stay as they were, and training goes on.
+    m, _ = model
+    before = [w.copy() for w in m.transform_net.get_weights()]
+    skipped, step = int(m.skipped_steps.numpy()), int(m.optimizer.iterations.numpy())
+    bad = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    bad[1, 3, 4, 0] = np.nan
+    m.fit(bad, batch_size=2, epochs=1, verbose=0, shuffle=False)
+    assert int(m.skipped_steps.numpy()) == skipped + 1
+    assert int(m.optimizer.iterations.numpy()) == step + 1
+    for a, b in zip(before, m.transform_net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    m.fit(bad[:1], batch_size=1, epochs=1, verbose=0)  # a good batch is applied again
+    assert int(m.skipped_steps.numpy()) == skipped + 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, m.transform_net.get_weights()))

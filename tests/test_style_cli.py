@@ -1,0 +1,223 @@
+"""Both commands end to end at tiny sizes, read back the way TensorBoard reads them."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import eventfiles
+from style_transfer import cli, data
+from style_transfer.transform_net import load_transform_net
+from tbviz.summary import metadata
+
+TRAIN = ["--vgg-weights", "random", "--epochs", "2", "--steps-per-epoch", "3",
+         "--batch-size", "2", "--image-size", "32", "--style-size", "32", "--probe-size", "32",
+         "--log-every", "2", "--loss-every", "1", "--checkpoint-every", "2",
+         "--style-layers", "block1_conv1,block2_conv1", "--content-layer", "block2_conv1",
+         "--transform-layers", "conv1", "--vgg-layers", "block1_conv1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def content_dir(tmp_path_factory):
+    """Real photos plus the broken files users' folders hold."""
+    folder = tmp_path_factory.mktemp("content")
+    for path in data.bundled_photos()[:3]:
+        shutil.copy(path, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, content_dir):
+    log_dir = tmp_path_factory.mktemp("run") / "wave"
+    out = tmp_path_factory.mktemp("out")
+    probe_dir = out  # two probe photos of different aspect ratio, cropped square
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(probe_dir / "wide.png")
+    probes = [data.asset_path("photos", "coffee.jpg"), str(probe_dir / "wide.png")]
+    argv = ["train", "--content-dir", str(content_dir), "--log-dir", str(log_dir),
+            "--style-image", data.asset_path("styles", "wave.jpg"), "--probe-images", *probes,
+            *TRAIN]
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        status = cli.main(argv)
+    return {"status": status, "log_dir": log_dir, "argv": argv, "stdout": buf.getvalue()}
+
+
+def test_train_runs_and_saves_the_transform_net(trained):
+    assert trained["status"] == 0, trained["stdout"]
+    net = load_transform_net(trained["log_dir"] / "transform_net.keras")
+    assert net.get_layer("res5") is not None
+    assert "global step 6" in trained["stdout"]
+    assert "unreadable image file(s) skipped" in trained["stdout"]  # broken + empty, every pass
+
+
+def test_train_logs_every_loss_as_scalars(trained):
+    run = trained["log_dir"] / "train"
+    for key in ("loss", "content_loss", "style_loss", "tv_loss", "style_loss_block1_conv1"):
+        epochs = eventfiles.scalars(run, f"epoch_{key}")
+        assert len(epochs) == 2 and all(np.isfinite(v) for _, v in epochs), key
+        steps = eventfiles.scalars(run, f"batch_{key}")
+        assert [s for s, _ in steps] == list(range(1, 7)), key
+    total = dict(eventfiles.scalars(run, "batch_loss"))
+    parts = [dict(eventfiles.scalars(run, f"batch_{k}")) for k in ("content_loss", "style_loss",
+                                                                   "tv_loss")]
+    for step, value in total.items():
+        assert value == pytest.approx(sum(p[step] for p in parts), rel=1e-5)
+
+
+def test_train_logs_stylized_probes_as_images_and_tbviz_panel(trained):
+    acc = eventfiles.load(trained["log_dir"] / "train")
+    events = acc.Tensors("stylized/probes")
+    assert [e.step for e in events] == [2, 3, 4, 6]  # every 2 steps and at epoch ends (3, 6)
+    blobs = tf.make_ndarray(events[-1].tensor_proto)
+    assert blobs[:2].tolist() == [b"32", b"32"]  # width, height as tf.summary.image writes
+    images = [np.asarray(Image.open(io.BytesIO(b))) for b in blobs[2:]]
+    assert len(images) == 2 and all(im.shape == (32, 32, 3) for im in images)
+    first = tf.make_ndarray(events[0].tensor_proto)[2:]
+    assert first.tolist() != blobs[2:].tolist()  # the transform-net learned in between
+
+    panel = acc.Tensors("tbviz/stylized/probes")
+    assert [e.step for e in panel] == [2, 3, 4, 6]
+    content = acc.SummaryMetadata("tbviz/stylized/probes").plugin_data
+    assert content.plugin_name == metadata.PLUGIN_NAME
+    assert metadata.parse_content(content.content)["kind"] == "stylized"
+    step_blobs = tf.make_ndarray(panel[-1].tensor_proto)
+    header = metadata.parse_header(step_blobs[0])
+    assert [t["label"] for t in header["tiles"]] == ["coffee", "wide"]
+    decoded = [np.asarray(Image.open(io.BytesIO(b))) for b in step_blobs[1:]]
+    np.testing.assert_array_equal(decoded[0], images[0])
+    originals = acc.Tensors("stylized/originals")
+    wide = np.asarray(Image.open(io.BytesIO(tf.make_ndarray(
+        originals[0].tensor_proto)[3])))
+    assert np.all(np.abs(wide.astype(int) - 200) <= 1)  # the probe photo itself
+
+
+def test_train_logs_histograms_graph_and_checkpoints(trained):
+    acc = eventfiles.load(trained["log_dir"] / "train")
+    tags = acc.Tags()["tensors"]
+    for name in ("conv1/norm/gamma", "conv1/norm/beta", "res3/b/conv/kernel", "output/conv/kernel"):
+        assert any(t.endswith(name) and t.startswith("transform_net") for t in tags), name
+    assert not any("block1_conv1" in t and "kernel" in t for t in tags)  # VGG19 is frozen
+    scopes = {node.name.split("/")[0] for node in acc.Graph().node}
+    assert {"transform_net", "vgg_content", "vgg_transformed", "losses"} <= scopes
+    ckpt = tf.train.latest_checkpoint(str(trained["log_dir"] / "checkpoints"))
+    assert ckpt is not None and ckpt.endswith("ckpt-6")
+
+
+def test_resume_mid_epoch_continues_exactly(trained, tmp_path, content_dir):
+    """Stop after step 4 (mid epoch 2), resume: same weights as the uninterrupted run
+    (which also shows that the visualization callbacks left training untouched)."""
+    log_dir = tmp_path / "resumed"
+    shutil.copytree(trained["log_dir"] / "checkpoints", log_dir / "checkpoints")
+    ckpt_dir = str(log_dir / "checkpoints")
+    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, "ckpt-4"))
+    argv = [a if a != str(trained["log_dir"]) else str(log_dir) for a in trained["argv"]]
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert cli.main(argv + ["--resume", "--no-viz"]) == 0
+    out = buf.getvalue()
+    assert "resumed from" in out and "global step 4, epoch 2 (step 1 done)" in out
+    assert "global step 6" in out
+    a = load_transform_net(trained["log_dir"] / "transform_net.keras").get_weights()
+    b = load_transform_net(log_dir / "transform_net.keras").get_weights()
+    for wa, wb in zip(a, b):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_train_refuses_to_overwrite_a_run_without_resume(trained, capsys):
+    assert cli.main(trained["argv"] + ["--no-viz"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_train_bad_inputs_are_clear_errors(tmp_path, content_dir, capsys):
+    argv = ["train", "--content-dir", str(content_dir), "--log-dir", str(tmp_path / "x"),
+            "--style-image", str(tmp_path / "missing.jpg"), *TRAIN]
+    assert cli.main(argv) == 2
+    assert "missing.jpg" in capsys.readouterr().err
+    argv[2] = str(tmp_path / "nothing_here")
+    assert cli.main(argv) == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_stylize_keeps_sizes_and_names(trained, tmp_path, rng, capsys):
+    inputs = tmp_path / "in"
+    (inputs / "more").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)).save(inputs / "odd.png")
+    Image.fromarray(rng.integers(0, 256, (9, 13), dtype=np.uint8)).save(inputs / "gray.jpg")
+    Image.fromarray(rng.integers(0, 65536, (21, 22), dtype=np.uint16)).save(
+        inputs / "more" / "deep16.png")
+    Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(inputs / "tiny.png")
+    Image.fromarray(rng.integers(0, 256, (30, 90, 3), dtype=np.uint8)).save(inputs / "big.jpg")
+    (inputs / "broken.jpg").write_bytes(b"nope")
+    out = tmp_path / "out"
+    status = cli.main(["stylize", "--model", str(trained["log_dir"] / "transform_net.keras"),
+                       str(inputs / "odd.png"), str(inputs / "gray.jpg"), str(inputs / "more"),
+                       str(inputs / "tiny.png"), str(inputs / "big.jpg"), str(inputs / "broken.jpg"),
+                       "--output-dir", str(out), "--max-size", "60"])
+    captured = capsys.readouterr()
+    assert status == 1  # one input could not be read, and that is said
+    assert "broken.jpg" in captured.err and "1 failed" in captured.out
+    assert "stylized at 60x20" in captured.out  # big.jpg: downscaled, and told so
+    expected = {"odd.png": (37, 50), "gray.jpg": (9, 13), "deep16.png": (21, 22),
+                "tiny.png": (5, 6), "big.jpg": (30, 90)}
+    assert sorted(os.listdir(out)) == sorted(expected)
+    for name, (h, w) in expected.items():
+        with Image.open(out / name) as im:
+            assert (im.height, im.width) == (h, w) and im.mode == "RGB", name
+    # Same pixels as the network itself for an image that needs no resizing.
+    net = load_transform_net(trained["log_dir"] / "transform_net.keras")
+    x = np.asarray(Image.open(inputs / "odd.png"), np.float32)[None]
+    expected_pixels = np.clip(np.round(np.asarray(net(x))[0]), 0, 255)
+    got = np.asarray(Image.open(out / "odd.png"), np.float32)
+    assert np.abs(got - expected_pixels).max() <= 1.0
+
+
+def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, capsys):
+    from style_transfer import vgg as vgg_module
+
+    def unreachable(weights, *args, **kwargs):
+        if weights == "imagenet":
+            raise vgg_module.VGGWeightsUnavailable("no internet in this test")
+        return real(weights, *args, **kwargs)
+
+    real = vgg_module.build_vgg
+    monkeypatch.setattr(vgg_module, "build_vgg", unreachable)
+    log_dir = tmp_path / "demo"
+    argv = ["demo", "--log-dir", str(log_dir), "--image-size", "32", "--epochs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "2"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "falls back to --vgg-weights random" in captured.err
+    assert "RANDOM weights" in captured.out + captured.err
+    assert f"tensorboard --logdir {log_dir}" in captured.out
+    stylized = sorted(os.listdir(log_dir / "stylized"))
+    assert stylized == sorted(os.path.basename(p) for p in data.bundled_photos())
+    acc = eventfiles.load(log_dir / "train")
+    assert "tbviz/stylized/probes" in acc.Tags()["tensors"]
+    # It never deletes a folder that is not one of its own runs.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    assert cli.main(["demo", "--log-dir", str(other)]) == 2
+    assert (other / "precious.txt").exists()
+    assert "not a previous demo run" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "style_transfer", "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0
+    for command in ("train", "stylize", "demo"):
+        assert command in out.stdout
