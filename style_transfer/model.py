@@ -148,7 +148,7 @@ class StyleTransferModel(keras.Model):
 
     # -- training ------------------------------------------------------------------------------
     def train_step(self, data):
-        images, index = data if isinstance(data, (tuple, list)) else (data, None)
+        images, index, _ = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.transform_net.trainable_variables
         with tf.GradientTape() as tape:
             logs = self.compute_losses(images, training=True)
@@ -182,7 +182,7 @@ class StyleTransferModel(keras.Model):
         self.skipped_steps.assign_add(tf.cond(finite, apply, skip))
 
     def test_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.compute_losses(images, training=False)
 
     def _track_stream(self, index, batch):
