@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 #: Layer names in network order (the probe layers of the style pipeline).
@@ -65,14 +66,70 @@ def instance_norm(name: str, dtype=None) -> keras.layers.Layer:
     return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name, dtype=dtype)
 
 
+def reflect_indices(n, before: int, after: int):
+    """Indices that reflect-pad an axis of length ``n`` (edge not repeated, like numpy's "reflect").
+
+    >>> reflect_indices(4, 2, 1).numpy().tolist()
+    [2, 1, 0, 1, 2, 3, 2]
+    """
+    i = tf.abs(tf.range(-before, n + after))
+    return tf.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
 def reflect_pad(x, top: int, bottom: int, left: int, right: int):
     """Pad the height and width of an ``(N, H, W, C)`` tensor by reflection.
+
+    A gather along each axis: TensorFlow's ``MirrorPad`` kernel is about twice as
+    slow on CPUs, and the padding copies are a fifth of the transform-net's time.
 
     >>> import numpy as np
     >>> reflect_pad(np.arange(3.0).reshape(1, 1, 3, 1), 0, 0, 1, 1)[0, 0, :, 0].numpy()
     array([1., 0., 1., 2., 1.])
     """
-    return ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="reflect")
+    x = tf.convert_to_tensor(x)
+    shape = tf.shape(x)
+    if top or bottom:
+        x = tf.gather(x, reflect_indices(shape[1], top, bottom), axis=1)
+    if left or right:
+        x = tf.gather(x, reflect_indices(shape[2], left, right), axis=2)
+    return x
+
+
+def upsample_conv3x3(x, kernel, bias):
+    """``conv3x3(reflect_pad(nearest_upsample_x2(x), 1)) + bias``, computed at low resolution.
+
+    Each of the four output phases (even/odd row, even/odd column) of a 3x3
+    convolution over a nearest-neighbour-upsampled image sees only 2x2 distinct
+    input pixels, with the kernel taps that fall on the same pixel summed. Four
+    2x2 convolutions at the input's resolution do 4/9 of the multiply-adds and
+    never build the upsampled image; reflecting the upsampled image by one pixel
+    equals repeating the edge of the small one. Same function, same weights.
+
+    >>> import numpy as np
+    >>> x, k = np.random.rand(1, 3, 4, 2).astype("float32"), np.random.rand(3, 3, 2, 5)
+    >>> up = reflect_pad(np.repeat(np.repeat(x, 2, 1), 2, 2), 1, 1, 1, 1)
+    >>> direct = tf.nn.conv2d(up, k.astype("float32"), 1, "VALID")
+    >>> fast = upsample_conv3x3(x, k.astype("float32"), np.zeros(5, "float32"))
+    >>> bool(np.allclose(direct, fast, atol=1e-5))
+    True
+    """
+    kernel = tf.cast(kernel, x.dtype)
+    h, w = tf.shape(x)[1], tf.shape(x)[2]
+    edge = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+
+    def fold(k, axis, phase):
+        # Taps (-1, 0, +1) of phase 0 land on pixels (i-1, i, i); of phase 1 on (i, i, i+1).
+        t = tf.unstack(k, axis=axis)
+        return tf.stack([t[0], t[1] + t[2]] if phase == 0 else [t[0] + t[1], t[2]], axis=axis)
+
+    phases = []
+    for a in (0, 1):
+        rows = fold(kernel, 0, a)
+        for b in (0, 1):
+            window = edge[:, a:a + h + 1, b:b + w + 1]
+            phases.append(tf.nn.conv2d(window, fold(rows, 1, b), 1, "VALID"))
+    # Channel block (2a + b) becomes output pixel (2i + a, 2j + b).
+    return tf.nn.depth_to_space(tf.concat(phases, axis=-1), 2) + tf.cast(bias, x.dtype)
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
@@ -107,12 +164,15 @@ class ConvBlock(keras.layers.Layer):
             self.instance_norm.build(self.conv.compute_output_shape(up))
 
     def call(self, x):
-        if self.upsample > 1:
-            # Nearest-neighbour upsampling then a conv: no checkerboard artefacts.
-            x = ops.repeat(ops.repeat(x, self.upsample, axis=1), self.upsample, axis=2)
-        p = self.kernel_size // 2
-        x = reflect_pad(x, p, p, p, p)
-        x = self.conv(x)
+        if self.upsample == 2 and self.kernel_size == 3 and self.strides == 1:
+            # Nearest-neighbour upsampling then a conv (no checkerboard artefacts),
+            # computed without materializing the upsampled image.
+            x = upsample_conv3x3(x, self.conv.kernel, self.conv.bias)
+        else:
+            if self.upsample > 1:
+                x = ops.repeat(ops.repeat(x, self.upsample, axis=1), self.upsample, axis=2)
+            p = self.kernel_size // 2
+            x = self.conv(reflect_pad(x, p, p, p, p))
         if self.instance_norm is not None:
             x = self.instance_norm(x)
         if self.activation == "relu":

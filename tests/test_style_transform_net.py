@@ -96,3 +96,27 @@ def test_mixed_precision_net_loads_back_as_float32(tmp_path, rng):
         np.testing.assert_array_equal(a, b)
     x = rng.uniform(0, 255, (1, 16, 16, 3)).astype("float32")
     assert np.asarray(loaded(x)).dtype == np.float32
+
+
+def test_upsampling_conv_equals_nearest_upsample_then_reflect_padded_conv(rng):
+    import tensorflow as tf
+
+    from style_transfer.transform_net import upsample_conv3x3
+
+    x = tf.constant(rng.normal(size=(2, 5, 7, 4)), tf.float32)
+    k = tf.Variable(rng.normal(size=(3, 3, 4, 6)).astype("float32"))
+    b = tf.constant(rng.normal(size=6).astype("float32"))
+
+    def direct():
+        up = np.repeat(np.repeat(x.numpy(), 2, axis=1), 2, axis=2)
+        padded = np.pad(up, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+        return tf.nn.conv2d(padded, k, 1, "VALID") + b
+
+    with tf.GradientTape(persistent=True) as tape:
+        want, got = direct(), upsample_conv3x3(x, k, b)
+        weights = tf.constant(rng.normal(size=want.shape).astype("float32"))
+        loss_want, loss_got = tf.reduce_sum(want * weights), tf.reduce_sum(got * weights)
+    assert got.shape == (2, 10, 14, 6)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(tape.gradient(loss_got, k).numpy(),
+                               tape.gradient(loss_want, k).numpy(), rtol=1e-4, atol=1e-3)
