@@ -88,11 +88,15 @@ def reflect_pad(x, top: int, bottom: int, left: int, right: int):
     """
     x = tf.convert_to_tensor(x)
     shape = tf.shape(x)
-    if top or bottom:
+    if not _known_zero(top, bottom):  # the amounts may be tensors (PadToMultiple)
         x = tf.gather(x, reflect_indices(shape[1], top, bottom), axis=1)
-    if left or right:
+    if not _known_zero(left, right):
         x = tf.gather(x, reflect_indices(shape[2], left, right), axis=2)
     return x
+
+
+def _known_zero(*amounts) -> bool:
+    return all(isinstance(a, int) and a == 0 for a in amounts)
 
 
 def upsample_conv3x3(x, kernel, bias):
