@@ -46,8 +46,8 @@ def _nonnegative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (``style-transfer --help``)."""
-    from style_transfer.model import CONTENT_WEIGHT, STYLE_SIZE, STYLE_WEIGHT, TV_WEIGHT
-    from style_transfer.vgg import CONTENT_LAYER, STYLE_LAYERS
+    from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_SIZE,
+                                         STYLE_WEIGHT, TV_WEIGHT)
 
     parser = argparse.ArgumentParser(
         prog="style-transfer",

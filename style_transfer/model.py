@@ -33,20 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 from style_transfer import losses as L
+from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_SIZE,
+                                     STYLE_WEIGHT, TV_WEIGHT)
 from style_transfer.transform_net import build_transform_net
-from style_transfer.vgg import CONTENT_LAYER, STYLE_LAYERS, build_vgg, check_layers
+from style_transfer.vgg import build_vgg, check_layers
 
-# Weights for the losses of style_transfer.losses (features of Caffe-preprocessed
-# [0, 255] images, Grams over C*H*W, Frobenius style distance): the ratios of the
-# widely used TensorFlow implementation (content 7.5, style 100 on the mean over
-# block1's 64x64 Gram entries, TV 200 on mean squared pixel differences),
-# rewritten for a Frobenius sum.
-CONTENT_WEIGHT = 7.5
-STYLE_WEIGHT = 100.0 / 64**2
-TV_WEIGHT = 200.0
-
-#: Longest side the style image is resized to before its Grams are computed.
-STYLE_SIZE = 512
 
 
 def resize_longest(image, size: int | None) -> np.ndarray:

@@ -31,8 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-CONTENT_LAYER = "block4_conv2"
-STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
+from style_transfer.defaults import CONTENT_LAYER, STYLE_LAYERS  # noqa: F401 (re-exported)
 
 #: ImageNet channel means in BGR order, as VGG's Caffe training used them.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

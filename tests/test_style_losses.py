@@ -165,7 +165,9 @@ def test_stylize_equals_call_clipped_and_is_traced_once(model, rng):
     assert m._stylize_fn.experimental_get_tracing_count() == 1
 
 
-def test_training_overfits_four_images():
+@pytest.fixture(scope="module")
+def overfit():
+    """A model trained 20 steps on 4 photos (one trace, shared by the tests below)."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     style = rng.uniform(0, 255, (32, 32, 3)).astype("float32")
@@ -174,12 +176,36 @@ def test_training_overfits_four_images():
                            style_layers=LAYERS, vgg=build_vgg("random", LAYERS, quiet=True))
     m.compile(optimizer=keras.optimizers.Adam(2e-3))
     history = m.fit(photos, batch_size=4, epochs=20, verbose=0).history
+    return m, history, photos
+
+
+def test_training_overfits_four_images(overfit):
+    m, history, _ = overfit
     assert set(history) >= {"loss", "content_loss", "style_loss", "tv_loss",
                             "style_loss_block1_conv1", "style_loss_block2_conv1"}
     first, last = history["loss"][0], history["loss"][-1]
     assert np.isfinite(last) and last <= 0.5 * first, (first, last)
     # Only the transform-net learns; VGG19 stays frozen.
     assert len(m.trainable_weights) == len(m.transform_net.trainable_weights)
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_counted(overfit):
+    # A blank image (zero variance at every instance norm) can overflow the
+    # gradient; a NaN pixel makes that happen for sure. The step must be skipped
+    # and counted, the weights must stay as they were, and training goes on.
+    m, _, photos = overfit
+    before = [w.copy() for w in m.transform_net.get_weights()]
+    skipped, step = int(m.skipped_steps.numpy()), int(m.optimizer.iterations.numpy())
+    bad = photos.copy()
+    bad[1, 3, 4, 0] = np.nan
+    m.fit(bad, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    assert int(m.skipped_steps.numpy()) == skipped + 1
+    assert int(m.optimizer.iterations.numpy()) == step + 1
+    for a, b in zip(before, m.transform_net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    m.fit(photos, batch_size=4, epochs=1, verbose=0)  # a good batch is applied again
+    assert int(m.skipped_steps.numpy()) == skipped + 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, m.transform_net.get_weights()))
 
 
 def test_bad_model_arguments():
@@ -193,22 +219,3 @@ def test_bad_model_arguments():
                            vgg=vgg)
     with pytest.raises(ValueError, match="block5_conv1"):
         StyleTransferModel(style, style_layers=["nope"], vgg=vgg)
-
-
-def test_a_step_with_non_finite_gradients_is_skipped_and_counted(model, rng):
-    # A blank image (zero variance at every instance norm) can overflow the
-    # gradient; a NaN pixel makes that happen for sure. The step must be skipped
-    # and counted, the weights must stay as they were, and training goes on.
-    m, _ = model
-    before = [w.copy() for w in m.transform_net.get_weights()]
-    skipped, step = int(m.skipped_steps.numpy()), int(m.optimizer.iterations.numpy())
-    bad = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
-    bad[1, 3, 4, 0] = np.nan
-    m.fit(bad, batch_size=2, epochs=1, verbose=0, shuffle=False)
-    assert int(m.skipped_steps.numpy()) == skipped + 1
-    assert int(m.optimizer.iterations.numpy()) == step + 1
-    for a, b in zip(before, m.transform_net.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    m.fit(bad[:1], batch_size=1, epochs=1, verbose=0)  # a good batch is applied again
-    assert int(m.skipped_steps.numpy()) == skipped + 1
-    assert any(not np.array_equal(a, b) for a, b in zip(before, m.transform_net.get_weights()))
