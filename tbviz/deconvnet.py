@@ -160,6 +160,7 @@ class Projector:
         self._project: dict = {}  # (layer, image shape or None for crops) -> tf.function
         self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
         self._no_crop: set = set()
+        self._crop_ok: set = set()
 
     # -- model access ---------------------------------------------------------------------------
     @property
@@ -233,12 +234,14 @@ class Projector:
         return [f[0].window(u[1], clip=True) + f[1].window(u[2], clip=True) for u in units]
 
     # -- projections ----------------------------------------------------------------------------
-    def _project_fn(self, layer, image_shape, crop: bool):
-        key = (layer, None if crop else image_shape)
+    def _project_fn(self, layer, image_shape, crop: bool, shared: bool):
+        """Traced projection of a batch of rows (``shared``: of several units of one row)."""
+        key = (layer, None if crop else image_shape, shared)
         fn = self._project.get(key)
         if fn is None:
             spatial = (None, None) if crop else image_shape[:2]
-            signature = [tf.TensorSpec((None,) + spatial + image_shape[2:], tf.float32),
+            signature = [tf.TensorSpec((1 if shared else None,) + spatial + image_shape[2:],
+                                       tf.float32),
                          tf.TensorSpec((None, 3), tf.int32)]
 
             @tf.function(input_signature=signature)
@@ -248,9 +251,11 @@ class Projector:
                 with relu_rule(self.rule), capture_outputs(model, [layer]) as seen:
                     model(x, training=False)
                 out = seen[layer]
-                # Start from the layer output with every other unit zeroed, as in the paper.
-                signal = tf.stop_gradient(out * _one_hot(out, pos))
-                return gradients(tf.reduce_sum(out * signal), x)
+                if not shared:
+                    return _backward(out, x, pos)
+                # Units of one image share its forward pass; their backward passes are
+                # vectorized (pfor turns them into one batched backward pass).
+                return tf.vectorized_map(lambda p: _backward(out, x, p[None])[0], pos)
 
             self._project[key] = fn
         return fn
@@ -283,33 +288,48 @@ class Projector:
             return canvas
         plan = self._crop_plan(layer, images.shape[1:]) if crop else None
         if plan is None:
-            rows, pos = images[table[:, 0]], table[:, 1:4]
-            boxes = [(0, 0)] * n
-            fn = self._project_fn(layer, images.shape[1:], crop=False)
+            (fr, fc), (ch, cw) = (None, None), (h, w)
+            boxes = np.zeros((n, 2), np.int64)
+            pos = table[:, 1:4]
         else:
             (fr, fc), (ch, cw) = plan
-            boxes = [(rf.crop_start(fr, r, ch) if ch < h else 0,
-                      rf.crop_start(fc, c, cw) if cw < w else 0) for _, r, c, _ in table]
-            rows = np.stack([images[i, y:y + ch, x:x + cw]
-                             for (i, *_), (y, x) in zip(table, boxes)])
-            pos = table[:, 1:4] - np.array([[y // fr.jump, x // fc.jump, 0] for y, x in boxes])
-            fn = self._project_fn(layer, images.shape[1:], crop=True)
+            boxes = np.array([(rf.crop_start(fr, r, ch) if ch < h else 0,
+                               rf.crop_start(fc, c, cw) if cw < w else 0)
+                              for _, r, c, _ in table], np.int64)
+            pos = table[:, 1:4] - np.column_stack(
+                [boxes[:, 0] // fr.jump, boxes[:, 1] // fc.jump, np.zeros(n, np.int64)])
         pos = pos.astype(np.int32)
-        for lo in range(0, n, max_batch):
-            hi = min(lo + max_batch, n)
-            try:
-                grads = fn(rows[lo:hi], pos[lo:hi]).numpy()
-            except Exception as err:
-                if plan is None or lo > 0:
-                    raise
-                # A model that cannot run on a crop (a layer needing a fixed size): whole images.
-                log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
-                         "using whole images", layer, err)
-                self._no_crop.add((layer, images.shape[1:]))
-                return self._project_layer(images, layer, table, max_batch, crop=False)
-            for k, g in zip(range(lo, hi), grads):
-                y, x = boxes[k]
-                canvas[k, y:y + g.shape[0], x:x + g.shape[1]] = g
+
+        def rows(ks):
+            return np.stack([images[table[k, 0], boxes[k, 0]:boxes[k, 0] + ch,
+                                    boxes[k, 1]:boxes[k, 1] + cw] for k in ks])
+
+        # Units that read the same input rows share one forward pass.
+        groups: dict = {}
+        for k in range(n):
+            groups.setdefault((table[k, 0], boxes[k, 0], boxes[k, 1]), []).append(k)
+        shared = [ks for ks in groups.values() if len(ks) > 1]
+        single = [ks[0] for ks in groups.values() if len(ks) == 1]
+        calls = [(True, ks[i:i + max_batch]) for ks in shared for i in range(0, len(ks), max_batch)]
+        calls += [(False, single[i:i + max_batch]) for i in range(0, len(single), max_batch)]
+        key = (layer, images.shape[1:])
+        try:
+            for is_shared, ks in calls:
+                fn = self._project_fn(layer, images.shape[1:], plan is not None, is_shared)
+                x = rows(ks[:1]) if is_shared else rows(ks)
+                grads = fn(x, pos[ks]).numpy()
+                for k, g in zip(ks, grads):
+                    canvas[k, boxes[k, 0]:boxes[k, 0] + ch, boxes[k, 1]:boxes[k, 1] + cw] = g
+                if plan is not None:
+                    self._crop_ok.add(key)
+        except Exception as err:
+            if plan is None or key in self._crop_ok:
+                raise
+            # A model that cannot run on a crop (a layer needing a fixed size): whole images.
+            log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
+                     "using whole images", layer, err)
+            self._no_crop.add(key)
+            return self._project_layer(images, layer, table, max_batch, crop=False)
         return canvas
 
     def _crop_plan(self, layer, image_shape):
@@ -355,6 +375,13 @@ class Projector:
                                                    if n_images is not None else ""))
             table.append(t)
         return np.array(table, dtype=np.int64).reshape(-1, 4)
+
+
+def _backward(out, x, pos):
+    """Project ``out`` back to ``x``, each row starting from its one unit of ``pos``."""
+    # The signal is the layer output with every other unit zeroed, as in the paper.
+    signal = tf.stop_gradient(out * _one_hot(out, pos))
+    return gradients(tf.reduce_sum(out * signal), x)
 
 
 def _one_hot(out, pos):
