@@ -260,6 +260,36 @@ class Projector:
             self._project[key] = fn
         return fn
 
+    def prepare(self, image_shape) -> "Projector":
+        """Trace every function a projection of these layers may need, now.
+
+        Call it once (a callback does at train begin) so that no later call
+        traces, whichever units come up. A layer whose model cannot run on
+        crops is switched to whole images here.
+        """
+        image_shape = tuple(int(d) for d in image_shape)
+        self.output_shapes(image_shape)
+        for layer in self.layers:
+            crop = self._crop_plan(layer, image_shape) is not None
+            try:
+                for shared in (True, False):
+                    self._project_fn(layer, image_shape, crop, shared).get_concrete_function()
+                if crop:
+                    self._crop_ok.add((layer, image_shape))
+            except Exception as err:
+                if not crop:
+                    raise
+                self._fall_back(layer, image_shape, err)
+                for shared in (True, False):
+                    self._project_fn(layer, image_shape, False, shared).get_concrete_function()
+        return self
+
+    def _fall_back(self, layer, image_shape, err):
+        # A model that cannot run on a crop (a layer needing a fixed size): whole images.
+        log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
+                 "using whole images", layer, err)
+        self._no_crop.add((layer, image_shape))
+
     def project(self, images, units: Mapping[str, Sequence], max_batch: int = DEFAULT_MAX_BATCH,
                 crop: bool = True) -> dict[str, np.ndarray]:
         """Project ``{layer: units}`` to pixel space; returns ``{layer: (K,) + image shape}``.
@@ -325,10 +355,7 @@ class Projector:
         except Exception as err:
             if plan is None or key in self._crop_ok:
                 raise
-            # A model that cannot run on a crop (a layer needing a fixed size): whole images.
-            log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
-                     "using whole images", layer, err)
-            self._no_crop.add(key)
+            self._fall_back(layer, images.shape[1:], err)
             return self._project_layer(images, layer, table, max_batch, crop=False)
         return canvas
 
