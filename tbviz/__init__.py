@@ -8,3 +8,5 @@ Add one callback to ``model.fit`` and open ``tensorboard --logdir runs``::
 """
 
 __version__ = "0.1.0"
+
+from tbviz.callbacks.deconvnet import DeconvnetCallback  # noqa: E402,F401
