@@ -15,13 +15,19 @@ transposed filters and max-pooling routes the signal to the recorded argmax
 (the paper's switches). The signal that starts the projection is the unit's own
 activation, so values are raw (not normalized) and scale with the activation.
 
-All requested units (of every layer) are projected in batches, one row per unit,
-by ``tf.function`` s traced once per :class:`Projector`; projectors are cached
-per model, so repeated calls (every epoch, say) never trace again. A unit only
-depends on the input under its receptive field, so where the field is known
-(see :mod:`tbviz.receptive_field`) the row is a crop of the image aligned to the
-layer's total stride, and the result is pasted back into a zero canvas: the
-same numbers for a fraction of the work.
+All requested units are projected in batches by ``tf.function`` s traced once
+per :class:`Projector`; projectors are cached per model, so repeated calls
+(every epoch, say) never trace again. Three things keep the work small:
+
+* one row per unit, a batch of rows per call (chunked by ``max_batch``), the
+  forward pass stopping at the unit's layer;
+* a unit only depends on the input under its receptive field, so where the
+  field is known (see :mod:`tbviz.receptive_field`) its row is a crop of the
+  image aligned to the layer's total stride, with the image's own padding at
+  real borders, and the result is pasted back into a zero canvas: the same
+  numbers for a fraction of the work;
+* units that read the same row (same image and crop) share one forward pass,
+  and their backward passes run as one vectorized batch.
 
 Example:
     >>> import numpy as np, keras
@@ -132,10 +138,11 @@ def _positive_int(name, value):
 class Projector:
     """Activations and projections of ``layers`` of ``model``, traced once.
 
-    One ``tf.function`` gives all layers' activations; one per layer projects
-    a batch of units of that layer (its forward pass stops at the layer). The
-    traced graphs read the live weights, so one projector serves a whole
-    training run. ``trace_count`` says how many times a function was traced.
+    One ``tf.function`` gives all layers' activations; per layer, one projects
+    a batch of rows (one unit each) and one several units of a single row
+    (their shared forward pass stops at the layer). The traced graphs read the
+    live weights, so one projector serves a whole training run; :meth:`prepare`
+    traces everything up front. ``trace_count`` counts the traces.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 1)),
@@ -157,7 +164,7 @@ class Projector:
         self.rule = check_rule(rule)
         self.trace_count = 0
         self._acts: dict = {}     # image shape -> tf.function
-        self._project: dict = {}  # (layer, image shape or None for crops) -> tf.function
+        self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
         self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
         self._no_crop: set = set()
         self._crop_ok: set = set()
@@ -295,8 +302,9 @@ class Projector:
         """Project ``{layer: units}`` to pixel space; returns ``{layer: (K,) + image shape}``.
 
         ``units`` are :class:`Unit` s or ``(image_index, row, col, channel)`` tuples
-        (``(image_index, channel)`` for a flat layer). Rows are batched by at most
-        ``max_batch``; ``crop=False`` projects from whole images (slower, same result).
+        (``(image_index, channel)`` for a flat layer). At most ``max_batch`` units
+        go into one call; ``crop=False`` projects from whole images (slower, same
+        result).
         """
         images = self.check_images(images)
         image_shape = images.shape[1:]
