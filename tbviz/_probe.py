@@ -103,3 +103,17 @@ def check_layer_rank(model, image_shape, layer: str, ranks, what: str) -> tuple:
             f"{' or '.join(f'{r}-D' for r in sorted(ranks))} output. Layers that fit: "
             f"{', '.join(fitting) or '(none)'}")
     return shape
+
+
+def layer_outputs(model, x: np.ndarray, layer: str, max_batch: int = 32) -> np.ndarray:
+    """The output of ``layer`` for images ``x``, by a probe traced once per image shape."""
+    def build(ref):
+        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32)])
+        def forward(xb):
+            with capture_outputs(ref(), [layer]) as seen:
+                ref()(xb, training=False)
+            return seen[layer]
+        return forward
+
+    forward = traced(model, ("layer_output", layer, x.shape[1:]), build)
+    return np.concatenate([forward(x[s]).numpy() for s in batches(len(x), max_batch)])

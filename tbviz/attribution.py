@@ -400,20 +400,6 @@ def cam_head(model) -> tuple[str, str]:
     return feature, top[dense_i]
 
 
-def _layer_outputs(model, x, layer: str, max_batch: int) -> np.ndarray:
-    """The output of ``layer`` for ``x``, computed by a probe traced once per shape."""
-    def build(ref):
-        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32)])
-        def forward(xb):
-            with capture_outputs(ref(), [layer]) as seen:
-                ref()(xb, training=False)
-            return seen[layer]
-        return forward
-
-    forward = _probe.traced(model, ("layer_output", layer, x.shape[1:]), build)
-    return np.concatenate([forward(x[s]).numpy() for s in _probe.batches(len(x), max_batch)])
-
-
 def cam(model, images, target, upsample: bool = True, max_batch: int = 32) -> np.ndarray:
     """Class activation map (Zhou et al. 2016) for a conv -> GAP -> Dense model.
 
@@ -434,7 +420,7 @@ def cam(model, images, target, upsample: bool = True, max_batch: int = 32) -> np
                          "class indices; use grad_cam() for a callable score")
     feature, dense = cam_head(model)
     x, idx, _, max_batch = _prepare(model, images, target, max_batch)
-    features = _layer_outputs(model, x, feature, max_batch)
+    features = _probe.layer_outputs(model, x, feature, max_batch)
     if features.ndim != 4:
         raise ValueError(f"cam(): layer {feature!r} feeding the pooling has output shape "
                          f"{features.shape}, not (N, h, w, channels)")
