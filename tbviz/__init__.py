@@ -8,3 +8,7 @@ Add one callback to ``model.fit`` and open ``tensorboard --logdir runs``::
 """
 
 __version__ = "0.1.0"
+
+from tbviz.callbacks.attribution import AttributionCallback  # noqa: E402
+from tbviz.callbacks.feature_maps import FeatureMapsCallback  # noqa: E402
+from tbviz.callbacks.synthesis import SynthesisCallback  # noqa: E402

@@ -67,6 +67,21 @@ def pre_softmax(t):
     return t
 
 
+def pre_relu(t):
+    """The input of ``t``'s ReLU when ``t`` is (an identity of) a ReLU output, else ``t``.
+
+    Graph tensors only. Activation maximization scores a ReLU unit before the ReLU:
+    a unit that is silent on the starting image has zero gradient after it and
+    would never move.
+    """
+    op = getattr(t, "op", None)
+    while op is not None and op.type == "Identity":
+        op = op.inputs[0].op
+    if op is not None and op.type == "Relu":
+        return op.inputs[0]
+    return t
+
+
 def layer_output_shapes(model, image_shape) -> dict:
     """``{path: output shape}`` of every layer that runs on one image of ``image_shape``.
 

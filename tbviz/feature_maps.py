@@ -42,6 +42,15 @@ def _check_scale(scale) -> int:
     return int(scale)
 
 
+def display_scale(tile_size: int, at_least: int = 32) -> int:
+    """The smallest integer enlargement that shows a ``tile_size`` tile ``at_least`` pixels wide.
+
+    >>> display_scale(3), display_scale(14), display_scale(56)
+    (11, 3, 1)
+    """
+    return max(1, math.ceil(at_least / max(1, int(tile_size))))
+
+
 def _enlarge(tiles: np.ndarray, scale: int) -> np.ndarray:
     return tiles if scale == 1 else tiles.repeat(scale, axis=-3).repeat(scale, axis=-2)
 

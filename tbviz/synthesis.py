@@ -108,8 +108,9 @@ def _normalized(g):
 
 
 def _unit_means(a, channels):
-    """Mean over positions of channel ``channels[i]`` in row ``i`` of layer output ``a``."""
-    a = _probe.pre_softmax(a)
+    """Mean over positions of channel ``channels[i]`` in row ``i`` of layer output ``a``,
+    read before a final softmax or ReLU (see :func:`tbviz._probe.pre_relu`)."""
+    a = _probe.pre_relu(_probe.pre_softmax(a))
     if a.shape.rank > 2:
         a = tf.reduce_mean(a, axis=list(range(1, a.shape.rank - 1)))
     return tf.gather(a, channels, axis=1, batch_dims=1)
@@ -157,9 +158,10 @@ def maximize_activation(model, layer: str, channel, size=None, steps: int = 128,
                         value_range=(0.0, 255.0), seed: int | None = 0):
     """Gradient ascent on the input to a unit's mean activation (Erhan et al. 2009).
 
-    ``channel`` is one channel (feature map of a conv layer, unit of a dense layer;
-    a softmax layer's units are scored before the softmax) or a list of them, all
-    optimized at once as one batch. Priors after Yosinski et al. 2015, each
+    ``channel`` is one channel (feature map of a conv layer, unit of a dense layer)
+    or a list of them, all optimized at once as one batch. A layer ending in a ReLU
+    or a softmax is scored before it, so units silent on the start image still get
+    a gradient, and a class's logit, not its probability, is raised. Priors after Yosinski et al. 2015, each
     switchable off with ``0``/``None``:
 
     * ``l2``: pull toward mid-gray by this fraction per step (L2 decay),
