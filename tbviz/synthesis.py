@@ -330,13 +330,14 @@ def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02
 # -- DeepDream --------------------------------------------------------------------------------
 
 def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4, steps: int = 10,
-              lr: float = 0.01, jitter: int = 4, value_range=(0.0, 255.0),
+              lr: float = 0.006, jitter: int = 4, value_range=(0.0, 255.0),
               seed: int | None = 0) -> np.ndarray:
     """DeepDream (Mordvintsev et al. 2015): amplify what ``layers`` already see in ``image``.
 
     Gradient ascent on the sum over ``layers`` of the mean squared activation,
     ``steps`` per octave, with random ``jitter`` and the gradient normalized per
-    image (``lr`` is a fraction of the value range per step). With ``octaves > 1``
+    image (``lr`` is a fraction of the value range per step; the default is the
+    original's 1.5 of 255). With ``octaves > 1``
     the image is dreamt from ``octave_scale ** (octaves - 1)`` times smaller up to
     full size, carrying the added detail up each octave as the original does; that
     needs a model that takes any image size (``keras.Input((None, None, 3))``).

@@ -26,7 +26,7 @@ def test_feature_map_grid_shows_each_channel_on_one_scale_per_image(rng):
     x = rng.uniform(0, 255, (2, 11, 11, 3)).astype("float32")
     grids = feature_maps(model, x, "conv1", scale=2, pad=1)
     assert grids.dtype == np.uint8 and grids.shape == (2, 2 * 19 - 1, 2 * 19 - 1, 3)
-    maps = keras.Model(model.inputs, model.get_layer("conv1").output)(x).numpy()  # (2, 9, 9, 4)
+    maps = keras.Model(model.inputs[0], model.get_layer("conv1").output)(x).numpy()  # (2, 9, 9, 4)
     for n in range(2):
         assert np.all(grids[n, ..., 0] == grids[n, ..., 1])  # gray
         lo, hi = maps[n].min(), maps[n].max()

@@ -26,7 +26,7 @@ def small_net(size=(16, 16)):
 
 
 def conv2_means(model, x):
-    feats = keras.Model(model.inputs, model.get_layer("conv2").output)(x).numpy()
+    feats = keras.Model(model.inputs[0], model.get_layer("conv2").output)(x).numpy()
     return feats.mean(axis=(1, 2))
 
 
@@ -77,7 +77,7 @@ def test_inversion_lowers_the_feature_distance_tenfold():
     photo = smooth_photo((16, 16))
     rec, trace = sy.invert_features(model, photo, "conv1", steps=150)
     assert rec.shape == photo.shape and trace.shape == (151,)
-    feats = keras.Model(model.inputs, model.get_layer("conv1").output)
+    feats = keras.Model(model.inputs[0], model.get_layer("conv1").output)
     a, b = feats(photo[None]).numpy(), feats(rec[None]).numpy()
     distance = np.sum((a - b) ** 2) / np.sum(a ** 2)  # the relative distance, by hand
     np.testing.assert_allclose(trace[-1], distance, rtol=1e-3)
@@ -104,7 +104,7 @@ def flexible_net():
 
 
 def energy(model, layers, x):
-    outs = keras.Model(model.inputs, [model.get_layer(p).output for p in layers])(x)
+    outs = keras.Model(model.inputs[0], [model.get_layer(p).output for p in layers])(x)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
     return sum(np.mean(np.square(o.numpy()), axis=(1, 2, 3)) for o in outs)
 
