@@ -3,7 +3,7 @@
 =========================  =====================================================  ===============================
 function                   optimizes                                              literature
 =========================  =====================================================  ===============================
-``maximize_activation``    a unit's mean activation, with L2 decay, Gaussian      Erhan et al. 2009,
+``maximize_activation``    a channel's mean or center unit, with L2 decay, Gaussian     Erhan et al. 2009,
                            blur, jitter and gradient-clipping priors              Yosinski et al. 2015
 ``invert_features``        distance of a layer's features to a photo's, plus a    Mahendran & Vedaldi 2015
                            total-variation prior
@@ -107,12 +107,40 @@ def _normalized(g):
     return g / (tf.reduce_mean(tf.abs(g), axis=axes, keepdims=True) + 1e-12)
 
 
-def _unit_means(a, channels):
-    """Mean over positions of channel ``channels[i]`` in row ``i`` of layer output ``a``,
-    read before a final softmax or ReLU (see :func:`tbviz._probe.pre_relu`)."""
+def _adam(g, m, v, t):
+    """One Adam update direction (Kingma & Ba 2014) and its new moments.
+
+    Adam scales each pixel's step by its own gradient history, so pixels with small
+    gradients (behind mostly silent ReLUs) still move: plain or globally normalized
+    gradient steps leave them behind and stall in the basin around the start.
+    """
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g * g
+    return (m / (1 - 0.9 ** t)) / (tf.sqrt(v / (1 - 0.999 ** t)) + 1e-8), m, v
+
+
+def _clip_small_contribution(x, g, mid, percentile):
+    """Reset to ``mid`` the pixels whose contribution ``sum_c |(x - mid) * g|`` to the
+    objective is below ``percentile`` of the image's (Yosinski et al. 2015)."""
+    contribution = tf.reduce_sum(tf.abs((x - mid) * g), axis=-1)  # (N, H, W)
+    flat = tf.sort(tf.reshape(contribution, (tf.shape(x)[0], -1)), axis=-1)
+    n = tf.shape(flat)[1]
+    # the ceil(p% of n)-th smallest: at least p% of the pixels lie below it
+    k = tf.minimum(tf.cast(tf.math.ceil(percentile / 100 * tf.cast(n, tf.float32)), tf.int32), n - 1)
+    threshold = flat[:, k][:, None, None]
+    return tf.where((contribution < threshold)[..., None], tf.cast(mid, x.dtype), x)
+
+
+UNITS = ("mean", "center")
+
+
+def _unit_objective(a, channels, unit: str):
+    """Channel ``channels[i]`` of row ``i`` of layer output ``a``, read before a final
+    softmax or ReLU (see :func:`tbviz._probe.pre_relu`): its mean over positions, or
+    its unit at the center position."""
     a = _probe.pre_relu(_probe.pre_softmax(a))
-    if a.shape.rank > 2:
-        a = tf.reduce_mean(a, axis=list(range(1, a.shape.rank - 1)))
+    if a.shape.rank == 4:
+        a = a[:, a.shape[1] // 2, a.shape[2] // 2] if unit == "center" else tf.reduce_mean(a, [1, 2])
     return tf.gather(a, channels, axis=1, batch_dims=1)
 
 
@@ -152,23 +180,29 @@ def _shift(rng, jitter: int) -> np.ndarray:
 
 # -- activation maximization ------------------------------------------------------------------
 
-def maximize_activation(model, layer: str, channel, size=None, steps: int = 128, lr: float = 0.02,
-                        l2: float = 1e-3, blur_every: int | None = 4, blur_sigma: float = 0.5,
+def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean",
+                        steps: int = 128, lr: float = 0.02, l2: float = 1e-3, blur_every: int | None = 4, blur_sigma: float = 0.5,
                         jitter: int = 2, clip_grad: float | None = None,
                         value_range=(0.0, 255.0), seed: int | None = 0):
-    """Gradient ascent on the input to a unit's mean activation (Erhan et al. 2009).
+    """Gradient ascent on the input to a channel's activation (Erhan et al. 2009).
 
     ``channel`` is one channel (feature map of a conv layer, unit of a dense layer)
-    or a list of them, all optimized at once as one batch. A layer ending in a ReLU
+    or a list of them, all optimized at once as one batch. For a conv layer,
+    ``unit="mean"`` raises the channel's mean over all positions (a texture that
+    fills the image), ``unit="center"`` its single unit at the center (a pattern the
+    size of its receptive field, as Erhan and Yosinski et al. show). A layer ending in a ReLU
     or a softmax is scored before it, so units silent on the start image still get
-    a gradient, and a class's logit, not its probability, is raised. Priors after Yosinski et al. 2015, each
-    switchable off with ``0``/``None``:
+    a gradient, and a class's logit, not its probability, is raised. The ascent
+    starts from mid-gray with faint noise and uses Adam (step ``lr`` of the value
+    range, cosine-decayed to 0). Priors after Yosinski et al. 2015, each switchable
+    off with ``0``/``None``:
 
     * ``l2``: pull toward mid-gray by this fraction per step (L2 decay),
     * ``blur_every``/``blur_sigma``: Gaussian blur every that many steps,
     * ``jitter``: shift the image by up to that many pixels at random each step,
-    * ``clip_grad``: clip the normalized gradient to +-``clip_grad`` (in units of
-      its mean magnitude), so a few pixels cannot take the whole update.
+    * ``clip_grad``: a percentile; each step, pixels whose first-order contribution
+      to the objective, ``sum_c |(x - mid) * gradient|``, is below it are reset to
+      mid-gray (the paper's clipping of pixels with small contribution).
 
     ``size=(H, W)`` is needed only for models that take any image size.
 
@@ -194,7 +228,9 @@ def maximize_activation(model, layer: str, channel, size=None, steps: int = 128,
     if blur_every and blur_sigma <= 0:
         raise ValueError("blur_sigma must be > 0 when blur_every is on")
     jitter = _check_count("jitter", jitter, 0) if jitter else 0
-    clip = _check_number("clip_grad", clip_grad) if clip_grad is not None else np.inf
+    clip = _check_number("clip_grad", clip_grad) if clip_grad else 0.0
+    if clip >= 100:
+        raise ValueError(f"clip_grad is a percentile of pixels and must be < 100, got {clip_grad}")
     shape = _synthesis_shape(model, size)
     out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
     single = np.ndim(channel) == 0
@@ -207,6 +243,8 @@ def maximize_activation(model, layer: str, channel, size=None, steps: int = 128,
         raise ValueError(f"channel {int(bad[0])} is out of range: layer {layer!r} has {out[-1]} "
                          f"channels (0..{out[-1] - 1})")
     channels = channels.astype(np.int32)
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
     kernel = _gaussian(blur_sigma) if blur_every else np.ones(1, np.float32)
     mid, span = (lo + hi) / 2, hi - lo
 
@@ -214,32 +252,37 @@ def maximize_activation(model, layer: str, channel, size=None, steps: int = 128,
         img = tf.TensorSpec((None,) + shape, tf.float32)
         num = tf.TensorSpec((), tf.float32)
 
-        @tf.function(input_signature=[img, tf.TensorSpec((None,), tf.int32),
+        @tf.function(input_signature=[img, img, img, num, tf.TensorSpec((None,), tf.int32),
                                       tf.TensorSpec((2,), tf.int32), tf.TensorSpec((), tf.bool),
                                       num, num, num])
-        def step(x, ch, shift, blur, lr_t, l2_t, clip_t):
+        def step(x, m, v, t, ch, shift, blur, lr_t, l2_t, clip_t):
             with capture_outputs(ref(), [layer]) as seen:
                 ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
-            act = _unit_means(seen[layer], ch)
-            g = tf.clip_by_value(_normalized(gradients(tf.reduce_sum(act), x)), -clip_t, clip_t)
-            x = mid + (x + lr_t * span * g - mid) * (1 - l2_t)
+            act = _unit_objective(seen[layer], ch, unit)
+            g = gradients(tf.reduce_sum(act), x)
+            update, m, v = _adam(g, m, v, t)
+            x = mid + (x + lr_t * span * update - mid) * (1 - l2_t)
             x = tf.cond(blur, lambda: _blur(x, kernel), lambda: x)
-            return tf.clip_by_value(x, lo, hi), act
+            x = tf.cond(clip_t > 0, lambda: _clip_small_contribution(x, g, mid, clip_t), lambda: x)
+            return tf.clip_by_value(x, lo, hi), m, v, act
 
         @tf.function(input_signature=[img, tf.TensorSpec((None,), tf.int32)])
         def objective(x, ch):
             with capture_outputs(ref(), [layer]) as seen:
                 ref()(x, training=False)
-            return _unit_means(seen[layer], ch)
+            return _unit_objective(seen[layer], ch, unit)
         return step, objective
 
-    step, objective = _probe.traced(model, ("maximize", layer, shape, float(blur_sigma)), build)
+    step, objective = _probe.traced(model, ("maximize", layer, shape, unit, float(blur_sigma)),
+                                    build)
     rng = np.random.default_rng(seed)
     x = tf.constant(_start(rng, (len(channels),) + shape, lo, hi))
+    m = v = tf.zeros_like(x)
     trace = []
     for i in range(steps):
         blur = bool(blur_every) and (i + 1) % blur_every == 0
-        x, act = step(x, channels, _shift(rng, jitter), blur, _cosine(lr, i, steps), l2, clip)
+        x, m, v, act = step(x, m, v, float(i + 1), channels, _shift(rng, jitter), blur,
+                            _cosine(lr, i, steps), l2, clip)
         trace.append(act.numpy())
     trace.append(objective(x, channels).numpy())
     images, trace = x.numpy(), np.stack(trace)
@@ -303,9 +346,7 @@ def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02
         def step(x, m, v, t, phi0, lr_t, tv_t):
             dist = distance(x, phi0)
             g = gradients(tf.reduce_sum(dist + tv_t * _tv(x, span)), x)
-            m = 0.9 * m + 0.1 * g
-            v = 0.999 * v + 0.001 * g * g
-            update = (m / (1 - 0.9 ** t)) / (tf.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+            update, m, v = _adam(g, m, v, t)
             return tf.clip_by_value(x - lr_t * span * update, lo, hi), m, v, dist
 
         @tf.function(input_signature=[img, feat])

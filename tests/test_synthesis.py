@@ -51,13 +51,28 @@ def test_maximization_raises_each_target_activation_tenfold():
     print("activation ratios", got / start)
 
 
+def test_maximizing_the_center_unit_raises_it_tenfold():
+    model = small_net()
+    # Priors off: a 5x5 receptive field leaves blur and jitter little room on their own.
+    images, trace = sy.maximize_activation(model, "conv2", [0, 2, 5], unit="center", steps=64,
+                                           jitter=0, blur_every=None, l2=0)
+    feats = keras.Model(model.inputs[0], model.get_layer("conv2").output)(images).numpy()
+    got = feats[np.arange(3), 6, 6, [0, 2, 5]]  # conv2's output is 12x12: center (6, 6)
+    np.testing.assert_allclose(trace[-1], got, rtol=1e-4, atol=1e-6)
+    assert np.all(trace[0] > 0) and np.all(got >= 10 * trace[0]), (trace[0], got)
+    # Only the center unit's receptive field (5x5 around input pixel (8, 8)) matters.
+    far = np.ones(images.shape[1:3], bool)
+    far[6:11, 6:11] = False
+    assert np.abs(images[:, far] - 127.5).max() < np.abs(images[:, ~far] - 127.5).max() / 5
+
+
 def test_each_prior_switches_off_and_a_dense_unit_uses_its_logit():
     model = small_net()
     bare, trace = sy.maximize_activation(model, "conv2", 1, steps=40, l2=0, blur_every=None,
                                          jitter=0, clip_grad=None)
     assert bare.shape == (16, 16, 3) and trace[-1] > trace[0]
     # Each prior changes the result on its own.
-    for prior in ({"l2": 0.05}, {"blur_every": 2}, {"jitter": 3}, {"clip_grad": 0.5}):
+    for prior in ({"l2": 0.05}, {"blur_every": 2}, {"jitter": 3}, {"clip_grad": 10}):
         kwargs = dict(l2=0, blur_every=None, jitter=0, clip_grad=None)
         kwargs.update(prior)
         other, _ = sy.maximize_activation(model, "conv2", 1, steps=40, **kwargs)
@@ -67,6 +82,11 @@ def test_each_prior_switches_off_and_a_dense_unit_uses_its_logit():
                                         blur_sigma=1.0, jitter=0)
     tv = lambda x: np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()  # noqa
     assert tv(blurred) < tv(bare)
+    # Clipping pixels of small contribution leaves at least that share of pixels mid-gray.
+    clipped, trace = sy.maximize_activation(model, "conv2", [1, 3], steps=40, blur_every=None,
+                                            clip_grad=60)
+    assert np.all(np.all(clipped == 127.5, axis=-1).mean(axis=(1, 2)) >= 0.6 - 1e-3)
+    assert np.all(trace[-1] > trace[0])
     # The softmax output layer is maximized through its logit, which then grows.
     _, trace = sy.maximize_activation(model, "probs", 2, steps=30)
     assert trace[-1] > trace[0] + 0.02
@@ -132,6 +152,10 @@ def test_synthesis_errors_are_clear():
         sy.maximize_activation(flexible_net(), "c1", 0)
     with pytest.raises(ValueError, match="value_range"):
         sy.maximize_activation(model, "conv2", 0, value_range=(1, 0))
+    with pytest.raises(ValueError, match="unknown unit 'max'.*mean, center"):
+        sy.maximize_activation(model, "conv2", 0, unit="max")
+    with pytest.raises(ValueError, match="percentile"):
+        sy.maximize_activation(model, "conv2", 0, clip_grad=100)
     with pytest.raises(ValueError, match="octaves=2.*keras.Input"):
         sy.deepdream(model, smooth_photo((16, 16)), "conv1", octaves=2)
     with pytest.raises(ValueError, match="shape"):
