@@ -94,7 +94,8 @@ def noise_for(x, samples, noise, seed):
     eps = np.random.default_rng(seed).standard_normal((len(x) * samples,) + x.shape[1:],
                                                       dtype=np.float32)
     owner = np.repeat(np.arange(len(x)), samples)
-    return (x[owner] + eps * sigma[owner, None, None, None]).reshape((len(x), samples) + x.shape[1:])
+    noisy = x[owner] + eps * sigma[owner, None, None, None]
+    return noisy.reshape((len(x), samples) + x.shape[1:])
 
 
 def smoothgrad_per_sample(model, noisy, target):
@@ -146,7 +147,8 @@ def main(argv=None):
 
     keras.utils.set_random_seed(0)
     model = small_cnn(args.size)
-    x = np.random.default_rng(1).uniform(0, 1, (args.images, args.size, args.size, 3)).astype("float32")
+    shape = (args.images, args.size, args.size, 3)
+    x = np.random.default_rng(1).uniform(0, 1, shape).astype("float32")
     target = np.arange(args.images) % 10
     positions = len(starts(args.size, args.patch, args.stride)) ** 2
     print(f"model {model.name}: {model.count_params()} parameters; {args.images} images of "
@@ -154,11 +156,13 @@ def main(argv=None):
 
     print(f"\nocclusion: patch {args.patch}, stride {args.stride}: {positions} patches per image")
     t_batched, ref = best_time(lambda: attribution.occlusion(
-        model, x, target, patch=args.patch, stride=args.stride, max_batch=args.max_batch), args.repeats)
+        model, x, target, patch=args.patch, stride=args.stride, max_batch=args.max_batch),
+        args.repeats)
     rows = [("tbviz batched (max_batch=%d)" % args.max_batch, t_batched, ref)]
     for name, fn in (("per-image loop, patches batched", occlusion_per_image),
                      ("per-image, per-patch eager loop", occlusion_per_patch)):
-        t, out = best_time(lambda fn=fn: fn(model, x, target, args.patch, args.stride), args.repeats)
+        t, out = best_time(lambda fn=fn: fn(model, x, target, args.patch, args.stride),
+                           args.repeats)
         rows.append((name, t, out))
     report(rows)
 

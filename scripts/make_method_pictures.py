@@ -118,7 +118,8 @@ def save(image: Image.Image, out_dir, name):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "methods"))
+    here = os.path.dirname(os.path.abspath(__file__))
+    p.add_argument("--out", default=os.path.join(here, "..", "docs", "methods"))
     p.add_argument("--train", type=int, default=2400)
     p.add_argument("--epochs", type=int, default=6)
     args = p.parse_args(argv)
@@ -130,7 +131,8 @@ def main(argv=None):
     x, y = dataset(rng, args.train, objs, texs)
     xv, yv = dataset(rng, 300, objs, texs)
     model = build_model()
-    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     model.fit(x, y, validation_data=(xv, yv), epochs=args.epochs, batch_size=64, verbose=2)
     print(f"validation accuracy: {model.evaluate(xv, yv, verbose=0)[1]:.3f}")
 
@@ -143,12 +145,13 @@ def main(argv=None):
     print("predicted:", [CLASSES[i] for i in attribution.top_classes(model, probes)])
 
     print(f"writing pictures to {os.path.normpath(args.out)}")
+    mean_color = probes.mean(axis=(1, 2), keepdims=True)
     heat_methods = {
         "saliency": lambda: attribution.saliency(model, probes, target),
         "smoothgrad": lambda: attribution.smoothgrad(model, probes, target, samples=50),
         "guided_backprop": lambda: attribution.guided_backprop(model, probes, target),
         "occlusion": lambda: attribution.occlusion(model, probes, target, patch=12, stride=4,
-                                                   baseline=probes.mean(axis=(1, 2), keepdims=True)),
+                                                   baseline=mean_color),
         "cam": lambda: attribution.cam(model, probes, target),
         "grad_cam": lambda: attribution.grad_cam(model, probes, target, layer="conv4"),
     }
@@ -164,8 +167,8 @@ def main(argv=None):
 
     # What units want to see: the three class logits, and center units of conv3 and conv5
     # (their means are raised by flat colors on this color-driven little network).
-    classes, _ = synthesis.maximize_activation(model, "classes", target, size=(SIZE, SIZE), steps=200,
-                                               jitter=2, blur_every=4, blur_sigma=0.6)
+    classes, _ = synthesis.maximize_activation(model, "classes", target, size=(SIZE, SIZE),
+                                               steps=200, jitter=2, blur_every=4, blur_sigma=0.6)
     rows, labels = [synthesis.to_uint8(classes)], ["classes"]
     for layer in ("conv3", "conv5"):
         units, _ = synthesis.maximize_activation(model, layer, [1, 2, 3], size=(SIZE, SIZE),
@@ -182,7 +185,8 @@ def main(argv=None):
     save(sheet(rows, ["input", "from conv2", "from conv4", "from conv5"],
                "invert_features (total-variation prior)"), args.out, "invert_features")
 
-    big = np.stack([compose(rng, objs, texs, c, size=96, where=(28, 28), scale=40) for c in range(3)])
+    big = np.stack([compose(rng, objs, texs, c, size=96, where=(28, 28), scale=40)
+                    for c in range(3)])
     dream = synthesis.deepdream(model, big, ["conv4", "conv5"], octaves=3, octave_scale=1.4,
                                 steps=10, lr=0.003)
     save(sheet([np.round(big).astype(np.uint8), synthesis.to_uint8(dream)], ["input", "dream"],
@@ -190,8 +194,8 @@ def main(argv=None):
 
     maps = feature_maps.feature_maps(model, probes[:1], "conv2", scale=1, pad=2)[0]
     deep = feature_maps.feature_maps(model, probes[:1], "conv4", scale=2, pad=2)[0]
-    canvas = np.full((max(maps.shape[0], deep.shape[0], SIZE), SIZE + maps.shape[1] + deep.shape[1] + 16, 3),
-                     255, np.uint8)
+    height = max(maps.shape[0], deep.shape[0], SIZE)
+    canvas = np.full((height, SIZE + maps.shape[1] + deep.shape[1] + 16, 3), 255, np.uint8)
     canvas[:SIZE, :SIZE] = photos[0]
     canvas[:maps.shape[0], SIZE + 8:SIZE + 8 + maps.shape[1]] = maps
     canvas[:deep.shape[0], SIZE + 16 + maps.shape[1]:] = deep

@@ -84,7 +84,8 @@ def check_target(model, images, target):
     for a non-integer or out-of-range index or a wrong count.
 
     >>> import numpy as np, keras
-    >>> m = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> m = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+    ...                       keras.layers.Dense(3)])
     >>> check_target(m, np.zeros((2, 4, 4, 1)), 2)[0]
     array([2, 2], dtype=int32)
     """
@@ -131,7 +132,8 @@ def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
     """The index of the highest output per image: the predicted class.
 
     >>> import numpy as np, keras
-    >>> m = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> m = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(),
+    ...                       keras.layers.Dense(3)])
     >>> top_classes(m, np.ones((4, 2, 2, 1))).shape
     (4,)
     """
@@ -174,7 +176,8 @@ def saliency(model, images, target, max_batch: int = 32) -> np.ndarray:
     paper's map take ``heatmap(result)`` (max of ``|gradient|`` over channels).
 
     >>> import numpy as np, keras
-    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+    ...                       keras.layers.Dense(2)])
     >>> saliency(m, np.zeros((1, 8, 8, 3)), target=0).shape
     (1, 8, 8, 3)
     """
@@ -210,7 +213,8 @@ def smoothgrad(model, images, target, samples: int = 25, noise: float = 0.15,
     TensorFlow's random state is left alone).
 
     >>> import numpy as np, keras
-    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+    ...                       keras.layers.Dense(2)])
     >>> smoothgrad(m, np.random.rand(2, 8, 8, 3), target=0, samples=4).shape
     (2, 8, 8, 3)
     """
@@ -267,7 +271,8 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
     calls the model.
 
     >>> import numpy as np, keras
-    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+    ...                       keras.layers.Dense(2)])
     >>> occlusion(m, np.ones((3, 8, 8, 1)), target=0, patch=4, stride=2).shape
     (3, 8, 8)
     """
@@ -345,12 +350,19 @@ _PASS_THROUGH = (keras.layers.Dropout, keras.layers.SpatialDropout2D, keras.laye
                  keras.layers.GaussianDropout, keras.layers.AlphaDropout)
 
 
+def _activation(layer) -> str:
+    return getattr(getattr(layer, "activation", None), "__name__", "linear")
+
+
 def _kind(layer) -> str:
-    act = getattr(layer, "activation", None)
-    name = type(layer).__name__
-    if act is not None and getattr(act, "__name__", "linear") != "linear":
-        name += f"({act.__name__})"
-    return name
+    act = _activation(layer)
+    return type(layer).__name__ + ("" if act == "linear" else f"({act})")
+
+
+def _output_activation(layer) -> bool:
+    """A softmax or identity after the classifier: it does not change which class wins."""
+    return isinstance(layer, keras.layers.Softmax) or (
+        isinstance(layer, keras.layers.Activation) and _activation(layer) in ("softmax", "linear"))
 
 
 def cam_head(model) -> tuple[str, str]:
@@ -368,22 +380,20 @@ def cam_head(model) -> tuple[str, str]:
     """
     paths = layer_paths(model)
     top = [p for p in paths if "/" not in p] or paths
-    # Walk back from the output over the layers that do not change which unit wins.
+    layers = [get_layer(model, p) for p in top]
     i = len(top) - 1
-    while i >= 0 and (isinstance(get_layer(model, top[i]), keras.layers.Softmax) or (
-            isinstance(get_layer(model, top[i]), keras.layers.Activation)
-            and getattr(get_layer(model, top[i]).activation, "__name__", "") in ("softmax", "linear"))):
+    while i >= 0 and _output_activation(layers[i]):
         i -= 1
     dense_i = i
     i -= 1
-    while i >= 0 and isinstance(get_layer(model, top[i]), _PASS_THROUGH):
+    while i >= 0 and isinstance(layers[i], _PASS_THROUGH):
         i -= 1
     gap_i = i
-    ok = (dense_i >= 0 and gap_i >= 1
-          and isinstance(get_layer(model, top[dense_i]), keras.layers.Dense)
-          and getattr(get_layer(model, top[dense_i]).activation, "__name__", "") in ("linear", "softmax")
-          and isinstance(get_layer(model, top[gap_i]), keras.layers.GlobalAveragePooling2D)
-          and not getattr(get_layer(model, top[gap_i]), "keepdims", False))
+    ok = (gap_i >= 1
+          and isinstance(layers[dense_i], keras.layers.Dense)
+          and _activation(layers[dense_i]) in ("linear", "softmax")
+          and isinstance(layers[gap_i], keras.layers.GlobalAveragePooling2D)
+          and not getattr(layers[gap_i], "keepdims", False))
     if not ok:
         tail = " -> ".join(f"{p} [{_kind(get_layer(model, p))}]" for p in top[-4:])
         raise ValueError(
@@ -416,8 +426,8 @@ def cam(model, images, target, upsample: bool = True, max_batch: int = 32) -> np
     (2, 6, 6)
     """
     if callable(target):
-        raise ValueError("cam() weighs feature maps by one class's dense weights, so target must be "
-                         "class indices; use grad_cam() for a callable score")
+        raise ValueError("cam() weighs feature maps by one class's dense weights, so target "
+                         "must be class indices; use grad_cam() for a callable score")
     feature, dense = cam_head(model)
     x, idx, _, max_batch = _prepare(model, images, target, max_batch)
     features = _probe.layer_outputs(model, x, feature, max_batch)

@@ -1,15 +1,15 @@
 """Synthesis: images made by gradient steps on the input, to show what a layer encodes.
 
-=========================  =====================================================  ===============================
-function                   optimizes                                              literature
-=========================  =====================================================  ===============================
-``maximize_activation``    a channel's mean or center unit, with L2 decay, Gaussian     Erhan et al. 2009,
-                           blur, jitter and gradient-clipping priors              Yosinski et al. 2015
-``invert_features``        distance of a layer's features to a photo's, plus a    Mahendran & Vedaldi 2015
-                           total-variation prior
-``deepdream``              the layers' activation energy on a photo, octave by    Mordvintsev et al. 2015
-                           octave
-=========================  =====================================================  ===============================
+=======================  ==========================================  ========================
+function                 optimizes                                   literature
+=======================  ==========================================  ========================
+``maximize_activation``  a channel's mean or center unit, with L2,   Erhan et al. 2009,
+                         blur, jitter and pixel-clipping priors      Yosinski et al. 2015
+``invert_features``      distance of a layer's features to a         Mahendran & Vedaldi 2015
+                         photo's, plus a total-variation prior
+``deepdream``            the layers' activation energy on a photo,   Mordvintsev et al. 2015
+                         octave by octave
+=======================  ==========================================  ========================
 
 All work in the model's input space: ``value_range`` (default ``(0, 255)``, the
 project's image convention) bounds the pixels, sets the scale of the noise the
@@ -126,7 +126,8 @@ def _clip_small_contribution(x, g, mid, percentile):
     flat = tf.sort(tf.reshape(contribution, (tf.shape(x)[0], -1)), axis=-1)
     n = tf.shape(flat)[1]
     # the ceil(p% of n)-th smallest: at least p% of the pixels lie below it
-    k = tf.minimum(tf.cast(tf.math.ceil(percentile / 100 * tf.cast(n, tf.float32)), tf.int32), n - 1)
+    k = tf.cast(tf.math.ceil(percentile / 100 * tf.cast(n, tf.float32)), tf.int32)
+    k = tf.minimum(k, n - 1)
     threshold = flat[:, k][:, None, None]
     return tf.where((contribution < threshold)[..., None], tf.cast(mid, x.dtype), x)
 
@@ -140,7 +141,10 @@ def _unit_objective(a, channels, unit: str):
     its unit at the center position."""
     a = _probe.pre_relu(_probe.pre_softmax(a))
     if a.shape.rank == 4:
-        a = a[:, a.shape[1] // 2, a.shape[2] // 2] if unit == "center" else tf.reduce_mean(a, [1, 2])
+        if unit == "center":
+            a = a[:, a.shape[1] // 2, a.shape[2] // 2]
+        else:
+            a = tf.reduce_mean(a, axis=[1, 2])
     return tf.gather(a, channels, axis=1, batch_dims=1)
 
 
@@ -181,9 +185,10 @@ def _shift(rng, jitter: int) -> np.ndarray:
 # -- activation maximization ------------------------------------------------------------------
 
 def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean",
-                        steps: int = 128, lr: float = 0.02, l2: float = 1e-3, blur_every: int | None = 4, blur_sigma: float = 0.5,
-                        jitter: int = 2, clip_grad: float | None = None,
-                        value_range=(0.0, 255.0), seed: int | None = 0):
+                        steps: int = 128, lr: float = 0.02, l2: float = 1e-3,
+                        blur_every: int | None = 4, blur_sigma: float = 0.5, jitter: int = 2,
+                        clip_grad: float | None = None, value_range=(0.0, 255.0),
+                        seed: int | None = 0):
     """Gradient ascent on the input to a channel's activation (Erhan et al. 2009).
 
     ``channel`` is one channel (feature map of a conv layer, unit of a dense layer)
@@ -235,8 +240,8 @@ def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean
     out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
     single = np.ndim(channel) == 0
     channels = np.atleast_1d(np.asarray(channel))
-    if channels.dtype == bool or not np.issubdtype(channels.dtype, np.integer) or channels.ndim != 1 \
-            or channels.size == 0:
+    integers = channels.dtype != bool and np.issubdtype(channels.dtype, np.integer)
+    if not integers or channels.ndim != 1 or channels.size == 0:
         raise ValueError(f"channel must be an int or a list of ints, got {channel!r}")
     bad = channels[(channels < 0) | (channels >= out[-1])]
     if bad.size:
@@ -403,8 +408,8 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
     want = image_input_shape(model)
     n, h, w, c = x0.shape
     if octaves > 1 and (want[0] is not None or want[1] is not None):
-        raise ValueError(f"octaves={octaves} dreams at smaller sizes, but model {model.name!r} only "
-                         f"takes {want[:2]} images; use octaves=1 or a model built with "
+        raise ValueError(f"octaves={octaves} dreams at smaller sizes, but model {model.name!r} "
+                         f"only takes {want[:2]} images; use octaves=1 or a model built with "
                          "keras.Input((None, None, channels))")
     sizes = [(max(1, round(h / octave_scale ** k)), max(1, round(w / octave_scale ** k)))
              for k in reversed(range(octaves))]
@@ -419,8 +424,9 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
         def step(x, shift, lr_t):
             with capture_outputs(ref(), layers) as seen:
                 ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
-            energy = tf.add_n([tf.reduce_mean(tf.square(seen[p]), axis=list(range(1, seen[p].shape.rank)))
-                               for p in layers])
+            energy = tf.add_n([
+                tf.reduce_mean(tf.square(seen[p]), axis=list(range(1, seen[p].shape.rank)))
+                for p in layers])
             g = _normalized(gradients(tf.reduce_sum(energy), x))
             return tf.clip_by_value(x + lr_t * span * g, lo, hi)
         return step

@@ -45,7 +45,8 @@ def nested_model():
     base = keras.Model(inp, h, name="base")
     outer = keras.Sequential([keras.Input((10, 10, 3)), base,
                               keras.layers.GlobalAveragePooling2D(name="gap"),
-                              keras.layers.Dense(3, activation="softmax", name="dense")], name="outer")
+                              keras.layers.Dense(3, activation="softmax", name="dense")],
+                             name="outer")
     return outer, base
 
 
@@ -267,7 +268,8 @@ def test_clear_errors_name_the_problem_and_the_choices(rng):
         at.occlusion(model, x, target=0, max_batch=0)
     flat = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(2, 3, name="c"),
                              keras.layers.Flatten(name="flat"), keras.layers.Dense(3, name="d")])
-    with pytest.raises(ValueError, match=r"GlobalAveragePooling2D.*flat \[Flatten\] -> d \[Dense\]"):
+    head = r"GlobalAveragePooling2D.*flat \[Flatten\] -> d \[Dense\]"
+    with pytest.raises(ValueError, match=head):
         at.cam(flat, x, target=0)
     with pytest.raises(ValueError, match="class indices"):
         at.cam(model, x, target=lambda y: y[:, 0])

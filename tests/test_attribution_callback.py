@@ -89,7 +89,7 @@ def test_every_n_steps_with_a_fixed_target_and_a_callable(tmp_path):
 
 def test_errors_at_construction_or_train_begin(tmp_path):
     x, y = data(4)
-    with pytest.raises(ValueError, match=r"unknown attribution method 'lime'.*saliency, smoothgrad"):
+    with pytest.raises(ValueError, match=r"unknown attribution method 'lime'.*saliency, smooth"):
         AttributionCallback(tmp_path, x, methods=["lime"])
     with pytest.raises(ValueError, match=r"unknown option\(s\) size for occlusion.*patch, stride"):
         AttributionCallback(tmp_path, x, methods=["occlusion"], options={"occlusion": {"size": 3}})

@@ -11,11 +11,13 @@ from vizreading import images, tags
 
 def classifier():
     inner = keras.Sequential([keras.Input((14, 14, 6)),
-                              keras.layers.Conv2D(4, 3, activation="relu", name="conv2")], name="block")
+                              keras.layers.Conv2D(4, 3, activation="relu", name="conv2")],
+                             name="block")
     model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.Conv2D(6, 3, activation="relu", name="conv1"), inner,
                               keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(3, activation="softmax", name="dense")], name="net")
+                              keras.layers.Dense(3, activation="softmax", name="dense")],
+                             name="net")
     model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
     return model
 
@@ -35,10 +37,12 @@ def test_default_logs_first_and_last_conv_maps_and_first_kernels(tmp_path):
     maps = images(run, "feature_maps/conv1")
     assert [s for s, _ in maps] == [2, 4] and len(maps[-1][1]) == 2
     # 14x14 maps are enlarged to >= 32 px tiles (scale 3), 6 channels in a 3x2 grid.
-    np.testing.assert_array_equal(np.stack(maps[-1][1]), feature_maps(model, x[:2], "conv1", scale=3))
+    np.testing.assert_array_equal(np.stack(maps[-1][1]),
+                                  feature_maps(model, x[:2], "conv1", scale=3))
     assert maps[-1][1][0].shape == (2 * 42 + 1, 3 * 42 + 2, 3)
     nested = images(run, "feature_maps/block/conv2")[-1][1]
-    np.testing.assert_array_equal(np.stack(nested), feature_maps(model, x[:2], "block/conv2", scale=3))
+    np.testing.assert_array_equal(np.stack(nested),
+                                  feature_maps(model, x[:2], "block/conv2", scale=3))
     kern = images(run, "kernels/conv1")
     (_, [k0]), (_, [k1]) = kern
     np.testing.assert_array_equal(k1, kernel_grid(model, "conv1", scale=11))
@@ -67,7 +71,8 @@ def test_errors(tmp_path):
     for kwargs, message in [
         ({"probe_images": x, "layers": ["dense"]}, r"'dense' has output shape.*4-D"),
         ({"probe_images": x, "layers": ["nope"]}, r"unknown layer.*'nope'"),
-        ({"kernel_layers": ["dense"], "layers": []}, r"no 4-D convolution kernel.*conv1, block/conv2"),
+        ({"kernel_layers": ["dense"], "layers": []},
+         r"no 4-D convolution kernel.*conv1, block/conv2"),
     ]:
         cb = FeatureMapsCallback(tmp_path, **kwargs)
         with pytest.raises(ValueError, match=message):

@@ -12,7 +12,8 @@ def small_net(size=(16, 16)):
     He initialization, the scale of a trained ReLU network's weights."""
     inp = keras.Input(size + (3,))
     h = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
-    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv1", kernel_initializer="he_normal")(h)
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv1",
+                            kernel_initializer="he_normal")(h)
     # pre-activation, so its mean can be tracked from the start
     h = keras.layers.Conv2D(8, 3, name="conv2", kernel_initializer="he_normal")(h)
     h = keras.layers.ReLU(name="relu2")(h)
@@ -80,7 +81,9 @@ def test_each_prior_switches_off_and_a_dense_unit_uses_its_logit():
     # Blur every step smooths the image: lower total variation than without.
     blurred, _ = sy.maximize_activation(model, "conv2", 1, steps=40, l2=0, blur_every=1,
                                         blur_sigma=1.0, jitter=0)
-    tv = lambda x: np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()  # noqa
+    def tv(x):
+        return np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()
+
     assert tv(blurred) < tv(bare)
     # Clipping pixels of small contribution leaves at least that share of pixels mid-gray.
     clipped, trace = sy.maximize_activation(model, "conv2", [1, 3], steps=40, blur_every=None,
@@ -113,12 +116,16 @@ def test_inversion_of_a_batch_and_the_tv_prior_smooths():
     smooth, _ = sy.invert_features(model, photos, "conv2", steps=60, tv_weight=5.0)
     assert rough.shape == photos.shape and tr.shape == (61, 2)
     assert np.all(tr[-1] < tr[0])
-    tv = lambda x: np.square(np.diff(x, axis=1)).mean() + np.square(np.diff(x, axis=2)).mean()  # noqa
+
+    def tv(x):
+        return np.square(np.diff(x, axis=1)).mean() + np.square(np.diff(x, axis=2)).mean()
+
     assert tv(smooth) < tv(rough)
 
 
 def flexible_net():
-    return keras.Sequential([keras.Input((None, None, 3)), keras.layers.Rescaling(1 / 127.5, offset=-1),
+    return keras.Sequential([keras.Input((None, None, 3)),
+                             keras.layers.Rescaling(1 / 127.5, offset=-1),
                              keras.layers.Conv2D(6, 3, activation="relu", name="c1"),
                              keras.layers.Conv2D(6, 3, activation="relu", name="c2")], name="flex")
 

@@ -13,19 +13,22 @@ Example:
     ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> x, y = np.random.rand(8, 16, 16, 3) * 255, np.arange(8) % 2
-    >>> cb = FeatureMapsCallback("runs/doc_maps", probe_images=x[:2])  # conv1 and conv2; conv1's kernels
+    >>> cb = FeatureMapsCallback("runs/doc_maps", probe_images=x[:2])  # maps: conv1, conv2
     >>> _ = model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
 """
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe
 from tbviz.callbacks.base import VizCallback
 from tbviz.feature_maps import conv_layers, display_scale, feature_maps, kernel_grid
 from tbviz.layers import check_images, check_layers, get_layer
+
+
+def _paths(value):
+    return [value] if isinstance(value, str) else None if value is None else list(value)
 
 
 class FeatureMapsCallback(VizCallback):
@@ -49,13 +52,13 @@ class FeatureMapsCallback(VizCallback):
                  every_n_steps: int | None = None):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         self.probe_images = probe_images
-        self.layers = [layers] if isinstance(layers, str) else (None if layers is None else list(layers))
-        self.kernel_layers = ([kernel_layers] if isinstance(kernel_layers, str)
-                              else None if kernel_layers is None else list(kernel_layers))
+        self.layers = _paths(layers)
+        self.kernel_layers = _paths(kernel_layers)
         if self.layers and probe_images is None:
             raise ValueError("feature maps need probe_images; pass some, or layers=[] for "
                              "kernels only")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int)
+                                  or scale < 1):
             raise ValueError(f"scale must be a positive integer or None, got {scale!r}")
         self.scale = scale
         self.max_batch = _probe.check_max_batch(max_batch)
@@ -66,7 +69,8 @@ class FeatureMapsCallback(VizCallback):
         model = self.model
         convs = conv_layers(model)
         if self.layers is None:  # the first and the last conv layer (once if they are one)
-            self.layers = [] if self.probe_images is None else list(dict.fromkeys(convs[:1] + convs[-1:]))
+            first_last = list(dict.fromkeys(convs[:1] + convs[-1:]))
+            self.layers = [] if self.probe_images is None else first_last
         if self.kernel_layers is None:
             self.kernel_layers = convs[:1]
         check_layers(model, self.layers + self.kernel_layers)
@@ -77,7 +81,7 @@ class FeatureMapsCallback(VizCallback):
                                             "feature_maps()")
             self._scales[layer] = self.scale or display_scale(max(shape[1:3]))
         for layer in self.kernel_layers:
-            kernel_grid(model, layer)  # raises for a layer without a conv kernel, listing those with one
+            kernel_grid(model, layer)  # raises for a layer without a kernel, listing those with one
             size = max(get_layer(model, layer).kernel.shape[:2])
             self._scales["kernels", layer] = self.scale or display_scale(size)
         if not (self.layers or self.kernel_layers):

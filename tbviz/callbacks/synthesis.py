@@ -78,7 +78,8 @@ class SynthesisCallback(VizCallback):
                      and channels >= 1)
                     or (np.ndim(channels) == 1 and len(channels) > 0)):
                 raise ValueError(f"maximize maps layer paths to channel lists or counts, e.g. "
-                                 f"{{'conv2': [0, 5]}} or {{'conv2': 4}}; got {layer!r}: {channels!r}")
+                                 f"{{'conv2': [0, 5]}} or {{'conv2': 4}}; got "
+                                 f"{layer!r}: {channels!r}")
         self.invert = [invert] if isinstance(invert, str) else list(invert or [])
         self.dream = [dream] if isinstance(dream, str) else list(dream or [])
         if not (self.maximize or self.invert or self.dream):
@@ -120,9 +121,11 @@ class SynthesisCallback(VizCallback):
             synthesis.maximize_activation(model, layer, self._channels[layer],
                                           **self._kwargs("maximize", steps=1))
         for layer in self.invert:
-            synthesis.invert_features(model, self._probes[:1], layer, **self._kwargs("invert", steps=1))
+            synthesis.invert_features(model, self._probes[:1], layer,
+                                      **self._kwargs("invert", steps=1))
         if self.dream:
-            synthesis.deepdream(model, self._probes[:1], self.dream, **self._kwargs("dream", steps=1))
+            synthesis.deepdream(model, self._probes[:1], self.dream,
+                                **self._kwargs("dream", steps=1))
 
     def write(self, step, logs):
         model, lo_hi = self.model, self.value_range
@@ -134,12 +137,15 @@ class SynthesisCallback(VizCallback):
                     tf.summary.image(f"synthesis/{layer}/{channel}", image[None],
                                      description=f"input maximizing channel {channel} of {layer}")
             for layer in self.invert:
-                rec, _ = synthesis.invert_features(model, self._probes, layer, **self._kwargs("invert"))
+                rec, _ = synthesis.invert_features(model, self._probes, layer,
+                                                   **self._kwargs("invert"))
                 tf.summary.image(f"synthesis/inversion/{layer}", synthesis.to_uint8(rec, lo_hi),
                                  max_outputs=len(rec),
                                  description=f"probe images reconstructed from {layer}")
             if self.dream:
-                dreams = synthesis.deepdream(model, self._probes, self.dream, **self._kwargs("dream"))
+                dreams = synthesis.deepdream(model, self._probes, self.dream,
+                                             **self._kwargs("dream"))
                 tf.summary.image("synthesis/deepdream", synthesis.to_uint8(dreams, lo_hi),
                                  max_outputs=len(dreams),
-                                 description=f"DeepDream of the probe images on {', '.join(self.dream)}")
+                                 description="DeepDream of the probe images on "
+                                             + ", ".join(self.dream))
