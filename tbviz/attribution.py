@@ -6,7 +6,8 @@ Every method has one call shape, as in Captum: ``method(model, images, target,
 * ``images``: ``(N, H, W, C)`` (or one ``(H, W, C)`` image) in the model's input range.
 * ``target``: a class index for all images, a sequence with one index per image,
   or a callable from the model's output batch to one score per row (it is also
-  applied to batches of perturbed copies, so it must work row by row).
+  applied to batches of perturbed copies, so it must work row by row). Probes are
+  cached per callable: reuse one function object rather than a new lambda per call.
 * ``max_batch``: the most images sent through the model at once. Methods that
   need many forward passes (SmoothGrad's noisy copies, occlusion's patches) batch
   them across images and chunk by ``max_batch``; none loops over images in Python.
