@@ -114,6 +114,19 @@ def test_train_logs_histograms_graph_and_checkpoints(trained):
     assert ckpt is not None and ckpt.endswith("ckpt-6")
 
 
+def test_train_logs_deconvnet_of_transform_net_and_of_vgg_through_the_stylized_output(trained):
+    acc = eventfiles.load(trained["log_dir"] / "train")
+    tags = acc.Tags()["tensors"]
+    for layer in ("conv1", "block1_conv1"):  # --transform-layers conv1 --vgg-layers block1_conv1
+        for kind in ("projections", "patches"):
+            assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/{kind}")] == [2, 3, 4, 6]
+        assert f"tbviz/deconvnet/{layer}/topk" in tags
+    # VGG19 looks at the stylized probes: its input patches change as the net learns.
+    patches = acc.Tensors("deconvnet/block1_conv1/patches")
+    first, last = (tf.make_ndarray(e.tensor_proto)[2:].tolist() for e in (patches[0], patches[-1]))
+    assert first != last
+
+
 def test_resume_mid_epoch_continues_exactly(trained, tmp_path, content_dir):
     """Stop after step 4 (mid epoch 2), resume: same weights as the uninterrupted run
     (which also shows that the visualization callbacks left training untouched)."""
@@ -194,6 +207,9 @@ def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, ca
 
     real = vgg_module.build_vgg
     monkeypatch.setattr(vgg_module, "build_vgg", unreachable)
+    # One deconvnet layer per network keeps this test quick; the demo's own are four and three.
+    monkeypatch.setattr(cli, "TRANSFORM_PROBE_LAYERS", ("conv1",))
+    monkeypatch.setattr(cli, "VGG_PROBE_LAYERS", ("block1_conv1",))
     log_dir = tmp_path / "demo"
     argv = ["demo", "--log-dir", str(log_dir), "--image-size", "32", "--epochs", "1",
             "--steps-per-epoch", "2", "--batch-size", "2"]
