@@ -176,6 +176,16 @@ def train(args, vgg=None) -> int:
     """The ``train`` command. Returns the process exit status."""
     import keras
 
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(args, vgg)
+    finally:  # --mixed-precision must not leak into whatever runs next in this process
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(args, vgg=None) -> int:
+    import keras
+
     from style_transfer import data
     from style_transfer.callbacks import Checkpointing, TrainingProgress
     from style_transfer.checkpoints import TrainingState
@@ -195,7 +205,13 @@ def train(args, vgg=None) -> int:
         style_layers=args.style_layers, content_weight=args.content_weight,
         style_weight=args.style_weight, tv_weight=args.tv_weight,
         style_size=args.style_size or None, vgg=vgg)
-    model.compile(optimizer=keras.optimizers.Adam(args.lr), jit_compile=bool(args.jit_compile))
+    optimizer = keras.optimizers.Adam(args.lr)
+    if args.mixed_precision:
+        # The perceptual losses are ~1e5..1e7, not ~1 like a classifier's, so their float16
+        # gradients overflow unless scaled *down*: Keras' default initial scale (2**15)
+        # would skip the first ~25 steps finding that out. The scale still adapts.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**-8)
+    model.compile(optimizer=optimizer, jit_compile=bool(args.jit_compile))
 
     ckpt_dir = args.checkpoint_dir or os.path.join(args.log_dir, "checkpoints")
     state = TrainingState(model, ckpt_dir)
