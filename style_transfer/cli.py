@@ -12,7 +12,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import sys
@@ -139,21 +138,16 @@ def tbviz_callbacks(args, model, photos, names) -> list:
     from style_transfer.callbacks import StylizedProbes
 
     every = dict(every_n_epochs=1, every_n_steps=args.log_every)
-    has_deconvnet = importlib.util.find_spec("tbviz.callbacks.deconvnet") is not None
     callbacks = [StylizedProbes(args.log_dir, photos, names, **every)]
     callbacks.append(tbviz.TensorBoardViz(
         args.log_dir, probe_images=photos, layers=list(args.transform_layers) or None,
-        probe_model=lambda m: m.transform_net, deconvnet=has_deconvnet and bool(args.transform_layers),
+        probe_model=lambda m: m.transform_net, deconvnet=bool(args.transform_layers),
         graph_fn=model.compute_losses, input_spec=tf.TensorSpec([None, None, None, 3], tf.float32),
         loss_every_n_steps=args.loss_every, **every))
-    if has_deconvnet and args.vgg_layers:
-        from tbviz.callbacks.deconvnet import DeconvnetCallback
-
-        callbacks.append(DeconvnetCallback(
+    if args.vgg_layers:
+        callbacks.append(tbviz.DeconvnetCallback(
             args.log_dir, lambda m: m.stylize(photos), list(args.vgg_layers),
             probe_model=lambda m: m.vgg, **every))
-    elif not has_deconvnet:
-        print("note: this tbviz has no DeconvnetCallback yet; no deconvnet images", flush=True)
     return callbacks
 
 
