@@ -220,6 +220,8 @@ def _train(args, vgg=None) -> int:
 
     steps = args.steps_per_epoch or max(1, len(files) // args.batch_size)
     epoch, done = int(state.epoch.numpy()), int(state.step_in_epoch.numpy())
+    if done >= steps:  # saved after an epoch's last step, before its epoch-end save
+        epoch, done = epoch + 1, 0
     phases = []  # (first epoch, end epoch, steps per epoch, steps already done in the first)
     if 0 < done < steps and epoch < args.epochs:
         phases.append((epoch, epoch + 1, steps - done, done))
