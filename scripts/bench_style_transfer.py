@@ -176,8 +176,10 @@ def bench_training(size: int, batch: int, steps: int, mixed: bool, jit: bool):
     # forward and backward (data and weight gradients: 3x its forward), VGG19 on the
     # content (forward) and on the stylized images (forward + data gradient: 2x).
     spec = tf.TensorSpec(x.shape, tf.float32)
-    t_fwd = conv_flops(tf.function(lambda v: model.transform_net(v)).get_concrete_function(spec).graph)
-    v_fwd = conv_flops(tf.function(lambda v: model.vgg(v)).get_concrete_function(spec).graph)
+    def forward_flops(net):
+        return conv_flops(tf.function(lambda v: net(v)).get_concrete_function(spec).graph)
+
+    t_fwd, v_fwd = forward_flops(model.transform_net), forward_flops(model.vgg)
     flops = 3 * t_fwd + 3 * v_fwd
     model.train_on_batch(x)  # trace and warm up
     t = best_time(lambda: model.train_on_batch(x), steps)
@@ -289,7 +291,8 @@ def main(argv=None) -> int:
             f"   {flops / t / 1e9:7.1f}   {flops / t / peak:6.1%}   {ratio}")
     if torch:
         log(f"  PyTorch {torch['torch']} reference ({torch['threads']} threads, "
-            f"{torch['params']:,} params): {torch['256']:.3f} s at 256, {torch['512']:.3f} s at 512")
+            f"{torch['params']:,} params): {torch['256']:.3f} s at 256, "
+            f"{torch['512']:.3f} s at 512")
         for size in (256, 512):
             best = min(stylize[(size, False)][0], stylize[(size, True)][0])
             log(f"  best TF / PyTorch at {size}: {best / torch[str(size)]:.2f}x (target <= 0.60x); "

@@ -57,7 +57,8 @@ class StylizedProbes(VizCallback):
         if not np.all(np.isfinite(photos)):
             raise ValueError("photos contain NaN or Inf values")
         self.photos = photos.astype(np.float32)
-        self.names = list(names) if names is not None else [f"photo {i}" for i in range(len(photos))]
+        self.names = (list(names) if names is not None
+                      else [f"photo {i}" for i in range(len(photos))])
         if len(self.names) != len(self.photos):
             raise ValueError(f"{len(self.photos)} photos but {len(self.names)} names")
 

@@ -342,7 +342,8 @@ def stylize(args) -> int:
 
 # -- demo -------------------------------------------------------------------------------------
 def demo(args) -> int:
-    """The ``demo`` command: train briefly on bundled images, stylize the photos, say what to open."""
+    """The ``demo`` command: train briefly on bundled images, stylize the photos, say what
+    to open."""
     from style_transfer import data
     from style_transfer.vgg import RANDOM_WARNING, VGGWeightsUnavailable, build_vgg
 

@@ -143,9 +143,10 @@ def training_dataset(files, image_size: int = 256, batch_size: int = 4, seed: in
     paths = tf.constant(files)
 
     def one_pass(k):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                         seed=tf.stack([tf.constant(seed, tf.int64), k]))
-        return tf.data.Dataset.from_tensor_slices((tf.gather(paths, order), k * n + tf.range(n, dtype=tf.int64)))
+        positions = tf.range(n, dtype=tf.int64)
+        pass_seed = tf.stack([tf.constant(seed, tf.int64), k])
+        order = tf.random.experimental.stateless_shuffle(positions, seed=pass_seed)
+        return tf.data.Dataset.from_tensor_slices((tf.gather(paths, order), k * n + positions))
 
     def load(path, index):
         image = decode(tf.io.read_file(path))

@@ -80,7 +80,8 @@ def check_layers(layers) -> list[str]:
     valid = all_layers()
     unknown = [n for n in layers if n not in valid]
     if unknown or not layers:
-        raise ValueError(f"unknown VGG19 layer(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+        named = ", ".join(map(repr, unknown)) or "(none given)"
+        raise ValueError(f"unknown VGG19 layer(s) {named}; "
                          f"choose from {', '.join(valid)}")
     return layers
 

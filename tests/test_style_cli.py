@@ -177,7 +177,8 @@ def test_stylize_keeps_sizes_and_names(trained, tmp_path, rng, capsys):
     out = tmp_path / "out"
     status = cli.main(["stylize", "--model", str(trained["log_dir"] / "transform_net.keras"),
                        str(inputs / "odd.png"), str(inputs / "gray.jpg"), str(inputs / "more"),
-                       str(inputs / "tiny.png"), str(inputs / "big.jpg"), str(inputs / "broken.jpg"),
+                       str(inputs / "tiny.png"), str(inputs / "big.jpg"),
+                       str(inputs / "broken.jpg"),
                        "--output-dir", str(out), "--max-size", "60"])
     captured = capsys.readouterr()
     assert status == 1  # one input could not be read, and that is said
