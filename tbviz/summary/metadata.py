@@ -39,7 +39,6 @@ import io
 import json
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from tensorboard.compat.proto import summary_pb2
 
@@ -81,6 +80,10 @@ def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = 
     Must run under a default writer (``with writer.as_default(step=...)``).
     Returns what ``tf.summary.write`` returns (False without a default writer).
     """
+    # Imported here, not at the top: the dashboard imports this module inside the
+    # TensorBoard server, which does not load TensorFlow (seconds and memory saved).
+    import tensorflow as tf
+
     pngs = list(pngs)
     if len(pngs) != len(tiles):
         raise ValueError(f"{len(pngs)} images but {len(tiles)} tile descriptions")

@@ -1,0 +1,372 @@
+// The tbviz tab of TensorBoard. A plain ES module, no build step: TensorBoard loads it in
+// an iframe whose <base> is /data/plugin/tbviz/, so every URL below is relative to the
+// plugin's routes (see tbviz_plugin.py). Only what is on screen is fetched: one frame per
+// chosen step, images lazily.
+
+const VIEWS = [
+  { kind: "topk", label: "Top-k", layered: true, many: false },
+  { kind: "evolution", label: "Evolution", layered: true, many: true },
+  { kind: "stylized", label: "Stylized probes", layered: false, many: true },
+  { kind: "attribution", label: "Attribution", layered: false, many: false },
+];
+const MAX_FRAMES = 50; // the server's per-request cap on /frames
+
+const state = {
+  runs: [], // [{run, panels: [{tag, kind, layer, layer_index, ...}], skipped}]
+  selected: new Set(), // runs shown side by side
+  view: "topk",
+  layer: null,
+  showPatches: false,
+  chosen: new Map(), // "run\0tag" -> Set of chosen steps (evolution, stylized)
+  current: new Map(), // "run\0tag" -> the one step shown (top-k, attribution)
+  cache: new Map(), // request URL -> Promise of its JSON
+};
+let ui; // the page's fixed elements, made once by render()
+
+// -- tiny DOM and HTTP helpers ------------------------------------------------------------
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (v === true) el.setAttribute(k, "");
+    else if (v !== false && v != null) el.setAttribute(k, v);
+  }
+  el.append(...children.flat().filter((c) => c != null));
+  return el;
+}
+
+function getJSON(route, params = {}) {
+  const url = `${route}?${new URLSearchParams(params)}`;
+  if (!state.cache.has(url)) {
+    const p = fetch(url).then(async (r) => {
+      if (!r.ok) throw new Error(`${route}: ${r.status} ${await r.text()}`);
+      return r.json();
+    });
+    p.catch(() => state.cache.delete(url)); // let a retry ask again
+    state.cache.set(url, p);
+  }
+  return state.cache.get(url);
+}
+
+async function getAll(route, params = {}) {
+  const items = [];
+  for (let offset = 0; offset != null; ) {
+    const page = await getJSON(route, { ...params, offset });
+    items.push(...page.items);
+    offset = page.next_offset;
+  }
+  return items;
+}
+
+async function frames(run, tag, steps) {
+  const out = [];
+  for (let i = 0; i < steps.length; i += MAX_FRAMES) {
+    const page = await getJSON("frames", { run, tag, steps: steps.slice(i, i + MAX_FRAMES).join(",") });
+    out.push(...page.frames);
+  }
+  return out;
+}
+
+const blobURL = (run, tag, frame, index) =>
+  `blob?${new URLSearchParams({ run, tag, step: frame.step, index, v: frame.wall_time })}`;
+const key = (run, tag) => `${run}\0${tag}`;
+const fmt = (v) => (typeof v === "number" ? Number(v.toPrecision(4)).toString() : String(v ?? "–"));
+const position = (t) => (t.row != null ? `(${t.row}, ${t.col})` : null);
+
+// Default columns of an evolution grid: the 1st, 2nd, 5th, 10th, 20th, 50th, ... logged
+// step (epochs 1, 2, 5, 10, ... when logged once an epoch, as in Zeiler & Fergus, Fig. 4)
+// and always the last.
+function spread(steps) {
+  const picks = new Set([steps.length - 1]);
+  for (let m = 1; m <= steps.length; m *= 10)
+    for (const f of [1, 2, 5]) if (f * m <= steps.length) picks.add(f * m - 1);
+  return new Set([...picks].map((i) => steps[i]));
+}
+
+// -- one tile: the image and what it shows -------------------------------------------------
+function tile(run, tag, frame, index, lines, cls = "") {
+  const t = frame.tiles[index - 1] ?? {};
+  const img = h("img", {
+    src: blobURL(run, tag, frame, index), loading: "lazy", decoding: "async",
+    alt: `${t.role ?? t.label ?? t.method ?? "tile"} ${index} at step ${frame.step}`,
+    onload: (e) => e.target.classList.toggle("pixelated", e.target.naturalWidth < e.target.clientWidth),
+  });
+  return h("figure", { class: `tile ${cls}`, title: JSON.stringify(t) }, img,
+    h("figcaption", {}, lines.filter(Boolean).map((l) => h("span", {}, l))));
+}
+
+// -- the views: each renders one run's column ----------------------------------------------
+async function stepSlider(col, run, tag, draw) {
+  const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
+  if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
+  const k = key(run, tag);
+  if (!steps.includes(state.current.get(k))) state.current.set(k, steps[steps.length - 1]);
+  const label = h("output", {});
+  const body = h("div", {});
+  const show = async () => {
+    const step = state.current.get(k);
+    label.textContent = `step ${step} (${steps.indexOf(step) + 1} of ${steps.length})`;
+    const [frame] = await frames(run, tag, [step]);
+    if (state.current.get(k) === step) body.replaceChildren(draw(frame)); // newest wins
+  };
+  const slider = h("input", {
+    type: "range", min: 0, max: steps.length - 1, value: steps.indexOf(state.current.get(k)),
+    "aria-label": `step of ${tag} in ${run}`,
+    oninput: (e) => { state.current.set(k, steps[+e.target.value]); show().catch(fail(body)); },
+  });
+  col.append(h("div", { class: "steps" }, slider, label), body);
+  await show();
+}
+
+async function stepChips(col, run, tag, draw) {
+  const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
+  if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
+  const k = key(run, tag);
+  if (!state.chosen.has(k)) state.chosen.set(k, spread(steps));
+  const chosen = state.chosen.get(k);
+  const body = h("div", { class: "scroll" });
+  let latest = 0;
+  const show = async () => {
+    const pick = steps.filter((s) => chosen.has(s));
+    const mine = ++latest;
+    const content = pick.length ? draw(await frames(run, tag, pick)) : h("p", { class: "note" }, "choose steps above");
+    if (mine === latest) body.replaceChildren(content); // newest wins
+  };
+  const chips = steps.map((s) => h("button", {
+    class: "chip", "aria-pressed": String(chosen.has(s)),
+    onclick: (e) => {
+      chosen.has(s) ? chosen.delete(s) : chosen.add(s);
+      e.target.setAttribute("aria-pressed", String(chosen.has(s)));
+      show().catch(fail(body));
+    },
+  }, String(s)));
+  const preset = (label, pick) => h("button", { class: "preset", onclick: () => {
+    chosen.clear();
+    pick().forEach((s) => chosen.add(s));
+    chips.forEach((c, i) => c.setAttribute("aria-pressed", String(chosen.has(steps[i]))));
+    show().catch(fail(body));
+  } }, label);
+  col.append(h("div", { class: "chips", role: "group", "aria-label": `steps of ${tag} shown` },
+    h("span", { class: "note" }, "steps:"), chips,
+    preset("spread", () => spread(steps)), preset("all", () => steps)), body);
+  await show();
+}
+
+function topkView(run, tag) {
+  return (frame) => {
+    const proj = [], patch = [];
+    frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
+    const caption = (t) => [`${fmt(t.value)}${t.channel != null ? ` · map ${t.channel}` : ""}`,
+      [t.image_index != null ? `img ${t.image_index}` : null, position(t)].filter(Boolean).join(" · ")];
+    const grid = (title, idx, cls) => h("div", { class: "zf-half" }, h("h4", {}, title),
+      h("div", { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
+        idx.map((i, n) => tile(run, tag, frame, i, caption(frame.tiles[i - 1]), `${cls} pair-${n}`))));
+    // Hovering or focusing a tile outlines its partner: projection <-> the patch that caused it.
+    const pair = (e, on) => {
+      const n = [...(e.target.closest(".tile")?.classList ?? [])].find((c) => c.startsWith("pair-"));
+      if (n) e.currentTarget.querySelectorAll(`.${n}`).forEach((t) => t.classList.toggle("hl", on));
+    };
+    return h("div", { class: "zf", onmouseover: (e) => pair(e, true), onmouseout: (e) => pair(e, false) },
+      frameError(frame),
+      grid("Projections", proj, "proj"), grid("Input patches", patch, "patch"));
+  };
+}
+
+function evolutionView(run, tag) {
+  return (frs) => {
+    // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
+    const rows = new Map();
+    for (const f of frs) {
+      const proj = [], patch = [];
+      f.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
+      proj.forEach((i, n) => {
+        const t = f.tiles[i - 1];
+        const id = t.channel ?? `#${n}`;
+        if (!rows.has(id)) rows.set(id, new Map());
+        rows.get(id).set(f.step, [i, patch[n]]);
+      });
+    }
+    return h("table", { class: "evo" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "map"),
+        frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)))),
+      h("tbody", {}, [...rows].map(([id, cells]) => h("tr", {}, h("th", { scope: "row" }, `map ${id}`),
+        frs.map((f) => {
+          const c = cells.get(f.step);
+          if (!c) return h("td", { class: "note" }, "–");
+          const t = f.tiles[c[0] - 1];
+          return h("td", {}, h("div", { class: "cell" },
+            tile(run, tag, f, c[0], [fmt(t.value), position(t)]),
+            state.showPatches && c[1] ? tile(run, tag, f, c[1], ["patch"], "patch") : null));
+        })))));
+  };
+}
+
+function stylizedView(run, tag) {
+  return (frs) => {
+    const labels = [...new Set(frs.flatMap((f) => f.tiles.map((t, i) => t.label ?? `photo ${t.index ?? i}`)))];
+    return h("table", { class: "evo" },
+      h("thead", {}, h("tr", {}, h("th", {}, ""), frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)))),
+      h("tbody", {}, labels.map((label) => h("tr", {}, h("th", { scope: "row" }, label), frs.map((f) => {
+        const i = f.tiles.findIndex((t, j) => (t.label ?? `photo ${t.index ?? j}`) === label);
+        return h("td", {}, i < 0 ? "–" : tile(run, tag, f, i + 1, [], "photo"));
+      })))));
+  };
+}
+
+function attributionView(run, tag) {
+  return (frame) => h("div", {}, frameError(frame), h("div", { class: "grid wide" },
+    frame.tiles.map((t, i) => tile(run, tag, frame, i + 1,
+      [`image ${t.image_index ?? i}`, t.target != null ? `target ${t.target}` : null], "photo"))));
+}
+
+const frameError = (f) => (f.error ? h("p", { class: "error" }, f.error) : null);
+const fail = (where) => (err) => where.replaceChildren(h("p", { class: "error" }, String(err.message ?? err)));
+
+async function drawRun(col, entry) {
+  const view = VIEWS.find((v) => v.kind === state.view);
+  const panels = entry.panels.filter((p) => p.kind === view.kind && (!view.layered || p.layer === state.layer));
+  if (!panels.length) {
+    col.append(h("p", { class: "note" }, view.layered ? `no ${view.label} panel for layer ${state.layer}` : `no ${view.label} panels`));
+    return;
+  }
+  for (const p of panels) {
+    const sub = h("section", { class: "panel" }, h("h3", {}, p.tag.replace(/^tbviz\//, ""),
+      p.rule ? h("small", {}, ` · ${p.rule}`) : null));
+    if (p.description) sub.append(h("p", { class: "note" }, p.description));
+    col.append(sub);
+    const make = { topk: topkView, evolution: evolutionView, stylized: stylizedView, attribution: attributionView }[p.kind];
+    await (view.many ? stepChips : stepSlider)(sub, entry.run, p.tag, make(entry.run, p.tag)).catch(fail(sub));
+  }
+}
+
+// -- page: runs, views, layers, columns ----------------------------------------------------
+function layers() {
+  const index = new Map();
+  for (const e of state.runs) if (state.selected.has(e.run))
+    for (const p of e.panels) if (p.layer != null && (p.kind === "topk" || p.kind === "evolution"))
+      index.set(p.layer, Math.min(index.get(p.layer) ?? Infinity, p.layer_index ?? Infinity));
+  return [...index].sort((a, b) => a[1] - b[1] || a[0].localeCompare(b[0])).map(([l]) => l);
+}
+
+function drawLayers() {
+  const view = VIEWS.find((v) => v.kind === state.view);
+  const names = view.layered ? layers() : [];
+  if (!names.includes(state.layer)) state.layer = names[0] ?? null;
+  const options = names.map((name) => h("li", {
+    role: "option", id: `layer-${name}`, "aria-selected": String(name === state.layer),
+    tabindex: name === state.layer ? 0 : -1, onclick: () => pickLayer(name, true),
+  }, name));
+  ui.layers.hidden = !view.layered;
+  ui.layers.replaceChildren(h("h4", { id: "layers-label" }, "Layers"),
+    h("ul", { role: "listbox", "aria-labelledby": "layers-label", onkeydown: layerKeys }, options));
+}
+
+function pickLayer(name, focus) {
+  state.layer = name;
+  for (const li of ui.layers.querySelectorAll("[role=option]")) {
+    const on = li.textContent === name;
+    li.setAttribute("aria-selected", String(on));
+    li.tabIndex = on ? 0 : -1;
+    if (on && focus) li.focus();
+  }
+  drawMain();
+}
+
+function layerKeys(e) {
+  const names = layers();
+  const i = names.indexOf(state.layer);
+  const j = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: names.length - 1 }[e.key];
+  if (j == null) return;
+  e.preventDefault();
+  if (j >= 0 && j < names.length && j !== i) pickLayer(names[j], true);
+}
+
+function drawMain() {
+  const view = VIEWS.find((v) => v.kind === state.view);
+  const selected = state.runs.filter((e) => state.selected.has(e.run));
+  // Runs without this view's panels get a line, not an empty column.
+  const shown = selected.filter((e) => e.panels.some((p) => p.kind === view.kind));
+  const others = selected.filter((e) => !shown.includes(e)).map((e) => e.run);
+  ui.main.style.setProperty("--runs", Math.max(shown.length, 1));
+  ui.main.replaceChildren(...shown.map((e) => {
+    const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
+    if (e.skipped) col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
+    drawRun(col, e).catch(fail(col));
+    return col;
+  }));
+  if (!selected.length) ui.main.append(h("p", { class: "note" }, "Choose a run above."));
+  if (others.length) ui.main.append(h("p", { class: "note wide" }, `No ${view.label} panels in ${others.join(", ")}.`));
+}
+
+function drawToolbar() {
+  const kinds = new Set(state.runs.flatMap((e) => e.panels.map((p) => p.kind)));
+  const views = VIEWS.filter((v) => kinds.has(v.kind));
+  if (!views.some((v) => v.kind === state.view) && views.length) state.view = views[0].kind;
+  const tabs = views.map((v) => h("button", {
+    role: "tab", "aria-selected": String(v.kind === state.view), tabindex: v.kind === state.view ? 0 : -1,
+    onclick: () => pickView(v.kind),
+  }, v.label));
+  const tablist = h("div", { role: "tablist", "aria-label": "view", onkeydown: (e) => {
+    const i = views.findIndex((v) => v.kind === state.view);
+    const j = { ArrowRight: i + 1, ArrowLeft: i - 1 }[e.key];
+    if (j == null || j < 0 || j >= views.length) return;
+    pickView(views[j].kind);
+    tabs[j].focus();
+  } }, tabs);
+  const runs = h("fieldset", { class: "runs" }, h("legend", {}, "Runs"), state.runs.map((e) => h("label", {},
+    h("input", { type: "checkbox", checked: state.selected.has(e.run), onchange: (ev) => {
+      ev.target.checked ? state.selected.add(e.run) : state.selected.delete(e.run);
+      drawLayers();
+      drawMain();
+    } }), e.run)));
+  const options = h("div", { class: "options" },
+    h("label", {}, h("input", { type: "checkbox", checked: state.showPatches,
+      onchange: (e) => { state.showPatches = e.target.checked; drawMain(); } }), "patches in evolution"),
+    h("label", {}, "tile size ", h("input", { type: "range", min: 48, max: 256, value: 96, step: 8,
+      oninput: (e) => document.body.style.setProperty("--tile", `${e.target.value}px`) })),
+    h("button", { onclick: reload }, "Reload"));
+  ui.toolbar.replaceChildren(runs, tablist, options);
+}
+
+function pickView(kind) {
+  state.view = kind;
+  for (const tab of ui.toolbar.querySelectorAll("[role=tab]")) {
+    const on = tab.textContent === VIEWS.find((v) => v.kind === kind).label;
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+  }
+  drawLayers();
+  drawMain();
+}
+
+async function reload() {
+  state.cache.clear();
+  try {
+    state.runs = await getAll("panels");
+  } catch (err) {
+    return fail(ui.main)(err);
+  }
+  const names = state.runs.map((e) => e.run);
+  state.selected = new Set([...state.selected].filter((r) => names.includes(r)));
+  if (!state.selected.size && names.length) state.selected.add(names[0]);
+  if (!names.length) {
+    ui.main.replaceChildren(h("p", { class: "note" },
+      "No tbviz panels yet. Add a tbviz callback to model.fit and point tensorboard --logdir at its log_dir."));
+    return;
+  }
+  drawToolbar();
+  drawLayers();
+  drawMain();
+}
+
+export async function render() {
+  document.head.append(h("link", { rel: "stylesheet", href: "style.css" }));
+  ui = {
+    toolbar: h("header", { class: "toolbar" }),
+    layers: h("nav", { class: "layers", "aria-label": "layers in network order" }),
+    main: h("main", { class: "columns" }),
+  };
+  document.body.append(ui.toolbar, h("div", { class: "body" }, ui.layers, ui.main));
+  await reload();
+}
