@@ -32,20 +32,23 @@ import numpy as np
 
 
 def _children(layer) -> list:
-    # Functional/Sequential models list their layers in topological order;
-    # subclassed models list tracked sub-layers in attribute order.
-    if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
-        try:
-            return list(layer.layers)
-        except Exception:  # a layer whose .layers is not a list of layers
-            return []
-    return []
+    """Direct sub-layers: a model's ``layers`` (topological order for Functional and
+    Sequential), otherwise the sub-layers a custom layer tracks (attribute order)."""
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    return list(flatten(include_self=False, recursive=False))
+
+
+def children(layer) -> list:
+    """Direct sub-layers of a model or layer, without input layers, in network order."""
+    return [c for c in _children(layer) if not isinstance(c, keras.layers.InputLayer)]
 
 
 def _walk(model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
-    for layer in _children(model):
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+    for layer in children(model):
         path = f"{prefix}{layer.name}"
         yield path, layer
         yield from _walk(layer, prefix=path + "/")

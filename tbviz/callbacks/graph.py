@@ -1,0 +1,95 @@
+"""``GraphCallback``: the op-level graph and the Keras conceptual graph, once per run.
+
+Example:
+    >>> import numpy as np, keras, tbviz
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv"),
+    ...                           keras.layers.Flatten(), keras.layers.Dense(2, name="head")])
+    >>> model.compile("sgd", "mse")
+    >>> _ = model.fit(np.zeros((4, 8, 8, 1)), np.zeros((4, 2)), verbose=0,
+    ...               callbacks=[tbviz.GraphCallback("runs/doc_graph")])
+
+Then ``tensorboard --logdir runs`` -> Graphs: the op graph, one box per layer
+(double-click to expand), and under "Conceptual graph" the Keras layer graph.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
+
+from tbviz import graphs
+from tbviz.callbacks.base import VizCallback
+
+log = logging.getLogger("tbviz")
+
+
+class GraphCallback(VizCallback):
+    """Write the model's op graph (inference pass) and conceptual graph at train begin.
+
+    Args:
+        log_dir: run directory; the graphs go to ``<log_dir>/train``.
+        graph_fn: callable traced instead of ``model(x, training=False)``, e.g. a
+            loss computation with its own name scopes. Called with the inputs.
+        input_spec: ``tf.TensorSpec`` (or list) for ``graph_fn``/the model. Needed for a
+            subclassed model that has no ``inputs``; without it such a model's
+            graph is recorded from its first training step instead.
+    """
+
+    def __init__(self, log_dir, graph_fn=None, input_spec=None):
+        super().__init__(log_dir, every_n_epochs=None, every_n_steps=None)
+        if graph_fn is not None and not callable(graph_fn):
+            raise ValueError(f"graph_fn must be callable, got {type(graph_fn).__name__}")
+        self.graph_fn = graph_fn
+        if isinstance(input_spec, tf.TensorSpec):
+            input_spec = [input_spec]
+        self.input_spec = input_spec
+        self._trace_first_step = False
+
+    def setup(self):
+        spec = self.input_spec
+        if spec is None:
+            try:
+                spec = graphs.input_spec(self.model)
+            except ValueError:
+                if self.graph_fn is not None:
+                    raise ValueError(
+                        f"GraphCallback(graph_fn=...) needs input_spec= for model "
+                        f"{self.model.name!r}, which has no defined inputs; e.g. "
+                        "input_spec=tf.TensorSpec((None, None, None, 3))") from None
+                # Subclassed model: fall back to the first train step's graph.
+                self._trace_first_step = True
+                return
+        graph_def = graphs.op_graph(self.model, fn=self.graph_fn, spec=spec)
+        with self.writer.as_default():
+            tf.summary.graph(graph_def)
+        self._write_conceptual()
+        self.writer.flush()
+
+    def _write_conceptual(self):
+        text = graphs.keras_config_json(self.model)
+        if text is None:
+            log.info("tbviz: model %r cannot be serialized to JSON; no conceptual graph",
+                     self.model.name)
+            return
+        md = summary_pb2.SummaryMetadata()
+        md.plugin_data.plugin_name = "graph_keras_model"  # what TensorBoard's graph plugin reads
+        md.plugin_data.content = b"1"
+        with self.writer.as_default():
+            tf.summary.write("keras", tf.constant(text), step=0, metadata=md)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._trace_first_step and self.chief:
+            tf.summary.trace_on(graph=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._trace_first_step:
+            self._trace_first_step = False
+            if self.chief:
+                with self.writer.as_default():
+                    tf.summary.trace_export("train_step", step=0)
+                self.writer.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass

@@ -1,0 +1,217 @@
+"""``HistogramCallback``: weights, gradients and activations as histograms and distributions.
+
+Example:
+    >>> import numpy as np, keras, tbviz
+    >>> x, y = np.random.rand(32, 8, 8, 1), np.random.rand(32, 2)
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)),
+    ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+    ...     keras.layers.Flatten(), keras.layers.Dense(2, name="head")])
+    >>> model.compile("adam", "mse")
+    >>> cb = tbviz.HistogramCallback("runs/doc_hist", every_n_steps=4, probe_data=(x[:8], y[:8]))
+    >>> _ = model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[cb])
+
+TensorBoard then shows, under Histograms and Distributions:
+``conv/kernel``, ``conv/bias``, ... (every weight, by layer); with ``probe_data``
+also ``gradients/<layer>/<variable>`` and ``activations/<layer>``, and under
+Scalars ``gradient_norm/<layer>``, ``update_ratio/<layer>`` (how far the last
+step moved the layer's weights, relative to their norm), ``zero_fraction/<layer>``
+and ``dead_units/<layer>`` (ReLU channels that are zero on every probe input).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import tensorflow as tf
+
+from tbviz import stats
+from tbviz.callbacks.base import VizCallback
+from tbviz.layers import capture_outputs, children, get_layer, layer_paths
+
+log = logging.getLogger("tbviz")
+
+
+def split_probe(probe_data):
+    """``x`` or ``(x, y)`` -> ``(x, y or None)``, arrays as float32 where numeric."""
+    if isinstance(probe_data, (tuple, list)) and len(probe_data) == 2:
+        x, y = probe_data
+    else:
+        x, y = probe_data, None
+    return x, y
+
+
+def check_fits(model, x, name="probe_data"):
+    """Raise ``ValueError`` if ``x`` does not fit the model's (single) input shape."""
+    try:
+        want = model.input_shape
+    except (AttributeError, ValueError):
+        return  # subclassed model: the trial run in setup() is the check
+    if isinstance(want, list):
+        return
+    got = np.shape(x)
+    ok = len(got) == len(want) and all(w is None or w == g for w, g in zip(want[1:], got[1:]))
+    if not ok:
+        raise ValueError(f"{name} has shape {got}, but model {model.name!r} expects "
+                         f"(N,) + {tuple(want[1:])}")
+
+
+class HistogramCallback(VizCallback):
+    """Histograms of every weight, and with ``probe_data`` of gradients and activations.
+
+    Args:
+        log_dir: run directory (writes to ``<log_dir>/train``).
+        every_n_epochs / every_n_steps: when to write (either or both; step =
+            global optimizer step). A 30k-step epoch wants ``every_n_steps``.
+        probe_data: ``x`` or ``(x, y)``, a small fixed batch. Gradients are of the
+            model's own loss (``model.compute_loss``) on it, in inference mode;
+            without ``y`` only models whose loss needs no labels get gradients.
+        include_frozen: also log frozen layers' weights (e.g. a pretrained backbone).
+    """
+
+    def __init__(self, log_dir, every_n_epochs=1, every_n_steps=None, probe_data=None,
+                 include_frozen=False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        self.probe_data = probe_data
+        self.include_frozen = include_frozen
+        self._warned = set()
+        self._epoch = 0
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self):
+        model = self.model
+        self.weights = stats.weights_by_layer(model, self.include_frozen)
+        trainable = {id(v) for v in model.trainable_weights}
+        self.by_layer = OrderedDict()  # layer path -> trainable variables
+        for tag, v in self.weights:
+            if id(v) in trainable:
+                self.by_layer.setdefault(tag.rsplit("/", 1)[0], []).append(v)
+        self._snapshot = None
+        self._probe = self._grads_fn = None
+        if self.probe_data is None:
+            return
+        x, y = split_probe(self.probe_data)
+        check_fits(model, x)
+        self.x = tf.convert_to_tensor(np.asarray(x, dtype=np.float32) if np.issubdtype(
+            np.asarray(x).dtype, np.number) else x)
+        self.y = None if y is None else tf.convert_to_tensor(np.asarray(y))
+        leaves = [p for p in layer_paths(model) if not children(get_layer(model, p))]
+        self.act_paths = leaves
+        self.relu_paths = set(stats.relu_layers(model))
+        self.grad_vars = [v for vs in self.by_layer.values() for v in vs]
+        self._probe = self._make_probe(with_loss=True)
+        try:
+            self._run_probe()
+        except Exception as e:  # noqa: BLE001 - decide below whether it is the user's data
+            if self.y is None:
+                self._warn_once("nograd", "tbviz: no gradient histograms: the model's loss needs "
+                                "labels; pass probe_data=(x, y)")
+                self._probe = self._make_probe(with_loss=False)
+                try:
+                    self._run_probe()
+                except Exception as e2:
+                    raise ValueError(f"probe_data does not fit model {model.name!r}: {e2}") from e2
+            else:
+                raise ValueError(f"probe_data does not fit model {model.name!r}: {e}") from e
+
+    def _make_probe(self, with_loss):
+        model, paths, variables = self.model, self.act_paths, self.grad_vars
+        metric_vars = list(getattr(model, "metrics_variables", []))
+
+        @tf.function(autograph=False)
+        def probe(x, y):
+            # compute_loss updates compiled-loss trackers; keep them as they were so the
+            # probe never changes what fit() reports.
+            saved = [tf.identity(v) for v in metric_vars]
+            with capture_outputs(model, paths) as seen:
+                with tf.GradientTape() as tape:
+                    y_pred = model(x, training=False)
+                    if with_loss:
+                        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+            acts = [seen[p] for p in paths if p in seen]
+            grads = tape.gradient(loss, variables) if with_loss else []
+            with tf.control_dependencies(acts + [g for g in grads if g is not None]):
+                for v, s in zip(metric_vars, saved):
+                    v.assign(s)
+            return grads, {p: seen[p] for p in paths if p in seen}
+
+        return probe
+
+    def _run_probe(self):
+        return self._probe(self.x, self.y)
+
+    # -- update ratio: snapshot the weights just before the step that will be logged --------
+    def _next_step_triggers(self, batch):
+        step = self.global_step + 1
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            return True
+        steps = (self.params or {}).get("steps")
+        return bool(self.every_n_epochs and steps and batch == steps - 1
+                    and (self._epoch + 1) % self.every_n_epochs == 0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.writer is not None and self._next_step_triggers(batch):
+            self._snapshot = (self.global_step + 1,
+                              {k: [v.numpy() for v in vs] for k, vs in self.by_layer.items()})
+
+    # -- writing ----------------------------------------------------------------------------
+    def _warn_once(self, key, msg, *args):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg, *args)
+
+    def _histogram(self, tag, values):
+        values = tf.convert_to_tensor(values)
+        if not values.dtype.is_floating:
+            values = tf.cast(values, tf.float32)
+        finite = tf.math.is_finite(values)
+        bad = int(tf.size(values)) - int(tf.reduce_sum(tf.cast(finite, tf.int32)))
+        if bad:
+            self._warn_once(tag, "tbviz: %s has %d non-finite values; histogram shows the "
+                            "finite ones, count under nonfinite/%s", tag, bad, tag)
+            tf.summary.scalar(f"nonfinite/{tag}", bad)
+            values = tf.boolean_mask(values, finite)
+        tf.summary.histogram(tag, values)
+
+    def write(self, step, logs):
+        with self.writer.as_default(step=step):
+            for tag, v in self.weights:
+                self._histogram(tag, v)
+            self._write_update_ratios(step)
+            if self._probe is not None:
+                self._write_probe()
+
+    def _write_update_ratios(self, step):
+        snap, self._snapshot = self._snapshot, None
+        if snap is None or snap[0] != step:
+            return
+        for layer, before in snap[1].items():
+            after = [v.numpy() for v in self.by_layer[layer]]
+            b = np.concatenate([np.ravel(a) for a in before])
+            a = np.concatenate([np.ravel(a) for a in after])
+            tf.summary.scalar(f"update_ratio/{layer}", stats.update_ratio(b, a))
+
+    def _write_probe(self):
+        grads, acts = self._run_probe()
+        if grads:
+            by_var = {id(v): g for v, g in zip(self.grad_vars, grads)}
+            names = {id(v): tag for tag, v in self.weights}
+            for layer, variables in self.by_layer.items():
+                sq = 0.0
+                for v in variables:
+                    g = by_var.get(id(v))
+                    if g is None:
+                        continue
+                    self._histogram(f"gradients/{names[id(v)]}", g)
+                    sq += float(tf.reduce_sum(tf.square(tf.cast(g, tf.float32))))
+                tf.summary.scalar(f"gradient_norm/{layer}", np.sqrt(sq))
+        for path, a in acts.items():
+            self._histogram(f"activations/{path}", a)
+            if path in self.relu_paths:
+                zero, dead = stats.zero_fractions(a.numpy())
+                tf.summary.scalar(f"zero_fraction/{path}", zero)
+                tf.summary.scalar(f"dead_units/{path}", dead)

@@ -1,0 +1,136 @@
+"""The op-level graph of a Keras model, with one name scope per layer.
+
+Keras 3's own TensorBoard callback writes no usable op graph. Tracing the
+model's inference pass in a ``tf.function`` gives one, with Keras' name scopes,
+except that Keras opens each layer's scope twice (once to build, once to call),
+so every scope comes out suffixed: ``model_1/conv1_1/Conv2D``. :func:`op_graph`
+maps those back to the layers' own names (``model/conv1/Conv2D``) using the
+model's structure, so TensorBoard's Graphs dashboard reads like the model.
+
+Example:
+    >>> import keras
+    >>> from tbviz.graphs import op_graph
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="head")], name="net")
+    >>> gd = op_graph(m)
+    >>> any(n.name.startswith("net/head/") for n in gd.node)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import tensorflow as tf
+
+from tbviz.layers import children
+
+_SUFFIX = re.compile(r"^(.*)_(\d+)$")
+
+
+def input_spec(model, batch_size=None):
+    """``tf.TensorSpec`` list for the model's inputs (free batch and free unknown dims).
+
+    Raises ``ValueError`` for a model whose inputs are unknown (a subclassed
+    model that has never been called).
+    """
+    try:
+        shapes = model.input_shape
+        dtypes = [getattr(t, "dtype", "float32") for t in model.inputs]
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"model {model.name!r} has no defined inputs (a subclassed model that was never "
+            "called?); call it once on data before training, or pass input_spec="
+        ) from None
+    if not isinstance(shapes, list):
+        shapes = [shapes]
+    return [tf.TensorSpec((batch_size,) + tuple(s[1:]), tf.as_dtype(d or "float32"), name=f"input_{i}")
+            for i, (s, d) in enumerate(zip(shapes, dtypes))]
+
+
+def trace(fn, spec):
+    """Trace ``fn(*spec)`` once and return its ``FuncGraph``."""
+    return tf.function(fn, autograph=False).get_concrete_function(*spec).graph
+
+
+def op_graph(model, fn=None, spec=None) -> tf.compat.v1.GraphDef:
+    """The inference-pass op graph of ``model`` as a ``GraphDef``, scopes named after layers.
+
+    ``fn`` replaces the traced function (default ``model(x, training=False)``),
+    e.g. a loss computation with its own name scopes; ``spec`` its input specs
+    (default: the model's inputs).
+    """
+    spec = spec if spec is not None else input_spec(model)
+    if fn is None:
+        def fn(*xs):
+            return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+    graph_def = trace(fn, spec).as_graph_def()
+    return rename_scopes(graph_def, model)
+
+
+def _scope_tree(model):
+    """``{layer name: subtree}`` for the model's layers, keyed by the model's own name at the root."""
+    def sub(layer):
+        return {c.name: sub(c) for c in children(layer)}
+    return {model.name: sub(model)}
+
+
+def rename_scopes(graph_def, model):
+    """Strip Keras' ``_<n>`` scope suffixes where they stand for a layer's own name.
+
+    A scope component ``c`` under a known parent is renamed to the child layer
+    ``name`` if ``c == name`` plus one ``_<n>`` suffix (the call scope); the first
+    call of a layer keeps the clean name, later calls of a shared layer keep their
+    suffixed one so names stay unique. Op-level components are left alone.
+    """
+    tree = _scope_tree(model)
+    mapping: dict[tuple, str] = {}  # (original parent path, component) -> new component
+    taken: dict[tuple, set] = {}    # original parent path -> new names used there
+
+    def resolve(parts):
+        out, node = [], tree
+        for i, comp in enumerate(parts):
+            key = (tuple(parts[:i]), comp)
+            if key not in mapping:
+                m = _SUFFIX.match(comp)
+                new = m.group(1) if m and m.group(1) in node else comp
+                used = taken.setdefault(key[0], set())
+                if new in used:  # a shared layer's second call: keep its own scope
+                    new = comp
+                used.add(new)
+                mapping[key] = new
+            new = mapping[key]
+            out.append(new)
+            if new not in node:  # below the layers: op names, keep as they are
+                out.extend(parts[i + 1:])
+                break
+            node = node[new]
+        return "/".join(out)
+
+    renamed = {n.name: resolve(n.name.split("/")) for n in graph_def.node}
+    if len(set(renamed.values())) != len(renamed):  # never produce a malformed graph
+        return graph_def
+
+    def ref(name):
+        ctrl = name.startswith("^")
+        base, _, port = name.lstrip("^").partition(":")
+        base = renamed.get(base, base)
+        return ("^" if ctrl else "") + base + (":" + port if port else "")
+
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    for node in out.node:
+        node.name = renamed[node.name]
+        node.input[:] = [ref(i) for i in node.input]
+    return out
+
+
+def keras_config_json(model) -> str | None:
+    """``model.to_json()`` for TensorBoard's conceptual graph, or ``None`` if the model
+    cannot be serialized (subclassed models without ``get_config``)."""
+    try:
+        text = model.to_json()
+        json.loads(text)
+        return text
+    except Exception:
+        return None
