@@ -17,6 +17,7 @@ const state = {
   view: "topk",
   layer: null,
   showPatches: false,
+  tileSize: null, // px, once the user moved the slider
   chosen: new Map(), // "run\0tag" -> Set of chosen steps (evolution, stylized)
   current: new Map(), // "run\0tag" -> the one step shown (top-k, attribution)
   cache: new Map(), // request URL -> Promise of its JSON
@@ -289,6 +290,9 @@ function drawMain() {
   const shown = selected.filter((e) => e.panels.some((p) => p.kind === view.kind));
   const others = selected.filter((e) => !shown.includes(e)).map((e) => e.run);
   ui.main.style.setProperty("--runs", Math.max(shown.length, 1));
+  // Two top-k grids side by side must fit a column: smaller tiles as runs are added,
+  // until the user picks a size.
+  if (!state.tileSize) setTile({ 1: 96, 2: 80 }[shown.length] ?? 64);
   ui.main.replaceChildren(...shown.map((e) => {
     const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
     if (e.skipped) col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
@@ -323,10 +327,15 @@ function drawToolbar() {
   const options = h("div", { class: "options" },
     h("label", {}, h("input", { type: "checkbox", checked: state.showPatches,
       onchange: (e) => { state.showPatches = e.target.checked; drawMain(); } }), "patches in evolution"),
-    h("label", {}, "tile size ", h("input", { type: "range", min: 48, max: 256, value: 96, step: 8,
-      oninput: (e) => document.body.style.setProperty("--tile", `${e.target.value}px`) })),
+    h("label", {}, "tile size ", ui.tile = h("input", { type: "range", min: 48, max: 256, value: 96, step: 8,
+      oninput: (e) => setTile((state.tileSize = +e.target.value)) })),
     h("button", { onclick: reload }, "Reload"));
   ui.toolbar.replaceChildren(runs, tablist, options);
+}
+
+function setTile(px) {
+  document.body.style.setProperty("--tile", `${px}px`);
+  if (ui.tile) ui.tile.value = px;
 }
 
 function pickView(kind) {

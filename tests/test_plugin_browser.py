@@ -1,0 +1,258 @@
+"""End to end: a real ``tensorboard --logdir`` server, the tbviz tab in headless Chromium.
+
+The server is the stock ``tensorboard`` command when tbviz is installed (its entry point
+registers the tab), otherwise a three-line launcher adding the plugin to TensorBoard's own
+plugins. Either way it loads with the default fast loading (the Rust data server).
+Screenshots land in the test's tmp dir, and also in ``$TBVIZ_SCREENSHOT_DIR`` if set
+(``docs/dashboard.png`` comes from there).
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import plugin_logs
+from tbviz.plugin import tbviz_plugin
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LAUNCHER = """
+import sys
+from tensorboard import default, program
+from tbviz.plugin.tbviz_plugin import TbvizLoader
+tb = program.TensorBoard(plugins=default.get_static_plugins() + [TbvizLoader])
+tb.configure(argv=sys.argv)
+sys.exit(tb.main())
+"""
+TIMEOUT_MS = 60_000
+
+
+def _installed_entry_point():
+    """The ``tensorboard_plugins`` entry point named tbviz, if tbviz is installed."""
+    for ep in importlib.metadata.entry_points(group="tensorboard_plugins"):
+        if ep.name == "tbviz":
+            return ep
+    return None
+
+
+def _server_command(logdir, port):
+    args = ["--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"]
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    ep = _installed_entry_point()
+    # The real command only when the installed entry point is *this* checkout's plugin.
+    if tensorboard.exists() and ep is not None and ep.load() is tbviz_plugin.TbvizLoader:
+        return [str(tensorboard), *args], "tensorboard command (entry point)"
+    return [sys.executable, "-c", LAUNCHER, *args], "launcher (tbviz not installed)"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("browser tests need the playwright Python package (pip install playwright)")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    logdir = tmp_path_factory.mktemp("logs")
+    plugin_logs.write_demo_logs(str(logdir))
+    plugin_logs.write_long_run(str(logdir))
+    port = _free_port()
+    cmd, how = _server_command(logdir, port)
+    log = open(logdir.parent / "tensorboard.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # ready when the data server has loaded all 50 steps of the long run
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"tensorboard ({how}) did not come up:\n{log.read()[-3000:]}")
+            try:
+                steps = _get(f"{url}/data/plugin/tbviz/steps?run=long/train"
+                             "&tag=tbviz/deconvnet/conv1/evolution&limit=1")
+                if steps["total"] == 50:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        print(f"serving {logdir} with the {how} at {url}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def tab(browser, server):
+    """``(page, frame, blob_requests)``: the tbviz tab opened, its iframe's first tiles shown."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors, blobs = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: "/data/plugin/tbviz/blob?" in r.url and blobs.append(r.url))
+    page.goto(f"{server}/#tbviz")
+    frame = page.wait_for_selector("iframe").content_frame()
+    frame.wait_for_selector("figure.tile img")
+    yield page, frame, blobs
+    page.close()
+    assert not errors, f"JavaScript errors in the tab: {errors}"
+
+
+def all_decoded(frame, min_count):
+    """Bring every tile into view (they are lazy), wait until loaded, check each decoded."""
+    frame.wait_for_function("n => document.querySelectorAll('img').length >= n", arg=min_count)
+    for img in frame.query_selector_all("img"):
+        img.scroll_into_view_if_needed()
+    frame.wait_for_function("() => [...document.images].every(i => i.complete)")
+    sizes = frame.evaluate("() => [...document.images].map(i => [i.naturalWidth, i.src])")
+    bad = [src for w, src in sizes if w == 0]
+    assert not bad, f"images that did not decode: {bad}"
+    frame.evaluate("() => window.scrollTo(0, 0)")
+    return len(sizes)
+
+
+def shoot(page, tmp_path, name):
+    path = tmp_path / name
+    page.screenshot(path=str(path))
+    if os.environ.get("TBVIZ_SCREENSHOT_DIR"):
+        shutil.copy(path, Path(os.environ["TBVIZ_SCREENSHOT_DIR"]) / name)
+    return path
+
+
+def texts(frame, selector):
+    return [t.strip() for t in frame.locator(selector).all_inner_texts()]
+
+
+def test_topk_projections_beside_patches_with_values(tab, tmp_path):
+    page, frame, _ = tab
+    assert all_decoded(frame, 18) == 18  # 9 projections + 9 patches of conv1 at the last step
+    assert texts(frame, ".panel h3")[0].startswith("deconvnet/conv1/topk")
+    assert "step 8 (5 of 5)" in frame.locator(".steps output").inner_text()
+    _, tiles = plugin_logs.topk_panel(8, "conv1", seed=0)
+    captions = texts(frame, ".zf figcaption")
+    for t, caption in zip(tiles, captions):
+        assert caption.splitlines() == [f"{t['value']:.4g} · map {t['channel']}",
+                                        f"img {t['image_index']} · ({t['row']}, {t['col']})"]
+    assert len(captions) == 18
+    assert shoot(page, tmp_path, "dashboard.png").stat().st_size > 10_000
+
+
+def test_keyboard_layer_picker_and_step_slider(tab):
+    page, frame, _ = tab
+    selected = "[role=option][aria-selected=true]"
+    assert texts(frame, "[role=option]") == ["conv1", "block/conv2"]  # network order
+    frame.focus(selected)
+    page.keyboard.press("ArrowDown")
+    assert frame.evaluate("document.activeElement.textContent") == "block/conv2"
+    assert frame.locator(selected).inner_text() == "block/conv2"
+    frame.wait_for_function("() => document.querySelector('.panel h3')?.textContent"
+                            ".startsWith('deconvnet/block/conv2/topk')")
+    page.keyboard.press("Home")
+    assert frame.locator(selected).inner_text() == "conv1"
+    # the step slider: focusable, arrow keys move through the logged steps
+    frame.focus(".steps input[type=range]")
+    page.keyboard.press("ArrowLeft")
+    frame.wait_for_function("() => document.querySelector('.steps output').textContent"
+                            " === 'step 5 (4 of 5)'")
+    frame.wait_for_function("() => [...document.images].every(i => i.src.includes('step=5'))")
+    assert all_decoded(frame, 18) == 18
+    # views are tabs: arrow keys move between them
+    frame.focus("[role=tab][aria-selected=true]")
+    page.keyboard.press("ArrowRight")
+    assert frame.locator("[role=tab][aria-selected=true]").inner_text() == "Evolution"
+
+
+def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, tmp_path):
+    page, frame, blobs = tab
+    frame.get_by_role("checkbox", name="long/train", exact=True).check()
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
+    frame.get_by_role("tab", name="Evolution").click()
+    frame.wait_for_selector("table.evo")
+    # default columns: the 1st, 2nd, 5th, 10th, 20th and 50th (= last) logged step
+    heads = texts(frame, "table.evo thead th")
+    assert heads == ["map", "step 10", "step 20", "step 50", "step 100", "step 200", "step 500"]
+    assert texts(frame, "table.evo tbody th") == ["map 3", "map 7", "map 11", "map 15"]
+    assert all_decoded(frame, 24) == 24
+    evolution = [u for u in blobs if "evolution" in u]
+    shown_steps = {int(re.search(r"step=(\d+)", u).group(1)) for u in evolution}
+    assert shown_steps == {10, 20, 50, 100, 200, 500}
+    assert len(evolution) == 24  # 4 maps x 6 steps, no patch, nothing twice
+    shoot(page, tmp_path, "dashboard-evolution.png")
+    # choosing a step adds its column, in step order
+    frame.get_by_role("button", name="30", exact=True).click()
+    frame.wait_for_function("() => document.querySelectorAll('table.evo thead th').length === 8")
+    assert texts(frame, "table.evo thead th")[3] == "step 30"
+    assert all_decoded(frame, 28) == 28
+
+
+def test_runs_side_by_side_stylized_and_attribution(tab, tmp_path):
+    page, frame, _ = tab
+    frame.get_by_role("checkbox", name="style/train", exact=True).check()
+    frame.get_by_role("tab", name="Stylized probes").click()
+    frame.wait_for_selector("table.evo")
+    assert texts(frame, ".run h2") == ["style/train"]
+    assert "No Stylized probes panels in cnn/train" in frame.locator("main").inner_text()
+    assert texts(frame, "table.evo tbody th") == ["photo 0", "photo 1", "photo 2"]
+    assert all_decoded(frame, 9) == 9  # steps 1, 2, 8 (spread of 5 logged steps)
+    frame.get_by_role("tab", name="Top-k").click()
+    frame.get_by_role("checkbox", name="long/train", exact=True).check()
+    frame.wait_for_function("() => document.querySelectorAll('section.run').length === 2")
+    assert texts(frame, ".run h2") == ["cnn/train", "long/train"]
+    assert all_decoded(frame, 18 + 8) == 26
+    shoot(page, tmp_path, "dashboard-compare.png")
+    frame.get_by_role("tab", name="Attribution").click()
+    frame.wait_for_selector(".grid.wide")
+    assert texts(frame, ".grid.wide figcaption") == [f"image {i}\ntarget {2 * i}" for i in range(3)]
+    assert all_decoded(frame, 3) == 3
+
+
+def test_entry_point_registers_the_tab():
+    ep = _installed_entry_point()
+    if ep is None:
+        pytest.skip("tbviz is not installed, so its tensorboard_plugins entry point is not "
+                    "registered (scripts/test.sh installs it with pip install -e .)")
+    assert ep.value == "tbviz.plugin.tbviz_plugin:TbvizLoader"
+    assert ep.load() is tbviz_plugin.TbvizLoader
