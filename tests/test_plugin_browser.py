@@ -256,3 +256,32 @@ def test_entry_point_registers_the_tab():
                     "registered (scripts/test.sh installs it with pip install -e .)")
     assert ep.value == "tbviz.plugin.tbviz_plugin:TbvizLoader"
     assert ep.load() is tbviz_plugin.TbvizLoader
+
+
+def test_reload_follows_a_run_that_is_still_training(tab, server, tmp_path_factory):
+    page, frame, _ = tab
+    frame.get_by_role("tab", name="Attribution").click()
+    frame.wait_for_function("() => document.querySelector('.steps output')?.textContent"
+                            " === 'step 8 (5 of 5)'")
+    # training goes on: one more logged step lands in the run's directory
+    import tensorflow as tf
+    from tbviz.summary import metadata
+
+    run_dir = next(tmp_path_factory.getbasetemp().glob("logs*/cnn/train"))
+    with tf.summary.create_file_writer(str(run_dir)).as_default(step=9):
+        metadata.write_panel("tbviz/attribution/gradcam", "attribution",
+                             [metadata.encode_png(plugin_logs._photo(9))],
+                             [{"method": "gradcam", "image_index": 0, "target": 1}],
+                             method="gradcam")
+    tf.summary.flush()
+    deadline = time.monotonic() + 60
+    while _get(f"{server}/data/plugin/tbviz/steps?run=cnn/train"
+               "&tag=tbviz/attribution/gradcam")["total"] < 6:
+        assert time.monotonic() < deadline, "the data server never picked up the new step"
+        time.sleep(0.5)
+    frame.get_by_role("button", name="Reload").click()
+    frame.wait_for_function("() => document.querySelector('.steps output')?.textContent"
+                            " === 'step 9 (6 of 6)'")
+    frame.wait_for_selector(".grid.wide figcaption")
+    assert texts(frame, ".grid.wide figcaption") == ["image 0\ntarget 1"]
+    assert all_decoded(frame, 1) == 1

@@ -18,8 +18,8 @@ const state = {
   layer: null,
   showPatches: false,
   tileSize: null, // px, once the user moved the slider
-  chosen: new Map(), // "run\0tag" -> Set of chosen steps (evolution, stylized)
-  current: new Map(), // "run\0tag" -> the one step shown (top-k, attribution)
+  chosen: new Map(), // "run\0tag" -> Set of steps picked (evolution, stylized); default spread
+  current: new Map(), // "run\0tag" -> the one step picked (top-k, attribution); default last
   cache: new Map(), // request URL -> Promise of its JSON
 };
 let ui; // the page's fixed elements, made once by render()
@@ -98,59 +98,60 @@ function tile(run, tag, frame, index, lines, cls = "") {
 }
 
 // -- the views: each renders one run's column ----------------------------------------------
+// One step at a time (top-k, attribution). Unless a step was picked, the last one is shown,
+// so Reload follows a run that is still training.
 async function stepSlider(col, run, tag, draw) {
   const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
   if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
   const k = key(run, tag);
-  if (!steps.includes(state.current.get(k))) state.current.set(k, steps[steps.length - 1]);
+  const current = () => (steps.includes(state.current.get(k)) ? state.current.get(k) : steps.at(-1));
   const label = h("output", {});
   const body = h("div", {});
   const show = async () => {
-    const step = state.current.get(k);
+    const step = current();
     label.textContent = `step ${step} (${steps.indexOf(step) + 1} of ${steps.length})`;
     const [frame] = await frames(run, tag, [step]);
-    if (state.current.get(k) === step) body.replaceChildren(draw(frame)); // newest wins
+    if (current() === step) body.replaceChildren(draw(frame)); // newest wins
   };
   const slider = h("input", {
-    type: "range", min: 0, max: steps.length - 1, value: steps.indexOf(state.current.get(k)),
+    type: "range", min: 0, max: steps.length - 1, value: steps.indexOf(current()),
     "aria-label": `step of ${tag} in ${run}`,
-    oninput: (e) => { state.current.set(k, steps[+e.target.value]); show().catch(fail(body)); },
+    oninput: (e) => {
+      const i = +e.target.value;
+      i === steps.length - 1 ? state.current.delete(k) : state.current.set(k, steps[i]);
+      show().catch(fail(body));
+    },
   });
   col.append(h("div", { class: "steps" }, slider, label), body);
   await show();
 }
 
+// Several steps side by side (evolution, stylized). Unless steps were picked, the spread
+// of the logged steps is shown, again following new steps on Reload.
 async function stepChips(col, run, tag, draw) {
   const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
   if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
   const k = key(run, tag);
-  if (!state.chosen.has(k)) state.chosen.set(k, spread(steps));
-  const chosen = state.chosen.get(k);
+  const chosen = () => state.chosen.get(k) ?? spread(steps);
   const body = h("div", { class: "scroll" });
   let latest = 0;
   const show = async () => {
-    const pick = steps.filter((s) => chosen.has(s));
+    chips.forEach((c, i) => c.setAttribute("aria-pressed", String(chosen().has(steps[i]))));
+    const pick = steps.filter((s) => chosen().has(s));
     const mine = ++latest;
     const content = pick.length ? draw(await frames(run, tag, pick)) : h("p", { class: "note" }, "choose steps above");
     if (mine === latest) body.replaceChildren(content); // newest wins
   };
-  const chips = steps.map((s) => h("button", {
-    class: "chip", "aria-pressed": String(chosen.has(s)),
-    onclick: (e) => {
-      chosen.has(s) ? chosen.delete(s) : chosen.add(s);
-      e.target.setAttribute("aria-pressed", String(chosen.has(s)));
-      show().catch(fail(body));
-    },
-  }, String(s)));
-  const preset = (label, pick) => h("button", { class: "preset", onclick: () => {
-    chosen.clear();
-    pick().forEach((s) => chosen.add(s));
-    chips.forEach((c, i) => c.setAttribute("aria-pressed", String(chosen.has(steps[i]))));
-    show().catch(fail(body));
-  } }, label);
+  const choose = (set) => { set ? state.chosen.set(k, set) : state.chosen.delete(k); show().catch(fail(body)); };
+  const chips = steps.map((s) => h("button", { class: "chip", onclick: () => {
+    const set = new Set(chosen());
+    set.has(s) ? set.delete(s) : set.add(s);
+    choose(set);
+  } }, String(s)));
   col.append(h("div", { class: "chips", role: "group", "aria-label": `steps of ${tag} shown` },
     h("span", { class: "note" }, "steps:"), chips,
-    preset("spread", () => spread(steps)), preset("all", () => steps)), body);
+    h("button", { class: "preset", onclick: () => choose(null) }, "spread"),
+    h("button", { class: "preset", onclick: () => choose(new Set(steps)) }, "all")), body);
   await show();
 }
 
@@ -255,7 +256,7 @@ function drawLayers() {
   const names = view.layered ? layers() : [];
   if (!names.includes(state.layer)) state.layer = names[0] ?? null;
   const options = names.map((name) => h("li", {
-    role: "option", id: `layer-${name}`, "aria-selected": String(name === state.layer),
+    role: "option", "aria-selected": String(name === state.layer),
     tabindex: name === state.layer ? 0 : -1, onclick: () => pickLayer(name, true),
   }, name));
   ui.layers.hidden = !view.layered;
