@@ -32,8 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
+import time
 
 from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
@@ -54,6 +56,10 @@ MAX_PAGE = 200
 MAX_FRAMES = 50
 #: Browser cache lifetime of a tile (seconds). Tiles of a step never change.
 IMAGE_MAX_AGE = 24 * 3600
+#: How long (seconds) a listed series answers tile requests before it is listed again.
+SERIES_TTL = 2.0
+
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="tbviz")
 
 _STATIC = {
     "/index.js": ("index.js", "text/javascript"),
@@ -85,6 +91,7 @@ class TbvizPlugin(base_plugin.TBPlugin):
         hint = (context.sampling_hints or {}).get(PLUGIN_NAME, DEFAULT_SAMPLES)
         # 0 means "keep all" on the command line; the provider wants a number.
         self._downsample = hint if hint and hint > 0 else 10**9
+        self._recent = {}  # (experiment, run, tag) -> (monotonic time, sorted series)
 
     def get_plugin_apps(self):
         apps = {route: self._static(name, mime) for route, (name, mime) in _STATIC.items()}
@@ -140,13 +147,13 @@ class TbvizPlugin(base_plugin.TBPlugin):
                 f"at most {MAX_FRAMES} steps per request, got {len(steps)}; ask in pages")
         steps = [_int("steps", s) for s in steps]
         by_step = {d.step: d for d in self._series(request)}
+        data = [_lookup(by_step, step) for step in steps]
         ctx, _ = _context(request)
-        frames = []
-        for step in steps:
-            datum = _lookup(by_step, step)
-            frames.append({"step": step, "wall_time": datum.wall_time,
-                           **_header(self._provider.read_blob(ctx, blob_key=datum.values[0].blob_key),
-                                     len(datum.values) - 1)})
+        # One data-provider round trip per header: overlap them.
+        blobs = _POOL.map(lambda d: self._provider.read_blob(ctx, blob_key=d.values[0].blob_key),
+                          data)
+        frames = [{"step": d.step, "wall_time": d.wall_time, **_header(blob, len(d.values) - 1)}
+                  for d, blob in zip(data, blobs)]
         return _json(request, {"frames": frames})
 
     @wrappers.Request.application
@@ -168,13 +175,23 @@ class TbvizPlugin(base_plugin.TBPlugin):
         """The steps of the validated ``run`` and ``tag`` of a request, sorted by step."""
         run, tag = _arg(request, "run"), _arg(request, "tag")
         ctx, eid = _context(request)
+        # A page asks for dozens of tiles of one series at once; listing the series for each
+        # would double every tile's cost. Kept briefly, so new steps still show on reload.
+        key, now = (eid, run, tag), time.monotonic()
+        hit = self._recent.get(key)
+        if hit and now - hit[0] < SERIES_TTL:
+            return hit[1]
         data = self._provider.read_blob_sequences(
             ctx, experiment_id=eid, plugin_name=PLUGIN_NAME, downsample=self._downsample,
             run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
         series = data.get(run, {}).get(tag)
         if series is None:
             raise errors.NotFoundError(f"no tbviz panel {tag!r} in run {run!r}")
-        return sorted(series, key=lambda d: d.step)
+        series = sorted(series, key=lambda d: d.step)
+        if len(self._recent) > 256:
+            self._recent.clear()
+        self._recent[key] = (now, series)
+        return series
 
 
 def _panels(tags: dict) -> dict:
