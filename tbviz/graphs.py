@@ -31,17 +31,21 @@ _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 def input_spec(model, batch_size=None):
     """``tf.TensorSpec`` list for the model's inputs (free batch and free unknown dims).
 
-    Raises ``ValueError`` for a model whose inputs are unknown (a subclassed
-    model that has never been called).
+    A subclassed model has no ``inputs``; once it has been called (after the first
+    training step) its recorded build shape is used instead. Raises ``ValueError``
+    when neither is known.
     """
     try:
         shapes = model.input_shape
         dtypes = [getattr(t, "dtype", "float32") for t in model.inputs]
     except (AttributeError, ValueError):
-        raise ValueError(
-            f"model {model.name!r} has no defined inputs (a subclassed model that was never "
-            "called?); call it once on data before training, or pass input_spec="
-        ) from None
+        # Keras records the shape a subclassed model was first called with.
+        built = getattr(model, "_build_shapes_dict", None) or {}
+        if len(built) != 1 or not isinstance(next(iter(built.values())), (tuple, list)):
+            raise ValueError(
+                f"model {model.name!r} has no defined inputs (a subclassed model that was never "
+                "called?); call it once on data before training, or pass input_spec=") from None
+        shapes, dtypes = [tuple(next(iter(built.values())))], ["float32"]
     if not isinstance(shapes, list):
         shapes = [shapes]
     return [tf.TensorSpec((batch_size,) + tuple(s[1:]), tf.as_dtype(d or "float32"), name=f"input_{i}")
@@ -69,10 +73,12 @@ def op_graph(model, fn=None, spec=None) -> tf.compat.v1.GraphDef:
 
 
 def _scope_tree(model):
-    """``{layer name: subtree}`` for the model's layers, keyed by the model's own name at the root."""
+    """``{layer name: subtree}`` for the model's layers, under the model's own name."""
     def sub(layer):
         return {c.name: sub(c) for c in children(layer)}
-    return {model.name: sub(model)}
+    top = sub(model)
+    # graph_fn may call the model's sub-models directly, so they are roots too.
+    return {**top, model.name: top}
 
 
 def rename_scopes(graph_def, model):
@@ -81,7 +87,8 @@ def rename_scopes(graph_def, model):
     A scope component ``c`` under a known parent is renamed to the child layer
     ``name`` if ``c == name`` plus one ``_<n>`` suffix (the call scope); the first
     call of a layer keeps the clean name, later calls of a shared layer keep their
-    suffixed one so names stay unique. Op-level components are left alone.
+    suffixed one so names stay unique. Other components (ops, custom scopes) are
+    left alone; if renaming would ever make two nodes collide, nothing is renamed.
     """
     tree = _scope_tree(model)
     mapping: dict[tuple, str] = {}  # (original parent path, component) -> new component
@@ -101,10 +108,9 @@ def rename_scopes(graph_def, model):
                 mapping[key] = new
             new = mapping[key]
             out.append(new)
-            if new not in node:  # below the layers: op names, keep as they are
-                out.extend(parts[i + 1:])
-                break
-            node = node[new]
+            # Below a layer come op names; a model called inside a custom scope (graph_fn)
+            # starts over from the top of the layer tree.
+            node = node[new] if new in node and node[new] else tree
         return "/".join(out)
 
     renamed = {n.name: resolve(n.name.split("/")) for n in graph_def.node}

@@ -32,9 +32,9 @@ class GraphCallback(VizCallback):
         log_dir: run directory; the graphs go to ``<log_dir>/train``.
         graph_fn: callable traced instead of ``model(x, training=False)``, e.g. a
             loss computation with its own name scopes. Called with the inputs.
-        input_spec: ``tf.TensorSpec`` (or list) for ``graph_fn``/the model. Needed for a
-            subclassed model that has no ``inputs``; without it such a model's
-            graph is recorded from its first training step instead.
+        input_spec: ``tf.TensorSpec`` (or list) for ``graph_fn``/the model. Without it, a
+            subclassed model that was never called gets its graph written after the
+            first training step, once Keras knows its input shape.
     """
 
     def __init__(self, log_dir, graph_fn=None, input_spec=None):
@@ -45,22 +45,21 @@ class GraphCallback(VizCallback):
         if isinstance(input_spec, tf.TensorSpec):
             input_spec = [input_spec]
         self.input_spec = input_spec
-        self._trace_first_step = False
+        self._pending = False
 
     def setup(self):
-        spec = self.input_spec
-        if spec is None:
-            try:
-                spec = graphs.input_spec(self.model)
-            except ValueError:
-                if self.graph_fn is not None:
-                    raise ValueError(
-                        f"GraphCallback(graph_fn=...) needs input_spec= for model "
-                        f"{self.model.name!r}, which has no defined inputs; e.g. "
-                        "input_spec=tf.TensorSpec((None, None, None, 3))") from None
-                # Subclassed model: fall back to the first train step's graph.
-                self._trace_first_step = True
-                return
+        self._pending = False
+        try:
+            self._write_graphs()
+        except ValueError:
+            if self.input_spec is not None or self.graph_fn is not None:
+                raise
+            # A subclassed model that was never called: its input shape is known after
+            # the first training step.
+            self._pending = True
+
+    def _write_graphs(self):
+        spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
         graph_def = graphs.op_graph(self.model, fn=self.graph_fn, spec=spec)
         with self.writer.as_default():
             tf.summary.graph(graph_def)
@@ -79,17 +78,10 @@ class GraphCallback(VizCallback):
         with self.writer.as_default():
             tf.summary.write("keras", tf.constant(text), step=0, metadata=md)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._trace_first_step and self.chief:
-            tf.summary.trace_on(graph=True)
-
     def on_train_batch_end(self, batch, logs=None):
-        if self._trace_first_step:
-            self._trace_first_step = False
-            if self.chief:
-                with self.writer.as_default():
-                    tf.summary.trace_export("train_step", step=0)
-                self.writer.flush()
+        if self._pending and self.writer is not None:
+            self._pending = False
+            self._write_graphs()
 
     def on_epoch_end(self, epoch, logs=None):
         pass

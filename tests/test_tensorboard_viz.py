@@ -1,0 +1,119 @@
+"""TensorBoardViz end to end: one run, every dashboard, a real server and a real browser."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tbviz
+from eventfiles import load
+from models import compile, data, functional_bn_nested
+from tbserver import browser, get, tensorboard, wait_for
+
+
+def fit(model, log_dir, epochs=2, **kwargs):
+    x, y = data(32)
+    options = dict(probe_images=x[:4], probe_labels=y[:4], loss_every_n_steps=1)
+    options.update(kwargs)
+    viz = tbviz.TensorBoardViz(str(log_dir), **options)
+    hist = model.fit(x, y, epochs=epochs, batch_size=8, validation_split=0.25, verbose=0,
+                     shuffle=False, callbacks=[viz])
+    return viz, hist
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("logs")
+    keras.utils.set_random_seed(1234)
+    model = compile(functional_bn_nested())
+    fit(model, logdir / "demo")
+    return logdir
+
+
+def test_one_event_file_per_run_directory(run):
+    for sub in ("train", "validation"):
+        files = [f for f in os.listdir(run / "demo" / sub) if "tfevents" in f]
+        assert len(files) == 1, files
+
+
+def test_every_part_lands_in_the_train_run(run):
+    tags = load(run / "demo" / "train").Tags()
+    tensors = set(tags["tensors"])
+    assert tags["graph"]
+    assert {"keras", "custom_scalars__config__", "epoch_loss", "batch_loss", "conv1/kernel",
+            "gradients/conv1/kernel", "activations/block/inner_conv",
+            "dead_units/block/inner_conv"} <= tensors
+
+
+def test_dashboards_over_http(run):
+    with tensorboard(run) as url:
+        runs = wait_for(lambda: get(url + "/data/runs"))
+        assert {"demo/train", "demo/validation"} <= set(runs)
+        scal = wait_for(lambda: get(url + "/data/plugin/scalars/tags").get("demo/validation"))
+        assert "epoch_loss" in scal
+        series = get(url + "/data/plugin/scalars/scalars?run=demo/train&tag=epoch_loss")
+        assert [row[1] for row in series] == [0, 1]
+        layout = get(url + "/data/plugin/custom_scalars/layout")
+        charts = [c for cat in layout["category"] for c in cat["chart"]]
+        assert any("epoch_" in t and "loss" in t for c in charts for t in c["multiline"]["tag"])
+        hist_tags = get(url + "/data/plugin/histograms/tags")["demo/train"]
+        assert {"conv1/kernel", "gradients/head/kernel", "activations/act1"} <= set(hist_tags)
+        hist = get(url + "/data/plugin/histograms/histograms?run=demo/train&tag=conv1/kernel")
+        assert len(hist) == 2 and hist[0][2]  # two steps, buckets present
+        dist = get(url + "/data/plugin/distributions/distributions?run=demo/train&tag=conv1/kernel")
+        assert len(dist) == 2 and len(dist[0][2]) == 9  # TensorBoard's 9 percentile bands
+        info = get(url + "/data/plugin/graphs/info")
+        assert info["demo/train"]["run_graph"]
+        assert info["demo/train"]["tags"]["keras"]["conceptual_graph"]
+        graph = get(url + "/data/plugin/graphs/graph?run=demo/train").decode()
+        for layer in ("func/conv1", "func/bn1", "func/block/inner_conv", "func/head"):
+            assert f'name: "{layer}/' in graph
+
+
+@pytest.mark.browser
+def test_graphs_dashboard_renders_and_expands_in_chromium(run, tmp_path):
+    with tensorboard(run) as url, browser() as b:
+        page = b.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url + "/#graphs")
+        model_node = page.locator("g.node", has_text="func").first
+        model_node.wait_for(timeout=60_000)
+        assert "Graph visualization failed" not in page.inner_text("body")
+        model_node.dblclick()
+        for layer in ("conv1", "bn1", "act1", "block", "head"):
+            page.locator("g.node", has_text=layer).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "graph.png"))
+
+
+def test_training_is_identical_with_and_without_tbviz(tmp_path):
+    x, y = data(32)
+    keras.utils.set_random_seed(5)
+    plain = compile(functional_bn_nested())
+    h_plain = plain.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+    keras.utils.set_random_seed(5)
+    viz_model = compile(functional_bn_nested())
+    viz = tbviz.TensorBoardViz(str(tmp_path), probe_images=x[:4], probe_labels=y[:4],
+                               every_n_steps=2, loss_every_n_steps=1)
+    h_viz = viz_model.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False, callbacks=[viz])
+    assert h_plain.history == h_viz.history
+    for a, b in zip(plain.get_weights(), viz_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_probe_shape_fails_at_train_begin_and_leaves_no_writer_open(tmp_path):
+    model = compile(functional_bn_nested())
+    x, y = data(8)
+    viz = tbviz.TensorBoardViz(str(tmp_path), probe_images=np.zeros((2, 5, 5, 3)), deconvnet=False)
+    with pytest.raises(ValueError, match=r"\(12, 12, 3\)"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[viz])
+    from tbviz.summary import writers
+
+    assert not any(str(tmp_path) in p for p in writers._open)
+
+
+def test_parts_can_be_switched_off(tmp_path):
+    model = compile(functional_bn_nested())
+    fit(model, tmp_path, epochs=1, graph=False, histograms=False, deconvnet=False)
+    tags = load(tmp_path / "train").Tags()
+    assert not tags["graph"] and "conv1/kernel" not in tags["tensors"]
+    assert "epoch_loss" in tags["tensors"]
