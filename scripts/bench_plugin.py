@@ -23,14 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import plugin_logs  # noqa: E402
-import test_plugin_browser as tb  # noqa: E402  (server command, Chromium flags)
+import tbserver  # noqa: E402
+from test_plugin_browser import _server_command  # noqa: E402
 
 ALL_DONE = "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
 
@@ -63,22 +63,23 @@ def main():
 
     logdir = tempfile.mkdtemp(prefix="bench_plugin_")
     plugin_logs.write_long_run(logdir, n_steps=50)
-    port = tb._free_port()
-    cmd, how = tb._server_command(logdir, port)
+    port = tbserver.free_port()
+    cmd, how = _server_command(logdir, port)
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "PYTHONPATH": ROOT})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(180):
             try:
-                if tb._get(f"{url}/data/plugin/tbviz/steps?run=long/train"
+                if tbserver.get(f"{url}/data/plugin/tbviz/steps?run=long/train"
                            "&tag=tbviz/deconvnet/conv1/evolution&limit=1")["total"] == 50:
                     break
             except OSError:
                 pass
             time.sleep(0.5)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=tb.CHROMIUM, args=tb.CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=tbserver.CHROMIUM,
+                                        args=tbserver.CHROMIUM_ARGS)
             finished = []  # (time, bytes) of every tile response
             results = {"spread": [], "all": [], "slider": []}
             for _ in range(args.repeats):

@@ -8,28 +8,23 @@ Screenshots land in the test's tmp dir, and also in ``$TBVIZ_SCREENSHOT_DIR`` if
 """
 
 import importlib.metadata
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import plugin_logs
+import tbserver
 from tbviz.plugin import tbviz_plugin
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 LAUNCHER = """
 import sys
 from tensorboard import default, program
@@ -59,29 +54,18 @@ def _server_command(logdir, port):
     return [sys.executable, "-c", LAUNCHER, *args], "launcher (tbviz not installed)"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
+@pytest.fixture(scope="module")
+def browser():
+    with tbserver.browser() as b:  # skips, saying what is missing, without playwright/chromium
+        yield b
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("browser tests need the playwright Python package (pip install playwright)")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+def server(browser, tmp_path_factory):
     logdir = tmp_path_factory.mktemp("logs")
     plugin_logs.write_demo_logs(str(logdir))
     plugin_logs.write_long_run(str(logdir))
-    port = _free_port()
+    port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
     log = open(logdir.parent / "tensorboard.log", "w+")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -94,8 +78,8 @@ def server(tmp_path_factory):
                 log.seek(0)
                 pytest.fail(f"tensorboard ({how}) did not come up:\n{log.read()[-3000:]}")
             try:
-                steps = _get(f"{url}/data/plugin/tbviz/steps?run=long/train"
-                             "&tag=tbviz/deconvnet/conv1/evolution&limit=1")
+                steps = tbserver.get(f"{url}/data/plugin/tbviz/steps?run=long/train"
+                                     "&tag=tbviz/deconvnet/conv1/evolution&limit=1", timeout=10)
                 if steps["total"] == 50:
                     break
             except OSError:
@@ -111,18 +95,6 @@ def server(tmp_path_factory):
             proc.kill()
             proc.wait(timeout=15)
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
@@ -275,8 +247,8 @@ def test_reload_follows_a_run_that_is_still_training(tab, server, tmp_path_facto
                              method="gradcam")
     tf.summary.flush()
     deadline = time.monotonic() + 60
-    while _get(f"{server}/data/plugin/tbviz/steps?run=cnn/train"
-               "&tag=tbviz/attribution/gradcam")["total"] < 6:
+    while tbserver.get(f"{server}/data/plugin/tbviz/steps?run=cnn/train"
+                       "&tag=tbviz/attribution/gradcam")["total"] < 6:
         assert time.monotonic() < deadline, "the data server never picked up the new step"
         time.sleep(0.5)
     frame.get_by_role("button", name="Reload").click()
