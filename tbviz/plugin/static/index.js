@@ -76,8 +76,8 @@ const fmt = (v) => (typeof v === "number" ? Number(v.toPrecision(4)).toString() 
 const position = (t) => (t.row != null ? `(${t.row}, ${t.col})` : null);
 
 // Default columns of an evolution grid: the 1st, 2nd, 5th, 10th, 20th, 50th, ... logged
-// step (epochs 1, 2, 5, 10, ... when logged once an epoch, as in Zeiler & Fergus, Fig. 4)
-// and always the last.
+// step (epochs 1, 2, 5, 10, ... when logged once an epoch, like Zeiler & Fergus' figure of
+// features evolving through training) and always the last.
 function spread(steps) {
   const picks = new Set([steps.length - 1]);
   for (let m = 1; m <= steps.length; m *= 10)
@@ -164,7 +164,7 @@ function topkView(run, tag) {
     const grid = (title, idx, cls) => h("div", { class: "zf-half" }, h("h4", {}, title),
       h("div", { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
         idx.map((i, n) => tile(run, tag, frame, i, caption(frame.tiles[i - 1]), `${cls} pair-${n}`))));
-    // Hovering or focusing a tile outlines its partner: projection <-> the patch that caused it.
+    // Hovering a tile outlines its partner: projection <-> the patch that caused it.
     const pair = (e, on) => {
       const n = [...(e.target.closest(".tile")?.classList ?? [])].find((c) => c.startsWith("pair-"));
       if (n) e.currentTarget.querySelectorAll(`.${n}`).forEach((t) => t.classList.toggle("hl", on));
