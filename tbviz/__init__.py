@@ -18,6 +18,7 @@ _EXPORTS = {
     "HistogramCallback": "tbviz.callbacks.histograms",
     "LossCallback": "tbviz.callbacks.losses",
     "TensorBoardViz": "tbviz.callbacks.tensorboard_viz",
+    "DeconvnetCallback": "tbviz.callbacks.deconvnet",
 }
 
 __all__ = list(_EXPORTS)

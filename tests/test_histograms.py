@@ -169,3 +169,14 @@ def test_non_finite_weights_are_skipped_and_counted(tmp_path):
 def test_frequency_arguments_are_validated(bad):
     with pytest.raises(ValueError, match="positive integer"):
         tbviz.HistogramCallback("runs/x", every_n_steps=bad)
+
+
+@pytest.mark.parametrize("values", [np.random.default_rng(0).normal(size=1000),
+                                    np.full(7, 3.0), np.arange(10.0), np.array([])])
+def test_numpy_buckets_equal_tensorboards_own(values):
+    from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+
+    from tbviz.summary.histograms import buckets
+
+    ref = tf.make_ndarray(histogram_pb("t", values).value[0].tensor)
+    np.testing.assert_allclose(buckets(values), ref)

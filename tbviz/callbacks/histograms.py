@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tbviz import stats
 from tbviz.callbacks.base import VizCallback
+from tbviz.summary import histograms
 from tbviz.layers import capture_outputs, children, get_layer, layer_paths
 
 log = logging.getLogger("tbviz")
@@ -165,17 +166,12 @@ class HistogramCallback(VizCallback):
             log.warning(msg, *args)
 
     def _histogram(self, tag, values):
-        values = tf.convert_to_tensor(values)
-        if not values.dtype.is_floating:
-            values = tf.cast(values, tf.float32)
-        finite = tf.math.is_finite(values)
-        bad = int(tf.size(values)) - int(tf.reduce_sum(tf.cast(finite, tf.int32)))
+        values = values.numpy() if hasattr(values, "numpy") else np.asarray(values)
+        bad = histograms.write(tag, values)
         if bad:
             self._warn_once(tag, "tbviz: %s has %d non-finite values; histogram shows the "
                             "finite ones, count under nonfinite/%s", tag, bad, tag)
             tf.summary.scalar(f"nonfinite/{tag}", bad)
-            values = tf.boolean_mask(values, finite)
-        tf.summary.histogram(tag, values)
 
     def write(self, step, logs):
         with self.writer.as_default(step=step):

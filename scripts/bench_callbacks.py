@@ -1,0 +1,121 @@
+"""Epoch-time overhead of tbviz.TensorBoardViz vs Keras' own TensorBoard callback.
+
+Trains the same small CNN (CIFAR-sized: 32x32x3 inputs, four 3x3 conv layers,
+about 0.3M parameters) for 200 steps per epoch, three ways, taking turns so
+that machine noise hits all three alike:
+
+* plain ``fit``,
+* ``fit`` + ``keras.callbacks.TensorBoard(histogram_freq=1)``,
+* ``fit`` + ``tbviz.TensorBoardViz`` at its defaults (graph, per-step losses,
+  weight/gradient/activation histograms, deconvnet top-9 for 4 layers, all with
+  8 probe images).
+
+Each setup trains ``--rounds`` times for ``--epochs`` epochs, the setups taking
+turns. Epochs are timed from epoch begin to the end of every callback's epoch-end
+work; the first epoch of each fit (tracing) is dropped. Prints the median epoch
+time of each and the ratios against plain ``fit``. Usage::
+
+    python scripts/bench_callbacks.py [--epochs 3] [--rounds 3] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tbviz  # noqa: E402
+
+
+def small_cnn():
+    return keras.Sequential([
+        keras.Input((32, 32, 3)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+        keras.layers.MaxPooling2D(name="pool1"),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv3"),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv4"),
+        keras.layers.MaxPooling2D(name="pool2"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(64, activation="relu", name="fc"),
+        keras.layers.Dense(10, name="logits"),
+    ], name="small_cnn")
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Put first and last in the callback list: times each epoch including the other
+    callbacks' per-step and epoch-end work (which is where tbviz writes)."""
+
+    def __init__(self, times, start):
+        super().__init__()
+        self.times, self.start = times, start
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.start:
+            self.times.append(-time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.start:
+            self.times[-1] += time.perf_counter()
+
+
+def run(args):
+    rng = np.random.default_rng(0)
+    n = args.steps * args.batch
+    x = rng.random((n, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, n)
+    probe_x, probe_y = x[:8], y[:8]
+    root = tempfile.mkdtemp(prefix="bench_callbacks_")
+
+    def make(kind):
+        keras.utils.set_random_seed(0)
+        model = small_cnn()
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        if kind == "plain":
+            cbs = []
+        elif kind == "keras":
+            cbs = [keras.callbacks.TensorBoard(os.path.join(root, "keras"), histogram_freq=1)]
+        else:
+            cbs = [tbviz.TensorBoardViz(os.path.join(root, "tbviz"), probe_images=probe_x,
+                                        probe_labels=probe_y, deconvnet=not args.no_deconvnet)]
+        return model, cbs
+
+    kinds = ["plain", "keras", "tbviz"]
+    times = {k: [] for k in kinds}
+    for _ in range(args.rounds):  # rounds interleave the three so noise hits all alike
+        for k in kinds:
+            model, cbs = make(k)
+            clocks = [EpochClock(times[k], True)] + cbs + [EpochClock(times[k], False)]
+            model.fit(x, y, batch_size=args.batch, epochs=args.epochs, verbose=0,
+                      shuffle=False, callbacks=clocks)
+            del times[k][-args.epochs]  # first epoch of each fit: tracing, not steady state
+    print(f"small CNN, {model.count_params():,} parameters, {args.steps} steps x batch "
+          f"{args.batch} per epoch; {args.rounds} rounds of {args.epochs} epochs per setup, "
+          "first epoch of each fit dropped")
+    steady = {k: statistics.median(v) for k, v in times.items()}
+    for k in kinds:
+        print(f"  {k:6s} epoch times: " + ", ".join(f"{t:.2f}s" for t in times[k]))
+    print("median epoch time:")
+    for k in kinds:
+        print(f"  {k:6s} {steady[k]:.3f} s")
+    print("ratios vs plain fit (1.00 = no overhead):")
+    print(f"  keras.callbacks.TensorBoard(histogram_freq=1): {steady['keras'] / steady['plain']:.3f}")
+    print(f"  tbviz.TensorBoardViz (defaults):               {steady['tbviz'] / steady['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--no-deconvnet", action="store_true", help="TensorBoardViz without deconvnet")
+    run(p.parse_args())

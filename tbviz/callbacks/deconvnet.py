@@ -1,0 +1,325 @@
+"""Per-epoch deconvnet views of chosen layers (Zeiler & Fergus 2013) in TensorBoard.
+
+At each trigger, for every layer, :class:`DeconvnetCallback` projects the
+strongest activations over the probe images back to pixel space and writes:
+
+* Images dashboard: ``deconvnet/<layer>/projections`` (the top-k projections,
+  a 3x3 grid for k=9), ``deconvnet/<layer>/patches`` (the input patches under
+  them, same order) and ``deconvnet/<layer>/evolution`` (the strongest unit of
+  each of a fixed set of feature maps, chosen at train begin, so the step
+  slider shows how they change). Contrast is normalized per tile, as in the paper.
+* tbviz dashboard panels ``tbviz/deconvnet/<layer>/topk`` and
+  ``tbviz/deconvnet/<layer>/evolution`` (see :mod:`tbviz.summary.metadata`).
+* Raw data for later tools (plugin name ``tbviz_raw``, tensor summaries):
+  ``deconvnet/<layer>/raw`` (float16 projections cut to each unit's receptive
+  field) and ``deconvnet/<layer>/units`` (one row per raw tile, columns in
+  :data:`UNIT_COLUMNS`).
+
+Example:
+    >>> import numpy as np, keras, tbviz
+    >>> model = keras.Sequential([keras.Input((16, 16, 3)),
+    ...     keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+    ...     keras.layers.MaxPooling2D(name="pool1"),
+    ...     keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> model.compile("adam", "mse")
+    >>> x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    >>> cb = tbviz.DeconvnetCallback("/tmp/tbviz_doc", probe_images=x[:2],
+    ...                              layers=["conv1", "conv2"], top_k=4)
+    >>> _ = model.fit(x, np.zeros((8, 2)), epochs=1, verbose=0, callbacks=[cb])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
+
+from tbviz import deconvnet
+from tbviz.callbacks.base import VizCallback
+from tbviz.layers import check_images, check_layers, layer_paths
+from tbviz.relu_rules import check_rule
+from tbviz.summary import images as tiles_lib
+from tbviz.summary import metadata
+
+log = logging.getLogger(__name__)
+
+RAW_PLUGIN = "tbviz_raw"
+#: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows;
+#: ``top, bottom, left, right`` is the receptive field (clipped to the image) the raw tile
+#: covers, from its top-left corner.
+UNIT_COLUMNS = ("set", "image_index", "row", "col", "channel", "value",
+                "top", "bottom", "left", "right")
+MIN_TILE = 64  # tiny tiles (a 5x5 field) are enlarged, nearest-neighbour, to at least this
+
+
+class DeconvnetCallback(VizCallback):
+    """Log deconvnet projections of the strongest activations of ``layers`` over training.
+
+    Args:
+        log_dir: run directory; summaries go to ``<log_dir>/train``.
+        probe_images: ``(N, H, W, C)`` array, or a callable ``model -> array``
+            evaluated at every trigger (e.g. "stylize these photos with the
+            current transform net").
+        layers: a layer path or a list (``"vgg19/block3_conv1"`` for nested models).
+        top_k: how many strongest units per layer (9 gives the paper's 3x3 grid).
+        every_n_epochs, every_n_steps: when to log (global step = optimizer steps).
+        rule: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
+        max_batch: most units projected in one batch.
+        probe_model: ``None`` (the model being trained), a ``keras.Model``, or a
+            callable ``model -> keras.Model`` (e.g. the VGG19 of a loss model).
+        channels: feature maps whose evolution to show: a list (for every layer) or
+            ``{layer: list}``; by default the ``top_k`` channels with the highest mean
+            activation on the probe images at train begin.
+
+    All arguments are checked here or at train begin, before any training step.
+    """
+
+    def __init__(self, log_dir, probe_images, layers, top_k: int = 9,
+                 every_n_epochs: int | None = 1, every_n_steps: int | None = None,
+                 rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
+                 probe_model=None, channels=None):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        self.layers = [layers] if isinstance(layers, str) else list(layers or [])
+        if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
+            raise ValueError(f"layers must be a layer path or a non-empty list of them, "
+                             f"got {layers!r}")
+        self.top_k = _positive("top_k", top_k)
+        self.max_batch = _positive("max_batch", max_batch)
+        self.rule = check_rule(rule)
+        if not callable(probe_images):
+            arr = np.asarray(probe_images)
+            if arr.dtype == object or arr.ndim not in (3, 4):
+                raise ValueError("probe_images must be an (N, H, W, C) array or a callable "
+                                 f"model -> array, got {type(probe_images).__name__} of shape "
+                                 f"{getattr(arr, 'shape', None)}")
+        self.probe_images = probe_images
+        if not (probe_model is None or isinstance(probe_model, keras.Model)
+                or callable(probe_model)):
+            raise ValueError("probe_model must be None, a keras.Model or a callable "
+                             f"model -> keras.Model, got {type(probe_model).__name__}")
+        self.probe_model = probe_model
+        if channels is not None and not isinstance(channels, dict):
+            channels = {path: channels for path in self.layers}
+        self.channels = channels
+        self._projector = None
+        self._image_shape = None
+        self._fixed: dict = {}
+        self._layer_index: dict = {}
+        self._warned: set = set()
+
+    # -- train begin ----------------------------------------------------------------------------
+    def setup(self):
+        probe = self._resolve_probe_model()
+        check_layers(probe, self.layers)
+        if self.channels is not None:
+            extra = [p for p in self.channels if p not in self.layers]
+            if extra:
+                raise ValueError(f"channels given for {', '.join(map(repr, extra))}, which "
+                                 f"are not among layers: {', '.join(self.layers)}")
+        paths = layer_paths(probe)
+        self._layer_index = {p: paths.index(p) for p in self.layers}
+        images = self._images(probe, strict=True)
+        self._image_shape = images.shape[1:]
+        self._projector = deconvnet.projector(probe, self.layers, self.rule)
+        self._projector.prepare(self._image_shape)  # every trace happens now, never later
+        shapes = self._projector.output_shapes(self._image_shape)
+        acts = self._projector.activations(images)
+        self._fixed = {}
+        for path in self.layers:
+            n_ch = shapes[path][-1]
+            chosen = (self.channels or {}).get(path)
+            if chosen is None:
+                mean = np.nan_to_num(acts[path].reshape(-1, n_ch).astype(np.float64).mean(0),
+                                     nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
+                chosen = [int(c) for c in np.argsort(-mean, kind="stable")[:self.top_k]]
+            else:
+                chosen = list(chosen)
+                bad = [c for c in chosen if isinstance(c, bool)
+                       or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch]
+                if bad or not chosen:
+                    raise ValueError(f"channels {bad or chosen!r} for layer {path!r}: it has "
+                                     f"{n_ch} channels, choose from 0..{n_ch - 1}")
+            self._fixed[path] = [int(c) for c in chosen]
+
+    def _resolve_probe_model(self):
+        if self.probe_model is None:
+            return self.model
+        if isinstance(self.probe_model, keras.Model):
+            return self.probe_model
+        probe = self.probe_model(self.model)
+        if not isinstance(probe, keras.Model):
+            raise ValueError(f"probe_model(model) must return a keras.Model, got "
+                             f"{type(probe).__name__}")
+        return probe
+
+    def _images(self, probe, strict: bool):
+        """The probe images now; ``None`` (and a warning) when they cannot be used this time."""
+        raw = self.probe_images(self.model) if callable(self.probe_images) else self.probe_images
+        try:
+            images = check_images(probe, raw, name="probe_images")
+        except ValueError as err:
+            if strict or "NaN or Inf" not in str(err):
+                raise
+            self._warn_once("images", f"probe images contain NaN or Inf ({err}); skipping this "
+                                      "deconvnet step")
+            return None
+        if self._image_shape is not None and images.shape[1:] != self._image_shape:
+            raise ValueError(f"probe_images changed shape to {images.shape[1:]}; they must keep "
+                             f"the shape they had at train begin, {self._image_shape}")
+        return images
+
+    # -- each trigger ---------------------------------------------------------------------------
+    def write(self, step, logs):
+        if not self.chief:
+            return
+        proj = self._projector
+        images = self._images(proj.model, strict=False)
+        if images is None:
+            return
+        acts = proj.activations(images)
+        chosen = {}
+        for path in self.layers:
+            if not np.all(np.isfinite(acts[path])):
+                self._warn_once(("acts", path), f"layer {path!r} has NaN or Inf activations; "
+                                "those units are left out of the deconvnet views")
+            top = deconvnet.top_units(acts[path], k=self.top_k)
+            evo = deconvnet.top_units(acts[path], channels=self._fixed[path])
+            chosen[path] = (top, evo)
+        projections = proj.project(images, {p: t + e for p, (t, e) in chosen.items()},
+                                   max_batch=self.max_batch)
+        display = _display_images(images)
+        with self.writer.as_default(step=step):
+            for path in self.layers:
+                top, evo = chosen[path]
+                units = top + evo
+                if not units:
+                    self._warn_once(("none", path), f"layer {path!r}: no finite activation to "
+                                    "project; nothing logged for it")
+                    continue
+                raw = projections[path]
+                if not np.all(np.isfinite(raw)):
+                    self._warn_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
+                                    "projections (non-finite weights?); shown as 0")
+                    raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+                boxes = proj.windows(path, self._image_shape, units)
+                self._write_layer(path, top, evo, raw, boxes, images, display)
+
+    def _write_layer(self, path, top, evo, raw, boxes, images, display):
+        k = len(top)
+        scale = _scale_for(boxes)
+        proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
+        patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
+                       for u, b in zip(top + evo, boxes)]
+        note = (f"{self.rule} projections of the strongest activations of {path} over the probe "
+                "images; contrast normalized per tile")
+        if k:
+            tf.summary.image(f"deconvnet/{path}/projections",
+                             tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
+                             description=note + f"; top {k}, strongest first")
+            tf.summary.image(f"deconvnet/{path}/patches",
+                             tiles_lib.grid(patch_tiles[:k])[None], max_outputs=1,
+                             description=f"input patches under the receptive fields of the top "
+                                         f"{k} units of {path}, same order as projections")
+        if evo:
+            tf.summary.image(f"deconvnet/{path}/evolution",
+                             tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
+                             description=note + "; one fixed feature map per tile, channels "
+                                         + ", ".join(str(u.channel) for u in evo))
+        content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
+                   "k": self.top_k}
+        pngs = [metadata.encode_png(t) for t in proj_tiles]
+        patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
+        if k:
+            tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
+                     + [dict(_unit_json(u), role="patch", unit=i) for i, u in enumerate(top)])
+            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", "topk",
+                                 pngs[:k] + patch_pngs[:k], tiles,
+                                 description=note, **content)
+        if evo:
+            tiles = ([dict(_unit_json(u), role="projection") for u in evo]
+                     + [dict(_unit_json(u), role="patch") for u in evo])
+            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", "evolution",
+                                 pngs[k:] + patch_pngs[k:], tiles,
+                                 description="strongest unit of each fixed feature map of "
+                                             + path, **content)
+        self._write_raw(path, top, evo, raw, boxes)
+
+    def _write_raw(self, path, top, evo, raw, boxes):
+        h, w = max(b[1] - b[0] for b in boxes), max(b[3] - b[2] for b in boxes)
+        cut = np.zeros((len(boxes), h, w, raw.shape[-1]), np.float16)
+        limit = float(np.finfo(np.float16).max)
+        for i, (t, b, lft, r) in enumerate(boxes):
+            cut[i, :b - t, :r - lft] = np.clip(raw[i, t:b, lft:r], -limit, limit)
+        table = np.array([(0 if i < len(top) else 1, u.image_index, u.row, u.col, u.channel,
+                           u.value) + tuple(box)
+                          for i, (u, box) in enumerate(zip(top + evo, boxes))], np.float64)
+        about = {"layer": path, "rule": self.rule, "columns": list(UNIT_COLUMNS)}
+        tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
+                         metadata=_raw_metadata(about, "raw projections (float16, clipped to "
+                                                "the float16 range), each cut to its unit's "
+                                                "receptive field from the top-left corner; "
+                                                f"rows match deconvnet/{path}/units"))
+        tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
+                         metadata=_raw_metadata(about, "one row per raw tile: "
+                                                + ", ".join(UNIT_COLUMNS)))
+
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("tbviz.DeconvnetCallback: %s", message)
+
+
+# -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _display_images(images):
+    """Probe images as uint8 for patches: [0, 255] or [0, 1] kept, anything else stretched."""
+    lo, hi = float(images.min()), float(images.max())
+    if lo >= 0 and hi <= 1:
+        return tiles_lib.to_rgb(np.round(images * 255).astype(np.uint8))
+    if lo >= 0 and hi <= 255:
+        return tiles_lib.to_rgb(np.round(images).astype(np.uint8))
+    return tiles_lib.to_rgb(tiles_lib.normalize(images))
+
+
+def _cut(image, box):
+    t, b, lft, r = box
+    return image[t:b, lft:r]
+
+
+def _tile(projection, box):
+    return tiles_lib.to_rgb(tiles_lib.normalize(_cut(projection, box)[None]))[0]
+
+
+def _scale_for(boxes):
+    side = max(max(b[1] - b[0], b[3] - b[2]) for b in boxes)
+    return max(1, math.ceil(MIN_TILE / side))
+
+
+def _enlarge(tile, scale):
+    return tile if scale == 1 else np.repeat(np.repeat(tile, scale, axis=0), scale, axis=1)
+
+
+def _unit_json(u):
+    value = float(u.value)
+    return {"image_index": int(u.image_index), "row": int(u.row), "col": int(u.col),
+            "channel": int(u.channel), "value": value if math.isfinite(value) else None}
+
+
+def _raw_metadata(content, description):
+    md = summary_pb2.SummaryMetadata(summary_description=description,
+                                     data_class=summary_pb2.DATA_CLASS_TENSOR)
+    md.plugin_data.plugin_name = RAW_PLUGIN
+    md.plugin_data.content = json.dumps(content, sort_keys=True).encode("utf-8")
+    return md

@@ -1,0 +1,521 @@
+"""Zeiler & Fergus' deconvnet: strongest activations projected back to pixel space.
+
+Three pure functions (arrays in, arrays out, no TensorBoard):
+
+* :func:`strongest` - the k strongest units of a layer over some images (or the
+  strongest unit of each of some feature maps, the view of the paper's Fig. 3);
+* :func:`project` - each unit alone, all other units of its layer zeroed,
+  projected back to input pixels with the ``"deconvnet"``, ``"guided"`` or
+  ``"gradient"`` ReLU rule (see :mod:`tbviz.relu_rules`);
+* :func:`patches` - the input crop under each unit's receptive field, to show
+  beside its projection.
+
+A projection is autodiff with a swapped ReLU rule: convolutions run their
+transposed filters and max-pooling routes the signal to the recorded argmax
+(the paper's switches). The signal that starts the projection is the unit's own
+activation, so values are raw (not normalized) and scale with the activation.
+
+All requested units are projected in batches by ``tf.function`` s traced once
+per :class:`Projector`; projectors are cached per model, so repeated calls
+(every epoch, say) never trace again. Three things keep the work small:
+
+* one row per unit, a batch of rows per call (chunked by ``max_batch``), the
+  forward pass stopping at the unit's layer;
+* a unit only depends on the input under its receptive field, so where the
+  field is known (see :mod:`tbviz.receptive_field`) its row is a crop of the
+  image aligned to the layer's total stride, with the image's own padding at
+  real borders, and the result is pasted back into a zero canvas: the same
+  numbers for a fraction of the work;
+* units that read the same row (same image and crop) share one forward pass,
+  and their backward passes run as one vectorized batch.
+
+Example:
+    >>> import numpy as np, keras
+    >>> from tbviz import deconvnet
+    >>> model = keras.Sequential([
+    ...     keras.Input((16, 16, 3)),
+    ...     keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1"),
+    ...     keras.layers.MaxPooling2D(2, name="pool1"),
+    ...     keras.layers.Conv2D(8, 3, activation="relu", name="conv2")])
+    >>> images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    >>> units = deconvnet.strongest(model, images, "conv2", k=3)
+    >>> len(units), units[0]._fields
+    (3, ('image_index', 'row', 'col', 'channel', 'value'))
+    >>> deconvnet.project(model, images, "conv2", units).shape
+    (3, 16, 16, 3)
+    >>> deconvnet.patches(model, images, "conv2", [(0, 3, 3, 0)])[0].shape  # the 8x8 field
+    (8, 8, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tbviz import receptive_field as rf
+from tbviz.layers import capture_outputs, check_images, check_layers
+from tbviz.relu_rules import check_rule, gradients, relu_rule
+
+__all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "project", "patches",
+           "windows"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 32
+
+
+class Unit(NamedTuple):
+    """One activation of a layer: where it is and how strong it is.
+
+    For a layer with a flat ``(batch, features)`` output, ``row`` and ``col`` are 0.
+    """
+
+    image_index: int
+    row: int
+    col: int
+    channel: int
+    value: float
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing units (pure NumPy)
+
+
+def top_units(activations, k: int = 9, channels: Sequence[int] | None = None) -> list[Unit]:
+    """The ``k`` strongest units of a layer's ``activations`` (``(N, H, W, C)`` or ``(N, C)``).
+
+    With ``channels``, the strongest unit of each listed feature map instead, in
+    the order given. Ties go to the first unit in ``(image, row, col, channel)``
+    order. Non-finite activations are never chosen (a channel with no finite
+    value is left out), so fewer than ``k`` units may come back.
+
+    >>> a = np.zeros((1, 2, 2, 2)); a[0, 1, 0, 1] = 5.0; a[0, 0, 1, 0] = 3.0
+    >>> [tuple(u) for u in top_units(a, k=2)]
+    [(0, 1, 0, 1, 5.0), (0, 0, 1, 0, 3.0)]
+    >>> [u.channel for u in top_units(a, channels=[1, 0])]
+    [1, 0]
+    """
+    a = np.asarray(activations)
+    if a.ndim == 2:
+        a = a[:, None, None, :]
+    if a.ndim != 4:
+        raise ValueError(f"activations must have shape (N, H, W, C) or (N, C), got {a.shape}")
+    a = np.where(np.isfinite(a), a, -np.inf).astype(np.float64)
+    if channels is None:
+        k = _positive_int("k", k)
+        flat = a.reshape(-1)
+        order = np.argsort(-flat, kind="stable")[:k]
+        picked = [np.unravel_index(i, a.shape) for i in order if np.isfinite(flat[i])]
+    else:
+        n_ch = a.shape[-1]
+        picked = []
+        for c in channels:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch:
+                raise ValueError(f"channel {c!r} out of range; the layer has {n_ch} channels "
+                                 f"(0..{n_ch - 1})")
+            fmap = a[..., int(c)]
+            i = int(np.argmax(fmap))  # first maximum, as for the top-k
+            if np.isfinite(fmap.reshape(-1)[i]):
+                picked.append(np.unravel_index(i, fmap.shape) + (int(c),))
+    return [Unit(int(n), int(r), int(c), int(ch), float(a[n, r, c, ch]))
+            for n, r, c, ch in picked]
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The projector: traced functions for one model, a set of layers and a rule
+
+
+class Projector:
+    """Activations and projections of ``layers`` of ``model``, traced once.
+
+    One ``tf.function`` gives all layers' activations; per layer, one projects
+    a batch of rows (one unit each) and one several units of a single row
+    (their shared forward pass stops at the layer). The traced graphs read the
+    live weights, so one projector serves a whole training run; :meth:`prepare`
+    traces everything up front. ``trace_count`` counts the traces.
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)),
+    ...                       keras.layers.Conv2D(2, 3, activation="relu", name="c")])
+    >>> p = Projector(m, ["c"])
+    >>> x = np.ones((1, 8, 8, 1), "float32")
+    >>> p.project(x, {"c": [(0, 2, 2, 0)]})["c"].shape
+    (1, 8, 8, 1)
+    >>> _ = p.project(x, {"c": [(0, 3, 3, 1), (0, 0, 0, 0)]}); p.trace_count
+    2
+    """
+
+    def __init__(self, model, layers: Iterable[str], rule: str = "deconvnet"):
+        self._model = weakref.ref(model)  # the cache is keyed by the model: no cycle
+        self.model_name = model.name
+        self.layers = tuple(check_layers(model, layers))
+        if not self.layers:
+            raise ValueError("give at least one layer")
+        self.rule = check_rule(rule)
+        self.trace_count = 0
+        self._acts: dict = {}     # image shape -> tf.function
+        self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
+        self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
+        self._no_crop: set = set()
+        self._crop_ok: set = set()
+
+    # -- model access ---------------------------------------------------------------------------
+    @property
+    def model(self):
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this projector no longer exists")
+        return model
+
+    def check_images(self, images, name: str = "images") -> np.ndarray:
+        """``images`` as float32 ``(N, H, W, C)`` fitting the model (``ValueError`` if not)."""
+        return check_images(self.model, images, name=name)
+
+    # -- activations ----------------------------------------------------------------------------
+    def _acts_fn(self, image_shape):
+        fn = self._acts.get(image_shape)
+        if fn is None:
+            @tf.function(input_signature=[tf.TensorSpec((None,) + image_shape, tf.float32)])
+            def fn(x):
+                self.trace_count += 1
+                model = self.model
+                with capture_outputs(model, self.layers) as seen:
+                    model(x, training=False)
+                for path in self.layers:
+                    self._check_output(path, seen, x)
+                return {path: seen[path] for path in self.layers}
+
+            self._acts[image_shape] = fn
+        return fn
+
+    def _check_output(self, path, seen, x):
+        if path not in seen:
+            raise ValueError(f"layer {path!r} did not run when model {self.model_name!r} was "
+                             "called on images; choose a layer on the path from the image input")
+        out = seen[path]
+        if not tf.is_tensor(out) or out.shape.rank not in (2, 4):
+            shape = getattr(out, "shape", type(out).__name__)
+            raise ValueError(f"layer {path!r} outputs {shape}; projections need an (N, H, W, C) "
+                             "or (N, features) output")
+        if tf.gradients(tf.reduce_sum(tf.cast(out, tf.float32)), x)[0] is None:
+            raise ValueError(f"layer {path!r} does not depend on the image input of model "
+                             f"{self.model_name!r}; choose a layer downstream of it")
+
+    def output_shapes(self, image_shape) -> dict[str, tuple]:
+        """Each layer's output shape without batch for images of ``image_shape`` (traces once)."""
+        fn = self._acts_fn(tuple(int(d) for d in image_shape))
+        outs = fn.get_concrete_function().structured_outputs
+        return {path: tuple(outs[path].shape[1:]) for path in self.layers}
+
+    def activations(self, images) -> dict[str, np.ndarray]:
+        """``{layer: activations}`` of every layer for ``images`` (inference mode)."""
+        images = self.check_images(images)
+        out = self._acts_fn(images.shape[1:])(images)
+        return {path: out[path].numpy() for path in self.layers}
+
+    # -- geometry -------------------------------------------------------------------------------
+    def field(self, layer: str, image_shape):
+        """Receptive field ``(rows, cols)`` of ``layer`` for ``image_shape``, or None (whole image)."""
+        key = (layer, tuple(image_shape[:2]))
+        if key not in self._fields:
+            self._fields[key] = rf.receptive_field(self.model, layer, image_shape[:2])
+        return self._fields[key]
+
+    def windows(self, layer: str, image_shape, units) -> list[tuple[int, int, int, int]]:
+        """``(top, bottom, left, right)`` of each unit's field clipped to the image."""
+        units = self._units(layer, image_shape, units, n_images=None)
+        f = self.field(layer, image_shape)
+        h, w = image_shape[:2]
+        if f is None:
+            return [(0, h, 0, w)] * len(units)
+        return [f[0].window(u[1], clip=True) + f[1].window(u[2], clip=True) for u in units]
+
+    # -- projections ----------------------------------------------------------------------------
+    def _project_fn(self, layer, image_shape, crop: bool, shared: bool):
+        """Traced projection of a batch of rows (``shared``: of several units of one row)."""
+        key = (layer, None if crop else image_shape, shared)
+        fn = self._project.get(key)
+        if fn is None:
+            spatial = (None, None) if crop else image_shape[:2]
+            signature = [tf.TensorSpec((1 if shared else None,) + spatial + image_shape[2:],
+                                       tf.float32),
+                         tf.TensorSpec((None, 3), tf.int32)]
+
+            @tf.function(input_signature=signature)
+            def fn(x, pos):
+                self.trace_count += 1
+                model = self.model
+                with relu_rule(self.rule), capture_outputs(model, [layer]) as seen:
+                    model(x, training=False)
+                out = seen[layer]
+                if not shared:
+                    return _backward(out, x, pos)
+                # Units of one image share its forward pass; their backward passes are
+                # vectorized (pfor turns them into one batched backward pass).
+                return tf.vectorized_map(lambda p: _backward(out, x, p[None])[0], pos)
+
+            self._project[key] = fn
+        return fn
+
+    def prepare(self, image_shape) -> "Projector":
+        """Trace every function a projection of these layers may need, now.
+
+        Call it once (a callback does at train begin) so that no later call
+        traces, whichever units come up. A layer whose model cannot run on
+        crops is switched to whole images here.
+        """
+        image_shape = tuple(int(d) for d in image_shape)
+        self.output_shapes(image_shape)
+        for layer in self.layers:
+            crop = self._crop_plan(layer, image_shape) is not None
+            try:
+                for shared in (True, False):
+                    self._project_fn(layer, image_shape, crop, shared).get_concrete_function()
+                if crop:
+                    self._crop_ok.add((layer, image_shape))
+            except Exception as err:
+                if not crop:
+                    raise
+                self._fall_back(layer, image_shape, err)
+                for shared in (True, False):
+                    self._project_fn(layer, image_shape, False, shared).get_concrete_function()
+        return self
+
+    def _fall_back(self, layer, image_shape, err):
+        # A model that cannot run on a crop (a layer needing a fixed size): whole images.
+        log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
+                 "using whole images", layer, err)
+        self._no_crop.add((layer, image_shape))
+
+    def project(self, images, units: Mapping[str, Sequence], max_batch: int = DEFAULT_MAX_BATCH,
+                crop: bool = True) -> dict[str, np.ndarray]:
+        """Project ``{layer: units}`` to pixel space; returns ``{layer: (K,) + image shape}``.
+
+        ``units`` are :class:`Unit` s or ``(image_index, row, col, channel)`` tuples
+        (``(image_index, channel)`` for a flat layer). At most ``max_batch`` units
+        go into one call; ``crop=False`` projects from whole images (slower, same
+        result).
+        """
+        images = self.check_images(images)
+        image_shape = images.shape[1:]
+        max_batch = _positive_int("max_batch", max_batch)
+        unknown = [path for path in units if path not in self.layers]
+        if unknown:
+            raise ValueError(f"layer(s) {', '.join(map(repr, unknown))} are not among this "
+                             f"projector's layers: {', '.join(self.layers)}")
+        result = {}
+        for layer, chosen in units.items():
+            table = self._units(layer, image_shape, chosen, n_images=len(images))
+            result[layer] = self._project_layer(images, layer, table, max_batch, crop)
+        return result
+
+    def _project_layer(self, images, layer, table, max_batch, crop):
+        n, h, w = len(table), images.shape[1], images.shape[2]
+        canvas = np.zeros((n,) + images.shape[1:], np.float32)
+        if n == 0:
+            return canvas
+        plan = self._crop_plan(layer, images.shape[1:]) if crop else None
+        if plan is None:
+            (fr, fc), (ch, cw) = (None, None), (h, w)
+            boxes = np.zeros((n, 2), np.int64)
+            pos = table[:, 1:4]
+        else:
+            (fr, fc), (ch, cw) = plan
+            boxes = np.array([(rf.crop_start(fr, r, ch) if ch < h else 0,
+                               rf.crop_start(fc, c, cw) if cw < w else 0)
+                              for _, r, c, _ in table], np.int64)
+            pos = table[:, 1:4] - np.column_stack(
+                [boxes[:, 0] // fr.jump, boxes[:, 1] // fc.jump, np.zeros(n, np.int64)])
+        pos = pos.astype(np.int32)
+
+        def rows(ks):
+            return np.stack([images[table[k, 0], boxes[k, 0]:boxes[k, 0] + ch,
+                                    boxes[k, 1]:boxes[k, 1] + cw] for k in ks])
+
+        # Units that read the same input rows share one forward pass.
+        groups: dict = {}
+        for k in range(n):
+            groups.setdefault((table[k, 0], boxes[k, 0], boxes[k, 1]), []).append(k)
+        shared = [ks for ks in groups.values() if len(ks) > 1]
+        single = [ks[0] for ks in groups.values() if len(ks) == 1]
+        calls = [(True, ks[i:i + max_batch]) for ks in shared for i in range(0, len(ks), max_batch)]
+        calls += [(False, single[i:i + max_batch]) for i in range(0, len(single), max_batch)]
+        key = (layer, images.shape[1:])
+        try:
+            for is_shared, ks in calls:
+                fn = self._project_fn(layer, images.shape[1:], plan is not None, is_shared)
+                x = rows(ks[:1]) if is_shared else rows(ks)
+                grads = fn(x, pos[ks]).numpy()
+                for k, g in zip(ks, grads):
+                    canvas[k, boxes[k, 0]:boxes[k, 0] + ch, boxes[k, 1]:boxes[k, 1] + cw] = g
+                if plan is not None:
+                    self._crop_ok.add(key)
+        except Exception as err:
+            if plan is None or key in self._crop_ok:
+                raise
+            self._fall_back(layer, images.shape[1:], err)
+            return self._project_layer(images, layer, table, max_batch, crop=False)
+        return canvas
+
+    def _crop_plan(self, layer, image_shape):
+        """``((row Axis, col Axis), (crop height, crop width))``, or None for whole images."""
+        if (layer, image_shape) in self._no_crop:
+            return None
+        f = self.field(layer, image_shape)
+        if f is None:
+            return None
+        h, w = image_shape[:2]
+        ch, cw = rf.crop_plan(f[0]) or h, rf.crop_plan(f[1]) or w
+        if (ch, cw) == (h, w):
+            return None
+        return f, (ch, cw)
+
+    # -- unit tables ----------------------------------------------------------------------------
+    def _units(self, layer, image_shape, units, n_images) -> np.ndarray:
+        """Validate units of ``layer``; returns an int table ``(K, 4)``: image, row, col, channel."""
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer!r} is not among this projector's layers: "
+                             f"{', '.join(self.layers)}")
+        shape = self.output_shapes(image_shape)[layer]
+        flat = len(shape) == 1
+        h, w, c = (1, 1, shape[0]) if flat else shape
+        table = []
+        for i, u in enumerate(units):
+            t = tuple(u)
+            if len(t) == 5:  # a Unit: drop the value
+                t = t[:4]
+            if flat and len(t) == 2:
+                t = (t[0], 0, 0, t[1])
+            if len(t) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                      for v in t):
+                form = "(image_index, channel)" if flat else "(image_index, row, col, channel)"
+                raise ValueError(f"neuron #{i} {u!r} must be a Unit or an integer tuple {form}")
+            limits = (("image_index", n_images), ("row", h), ("col", w), ("channel", c))
+            for (name, limit), v in zip(limits, t):
+                if limit is not None and not 0 <= v < limit:
+                    raise ValueError(
+                        f"neuron #{i} {t}: {name} {v} out of range 0..{limit - 1}; layer "
+                        f"{layer!r} has output shape (N,) + {shape} for images of shape "
+                        f"{tuple(image_shape)}" + (f" and {n_images} images were given"
+                                                   if n_images is not None else ""))
+            table.append(t)
+        return np.array(table, dtype=np.int64).reshape(-1, 4)
+
+
+def _backward(out, x, pos):
+    """Project ``out`` back to ``x``, each row starting from its one unit of ``pos``."""
+    # The signal is the layer output with every other unit zeroed, as in the paper.
+    signal = tf.stop_gradient(out * _one_hot(out, pos))
+    return gradients(tf.reduce_sum(out * signal), x)
+
+
+def _one_hot(out, pos):
+    """A mask like ``out`` with a single 1 per row, at ``pos[b] = (row, col, channel)``."""
+    shape = tf.shape(out)
+    channel = tf.one_hot(pos[:, 2], shape[-1], dtype=out.dtype)
+    if out.shape.rank == 2:
+        return channel
+    row = tf.one_hot(pos[:, 0], shape[1], dtype=out.dtype)
+    col = tf.one_hot(pos[:, 1], shape[2], dtype=out.dtype)
+    return tf.einsum("bi,bj,bk->bijk", row, col, channel)
+
+
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def projector(model, layers: Iterable[str], rule: str = "deconvnet") -> Projector:
+    """The cached :class:`Projector` of ``model`` for ``layers`` and ``rule``.
+
+    Repeated calls with the same arguments return the same object, so its
+    traced functions are reused (no retracing across epochs or calls).
+    """
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    per_model = _CACHE.setdefault(model, {})
+    key = (layers, rule)
+    if key not in per_model:
+        per_model[key] = Projector(model, layers, rule)
+    return per_model[key]
+
+
+# --------------------------------------------------------------------------------------------
+# The three functions of the issue
+
+
+def strongest(model, images, layer: str, k: int = 9, channels: Sequence[int] | None = None,
+              ) -> list[Unit]:
+    """The ``k`` strongest activations of ``layer`` over ``images`` (inference mode).
+
+    Returns :class:`Unit` s ``(image_index, row, col, channel, value)``, strongest
+    first. With ``channels``, the strongest unit of each given feature map, in
+    that order (the paper's Fig. 3 view). ``layer`` is a name or an
+    ``"outer/inner"`` path into a nested model.
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
+    >>> len(strongest(m, np.ones((2, 6, 6, 1)), "c", k=4))
+    4
+    """
+    acts = projector(model, (layer,)).activations(images)[layer]
+    return top_units(acts, k=k, channels=channels)
+
+
+def project(model, images, layer: str, neurons, rule: str = "deconvnet",
+            max_batch: int = DEFAULT_MAX_BATCH, crop: bool = True) -> np.ndarray:
+    """Project each unit of ``layer`` back to input pixel space, one at a time.
+
+    ``neurons`` are :class:`Unit` s (e.g. from :func:`strongest`) or
+    ``(image_index, row, col, channel)`` tuples. Returns ``(len(neurons),) +
+    image shape`` raw float32 values. ``rule`` is ``"deconvnet"``, ``"guided"``
+    or ``"gradient"``. Units are projected ``max_batch`` at a time; ``crop``
+    projects from receptive-field crops where the field is known (same result).
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
+    >>> project(m, np.ones((1, 6, 6, 1)), "c", [(0, 1, 1, 0)], rule="guided").shape
+    (1, 6, 6, 1)
+    """
+    p = projector(model, (layer,), check_rule(rule))
+    return p.project(images, {layer: list(neurons)}, max_batch=max_batch, crop=crop)[layer]
+
+
+def windows(model, image_shape, layer: str, neurons) -> list[tuple[int, int, int, int]]:
+    """``(top, bottom, left, right)`` of each unit's receptive field, clipped to the image.
+
+    The whole image where the field is unknown (after a Dense layer, say).
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
+    >>> windows(m, (6, 6, 1), "c", [(0, 1, 2, 0)])
+    [(1, 4, 2, 5)]
+    """
+    return projector(model, (layer,)).windows(layer, tuple(image_shape), list(neurons))
+
+
+def patches(model, images, layer: str, neurons) -> list[np.ndarray]:
+    """The input crop under each unit's receptive field, clipped at the image borders.
+
+    Returns a list of float32 ``(h, w, C)`` arrays, one per neuron; crops at a
+    border are smaller than the field (not padded), and a unit whose field is
+    unknown (after a Dense layer, say) gets its whole image.
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
+    >>> patches(m, np.ones((1, 6, 6, 1)), "c", [(0, 0, 0, 1)])[0].shape
+    (3, 3, 1)
+    """
+    p = projector(model, (layer,))
+    images = p.check_images(images)
+    neurons = list(neurons)
+    table = p._units(layer, images.shape[1:], neurons, n_images=len(images))
+    boxes = p.windows(layer, images.shape[1:], neurons)
+    return [images[i, t:b, lft:r].copy() for (i, *_), (t, b, lft, r) in zip(table, boxes)]

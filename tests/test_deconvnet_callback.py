@@ -1,0 +1,291 @@
+"""DeconvnetCallback: what it writes, read back with TensorBoard's EventAccumulator."""
+
+import io
+import json
+import logging
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import tbviz
+from eventfiles import load
+from tbviz import deconvnet
+from tbviz.callbacks.deconvnet import UNIT_COLUMNS
+from tbviz.layers import layer_paths
+from tbviz.summary import images as tiles_lib
+from tbviz.summary import metadata
+
+L = keras.layers
+
+
+def small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((12, 12, 3)),
+        L.Conv2D(6, 3, padding="same", activation="relu", name="conv1"),
+        L.MaxPooling2D(2, name="pool1"),
+        L.Conv2D(5, 3, name="conv2"),
+        L.BatchNormalization(name="bn"),
+        L.ReLU(name="relu2"),
+        L.Dropout(0.25),
+        L.GlobalAveragePooling2D(),
+        L.Dense(2, name="head"),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 255, (16, 12, 12, 3)).astype("float32")
+    y = rng.normal(0, 1, (16, 2)).astype("float32")
+    return x, y
+
+
+def pngs(event):
+    """Decoded images of one step: image summaries hold [width, height, png...]."""
+    blobs = tf.make_ndarray(event.tensor_proto)
+    return [np.array(Image.open(io.BytesIO(b))) for b in blobs[2:]]
+
+
+def panel(acc, tag):
+    """[(step, header dict, decoded tiles)] of a tbviz panel tag."""
+    out = []
+    for e in acc.Tensors(tag):
+        blobs = tf.make_ndarray(e.tensor_proto)
+        tiles = [np.array(Image.open(io.BytesIO(b))) for b in blobs[1:]]
+        out.append((e.step, metadata.parse_header(blobs[0]), tiles))
+    return out
+
+
+def enlarge(tile, side):
+    s = max(1, math.ceil(64 / side))
+    return np.repeat(np.repeat(tile, s, 0), s, 1)
+
+
+def test_summaries_read_back(tmp_path, data):
+    x, y = data
+    model = small_model()
+    probes = x[:3]
+    # The evolution channels: highest mean activation at train begin, computed independently.
+    before = keras.Model(model.inputs[0], model.get_layer("relu2").output)(probes).numpy()
+    expected_channels = list(np.argsort(-before.mean(axis=(0, 1, 2)), kind="stable")[:4])
+    cb = tbviz.DeconvnetCallback(tmp_path, probe_images=probes, layers=["conv1", "relu2"],
+                                 top_k=4)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
+    acc = load(tmp_path / "train")
+    tags = acc.Tags()["tensors"]
+    for layer in ("conv1", "relu2"):
+        for name in ("projections", "patches", "evolution", "raw", "units"):
+            assert f"deconvnet/{layer}/{name}" in tags
+        for name in ("topk", "evolution"):
+            assert f"tbviz/deconvnet/{layer}/{name}" in tags
+        assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/projections")] == [2, 4]
+
+    # The last step was written with the final weights: recompute it with the pure functions.
+    layer = "relu2"
+    units = deconvnet.strongest(model, probes, layer, k=4)
+    proj = deconvnet.project(model, probes, layer, units)
+    boxes = deconvnet.windows(model, probes.shape[1:], layer, units)
+    patches = deconvnet.patches(model, probes, layer, units)
+    final = deconvnet.strongest(model, probes, layer, channels=expected_channels)
+    # Tiles of a layer share one enlargement, set by its largest field.
+    side = max(max(b - t, r - lft) for t, b, lft, r in
+               deconvnet.windows(model, probes.shape[1:], layer, units + final))
+
+    step, header, tiles = panel(acc, f"tbviz/deconvnet/{layer}/topk")[-1]
+    md = acc.SummaryMetadata(f"tbviz/deconvnet/{layer}/topk")
+    assert md.plugin_data.plugin_name == "tbviz"
+    content = metadata.parse_content(md.plugin_data.content)
+    assert content == {"version": 1, "kind": "topk", "layer": layer, "rule": "deconvnet",
+                       "k": 4, "layer_index": layer_paths(model).index(layer)}
+    assert step == 4 and len(tiles) == 8
+    assert [t["role"] for t in header["tiles"]] == ["projection"] * 4 + ["patch"] * 4
+    for i, (u, t) in enumerate(zip(units + units, header["tiles"])):
+        assert (t["unit"], t["image_index"], t["row"], t["col"], t["channel"]) == (
+            i % 4, u.image_index, u.row, u.col, u.channel)
+        assert t["value"] == pytest.approx(u.value, rel=1e-5)
+    for i, (box, p) in enumerate(zip(boxes, proj)):
+        t, b, lft, r = box
+        want = tiles_lib.to_rgb(tiles_lib.normalize(p[None, t:b, lft:r]))[0]
+        np.testing.assert_array_equal(tiles[i], enlarge(want, side))
+        patch = np.round(patches[i]).astype(np.uint8)
+        np.testing.assert_array_equal(tiles[4 + i], enlarge(patch, side))
+
+    assert max(t.shape[0] for t in tiles) >= 64  # an 8x8 field is enlarged to be seen
+    # Image summaries: one grid of k tiles each (2x2 for k=4).
+    for name, first in (("projections", 0), ("patches", 4)):
+        grid = pngs(acc.Tensors(f"deconvnet/{layer}/{name}")[-1])[0]
+        th = max(t.shape[0] for t in tiles[first:first + 4])
+        tw = max(t.shape[1] for t in tiles[first:first + 4])
+        assert grid.shape == (2 * th + 2, 2 * tw + 2, 3)
+        for i, tile in enumerate(tiles[first:first + 4]):  # row-major, centred in its cell
+            y = (i // 2) * (th + 2) + (th - tile.shape[0]) // 2
+            x = (i % 2) * (tw + 2) + (tw - tile.shape[1]) // 2
+            np.testing.assert_array_equal(grid[y:y + tile.shape[0], x:x + tile.shape[1]], tile)
+
+    # Evolution: the same fixed channels at every step, each its strongest unit.
+    evo = panel(acc, f"tbviz/deconvnet/{layer}/evolution")
+    assert len(evo) == 2
+    for _, header, tiles in evo:
+        chans = [t["channel"] for t in header["tiles"] if t["role"] == "projection"]
+        assert chans == expected_channels
+        assert len(tiles) == 8
+    assert [(t["image_index"], t["row"], t["col"]) for t in evo[-1][1]["tiles"][:4]] == [
+        (u.image_index, u.row, u.col) for u in final]
+
+    # Raw tensors for re-rendering: float16 cut to the field, plus the unit table.
+    raw = tf.make_ndarray(acc.Tensors(f"deconvnet/{layer}/raw")[-1].tensor_proto)
+    table = tf.make_ndarray(acc.Tensors(f"deconvnet/{layer}/units")[-1].tensor_proto)
+    assert raw.dtype == np.float16 and raw.shape[0] == table.shape[0] == 8
+    col = {name: i for i, name in enumerate(UNIT_COLUMNS)}
+    for i, (box, p) in enumerate(zip(boxes, proj)):
+        t, b, lft, r = box
+        assert tuple(table[i, col["top"]:]) == box and table[i, col["set"]] == 0
+        np.testing.assert_allclose(raw[i, :b - t, :r - lft].astype(np.float32),
+                                   p[t:b, lft:r], rtol=2e-3, atol=1e-3 * np.abs(p).max())
+    assert list(table[4:, col["channel"]]) == expected_channels
+    about = json.loads(acc.SummaryMetadata(f"deconvnet/{layer}/raw").plugin_data.content)
+    assert about["columns"] == list(UNIT_COLUMNS)
+
+
+def test_probe_model_and_images_as_callables(tmp_path):
+    # Style-transfer shape: a trained image-to-image net, probed through a fixed loss network.
+    keras.utils.set_random_seed(1)
+    transform = keras.Sequential([keras.Input((12, 12, 3)),
+                                  L.Conv2D(3, 3, padding="same", name="t1")], name="transform")
+    transform.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    features = keras.Sequential([keras.Input((12, 12, 3)),
+                                 L.Conv2D(4, 3, padding="same", activation="relu", name="b1"),
+                                 L.MaxPooling2D(2, name="p1"),
+                                 L.Conv2D(4, 3, activation="relu", name="b2")], name="vgg")
+    inp = keras.Input((12, 12, 3))
+    loss_net = keras.Model(inp, features(L.Rescaling(1 / 255.0, name="prep")(inp)))
+    photos = np.random.default_rng(2).uniform(0, 255, (2, 12, 12, 3)).astype("float32")
+    seen = []
+
+    def stylize(model):
+        out = np.clip(model(photos, training=False).numpy(), 0, 255)
+        seen.append(out)
+        return out
+
+    cb = tbviz.DeconvnetCallback(tmp_path, probe_images=stylize, layers="vgg/b2", top_k=3,
+                                 probe_model=lambda model: loss_net, channels=[0, 2])
+    transform.fit(photos, photos, epochs=2, verbose=0, callbacks=[cb])
+    assert len(seen) == 3  # train begin, then each epoch
+    acc = load(tmp_path / "train")
+    step, header, tiles = panel(acc, "tbviz/deconvnet/vgg/b2/topk")[-1]
+    units = deconvnet.strongest(loss_net, seen[-1], "vgg/b2", k=3)
+    assert [(t["image_index"], t["row"], t["col"], t["channel"])
+            for t in header["tiles"][:3]] == [tuple(u[:4]) for u in units]
+    patches = deconvnet.patches(loss_net, seen[-1], "vgg/b2", units)
+    evo_units = deconvnet.strongest(loss_net, seen[-1], "vgg/b2", channels=[0, 2])
+    side = max(max(p.shape[:2]) for p in
+               deconvnet.patches(loss_net, seen[-1], "vgg/b2", units + evo_units))
+    for tile, p in zip(tiles[3:], patches):
+        np.testing.assert_array_equal(tile, enlarge(np.round(p).astype(np.uint8), side))
+    evo = panel(acc, "tbviz/deconvnet/vgg/b2/evolution")[-1][1]
+    assert [t["channel"] for t in evo["tiles"]] == [0, 2, 0, 2]
+
+
+def test_traced_once_over_five_epochs(tmp_path, data):
+    x, y = data
+    model = small_model()
+    cb = tbviz.DeconvnetCallback(tmp_path, probe_images=x[:2], layers=["conv1", "relu2"],
+                                 top_k=3, every_n_steps=3, every_n_epochs=1)
+    traces = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            traces.append(cb._projector.trace_count)
+
+    model.fit(x, y, batch_size=8, epochs=5, shuffle=False, verbose=0, callbacks=[cb, Count()])
+    assert traces == [traces[0]] * 5
+    assert traces[0] == 1 + 2 * 2  # activations + two projection functions per layer
+    steps = [e.step for e in load(tmp_path / "train").Tensors("deconvnet/conv1/projections")]
+    assert steps == sorted(set(range(3, 11, 3)) | {2, 4, 6, 8, 10})
+
+
+def test_training_is_bit_identical_with_the_callback(tmp_path, data):
+    x, y = data
+    plain, probed = small_model(seed=5), small_model(seed=5)
+    cb = tbviz.DeconvnetCallback(tmp_path, probe_images=x[:2], layers=["conv1", "relu2"],
+                                 top_k=2, every_n_steps=1, rule="guided")
+    keras.utils.set_random_seed(9)
+    probed.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
+    keras.utils.set_random_seed(9)
+    plain.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(probed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments_fail_early(tmp_path, data):
+    x, y = data
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        tbviz.DeconvnetCallback(tmp_path, x[:2], ["conv1"], top_k=0)
+    with pytest.raises(ValueError, match="unknown rule 'zeiler'"):
+        tbviz.DeconvnetCallback(tmp_path, x[:2], ["conv1"], rule="zeiler")
+    with pytest.raises(ValueError, match="layers must be a layer path"):
+        tbviz.DeconvnetCallback(tmp_path, x[:2], [])
+    with pytest.raises(ValueError, match="probe_model must be None, a keras.Model or a callable"):
+        tbviz.DeconvnetCallback(tmp_path, x[:2], ["conv1"], probe_model="vgg19")
+    with pytest.raises(ValueError, match="every_n_epochs must be a positive integer"):
+        tbviz.DeconvnetCallback(tmp_path, x[:2], ["conv1"], every_n_epochs=0)
+
+    def fit_with(**kwargs):
+        model = small_model()
+        start = [w.copy() for w in model.get_weights()]
+        cb = tbviz.DeconvnetCallback(tmp_path, **kwargs)
+        with pytest.raises(ValueError) as err:
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+        for a, b in zip(start, model.get_weights()):  # raised before any training step
+            np.testing.assert_array_equal(a, b)
+        return str(err.value)
+
+    msg = fit_with(probe_images=x[:2], layers=["conv1", "conv9"])
+    assert "'conv9'" in msg and "conv1, pool1, conv2, bn, relu2" in msg
+    msg = fit_with(probe_images=x[:2, :10], layers=["conv1"])
+    assert "(N,) + (12, 12, 3)" in msg
+    msg = fit_with(probe_images=x[:2], layers=["conv1"], channels=[2, 6])
+    assert "6 channels, choose from 0..5" in msg
+    msg = fit_with(probe_images=x[:2], layers=["conv1"], channels={"conv2": [0]})
+    assert "'conv2'" in msg and "not among layers" in msg
+
+
+def test_non_finite_weights_are_skipped_with_one_warning(tmp_path, caplog):
+    # A fixed probe network with one NaN feature map; the trained model is unaffected.
+    keras.utils.set_random_seed(4)
+    features = keras.Sequential([keras.Input((12, 12, 3)),
+                                 L.Conv2D(4, 3, activation="relu", name="b1"),
+                                 L.Conv2D(4, 3, name="b2")], name="features")
+    kernel, bias = features.get_layer("b2").get_weights()
+    kernel[..., 1] = np.nan
+    features.get_layer("b2").set_weights([kernel, bias])
+    trained = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(3, 1, name="t")])
+    trained.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).uniform(0, 255, (4, 12, 12, 3)).astype("float32")
+    cb = tbviz.DeconvnetCallback(tmp_path, probe_images=x[:2], layers=["b1", "b2"], top_k=3,
+                                 probe_model=features)
+    with caplog.at_level(logging.WARNING):
+        trained.fit(x, x / 255, epochs=3, verbose=0, callbacks=[cb])
+    said = [r.getMessage() for r in caplog.records if "'b2'" in r.getMessage()]
+    # Said once each, not once per epoch: NaN activations, and NaN in the projections.
+    assert len(said) == 2 and len(set(said)) == 2 and all("NaN or Inf" in m for m in said)
+    acc = load(tmp_path / "train")
+    steps = panel(acc, "tbviz/deconvnet/b2/topk")
+    assert len(steps) == 3
+    header, tiles = steps[-1][1], steps[-1][2]
+    assert len(header["tiles"]) == 6
+    assert all(t["channel"] != 1 and math.isfinite(t["value"]) for t in header["tiles"])
+    json.dumps(header, allow_nan=False)  # strict JSON: no NaN anywhere
+    evo = panel(acc, "tbviz/deconvnet/b2/evolution")[-1][1]
+    assert 1 not in [t["channel"] for t in evo["tiles"]]
+    raw = tf.make_ndarray(acc.Tensors("deconvnet/b2/raw")[-1].tensor_proto)
+    assert np.isfinite(raw).all()
+    assert len(panel(acc, "tbviz/deconvnet/b1/topk")) == 3
+    assert not [r for r in caplog.records if "'b1'" in r.getMessage()]
