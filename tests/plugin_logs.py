@@ -1,15 +1,23 @@
-"""Log directories with tbviz panels for the dashboard's tests, written by the contract
-(:func:`tbviz.summary.metadata.write_panel`) exactly as the callbacks write them."""
+"""Log directories for the dashboard's tests.
 
+Deconvnet panels come from the real :class:`tbviz.DeconvnetCallback` on small models.
+Stylized and attribution panels are written by the contract
+(:func:`tbviz.summary.metadata.write_panel`) exactly as ``StylizedProbes`` and
+``AttributionCallback`` write them.
+"""
+
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+import eventfiles
+import models
 from tbviz.summary import images, metadata
 
 
-def _photo(seed: int, size: int = 64) -> np.ndarray:
+def photo(seed: int, size: int = 64) -> np.ndarray:
     """A smooth RGB test picture (uint8), different per seed, no downloads."""
     y, x = np.mgrid[0:size, 0:size] / size
     r = np.random.default_rng(seed)
@@ -18,94 +26,63 @@ def _photo(seed: int, size: int = 64) -> np.ndarray:
     return ((np.stack(chans, -1) + 1) * 127.5).astype(np.uint8)
 
 
-def _pattern(seed: int, size: int, spread: float = 0.08) -> np.ndarray:
-    """A projection-like tile: an oriented grating under a Gaussian, as uint8 RGB."""
-    r = np.random.default_rng(seed)
-    y, x = (np.mgrid[0:size, 0:size] - size / 2) / size
-    theta, freq = r.uniform(0, np.pi), r.uniform(2, 6)
-    wave = np.cos(2 * np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)))
-    env = np.exp(-(x**2 + y**2) / spread)
-    rgb = wave[..., None] * env[..., None] * r.uniform(0.3, 1, 3)
-    return images.normalize(rgb[None])[0]
+def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: int = 8):
+    """Fit ``model`` (one step per epoch) with the real :class:`tbviz.DeconvnetCallback`;
+    returns the run directory ``<log_dir>/train``."""
+    import keras
+
+    import tbviz
+
+    x = np.stack([photo(i, model.input_shape[1]) for i in range(n)]).astype(np.float32) / 255
+    y = np.arange(n) % model.output_shape[-1]
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = tbviz.DeconvnetCallback(log_dir, probe_images=x[:4], layers=layers, top_k=top_k)
+    model.fit(x, y, epochs=epochs, batch_size=n, verbose=0, callbacks=[cb])
+    return os.path.join(log_dir, "train")
 
 
-def topk_panel(step: int, layer: str, k: int = 9, size: int = 24, seed: int = 0):
-    """``(pngs, tiles)`` of a top-k step: k projections then the k matching patches."""
-    r = np.random.default_rng(seed + step)
-    pngs, proj, patch = [], [], []
-    for i in range(k):
-        unit = dict(unit=i, image_index=int(r.integers(4)), row=int(r.integers(8)),
-                    col=int(r.integers(8)), channel=int(r.integers(16)),
-                    value=float(np.round(10 - i + r.random(), 3)))
-        proj.append({"role": "projection", **unit})
-        patch.append({"role": "patch", **unit})
-        pngs.append(metadata.encode_png(_pattern(seed * 100 + i + step, size)))
-    for t in patch:
-        photo = _photo(t["image_index"])
-        r0, c0 = 4 * t["row"] % (64 - size), 4 * t["col"] % (64 - size)
-        pngs.append(metadata.encode_png(np.ascontiguousarray(photo[r0:r0 + size, c0:c0 + size])))
-    return pngs, proj + patch
-
-
-def evolution_panel(step: int, channels=(3, 7, 11, 15), size: int = 24):
-    """``(pngs, tiles)`` of an evolution step: one projection per fixed map, then patches."""
-    pngs, proj, patch = [], [], []
-    for c in channels:
-        info = dict(channel=c, value=round(0.5 * step + c, 3), image_index=c % 4, row=c % 5,
-                    col=c % 3)
-        proj.append({"role": "projection", **info})
-        patch.append({"role": "patch", **info})
-        # looks like training: the feature map's projection sharpens as steps go by
-        pngs.append(metadata.encode_png(_pattern(c, size, spread=0.5 / (1 + 0.5 * step))))
-    pngs += [metadata.encode_png(_photo(t["image_index"])[:size, :size].copy()) for t in patch]
-    return pngs, proj + patch
-
-
-def write_demo_logs(logdir, steps=(1, 2, 3, 5, 8), layers=("conv1", "block/conv2")):
-    """Two runs: ``cnn/train`` (top-k, evolution, attribution) and ``style/train``
-    (stylized probes). Returns ``{run: run_dir}``."""
-    runs = {"cnn/train": os.path.join(logdir, "cnn", "train"),
-            "style/train": os.path.join(logdir, "style", "train")}
-    w = tf.summary.create_file_writer(runs["cnn/train"])
-    with w.as_default():
+def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
+    """Heatmaps over probe photos, as ``AttributionCallback`` writes them."""
+    with tf.summary.create_file_writer(str(run_dir)).as_default():
         for step in steps:
-            for li, layer in enumerate(layers):
-                pngs, tiles = topk_panel(step, layer, seed=li)
-                metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", "topk", pngs, tiles,
-                                     step=step, layer=layer, layer_index=li,
-                                     rule="deconvnet", k=9)
-                pngs, tiles = evolution_panel(step)
-                metadata.write_panel(f"tbviz/deconvnet/{layer}/evolution", "evolution", pngs,
-                                     tiles, step=step, layer=layer, layer_index=li,
-                                     rule="deconvnet", channels=[3, 7, 11, 15])
-            heat = [images.overlay(_photo(i), _pattern(i, 64)[..., 0] / 255.0) for i in range(3)]
-            metadata.write_panel("tbviz/attribution/gradcam", "attribution",
+            heat = [images.overlay(photo(i), np.outer(np.hanning(64), np.roll(np.hanning(64),
+                                                                              8 * (i + step))))
+                    for i in range(n)]
+            metadata.write_panel(f"tbviz/attribution/{method}", "attribution",
                                  [metadata.encode_png(h) for h in heat],
-                                 [{"method": "gradcam", "image_index": i, "target": 2 * i}
-                                  for i in range(3)], step=step, method="gradcam")
-    w.close()
-    w = tf.summary.create_file_writer(runs["style/train"])
-    with w.as_default():
+                                 tiles=[{"method": method, "image_index": i, "target": 2 * i}
+                                        for i in range(n)], step=step, method=method)
+
+
+def write_stylized(run_dir, steps, n: int = 3):
+    """Stylized probe photos, as ``StylizedProbes`` writes them."""
+    with tf.summary.create_file_writer(str(run_dir)).as_default():
         for step in steps:
-            photos = [metadata.encode_png(_photo(10 * i + step)) for i in range(3)]
-            metadata.write_panel("tbviz/stylized/probes", "stylized", photos,
-                                 [{"label": f"photo {i}", "index": i} for i in range(3)],
-                                 step=step, name="probes")
-    w.close()
-    return runs
+            pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]
+            metadata.write_panel("tbviz/stylized/probes", "stylized", pngs,
+                                 tiles=[{"label": f"photo {i}", "index": i} for i in range(n)],
+                                 step=step, description="The transform-net's output on fixed "
+                                                        "probe photos")
 
 
-def write_long_run(logdir, n_steps: int = 50, layer: str = "conv1"):
-    """One run with ``n_steps`` logged evolution and top-k steps (10, 20, ...)."""
-    run_dir = os.path.join(logdir, "long", "train")
-    w = tf.summary.create_file_writer(run_dir)
-    with w.as_default():
-        for i in range(1, n_steps + 1):
-            pngs, tiles = evolution_panel(10 * i, size=12)
-            metadata.write_panel(f"tbviz/deconvnet/{layer}/evolution", "evolution", pngs, tiles,
-                                 step=10 * i, layer=layer, layer_index=0, rule="deconvnet")
-            pngs, tiles = topk_panel(10 * i, layer, k=4, size=12)
-            metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", "topk", pngs, tiles,
-                                 step=10 * i, layer=layer, layer_index=0, rule="deconvnet", k=4)
-    w.close()
-    return run_dir
+def write_dashboard_logs(root):
+    """Three runs: ``cnn/train`` (deconvnet on a functional model with a nested block,
+    5 epochs; attribution), ``long/train`` (deconvnet on conv1 of a small Sequential,
+    50 epochs, top 4) and ``style/train`` (stylized probes). Returns ``{run: run_dir}``."""
+    cnn = train_deconvnet_run(os.path.join(root, "cnn"), models.functional_bn_nested(),
+                              ["conv1", "block/inner_conv"], epochs=5)
+    write_attribution(cnn, range(1, 6))
+    long = train_deconvnet_run(os.path.join(root, "long"), models.sequential(), ["conv1"],
+                               epochs=50, top_k=4)
+    style = os.path.join(root, "style", "train")
+    write_stylized(style, [1, 2, 3, 5, 8])
+    return {"cnn/train": cnn, "long/train": long, "style/train": style}
+
+
+def header(run_dir, tag, step=None):
+    """Blob 0 of a panel step as written (the last step by default), read back with
+    TensorBoard's ``EventAccumulator``."""
+    events = eventfiles.load(run_dir).Tensors(tag)
+    event = events[-1] if step is None else next(e for e in events if e.step == step)
+    return json.loads(tf.make_ndarray(event.tensor_proto)[0])

@@ -63,8 +63,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(browser, tmp_path_factory):
     logdir = tmp_path_factory.mktemp("logs")
-    plugin_logs.write_demo_logs(str(logdir))
-    plugin_logs.write_long_run(str(logdir))
+    runs = plugin_logs.write_dashboard_logs(str(logdir))
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
     log = open(logdir.parent / "tensorboard.log", "w+")
@@ -86,7 +85,7 @@ def server(browser, tmp_path_factory):
                 pass
             time.sleep(0.5)
         print(f"serving {logdir} with the {how} at {url}")
-        yield url
+        yield url, runs
     finally:
         proc.terminate()
         try:
@@ -105,7 +104,7 @@ def tab(browser, server):
     errors, blobs = [], []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: "/data/plugin/tbviz/blob?" in r.url and blobs.append(r.url))
-    page.goto(f"{server}/#tbviz")
+    page.goto(f"{server[0]}/#tbviz")
     frame = page.wait_for_selector("iframe").content_frame()
     frame.wait_for_selector("figure.tile img")
     yield page, frame, blobs
@@ -138,38 +137,38 @@ def texts(frame, selector):
     return [t.strip() for t in frame.locator(selector).all_inner_texts()]
 
 
-def test_topk_projections_beside_patches_with_values(tab, tmp_path):
+def test_topk_projections_beside_patches_with_values(tab, server, tmp_path):
     page, frame, _ = tab
     assert all_decoded(frame, 18) == 18  # 9 projections + 9 patches of conv1 at the last step
     assert texts(frame, ".panel h3")[0].startswith("deconvnet/conv1/topk")
-    assert "step 8 (5 of 5)" in frame.locator(".steps output").inner_text()
-    _, tiles = plugin_logs.topk_panel(8, "conv1", seed=0)
+    assert "step 5 (5 of 5)" in frame.locator(".steps output").inner_text()
+    tiles = plugin_logs.header(server[1]["cnn/train"], "tbviz/deconvnet/conv1/topk")["tiles"]
     captions = texts(frame, ".zf figcaption")
+    assert len(captions) == len(tiles) == 18
     for t, caption in zip(tiles, captions):
         assert caption.splitlines() == [f"{t['value']:.4g} · map {t['channel']}",
                                         f"img {t['image_index']} · ({t['row']}, {t['col']})"]
-    assert len(captions) == 18
     assert shoot(page, tmp_path, "dashboard.png").stat().st_size > 10_000
 
 
 def test_keyboard_layer_picker_and_step_slider(tab):
     page, frame, _ = tab
     selected = "[role=option][aria-selected=true]"
-    assert texts(frame, "[role=option]") == ["conv1", "block/conv2"]  # network order
+    assert texts(frame, "[role=option]") == ["conv1", "block/inner_conv"]  # network order
     frame.focus(selected)
     page.keyboard.press("ArrowDown")
-    assert frame.evaluate("document.activeElement.textContent") == "block/conv2"
-    assert frame.locator(selected).inner_text() == "block/conv2"
+    assert frame.evaluate("document.activeElement.textContent") == "block/inner_conv"
+    assert frame.locator(selected).inner_text() == "block/inner_conv"
     frame.wait_for_function("() => document.querySelector('.panel h3')?.textContent"
-                            ".startsWith('deconvnet/block/conv2/topk')")
+                            ".startsWith('deconvnet/block/inner_conv/topk')")
     page.keyboard.press("Home")
     assert frame.locator(selected).inner_text() == "conv1"
     # the step slider: focusable, arrow keys move through the logged steps
     frame.focus(".steps input[type=range]")
     page.keyboard.press("ArrowLeft")
     frame.wait_for_function("() => document.querySelector('.steps output').textContent"
-                            " === 'step 5 (4 of 5)'")
-    frame.wait_for_function("() => [...document.images].every(i => i.src.includes('step=5'))")
+                            " === 'step 4 (4 of 5)'")
+    frame.wait_for_function("() => [...document.images].every(i => i.src.includes('step=4&'))")
     assert all_decoded(frame, 18) == 18
     # views are tabs: arrow keys move between them
     frame.focus("[role=tab][aria-selected=true]")
@@ -177,7 +176,7 @@ def test_keyboard_layer_picker_and_step_slider(tab):
     assert frame.locator("[role=tab][aria-selected=true]").inner_text() == "Evolution"
 
 
-def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, tmp_path):
+def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_path):
     page, frame, blobs = tab
     frame.get_by_role("checkbox", name="long/train", exact=True).check()
     frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
@@ -185,19 +184,23 @@ def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, tmp_path):
     frame.wait_for_selector("table.evo")
     # default columns: the 1st, 2nd, 5th, 10th, 20th and 50th (= last) logged step
     heads = texts(frame, "table.evo thead th")
-    assert heads == ["map", "step 10", "step 20", "step 50", "step 100", "step 200", "step 500"]
-    assert texts(frame, "table.evo tbody th") == ["map 3", "map 7", "map 11", "map 15"]
-    assert all_decoded(frame, 24) == 24
+    assert heads == ["map", "step 1", "step 2", "step 5", "step 10", "step 20", "step 50"]
+    # rows: the fixed feature maps the callback chose at train begin, in its order
+    tiles = plugin_logs.header(server[1]["long/train"], "tbviz/deconvnet/conv1/evolution")["tiles"]
+    maps = [t["channel"] for t in tiles if t["role"] == "projection"]
+    assert texts(frame, "table.evo tbody th") == [f"map {c}" for c in maps]
+    n = len(maps) * 6
+    assert all_decoded(frame, n) == n
     evolution = [u for u in blobs if "evolution" in u]
     shown_steps = {int(re.search(r"step=(\d+)", u).group(1)) for u in evolution}
-    assert shown_steps == {10, 20, 50, 100, 200, 500}
-    assert len(evolution) == 24  # 4 maps x 6 steps, no patch, nothing twice
+    assert shown_steps == {1, 2, 5, 10, 20, 50}
+    assert len(evolution) == n  # one per map and step, no patch, nothing twice
     shoot(page, tmp_path, "dashboard-evolution.png")
     # choosing a step adds its column, in step order
     frame.get_by_role("button", name="30", exact=True).click()
     frame.wait_for_function("() => document.querySelectorAll('table.evo thead th').length === 8")
-    assert texts(frame, "table.evo thead th")[3] == "step 30"
-    assert all_decoded(frame, 28) == 28
+    assert texts(frame, "table.evo thead th")[6] == "step 30"
+    assert all_decoded(frame, n + len(maps)) == n + len(maps)
 
 
 def test_runs_side_by_side_stylized_and_attribution(tab, tmp_path):
@@ -213,7 +216,7 @@ def test_runs_side_by_side_stylized_and_attribution(tab, tmp_path):
     frame.get_by_role("checkbox", name="long/train", exact=True).check()
     frame.wait_for_function("() => document.querySelectorAll('section.run').length === 2")
     assert texts(frame, ".run h2") == ["cnn/train", "long/train"]
-    assert all_decoded(frame, 18 + 8) == 26
+    assert all_decoded(frame, 18 + 8) == 26  # top 9 of cnn, top 4 of long; tiles and patches
     shoot(page, tmp_path, "dashboard-compare.png")
     frame.get_by_role("tab", name="Attribution").click()
     frame.wait_for_selector(".grid.wide")
@@ -230,30 +233,21 @@ def test_entry_point_registers_the_tab():
     assert ep.load() is tbviz_plugin.TbvizLoader
 
 
-def test_reload_follows_a_run_that_is_still_training(tab, server, tmp_path_factory):
+def test_reload_follows_a_run_that_is_still_training(tab, server):
     page, frame, _ = tab
     frame.get_by_role("tab", name="Attribution").click()
     frame.wait_for_function("() => document.querySelector('.steps output')?.textContent"
-                            " === 'step 8 (5 of 5)'")
+                            " === 'step 5 (5 of 5)'")
     # training goes on: one more logged step lands in the run's directory
-    import tensorflow as tf
-    from tbviz.summary import metadata
-
-    run_dir = next(tmp_path_factory.getbasetemp().glob("logs*/cnn/train"))
-    with tf.summary.create_file_writer(str(run_dir)).as_default(step=9):
-        metadata.write_panel("tbviz/attribution/gradcam", "attribution",
-                             [metadata.encode_png(plugin_logs._photo(9))],
-                             [{"method": "gradcam", "image_index": 0, "target": 1}],
-                             method="gradcam")
-    tf.summary.flush()
+    plugin_logs.write_attribution(server[1]["cnn/train"], [6], n=1)
     deadline = time.monotonic() + 60
-    while tbserver.get(f"{server}/data/plugin/tbviz/steps?run=cnn/train"
-                       "&tag=tbviz/attribution/gradcam")["total"] < 6:
+    while tbserver.get(f"{server[0]}/data/plugin/tbviz/steps?run=cnn/train"
+                       "&tag=tbviz/attribution/grad_cam")["total"] < 6:
         assert time.monotonic() < deadline, "the data server never picked up the new step"
         time.sleep(0.5)
     frame.get_by_role("button", name="Reload").click()
     frame.wait_for_function("() => document.querySelector('.steps output')?.textContent"
-                            " === 'step 9 (6 of 6)'")
+                            " === 'step 6 (6 of 6)'")
     frame.wait_for_selector(".grid.wide figcaption")
-    assert texts(frame, ".grid.wide figcaption") == ["image 0\ntarget 1"]
+    assert texts(frame, ".grid.wide figcaption") == ["image 0\ntarget 0"]
     assert all_decoded(frame, 1) == 1
