@@ -80,6 +80,18 @@ def write_dashboard_logs(root):
     return {"cnn/train": cnn, "long/train": long, "style/train": style}
 
 
+_BUILT = {}
+
+
+def dashboard_logs(tmp_path_factory):
+    """:func:`write_dashboard_logs` once per test session: ``(root, {run: run_dir})``.
+    Shared by the plugin's test modules; treat it as read-only (copy it to change it)."""
+    if "logs" not in _BUILT:
+        root = tmp_path_factory.mktemp("dashboard_logs")
+        _BUILT["logs"] = (root, write_dashboard_logs(str(root)))
+    return _BUILT["logs"]
+
+
 def header(run_dir, tag, step=None):
     """Blob 0 of a panel step as written (the last step by default), read back with
     TensorBoard's ``EventAccumulator``."""

@@ -62,11 +62,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(browser, tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("logs")
-    runs = plugin_logs.write_dashboard_logs(str(logdir))
+    # a copy: the reload test adds a step to it
+    shared, runs = plugin_logs.dashboard_logs(tmp_path_factory)
+    logdir = tmp_path_factory.mktemp("browser") / "logs"
+    shutil.copytree(shared, logdir)
+    runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
-    log = open(logdir.parent / "tensorboard.log", "w+")
+    log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}"

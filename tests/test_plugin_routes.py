@@ -48,9 +48,19 @@ def make_client(logdir, loader=tbviz_plugin.TbvizLoader, *argv):
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("logs")
-    plugin_logs.write_dashboard_logs(str(root))
-    # Two broken tbviz tags: unreadable plugin content, unreadable header.
+    return plugin_logs.dashboard_logs(tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="module")
+def client(logdir):
+    return make_client(logdir)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """A client over a run with two broken tbviz tags (unreadable content, unreadable
+    header) beside a good one."""
+    root = tmp_path_factory.mktemp("broken_logs")
     with tf.summary.create_file_writer(os.path.join(root, "broken", "train")).as_default(step=3):
         md = metadata.panel_metadata("topk", layer="x", layer_index=0)
         md.plugin_data.content = b"{not json"
@@ -58,12 +68,8 @@ def logdir(tmp_path_factory):
         md = metadata.panel_metadata("stylized", name="probes")
         png = metadata.encode_png(np.zeros((2, 2, 3), np.uint8))
         tf.summary.write("tbviz/stylized/probes", tf.constant([b"\xff garbage", png]), metadata=md)
-    return root
-
-
-@pytest.fixture(scope="module")
-def client(logdir):
-    return make_client(logdir)
+    plugin_logs.write_attribution(os.path.join(root, "broken", "train"), [1], n=1)
+    return make_client(root)
 
 
 def get_json(client, route, **params):
@@ -95,8 +101,8 @@ def test_tab_is_listed_and_its_module_served(client):
 def test_panels_list_every_run_with_its_contract(client):
     page = get_json(client, "/panels")
     runs = {item["run"]: item for item in page["items"]}
-    assert sorted(runs) == ["broken/train", "cnn/train", "long/train", "style/train"]
-    assert page["total"] == 4 and page["next_offset"] is None
+    assert sorted(runs) == ["cnn/train", "long/train", "style/train"]
+    assert page["total"] == 3 and page["next_offset"] is None
     cnn = {p["tag"]: p for p in runs["cnn/train"]["panels"]}
     # only tbviz panels: the callback's stock image summaries and raw tensors are not listed
     assert sorted(cnn) == ["tbviz/attribution/grad_cam",
@@ -109,20 +115,32 @@ def test_panels_list_every_run_with_its_contract(client):
     assert conv1["layer_index"] < inner["layer_index"]  # network order, for the layer picker
     assert "projections" in inner["description"]
     assert runs["style/train"]["panels"][0]["kind"] == "stylized"
-    # the unreadable tag is skipped and counted, the rest of that run still listed
-    assert runs["broken/train"]["skipped"] == 1
-    assert [p["tag"] for p in runs["broken/train"]["panels"]] == ["tbviz/stylized/probes"]
+    assert all(item["skipped"] == 0 for item in page["items"])
+
+
+def test_unreadable_panels_are_skipped_and_counted(broken):
+    [item] = get_json(broken, "/panels")["items"]
+    assert item["run"] == "broken/train" and item["skipped"] == 1
+    assert [p["tag"] for p in item["panels"]] == ["tbviz/attribution/grad_cam",
+                                                  "tbviz/stylized/probes"]
+    [f] = get_json(broken, "/frames", run="broken/train", tag="tbviz/stylized/probes",
+                   steps="3")["frames"]
+    assert f["tiles"] == [] and f["images"] == 1 and "unreadable" in f["error"]
+    r = broken.get(PREFIX + "/blob", query_string=dict(run="broken/train",
+                                                      tag="tbviz/deconvnet/x/topk", step=3,
+                                                      index=1))
+    assert r.status_code == 404 and "1..0" in r.get_data(as_text=True)
 
 
 def test_panels_are_paged_over_runs(client):
     whole = get_json(client, "/panels")["items"]
     pages, offset = [], 0
     while offset is not None:
-        page = get_json(client, "/panels", offset=offset, limit=3)
-        assert len(page["items"]) <= 3 and page["total"] == 4
+        page = get_json(client, "/panels", offset=offset, limit=2)
+        assert len(page["items"]) <= 2 and page["total"] == 3
         pages.append(page["items"])
         offset = page["next_offset"]
-    assert [len(p) for p in pages] == [3, 1]
+    assert [len(p) for p in pages] == [2, 1]
     assert sum(pages, []) == whole
 
 
@@ -161,12 +179,6 @@ def test_frames_carry_the_headers_the_callbacks_wrote(logdir, client):
         assert values == sorted(values, reverse=True)  # strongest first
 
 
-def test_unreadable_header_is_reported_not_crashed(client):
-    [f] = get_json(client, "/frames", run="broken/train", tag="tbviz/stylized/probes",
-                   steps="3")["frames"]
-    assert f["tiles"] == [] and f["images"] == 1 and "unreadable" in f["error"]
-
-
 def test_blob_is_the_written_png_with_cache_headers(logdir, client):
     tag = "tbviz/deconvnet/block/inner_conv/topk"
     blobs = written_blobs(logdir, "cnn/train", tag, 4)
@@ -202,7 +214,6 @@ BAD = [
     ("/blob", dict(run="style/train", tag="tbviz/stylized/probes", step=99, index=1), 404, "99"),
     ("/blob", dict(run="style/train", tag="tbviz/stylized/probes", step="1.5", index=1), 400,
      "step"),
-    ("/blob", dict(run="broken/train", tag="tbviz/deconvnet/x/topk", step=3, index=1), 404, "1.."),
 ]
 
 
