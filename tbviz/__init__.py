@@ -19,6 +19,9 @@ _EXPORTS = {
     "LossCallback": "tbviz.callbacks.losses",
     "TensorBoardViz": "tbviz.callbacks.tensorboard_viz",
     "DeconvnetCallback": "tbviz.callbacks.deconvnet",
+    "AttributionCallback": "tbviz.callbacks.attribution",
+    "SynthesisCallback": "tbviz.callbacks.synthesis",
+    "FeatureMapsCallback": "tbviz.callbacks.feature_maps",
 }
 
 __all__ = list(_EXPORTS)

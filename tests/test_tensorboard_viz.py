@@ -44,6 +44,10 @@ def test_every_part_lands_in_the_train_run(run):
     assert {"keras", "custom_scalars__config__", "epoch_loss", "batch_loss", "conv1/kernel",
             "gradients/conv1/kernel", "activations/block/inner_conv",
             "dead_units/block/inner_conv"} <= tensors
+    # Deconvnet on the default layers (every Conv2D here, nested one included).
+    assert {"deconvnet/conv1/projections", "deconvnet/conv1/patches",
+            "deconvnet/block/inner_conv/evolution"} <= tensors
+    assert "tbviz/deconvnet/block/inner_conv/topk" in tensors
 
 
 def test_dashboards_over_http(run):
@@ -109,6 +113,14 @@ def test_wrong_probe_shape_fails_at_train_begin_and_leaves_no_writer_open(tmp_pa
     from tbviz.summary import writers
 
     assert not any(str(tmp_path) in p for p in writers._open)
+
+
+def test_unknown_deconvnet_layer_lists_the_layers(tmp_path):
+    model = compile(functional_bn_nested())
+    x, y = data(8)
+    viz = tbviz.TensorBoardViz(str(tmp_path), probe_images=x[:2], layers=["conv9"])
+    with pytest.raises(ValueError, match=r"conv9.*conv1.*block/inner_conv"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[viz])
 
 
 def test_parts_can_be_switched_off(tmp_path):

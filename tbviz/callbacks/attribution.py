@@ -1,0 +1,144 @@
+"""Attribution heatmaps over fixed probe images, logged while a model trains.
+
+For each method (saliency, SmoothGrad, guided backprop, occlusion, CAM, Grad-CAM;
+see :mod:`tbviz.attribution`) and each trigger, the callback writes
+
+* ``attribution/<method>``: a standard image summary, one heatmap-over-photo per
+  probe image (TensorBoard's Images dashboard, with its step slider),
+* ``tbviz/attribution/<method>``: the same images as a tbviz dashboard panel,
+  each tile labelled ``{"method", "image_index", "target"}``.
+
+Example:
+    >>> import numpy as np, keras
+    >>> from tbviz.callbacks.attribution import AttributionCallback
+    >>> model = keras.Sequential([keras.Input((16, 16, 3)),
+    ...     keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+    ...     keras.layers.Dense(2, activation="softmax")])
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> x, y = np.random.rand(8, 16, 16, 3) * 255, np.arange(8) % 2
+    >>> cb = AttributionCallback("runs/doc_attribution", probe_images=x[:2],
+    ...                          methods=("saliency", "grad_cam", "occlusion"),
+    ...                          options={"occlusion": {"patch": 4}})
+    >>> _ = model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tbviz import attribution
+from tbviz.callbacks.base import VizCallback
+from tbviz.layers import check_images
+from tbviz.summary.images import normalize, overlay, to_rgb
+from tbviz.summary.metadata import encode_png, write_panel
+
+DEFAULT_METHODS = ("saliency", "guided_backprop", "grad_cam")
+
+
+def _photos(images: np.ndarray) -> np.ndarray:
+    """Probe images as ``uint8`` RGB: kept as they are in [0, 255], scaled from [0, 1],
+    and stretched per image for any other range (e.g. mean-subtracted inputs)."""
+    lo, hi = float(images.min()), float(images.max())
+    if lo >= 0 and 1 < hi <= 255:
+        out = np.round(images).astype(np.uint8)
+    elif lo >= 0 and hi <= 1:
+        out = np.round(images * 255).astype(np.uint8)
+    else:
+        out = normalize(images)
+    return to_rgb(out)
+
+
+class AttributionCallback(VizCallback):
+    """Log attribution heatmaps of ``probe_images`` every ``every_n_epochs`` epochs
+    and/or every ``every_n_steps`` optimizer steps.
+
+    Args:
+        log_dir: the run directory (summaries go to ``<log_dir>/train``).
+        probe_images: fixed images ``(N, H, W, C)`` in the model's input range.
+        target: class index, one index per probe image, or a callable from model
+            outputs to one score per image; ``None`` (default) explains the class
+            the model predicts for each image at that moment.
+        methods: names from :data:`tbviz.attribution.METHODS`; by default the cheap
+            ones, ``saliency``, ``guided_backprop`` and ``grad_cam``.
+        layer: Grad-CAM's layer path (default: the last layer with 4-D output).
+        options: per-method keyword arguments, e.g. ``{"occlusion": {"patch": 8},
+            "smoothgrad": {"samples": 16}}``.
+        max_batch: most images per forward pass, for every method.
+        alpha: opacity of the heatmap over the photo.
+
+    Everything is validated at train begin (each method runs once on the first
+    probe image, which also traces its probe); errors name the valid choices.
+    """
+
+    def __init__(self, log_dir, probe_images, target=None, methods=DEFAULT_METHODS,
+                 layer: str | None = None, options: dict | None = None, max_batch: int = 32,
+                 alpha: float = 0.6, every_n_epochs: int | None = 1,
+                 every_n_steps: int | None = None):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        if probe_images is None or np.size(probe_images) == 0:
+            raise ValueError("probe_images must hold at least one image (N, H, W, C)")
+        self.probe_images = probe_images
+        self.target = target
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        if not methods:
+            raise ValueError(f"methods is empty; choose from {', '.join(attribution.METHODS)}")
+        options = dict(options or {})
+        for name in methods:
+            attribution.method_options(name)  # raises for an unknown method, listing all
+        for name, opts in options.items():
+            if name not in methods:
+                raise ValueError(f"options given for {name!r}, which is not among methods "
+                                 f"{methods}")
+            allowed = attribution.method_options(name)
+            unknown = sorted(set(opts) - set(allowed))
+            if unknown:
+                raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; it takes "
+                                 f"{', '.join(allowed)}")
+        if layer is not None:
+            if "grad_cam" not in methods:
+                raise ValueError("layer is Grad-CAM's layer, but 'grad_cam' is not among methods")
+            options["grad_cam"] = {"layer": layer, **options.get("grad_cam", {})}
+        self.methods = methods
+        self.options = {m: {"max_batch": max_batch, **options.get(m, {})} for m in methods}
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+        self._probes = None
+
+    def setup(self):
+        self._probes = check_images(self.model, self.probe_images, "probe_images")
+        target = self.target
+        if target is None:
+            target = attribution.top_classes(self.model, self._probes[:1])
+        else:
+            attribution.check_target(self.model, self._probes, target)
+            if not callable(target):
+                target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
+        for method in self.methods:
+            self._attribute(method, self._probes[:1], target)
+
+    def _attribute(self, method, images, target):
+        return getattr(attribution, method)(self.model, images, target, **self.options[method])
+
+    def write(self, step, logs):
+        probes = self._probes
+        target = self.target
+        if target is None:
+            target = attribution.top_classes(self.model, probes)
+        if callable(target):
+            labels = [getattr(target, "__name__", "callable")] * len(probes)
+        else:
+            labels = [int(t) for t in np.broadcast_to(np.asarray(target), len(probes))]
+        photos = _photos(probes)
+        with self.writer.as_default(step=step):
+            for method in self.methods:
+                heat = attribution.heatmap(self._attribute(method, probes, target))
+                images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
+                tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
+                                 description=f"{method} heatmaps over the probe images")
+                write_panel(f"tbviz/attribution/{method}", "attribution",
+                            [encode_png(im) for im in images],
+                            tiles=[{"method": method, "image_index": i, "target": t}
+                                   for i, t in enumerate(labels)],
+                            method=method)

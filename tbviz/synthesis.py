@@ -1,0 +1,445 @@
+"""Synthesis: images made by gradient steps on the input, to show what a layer encodes.
+
+=======================  ==========================================  ========================
+function                 optimizes                                   literature
+=======================  ==========================================  ========================
+``maximize_activation``  a channel's mean or center unit, with L2,   Erhan et al. 2009,
+                         blur, jitter and pixel-clipping priors      Yosinski et al. 2015
+``invert_features``      distance of a layer's features to a         Mahendran & Vedaldi 2015
+                         photo's, plus a total-variation prior
+``deepdream``            the layers' activation energy on a photo,   Mordvintsev et al. 2015
+                         octave by octave
+=======================  ==========================================  ========================
+
+All work in the model's input space: ``value_range`` (default ``(0, 255)``, the
+project's image convention) bounds the pixels, sets the scale of the noise the
+optimization starts from and of ``lr``, which is a fraction of the range per step.
+Each inner step is one ``tf.function`` traced once per model, layer and image
+shape, run with ``training=False``; the weights are never touched. Randomness
+(start noise, jitter) comes from NumPy's generator seeded with ``seed``, so the
+same call gives the same image, and TensorFlow's random state is left alone
+(training after a synthesis is bit-identical to training without one).
+
+Example:
+    >>> import numpy as np, keras
+    >>> from tbviz import synthesis
+    >>> model = keras.Sequential([keras.Input((16, 16, 3)),
+    ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv")])
+    >>> image, trace = synthesis.maximize_activation(model, "conv", channel=2, steps=8)
+    >>> image.shape, trace.shape
+    ((16, 16, 3), (9,))
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tbviz import _probe
+from tbviz.layers import capture_outputs, check_images, check_layers, image_input_shape
+from tbviz.relu_rules import gradients
+
+
+# -- shared pieces ----------------------------------------------------------------------------
+
+def _check_range(value_range) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be (low, high), got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"value_range must be finite with low < high, got {value_range!r}")
+    return lo, hi
+
+
+def _check_count(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_number(name: str, value, minimum: float = 0.0) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}") from None
+    if not math.isfinite(v) or v < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return v
+
+
+def to_uint8(images, value_range=(0.0, 255.0)) -> np.ndarray:
+    """Map images from ``value_range`` to displayable ``uint8`` (clipped).
+
+    >>> to_uint8(np.array([-1.0, 0.0, 1.0]), (-1, 1)).tolist()
+    [0, 128, 255]
+    """
+    lo, hi = _check_range(value_range)
+    x = (np.asarray(images, np.float64) - lo) / (hi - lo)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def _gaussian(sigma: float) -> np.ndarray:
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _blur(x, kernel: np.ndarray):
+    """Separable Gaussian blur of ``(N, H, W, C)``; reflected borders keep edges unbiased."""
+    r = len(kernel) // 2
+    c = x.shape[-1]
+    x = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
+    k = tf.constant(kernel)
+    x = tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (-1, 1, 1, 1)), [1, 1, c, 1]),
+                               [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (1, -1, 1, 1)), [1, 1, c, 1]),
+                                  [1, 1, 1, 1], "VALID")
+
+
+def _normalized(g):
+    """The gradient divided by its mean magnitude per image: ``lr`` then means pixels per step,
+    whatever the scale of the layer's activations."""
+    axes = list(range(1, g.shape.rank))
+    return g / (tf.reduce_mean(tf.abs(g), axis=axes, keepdims=True) + 1e-12)
+
+
+def _adam(g, m, v, t):
+    """One Adam update direction (Kingma & Ba 2014) and its new moments.
+
+    Adam scales each pixel's step by its own gradient history, so pixels with small
+    gradients (behind mostly silent ReLUs) still move: plain or globally normalized
+    gradient steps leave them behind and stall in the basin around the start.
+    """
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g * g
+    return (m / (1 - 0.9 ** t)) / (tf.sqrt(v / (1 - 0.999 ** t)) + 1e-8), m, v
+
+
+def _clip_small_contribution(x, g, mid, percentile):
+    """Reset to ``mid`` the pixels whose contribution ``sum_c |(x - mid) * g|`` to the
+    objective is below ``percentile`` of the image's (Yosinski et al. 2015)."""
+    contribution = tf.reduce_sum(tf.abs((x - mid) * g), axis=-1)  # (N, H, W)
+    flat = tf.sort(tf.reshape(contribution, (tf.shape(x)[0], -1)), axis=-1)
+    n = tf.shape(flat)[1]
+    # the ceil(p% of n)-th smallest: at least p% of the pixels lie below it
+    k = tf.cast(tf.math.ceil(percentile / 100 * tf.cast(n, tf.float32)), tf.int32)
+    k = tf.minimum(k, n - 1)
+    threshold = flat[:, k][:, None, None]
+    return tf.where((contribution < threshold)[..., None], tf.cast(mid, x.dtype), x)
+
+
+UNITS = ("mean", "center")
+
+
+def _unit_objective(a, channels, unit: str):
+    """Channel ``channels[i]`` of row ``i`` of layer output ``a``, read before a final
+    softmax or ReLU (see :func:`tbviz._probe.pre_relu`): its mean over positions, or
+    its unit at the center position."""
+    a = _probe.pre_relu(_probe.pre_softmax(a))
+    if a.shape.rank == 4:
+        if unit == "center":
+            a = a[:, a.shape[1] // 2, a.shape[2] // 2]
+        else:
+            a = tf.reduce_mean(a, axis=[1, 2])
+    return tf.gather(a, channels, axis=1, batch_dims=1)
+
+
+def _synthesis_shape(model, size) -> tuple[int, int, int]:
+    want = image_input_shape(model)
+    if size is None:
+        if None in want:
+            raise ValueError(f"model {model.name!r} takes images of any size {want}; pass "
+                             "size=(height, width)")
+        return tuple(int(s) for s in want)
+    h, w = (int(v) for v in ((size, size) if np.ndim(size) == 0 else size))
+    for got, fixed in zip((h, w), want[:2]):
+        if fixed is not None and got != fixed:
+            raise ValueError(f"size {(h, w)} does not fit model {model.name!r}, which takes "
+                             f"{want[:2]} images")
+    if want[2] is None:
+        raise ValueError(f"model {model.name!r} does not fix its number of input channels")
+    return h, w, int(want[2])
+
+
+def _start(rng, shape, lo, hi):
+    """Mid-gray with faint noise: no structure of its own, and no ReLU exactly at rest."""
+    return ((lo + hi) / 2 + rng.normal(0, 0.01 * (hi - lo), shape)).astype(np.float32)
+
+
+def _cosine(lr: float, i: int, steps: int) -> float:
+    """Step ``i``'s learning rate: ``lr`` decayed to 0 along a half cosine. Late steps
+    refine instead of overshooting, which a fixed step does on a piecewise-linear net."""
+    return lr * 0.5 * (1 + math.cos(math.pi * i / steps))
+
+
+def _shift(rng, jitter: int) -> np.ndarray:
+    if not jitter:
+        return np.zeros(2, np.int32)
+    return rng.integers(-jitter, jitter + 1, 2).astype(np.int32)
+
+
+# -- activation maximization ------------------------------------------------------------------
+
+def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean",
+                        steps: int = 128, lr: float = 0.02, l2: float = 1e-3,
+                        blur_every: int | None = 4, blur_sigma: float = 0.5, jitter: int = 2,
+                        clip_grad: float | None = None, value_range=(0.0, 255.0),
+                        seed: int | None = 0):
+    """Gradient ascent on the input to a channel's activation (Erhan et al. 2009).
+
+    ``channel`` is one channel (feature map of a conv layer, unit of a dense layer)
+    or a list of them, all optimized at once as one batch. For a conv layer,
+    ``unit="mean"`` raises the channel's mean over all positions (a texture that
+    fills the image), ``unit="center"`` its single unit at the center (a pattern the
+    size of its receptive field, as Erhan and Yosinski et al. show). A layer ending in a ReLU
+    or a softmax is scored before it, so units silent on the start image still get
+    a gradient, and a class's logit, not its probability, is raised. The ascent
+    starts from mid-gray with faint noise and uses Adam (step ``lr`` of the value
+    range, cosine-decayed to 0). Priors after Yosinski et al. 2015, each switchable
+    off with ``0``/``None``:
+
+    * ``l2``: pull toward mid-gray by this fraction per step (L2 decay),
+    * ``blur_every``/``blur_sigma``: Gaussian blur every that many steps,
+    * ``jitter``: shift the image by up to that many pixels at random each step,
+    * ``clip_grad``: a percentile; each step, pixels whose first-order contribution
+      to the objective, ``sum_c |(x - mid) * gradient|``, is below it are reset to
+      mid-gray (the paper's clipping of pixels with small contribution).
+
+    ``size=(H, W)`` is needed only for models that take any image size.
+
+    Returns ``(image, trace)``: the image ``(H, W, C)`` (``(K, H, W, C)`` for a
+    list of ``K`` channels) in ``value_range``, and the objective per step
+    (``(steps + 1,)`` or ``(steps + 1, K)``): what each step saw on its jittered
+    input, then the returned image's.
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c")])
+    >>> imgs, trace = maximize_activation(m, "c", [0, 3], steps=4, jitter=0)
+    >>> imgs.shape, trace.shape
+    ((2, 8, 8, 3), (5, 2))
+    """
+    check_layers(model, [layer])
+    lo, hi = _check_range(value_range)
+    steps = _check_count("steps", steps)
+    lr, l2 = _check_number("lr", lr), _check_number("l2", l2)
+    if l2 >= 1:
+        raise ValueError(f"l2 is a decay fraction per step and must be < 1, got {l2}")
+    blur_every = _check_count("blur_every", blur_every) if blur_every else 0
+    blur_sigma = _check_number("blur_sigma", blur_sigma) if blur_every else 0.0
+    if blur_every and blur_sigma <= 0:
+        raise ValueError("blur_sigma must be > 0 when blur_every is on")
+    jitter = _check_count("jitter", jitter, 0) if jitter else 0
+    clip = _check_number("clip_grad", clip_grad) if clip_grad else 0.0
+    if clip >= 100:
+        raise ValueError(f"clip_grad is a percentile of pixels and must be < 100, got {clip_grad}")
+    shape = _synthesis_shape(model, size)
+    out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
+    single = np.ndim(channel) == 0
+    channels = np.atleast_1d(np.asarray(channel))
+    integers = channels.dtype != bool and np.issubdtype(channels.dtype, np.integer)
+    if not integers or channels.ndim != 1 or channels.size == 0:
+        raise ValueError(f"channel must be an int or a list of ints, got {channel!r}")
+    bad = channels[(channels < 0) | (channels >= out[-1])]
+    if bad.size:
+        raise ValueError(f"channel {int(bad[0])} is out of range: layer {layer!r} has {out[-1]} "
+                         f"channels (0..{out[-1] - 1})")
+    channels = channels.astype(np.int32)
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
+    kernel = _gaussian(blur_sigma) if blur_every else np.ones(1, np.float32)
+    mid, span = (lo + hi) / 2, hi - lo
+
+    def build(ref):
+        img = tf.TensorSpec((None,) + shape, tf.float32)
+        num = tf.TensorSpec((), tf.float32)
+
+        @tf.function(input_signature=[img, img, img, num, tf.TensorSpec((None,), tf.int32),
+                                      tf.TensorSpec((2,), tf.int32), tf.TensorSpec((), tf.bool),
+                                      num, num, num])
+        def step(x, m, v, t, ch, shift, blur, lr_t, l2_t, clip_t):
+            with capture_outputs(ref(), [layer]) as seen:
+                ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
+            act = _unit_objective(seen[layer], ch, unit)
+            g = gradients(tf.reduce_sum(act), x)
+            update, m, v = _adam(g, m, v, t)
+            x = mid + (x + lr_t * span * update - mid) * (1 - l2_t)
+            x = tf.cond(blur, lambda: _blur(x, kernel), lambda: x)
+            x = tf.cond(clip_t > 0, lambda: _clip_small_contribution(x, g, mid, clip_t), lambda: x)
+            return tf.clip_by_value(x, lo, hi), m, v, act
+
+        @tf.function(input_signature=[img, tf.TensorSpec((None,), tf.int32)])
+        def objective(x, ch):
+            with capture_outputs(ref(), [layer]) as seen:
+                ref()(x, training=False)
+            return _unit_objective(seen[layer], ch, unit)
+        return step, objective
+
+    step, objective = _probe.traced(model, ("maximize", layer, shape, unit, float(blur_sigma)),
+                                    build)
+    rng = np.random.default_rng(seed)
+    x = tf.constant(_start(rng, (len(channels),) + shape, lo, hi))
+    m = v = tf.zeros_like(x)
+    trace = []
+    for i in range(steps):
+        blur = bool(blur_every) and (i + 1) % blur_every == 0
+        x, m, v, act = step(x, m, v, float(i + 1), channels, _shift(rng, jitter), blur,
+                            _cosine(lr, i, steps), l2, clip)
+        trace.append(act.numpy())
+    trace.append(objective(x, channels).numpy())
+    images, trace = x.numpy(), np.stack(trace)
+    return (images[0], trace[:, 0]) if single else (images, trace)
+
+
+# -- feature inversion ------------------------------------------------------------------------
+
+def _tv(x, span):
+    """Mahendran & Vedaldi's total variation (beta = 2) per image, in units of the range."""
+    dy = x[:, 1:, :-1, :] - x[:, :-1, :-1, :]
+    dx = x[:, :-1, 1:, :] - x[:, :-1, :-1, :]
+    return tf.reduce_mean(dy * dy + dx * dx, axis=[1, 2, 3]) / (span * span)
+
+
+def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02,
+                    tv_weight: float = 0.05, value_range=(0.0, 255.0), seed: int | None = 0,
+                    max_batch: int = 32):
+    """Reconstruct an image from a layer's features (Mahendran & Vedaldi 2015).
+
+    Minimizes ``||phi(x) - phi(image)||^2 / ||phi(image)||^2 + tv_weight * TV(x)``
+    from faint noise with Adam (step ``lr`` of the value range, cosine-decayed to 0),
+    where ``TV`` is the mean squared difference of neighbouring pixels over the range
+    squared (the paper's beta = 2 prior that keeps the reconstruction from turning
+    to noise). ``image`` is one ``(H, W, C)`` image or a batch, inverted together.
+
+    Returns ``(reconstruction, trace)``: the reconstruction, shaped like ``image``,
+    and the relative feature distance (the first term) per step, ``(steps + 1,)``
+    for one image or ``(steps + 1, N)``: before each step, then of the result.
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c")])
+    >>> rec, trace = invert_features(m, np.random.rand(8, 8, 3) * 255, "c", steps=5)
+    >>> rec.shape, trace.shape
+    ((8, 8, 3), (6,))
+    """
+    single = np.ndim(image) == 3
+    x0 = check_images(model, image, "image")
+    check_layers(model, [layer])
+    lo, hi = _check_range(value_range)
+    steps = _check_count("steps", steps)
+    lr, tv_weight = _check_number("lr", lr), _check_number("tv_weight", tv_weight)
+    shape = x0.shape[1:]
+    out = _probe.check_layer_rank(model, shape, layer, {2, 3, 4, 5}, "feature inversion")
+    target = _probe.layer_outputs(model, x0, layer, _probe.check_max_batch(max_batch))
+    span = hi - lo
+
+    def build(ref):
+        img = tf.TensorSpec((None,) + shape, tf.float32)
+        feat = tf.TensorSpec((None,) + tuple(out[1:]), tf.float32)
+        num = tf.TensorSpec((), tf.float32)
+
+        def distance(x, phi0):
+            with capture_outputs(ref(), [layer]) as seen:
+                ref()(x, training=False)
+            axes = list(range(1, phi0.shape.rank))
+            d = tf.reduce_sum(tf.square(seen[layer] - phi0), axis=axes)
+            return d / tf.maximum(tf.reduce_sum(tf.square(phi0), axis=axes), 1e-12)
+
+        @tf.function(input_signature=[img, img, img, num, feat, num, num])
+        def step(x, m, v, t, phi0, lr_t, tv_t):
+            dist = distance(x, phi0)
+            g = gradients(tf.reduce_sum(dist + tv_t * _tv(x, span)), x)
+            update, m, v = _adam(g, m, v, t)
+            return tf.clip_by_value(x - lr_t * span * update, lo, hi), m, v, dist
+
+        @tf.function(input_signature=[img, feat])
+        def final(x, phi0):
+            return distance(x, phi0)
+        return step, final
+
+    step, final = _probe.traced(model, ("invert", layer, shape), build)
+    rng = np.random.default_rng(seed)
+    x = tf.constant(_start(rng, x0.shape, lo, hi))
+    m = v = tf.zeros_like(x)
+    phi0 = tf.constant(target)
+    trace = []
+    for i in range(steps):
+        x, m, v, dist = step(x, m, v, float(i + 1), phi0, _cosine(lr, i, steps), tv_weight)
+        trace.append(dist.numpy())
+    trace.append(final(x, phi0).numpy())
+    rec, trace = x.numpy(), np.stack(trace)
+    return (rec[0], trace[:, 0]) if single else (rec, trace)
+
+
+# -- DeepDream --------------------------------------------------------------------------------
+
+def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4, steps: int = 10,
+              lr: float = 0.006, jitter: int = 4, value_range=(0.0, 255.0),
+              seed: int | None = 0) -> np.ndarray:
+    """DeepDream (Mordvintsev et al. 2015): amplify what ``layers`` already see in ``image``.
+
+    Gradient ascent on the sum over ``layers`` of the mean squared activation,
+    ``steps`` per octave, with random ``jitter`` and the gradient normalized per
+    image (``lr`` is a fraction of the value range per step; the default is the
+    original's 1.5 of 255). With ``octaves > 1``
+    the image is dreamt from ``octave_scale ** (octaves - 1)`` times smaller up to
+    full size, carrying the added detail up each octave as the original does; that
+    needs a model that takes any image size (``keras.Input((None, None, 3))``).
+    ``image``: ``(H, W, C)`` or a batch; the result has its shape.
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((None, None, 3)),
+    ...                       keras.layers.Conv2D(4, 3, activation="relu", name="c")])
+    >>> deepdream(m, np.random.rand(16, 16, 3) * 255, ["c"], octaves=2, steps=2).shape
+    (16, 16, 3)
+    """
+    single = np.ndim(image) == 3
+    x0 = check_images(model, image, "image")
+    layers = check_layers(model, [layers] if isinstance(layers, str) else list(layers))
+    if not layers:
+        raise ValueError("deepdream needs at least one layer")
+    lo, hi = _check_range(value_range)
+    octaves, steps = _check_count("octaves", octaves), _check_count("steps", steps)
+    octave_scale = _check_number("octave_scale", octave_scale, 1.0)
+    lr = _check_number("lr", lr)
+    jitter = _check_count("jitter", jitter, 0) if jitter else 0
+    want = image_input_shape(model)
+    n, h, w, c = x0.shape
+    if octaves > 1 and (want[0] is not None or want[1] is not None):
+        raise ValueError(f"octaves={octaves} dreams at smaller sizes, but model {model.name!r} "
+                         f"only takes {want[:2]} images; use octaves=1 or a model built with "
+                         "keras.Input((None, None, channels))")
+    sizes = [(max(1, round(h / octave_scale ** k)), max(1, round(w / octave_scale ** k)))
+             for k in reversed(range(octaves))]
+    for path in layers:
+        _probe.check_layer_rank(model, (h, w, c), path, {2, 3, 4, 5}, "DeepDream")
+    mid, span = (lo + hi) / 2, hi - lo
+    del mid
+
+    def build(ref):
+        @tf.function(input_signature=[tf.TensorSpec((None, None, None, c), tf.float32),
+                                      tf.TensorSpec((2,), tf.int32), tf.TensorSpec((), tf.float32)])
+        def step(x, shift, lr_t):
+            with capture_outputs(ref(), layers) as seen:
+                ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
+            energy = tf.add_n([
+                tf.reduce_mean(tf.square(seen[p]), axis=list(range(1, seen[p].shape.rank)))
+                for p in layers])
+            g = _normalized(gradients(tf.reduce_sum(energy), x))
+            return tf.clip_by_value(x + lr_t * span * g, lo, hi)
+        return step
+
+    step = _probe.traced(model, ("deepdream", tuple(layers), c), build)
+    rng = np.random.default_rng(seed)
+    detail = None
+    for size in sizes:
+        base = tf.image.resize(x0, size, method="bilinear")
+        x = base if detail is None else base + tf.image.resize(detail, size, method="bilinear")
+        x = tf.clip_by_value(x, lo, hi)
+        for _ in range(steps):
+            x = step(x, _shift(rng, jitter), lr)
+        detail = x - base  # what the dream added, carried to the next, finer octave
+    out = x.numpy()
+    return out[0] if single else out
