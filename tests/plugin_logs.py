@@ -1,9 +1,9 @@
 """Log directories for the dashboard's tests.
 
-Deconvnet panels come from the real :class:`tbviz.DeconvnetCallback` on small models.
-Stylized and attribution panels are written by the contract
-(:func:`tbviz.summary.metadata.write_panel`) exactly as ``StylizedProbes`` and
-``AttributionCallback`` write them.
+Deconvnet and attribution panels come from the real :class:`tbviz.DeconvnetCallback`
+and :class:`tbviz.AttributionCallback` on small models. Stylized panels are written by
+the contract (:func:`tbviz.summary.metadata.write_panel`) exactly as the style
+pipeline's ``StylizedProbes`` writes them.
 """
 
 import json
@@ -26,9 +26,11 @@ def photo(seed: int, size: int = 64) -> np.ndarray:
     return ((np.stack(chans, -1) + 1) * 127.5).astype(np.uint8)
 
 
-def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: int = 8):
-    """Fit ``model`` (one step per epoch) with the real :class:`tbviz.DeconvnetCallback`;
-    returns the run directory ``<log_dir>/train``."""
+def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: int = 8,
+                        attribution: bool = False):
+    """Fit ``model`` (one step per epoch) with the real :class:`tbviz.DeconvnetCallback`
+    (and :class:`tbviz.AttributionCallback`, Grad-CAM of the true class of 3 probe images,
+    if ``attribution``); returns the run directory ``<log_dir>/train``."""
     import keras
 
     import tbviz
@@ -37,13 +39,17 @@ def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: 
     y = np.arange(n) % model.output_shape[-1]
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    cb = tbviz.DeconvnetCallback(log_dir, probe_images=x[:4], layers=layers, top_k=top_k)
-    model.fit(x, y, epochs=epochs, batch_size=n, verbose=0, callbacks=[cb])
+    callbacks = [tbviz.DeconvnetCallback(log_dir, probe_images=x[:4], layers=layers,
+                                         top_k=top_k)]
+    if attribution:
+        callbacks.append(tbviz.AttributionCallback(log_dir, probe_images=x[:3], target=y[:3],
+                                                   methods=["grad_cam"]))
+    model.fit(x, y, epochs=epochs, batch_size=n, verbose=0, callbacks=callbacks)
     return os.path.join(log_dir, "train")
 
 
 def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
-    """Heatmaps over probe photos, as ``AttributionCallback`` writes them."""
+    """Heatmaps over probe photos, by the contract (as ``AttributionCallback`` writes them)."""
     with tf.summary.create_file_writer(str(run_dir)).as_default():
         for step in steps:
             heat = [images.overlay(photo(i), np.outer(np.hanning(64), np.roll(np.hanning(64),
@@ -68,11 +74,10 @@ def write_stylized(run_dir, steps, n: int = 3):
 
 def write_dashboard_logs(root):
     """Three runs: ``cnn/train`` (deconvnet on a functional model with a nested block,
-    5 epochs; attribution), ``long/train`` (deconvnet on conv1 of a small Sequential,
+    and Grad-CAM; 5 epochs), ``long/train`` (deconvnet on conv1 of a small Sequential,
     50 epochs, top 4) and ``style/train`` (stylized probes). Returns ``{run: run_dir}``."""
     cnn = train_deconvnet_run(os.path.join(root, "cnn"), models.functional_bn_nested(),
-                              ["conv1", "block/inner_conv"], epochs=5)
-    write_attribution(cnn, range(1, 6))
+                              ["conv1", "block/inner_conv"], epochs=5, attribution=True)
     long = train_deconvnet_run(os.path.join(root, "long"), models.sequential(), ["conv1"],
                                epochs=50, top_k=4)
     style = os.path.join(root, "style", "train")

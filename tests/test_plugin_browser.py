@@ -206,7 +206,7 @@ def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_
     assert all_decoded(frame, n + len(maps)) == n + len(maps)
 
 
-def test_runs_side_by_side_stylized_and_attribution(tab, tmp_path):
+def test_runs_side_by_side_stylized_and_attribution(tab, server, tmp_path):
     page, frame, _ = tab
     frame.get_by_role("checkbox", name="style/train", exact=True).check()
     frame.get_by_role("tab", name="Stylized probes").click()
@@ -223,8 +223,10 @@ def test_runs_side_by_side_stylized_and_attribution(tab, tmp_path):
     shoot(page, tmp_path, "dashboard-compare.png")
     frame.get_by_role("tab", name="Attribution").click()
     frame.wait_for_selector(".grid.wide")
-    assert texts(frame, ".grid.wide figcaption") == [f"image {i}\ntarget {2 * i}" for i in range(3)]
-    assert all_decoded(frame, 3) == 3
+    tiles = plugin_logs.header(server[1]["cnn/train"], "tbviz/attribution/grad_cam")["tiles"]
+    assert texts(frame, ".grid.wide figcaption") == [
+        f"image {t['image_index']}\ntarget {t['target']}" for t in tiles]
+    assert len(tiles) == 3 and all_decoded(frame, 3) == 3
 
 
 def test_entry_point_registers_the_tab():
