@@ -247,3 +247,10 @@ def test_plugin_loads_without_tensorflow():
     done = subprocess.run([sys.executable, "-c", code], cwd=root, timeout=120,
                           env={**os.environ, "PYTHONPATH": root})
     assert done.returncode == 0, "importing the plugin imported tensorflow or keras"
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    result = doctest.testmod(tbviz_plugin)
+    assert result.attempted >= 3 and result.failed == 0
