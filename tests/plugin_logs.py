@@ -85,6 +85,23 @@ def write_dashboard_logs(root):
     return {"cnn/train": cnn, "long/train": long, "style/train": style}
 
 
+def write_two_networks(run_dir):
+    """Top-k panels of two networks' layers in one run, named by ``model`` (as the style
+    pipeline logs a transform-net and VGG19), by the contract. Returns the layers,
+    ``[(model, layer, layer_index)]``."""
+    layers = [("vgg19", "block3_conv1", 7), ("transform_net", "res5", 38),
+              ("vgg19", "block1_conv1", 1), ("transform_net", "conv1", 1)]
+    png = metadata.encode_png(photo(0, 16))
+    unit = {"image_index": 0, "row": 1, "col": 2, "channel": 3, "value": 4.0, "unit": 0}
+    with tf.summary.create_file_writer(str(run_dir)).as_default(step=1):
+        for model, layer, index in layers:
+            metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", "topk", [png, png],
+                                 tiles=[dict(unit, role="projection"), dict(unit, role="patch")],
+                                 layer=layer, layer_index=index, model=model, rule="deconvnet",
+                                 k=1)
+    return layers
+
+
 _BUILT = {}
 
 

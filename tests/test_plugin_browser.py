@@ -67,6 +67,7 @@ def server(browser, tmp_path_factory):
     logdir = tmp_path_factory.mktemp("browser") / "logs"
     shutil.copytree(shared, logdir)
     runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
+    plugin_logs.write_two_networks(logdir / "two_nets" / "train")
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
     log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed in finally)
@@ -177,6 +178,23 @@ def test_keyboard_layer_picker_and_step_slider(tab):
     frame.focus("[role=tab][aria-selected=true]")
     page.keyboard.press("ArrowRight")
     assert frame.locator("[role=tab][aria-selected=true]").inner_text() == "Evolution"
+
+
+def test_layers_of_two_networks_are_listed_apart_in_their_order(tab):
+    page, frame, _ = tab
+    frame.get_by_role("checkbox", name="two_nets/train", exact=True).check()
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
+    assert texts(frame, ".layers li") == ["transform_net", "conv1", "res5",
+                                          "vgg19", "block1_conv1", "block3_conv1"]
+    selected = "[role=option][aria-selected=true]"
+    assert frame.locator(selected).inner_text() == "conv1"
+    frame.focus(selected)
+    for key, layer in [("End", "block3_conv1"), ("ArrowUp", "block1_conv1"), ("ArrowUp", "res5")]:
+        page.keyboard.press(key)
+        assert frame.locator(selected).inner_text() == layer
+    frame.wait_for_function("() => document.querySelector('.panel h3')?.textContent"
+                            ".startsWith('deconvnet/res5/topk')")
+    assert all_decoded(frame, 2) == 2
 
 
 def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_path):

@@ -15,7 +15,7 @@ const state = {
   runs: [], // [{run, panels: [{tag, kind, layer, layer_index, ...}], skipped}]
   selected: new Set(), // runs shown side by side
   view: "topk",
-  layer: null,
+  layer: null, // the chosen layer's key, see layerKey
   showPatches: false,
   tileSize: null, // px, once the user moved the slider
   chosen: new Map(), // "run\0tag" -> Set of steps picked (evolution, stylized); default spread
@@ -227,9 +227,10 @@ const fail = (where) => (err) => where.replaceChildren(h("p", { class: "error" }
 
 async function drawRun(col, entry) {
   const view = VIEWS.find((v) => v.kind === state.view);
-  const panels = entry.panels.filter((p) => p.kind === view.kind && (!view.layered || p.layer === state.layer));
+  const panels = entry.panels.filter((p) => p.kind === view.kind && (!view.layered || layerKey(p) === state.layer));
   if (!panels.length) {
-    col.append(h("p", { class: "note" }, view.layered ? `no ${view.label} panel for layer ${state.layer}` : `no ${view.label} panels`));
+    const layer = state.layer?.split("\0").filter(Boolean).join(" / ");
+    col.append(h("p", { class: "note" }, view.layered ? `no ${view.label} panel for layer ${layer}` : `no ${view.label} panels`));
     return;
   }
   for (const p of panels) {
@@ -243,31 +244,42 @@ async function drawRun(col, entry) {
 }
 
 // -- page: runs, views, layers, columns ----------------------------------------------------
+// A layer is keyed by network and path: one run may hold the layers of two networks (the
+// style pipeline logs its transform-net and VGG19), each listed in its own order.
+const layerKey = (p) => `${p.model ?? ""}\0${p.layer}`;
+
 function layers() {
   const index = new Map();
   for (const e of state.runs) if (state.selected.has(e.run))
-    for (const p of e.panels) if (p.layer != null && (p.kind === "topk" || p.kind === "evolution"))
-      index.set(p.layer, Math.min(index.get(p.layer) ?? Infinity, p.layer_index ?? Infinity));
-  return [...index].sort((a, b) => a[1] - b[1] || a[0].localeCompare(b[0])).map(([l]) => l);
+    for (const p of e.panels) if (p.layer != null && (p.kind === "topk" || p.kind === "evolution")) {
+      const k = layerKey(p);
+      const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
+      index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
+    }
+  return [...index.values()].sort((a, b) =>
+    a.model.localeCompare(b.model) || a.i - b.i || a.name.localeCompare(b.name));
 }
 
 function drawLayers() {
   const view = VIEWS.find((v) => v.kind === state.view);
-  const names = view.layered ? layers() : [];
-  if (!names.includes(state.layer)) state.layer = names[0] ?? null;
-  const options = names.map((name) => h("li", {
-    role: "option", "aria-selected": String(name === state.layer),
-    tabindex: name === state.layer ? 0 : -1, onclick: () => pickLayer(name, true),
-  }, name));
+  const all = view.layered ? layers() : [];
+  if (!all.some((l) => l.key === state.layer)) state.layer = all[0]?.key ?? null;
+  const items = all.flatMap((l, n) => [
+    l.model && l.model !== all[n - 1]?.model ? h("li", { role: "presentation", class: "model" }, l.model) : null,
+    h("li", {
+      role: "option", "data-key": l.key, "aria-selected": String(l.key === state.layer),
+      tabindex: l.key === state.layer ? 0 : -1, onclick: () => pickLayer(l.key, true),
+    }, l.name),
+  ]);
   ui.layers.hidden = !view.layered;
   ui.layers.replaceChildren(h("h4", { id: "layers-label" }, "Layers"),
-    h("ul", { role: "listbox", "aria-labelledby": "layers-label", onkeydown: layerKeys }, options));
+    h("ul", { role: "listbox", "aria-labelledby": "layers-label", onkeydown: layerKeys }, items));
 }
 
-function pickLayer(name, focus) {
-  state.layer = name;
+function pickLayer(key, focus) {
+  state.layer = key;
   for (const li of ui.layers.querySelectorAll("[role=option]")) {
-    const on = li.textContent === name;
+    const on = li.dataset.key === key;
     li.setAttribute("aria-selected", String(on));
     li.tabIndex = on ? 0 : -1;
     if (on && focus) li.focus();
@@ -276,12 +288,12 @@ function pickLayer(name, focus) {
 }
 
 function layerKeys(e) {
-  const names = layers();
-  const i = names.indexOf(state.layer);
-  const j = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: names.length - 1 }[e.key];
+  const keys = layers().map((l) => l.key);
+  const i = keys.indexOf(state.layer);
+  const j = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: keys.length - 1 }[e.key];
   if (j == null) return;
   e.preventDefault();
-  if (j >= 0 && j < names.length && j !== i) pickLayer(names[j], true);
+  if (j >= 0 && j < keys.length && j !== i) pickLayer(keys[j], true);
 }
 
 function drawMain() {
