@@ -52,7 +52,7 @@ function getJSON(route, params = {}) {
 
 async function getAll(route, params = {}) {
   const items = [];
-  for (let offset = 0; offset != null; ) {
+  for (let offset = 0; offset != null;) {
     const page = await getJSON(route, { ...params, offset });
     items.push(...page.items);
     offset = page.next_offset;
@@ -63,7 +63,11 @@ async function getAll(route, params = {}) {
 async function frames(run, tag, steps) {
   const out = [];
   for (let i = 0; i < steps.length; i += MAX_FRAMES) {
-    const page = await getJSON("frames", { run, tag, steps: steps.slice(i, i + MAX_FRAMES).join(",") });
+    const page = await getJSON("frames", {
+      run,
+      tag,
+      steps: steps.slice(i, i + MAX_FRAMES).join(","),
+    });
     out.push(...page.frames);
   }
   return out;
@@ -72,7 +76,7 @@ async function frames(run, tag, steps) {
 const blobURL = (run, tag, frame, index) =>
   `blob?${new URLSearchParams({ run, tag, step: frame.step, index, v: frame.wall_time })}`;
 const key = (run, tag) => `${run}\0${tag}`;
-const fmt = (v) => (typeof v === "number" ? Number(v.toPrecision(4)).toString() : String(v ?? "–"));
+const fmt = (v) => (typeof v === "number" ? String(Number(v.toPrecision(4))) : String(v ?? "–"));
 const position = (t) => (t.row != null ? `(${t.row}, ${t.col})` : null);
 
 // Default columns of an evolution grid: the 1st, 2nd, 5th, 10th, 20th, 50th, ... logged
@@ -85,16 +89,35 @@ function spread(steps) {
   return new Set([...picks].map((i) => steps[i]));
 }
 
+// 1-based blob indices of a frame's projections and of their patches, in the same order.
+function byRole(frame) {
+  const proj = [];
+  const patch = [];
+  frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
+  return [proj, patch];
+}
+
 // -- one tile: the image and what it shows -------------------------------------------------
 function tile(run, tag, frame, index, lines, cls = "") {
   const t = frame.tiles[index - 1] ?? {};
   const img = h("img", {
-    src: blobURL(run, tag, frame, index), loading: "lazy", decoding: "async",
+    src: blobURL(run, tag, frame, index),
+    loading: "lazy",
+    decoding: "async",
     alt: `${t.role ?? t.label ?? t.method ?? "tile"} ${index} at step ${frame.step}`,
-    onload: (e) => e.target.classList.toggle("pixelated", e.target.naturalWidth < e.target.clientWidth),
+    onload: (e) =>
+      e.target.classList.toggle("pixelated", e.target.naturalWidth < e.target.clientWidth),
   });
-  return h("figure", { class: `tile ${cls}`, title: JSON.stringify(t) }, img,
-    h("figcaption", {}, lines.filter(Boolean).map((l) => h("span", {}, l))));
+  return h(
+    "figure",
+    { class: `tile ${cls}`, title: JSON.stringify(t) },
+    img,
+    h(
+      "figcaption",
+      {},
+      lines.filter(Boolean).map((l) => h("span", {}, l)),
+    ),
+  );
 }
 
 // -- the views: each renders one run's column ----------------------------------------------
@@ -104,7 +127,8 @@ async function stepSlider(col, run, tag, draw) {
   const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
   if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
   const k = key(run, tag);
-  const current = () => (steps.includes(state.current.get(k)) ? state.current.get(k) : steps.at(-1));
+  const current = () =>
+    steps.includes(state.current.get(k)) ? state.current.get(k) : steps.at(-1);
   const label = h("output", {});
   const body = h("div", {});
   const show = async () => {
@@ -114,7 +138,10 @@ async function stepSlider(col, run, tag, draw) {
     if (current() === step) body.replaceChildren(draw(frame)); // newest wins
   };
   const slider = h("input", {
-    type: "range", min: 0, max: steps.length - 1, value: steps.indexOf(current()),
+    type: "range",
+    min: 0,
+    max: steps.length - 1,
+    value: steps.indexOf(current()),
     "aria-label": `step of ${tag} in ${run}`,
     oninput: (e) => {
       const i = +e.target.value;
@@ -139,39 +166,79 @@ async function stepChips(col, run, tag, draw) {
     chips.forEach((c, i) => c.setAttribute("aria-pressed", String(chosen().has(steps[i]))));
     const pick = steps.filter((s) => chosen().has(s));
     const mine = ++latest;
-    const content = pick.length ? draw(await frames(run, tag, pick)) : h("p", { class: "note" }, "choose steps above");
+    const content = pick.length
+      ? draw(await frames(run, tag, pick))
+      : h("p", { class: "note" }, "choose steps above");
     if (mine === latest) body.replaceChildren(content); // newest wins
   };
-  const choose = (set) => { set ? state.chosen.set(k, set) : state.chosen.delete(k); show().catch(fail(body)); };
-  const chips = steps.map((s) => h("button", { class: "chip", onclick: () => {
-    const set = new Set(chosen());
-    set.has(s) ? set.delete(s) : set.add(s);
-    choose(set);
-  } }, String(s)));
-  col.append(h("div", { class: "chips", role: "group", "aria-label": `steps of ${tag} shown` },
-    h("span", { class: "note" }, "steps:"), chips,
-    h("button", { class: "preset", onclick: () => choose(null) }, "spread"),
-    h("button", { class: "preset", onclick: () => choose(new Set(steps)) }, "all")), body);
+  const choose = (set) => {
+    set ? state.chosen.set(k, set) : state.chosen.delete(k);
+    show().catch(fail(body));
+  };
+  const chips = steps.map((s) =>
+    h(
+      "button",
+      {
+        class: "chip",
+        onclick: () => {
+          const set = new Set(chosen());
+          set.has(s) ? set.delete(s) : set.add(s);
+          choose(set);
+        },
+      },
+      String(s),
+    ),
+  );
+  col.append(
+    h(
+      "div",
+      { class: "chips", role: "group", "aria-label": `steps of ${tag} shown` },
+      h("span", { class: "note" }, "steps:"),
+      chips,
+      h("button", { class: "preset", onclick: () => choose(null) }, "spread"),
+      h("button", { class: "preset", onclick: () => choose(new Set(steps)) }, "all"),
+    ),
+    body,
+  );
   await show();
 }
 
 function topkView(run, tag) {
   return (frame) => {
-    const proj = [], patch = [];
-    frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
-    const caption = (t) => [`${fmt(t.value)}${t.channel != null ? ` · map ${t.channel}` : ""}`,
-      [t.image_index != null ? `img ${t.image_index}` : null, position(t)].filter(Boolean).join(" · ")];
-    const grid = (title, idx, cls) => h("div", { class: "zf-half" }, h("h4", {}, title),
-      h("div", { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
-        idx.map((i, n) => tile(run, tag, frame, i, caption(frame.tiles[i - 1]), `${cls} pair-${n}`))));
+    const [proj, patch] = byRole(frame);
+    const caption = (t) => [
+      `${fmt(t.value)}${t.channel != null ? ` · map ${t.channel}` : ""}`,
+      [t.image_index != null ? `img ${t.image_index}` : null, position(t)]
+        .filter(Boolean)
+        .join(" · "),
+    ];
+    const grid = (title, idx, cls) =>
+      h(
+        "div",
+        { class: "zf-half" },
+        h("h4", {}, title),
+        h(
+          "div",
+          { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
+          idx.map((i, n) =>
+            tile(run, tag, frame, i, caption(frame.tiles[i - 1]), `${cls} pair-${n}`),
+          ),
+        ),
+      );
     // Hovering a tile outlines its partner: projection <-> the patch that caused it.
     const pair = (e, on) => {
-      const n = [...(e.target.closest(".tile")?.classList ?? [])].find((c) => c.startsWith("pair-"));
+      const n = [...(e.target.closest(".tile")?.classList ?? [])].find((c) =>
+        c.startsWith("pair-"),
+      );
       if (n) e.currentTarget.querySelectorAll(`.${n}`).forEach((t) => t.classList.toggle("hl", on));
     };
-    return h("div", { class: "zf", onmouseover: (e) => pair(e, true), onmouseout: (e) => pair(e, false) },
+    return h(
+      "div",
+      { class: "zf", onmouseover: (e) => pair(e, true), onmouseout: (e) => pair(e, false) },
       frameError(frame),
-      grid("Projections", proj, "proj"), grid("Input patches", patch, "patch"));
+      grid("Projections", proj, "proj"),
+      grid("Input patches", patch, "patch"),
+    );
   };
 }
 
@@ -180,8 +247,7 @@ function evolutionView(run, tag) {
     // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
     const rows = new Map();
     for (const f of frs) {
-      const proj = [], patch = [];
-      f.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
+      const [proj, patch] = byRole(f);
       proj.forEach((i, n) => {
         const t = f.tiles[i - 1];
         const id = t.channel ?? `#${n}`;
@@ -189,57 +255,146 @@ function evolutionView(run, tag) {
         rows.get(id).set(f.step, [i, patch[n]]);
       });
     }
-    return h("table", { class: "evo" },
-      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "map"),
-        frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)))),
-      h("tbody", {}, [...rows].map(([id, cells]) => h("tr", {}, h("th", { scope: "row" }, `map ${id}`),
-        frs.map((f) => {
-          const c = cells.get(f.step);
-          if (!c) return h("td", { class: "note" }, "–");
-          const t = f.tiles[c[0] - 1];
-          return h("td", {}, h("div", { class: "cell" },
-            tile(run, tag, f, c[0], [fmt(t.value), position(t)]),
-            state.showPatches && c[1] ? tile(run, tag, f, c[1], ["patch"], "patch") : null));
-        })))));
+    return h(
+      "table",
+      { class: "evo" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col" }, "map"),
+          frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        [...rows].map(([id, cells]) =>
+          h(
+            "tr",
+            {},
+            h("th", { scope: "row" }, `map ${id}`),
+            frs.map((f) => {
+              const c = cells.get(f.step);
+              if (!c) return h("td", { class: "note" }, "–");
+              const t = f.tiles[c[0] - 1];
+              return h(
+                "td",
+                {},
+                h(
+                  "div",
+                  { class: "cell" },
+                  tile(run, tag, f, c[0], [fmt(t.value), position(t)]),
+                  state.showPatches && c[1] ? tile(run, tag, f, c[1], ["patch"], "patch") : null,
+                ),
+              );
+            }),
+          ),
+        ),
+      ),
+    );
   };
 }
 
 function stylizedView(run, tag) {
   return (frs) => {
-    const labels = [...new Set(frs.flatMap((f) => f.tiles.map((t, i) => t.label ?? `photo ${t.index ?? i}`)))];
-    return h("table", { class: "evo" },
-      h("thead", {}, h("tr", {}, h("th", {}, ""), frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)))),
-      h("tbody", {}, labels.map((label) => h("tr", {}, h("th", { scope: "row" }, label), frs.map((f) => {
-        const i = f.tiles.findIndex((t, j) => (t.label ?? `photo ${t.index ?? j}`) === label);
-        return h("td", {}, i < 0 ? "–" : tile(run, tag, f, i + 1, [], "photo"));
-      })))));
+    const labels = [
+      ...new Set(frs.flatMap((f) => f.tiles.map((t, i) => t.label ?? `photo ${t.index ?? i}`))),
+    ];
+    return h(
+      "table",
+      { class: "evo" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", {}, ""),
+          frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        labels.map((label) =>
+          h(
+            "tr",
+            {},
+            h("th", { scope: "row" }, label),
+            frs.map((f) => {
+              const i = f.tiles.findIndex((t, j) => (t.label ?? `photo ${t.index ?? j}`) === label);
+              return h("td", {}, i < 0 ? "–" : tile(run, tag, f, i + 1, [], "photo"));
+            }),
+          ),
+        ),
+      ),
+    );
   };
 }
 
 function attributionView(run, tag) {
-  return (frame) => h("div", {}, frameError(frame), h("div", { class: "grid wide" },
-    frame.tiles.map((t, i) => tile(run, tag, frame, i + 1,
-      [`image ${t.image_index ?? i}`, t.target != null ? `target ${t.target}` : null], "photo"))));
+  return (frame) =>
+    h(
+      "div",
+      {},
+      frameError(frame),
+      h(
+        "div",
+        { class: "grid wide" },
+        frame.tiles.map((t, i) =>
+          tile(
+            run,
+            tag,
+            frame,
+            i + 1,
+            [`image ${t.image_index ?? i}`, t.target != null ? `target ${t.target}` : null],
+            "photo",
+          ),
+        ),
+      ),
+    );
 }
 
 const frameError = (f) => (f.error ? h("p", { class: "error" }, f.error) : null);
-const fail = (where) => (err) => where.replaceChildren(h("p", { class: "error" }, String(err.message ?? err)));
+const fail = (where) => (err) =>
+  where.replaceChildren(h("p", { class: "error" }, String(err.message ?? err)));
 
 async function drawRun(col, entry) {
   const view = VIEWS.find((v) => v.kind === state.view);
-  const panels = entry.panels.filter((p) => p.kind === view.kind && (!view.layered || layerKey(p) === state.layer));
+  const panels = entry.panels.filter(
+    (p) => p.kind === view.kind && (!view.layered || layerKey(p) === state.layer),
+  );
   if (!panels.length) {
     const layer = state.layer?.split("\0").filter(Boolean).join(" / ");
-    col.append(h("p", { class: "note" }, view.layered ? `no ${view.label} panel for layer ${layer}` : `no ${view.label} panels`));
+    col.append(
+      h(
+        "p",
+        { class: "note" },
+        view.layered ? `no ${view.label} panel for layer ${layer}` : `no ${view.label} panels`,
+      ),
+    );
     return;
   }
   for (const p of panels) {
-    const sub = h("section", { class: "panel" }, h("h3", {}, p.tag.replace(/^tbviz\//, ""),
-      p.rule ? h("small", {}, ` · ${p.rule}`) : null));
+    const sub = h(
+      "section",
+      { class: "panel" },
+      h("h3", {}, p.tag.replace(/^tbviz\//, ""), p.rule ? h("small", {}, ` · ${p.rule}`) : null),
+    );
     if (p.description) sub.append(h("p", { class: "note" }, p.description));
     col.append(sub);
-    const make = { topk: topkView, evolution: evolutionView, stylized: stylizedView, attribution: attributionView }[p.kind];
-    await (view.many ? stepChips : stepSlider)(sub, entry.run, p.tag, make(entry.run, p.tag)).catch(fail(sub));
+    const make = {
+      topk: topkView,
+      evolution: evolutionView,
+      stylized: stylizedView,
+      attribution: attributionView,
+    }[p.kind];
+    await (view.many ? stepChips : stepSlider)(sub, entry.run, p.tag, make(entry.run, p.tag)).catch(
+      fail(sub),
+    );
   }
 }
 
@@ -250,14 +405,17 @@ const layerKey = (p) => `${p.model ?? ""}\0${p.layer}`;
 
 function layers() {
   const index = new Map();
-  for (const e of state.runs) if (state.selected.has(e.run))
-    for (const p of e.panels) if (p.layer != null && (p.kind === "topk" || p.kind === "evolution")) {
-      const k = layerKey(p);
-      const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
-      index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
-    }
-  return [...index.values()].sort((a, b) =>
-    a.model.localeCompare(b.model) || a.i - b.i || a.name.localeCompare(b.name));
+  for (const e of state.runs)
+    if (state.selected.has(e.run))
+      for (const p of e.panels)
+        if (p.layer != null && (p.kind === "topk" || p.kind === "evolution")) {
+          const k = layerKey(p);
+          const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
+          index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
+        }
+  return [...index.values()].sort(
+    (a, b) => a.model.localeCompare(b.model) || a.i - b.i || a.name.localeCompare(b.name),
+  );
 }
 
 function drawLayers() {
@@ -265,15 +423,26 @@ function drawLayers() {
   const all = view.layered ? layers() : [];
   if (!all.some((l) => l.key === state.layer)) state.layer = all[0]?.key ?? null;
   const items = all.flatMap((l, n) => [
-    l.model && l.model !== all[n - 1]?.model ? h("li", { role: "presentation", class: "model" }, l.model) : null,
-    h("li", {
-      role: "option", "data-key": l.key, "aria-selected": String(l.key === state.layer),
-      tabindex: l.key === state.layer ? 0 : -1, onclick: () => pickLayer(l.key, true),
-    }, l.name),
+    l.model && l.model !== all[n - 1]?.model
+      ? h("li", { role: "presentation", class: "model" }, l.model)
+      : null,
+    h(
+      "li",
+      {
+        role: "option",
+        "data-key": l.key,
+        "aria-selected": String(l.key === state.layer),
+        tabindex: l.key === state.layer ? 0 : -1,
+        onclick: () => pickLayer(l.key, true),
+      },
+      l.name,
+    ),
   ]);
   ui.layers.hidden = !view.layered;
-  ui.layers.replaceChildren(h("h4", { id: "layers-label" }, "Layers"),
-    h("ul", { role: "listbox", "aria-labelledby": "layers-label", onkeydown: layerKeys }, items));
+  ui.layers.replaceChildren(
+    h("h4", { id: "layers-label" }, "Layers"),
+    h("ul", { role: "listbox", "aria-labelledby": "layers-label", onkeydown: layerKeys }, items),
+  );
 }
 
 function pickLayer(key, focus) {
@@ -306,43 +475,105 @@ function drawMain() {
   // Two top-k grids side by side must fit a column: smaller tiles as runs are added,
   // until the user picks a size.
   if (!state.tileSize) setTile({ 1: 96, 2: 80 }[shown.length] ?? 64);
-  ui.main.replaceChildren(...shown.map((e) => {
-    const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
-    if (e.skipped) col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
-    drawRun(col, e).catch(fail(col));
-    return col;
-  }));
+  ui.main.replaceChildren(
+    ...shown.map((e) => {
+      const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
+      if (e.skipped)
+        col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
+      drawRun(col, e).catch(fail(col));
+      return col;
+    }),
+  );
   if (!selected.length) ui.main.append(h("p", { class: "note" }, "Choose a run above."));
-  if (others.length) ui.main.append(h("p", { class: "note wide" }, `No ${view.label} panels in ${others.join(", ")}.`));
+  if (others.length)
+    ui.main.append(
+      h("p", { class: "note wide" }, `No ${view.label} panels in ${others.join(", ")}.`),
+    );
 }
 
 function drawToolbar() {
   const kinds = new Set(state.runs.flatMap((e) => e.panels.map((p) => p.kind)));
   const views = VIEWS.filter((v) => kinds.has(v.kind));
   if (!views.some((v) => v.kind === state.view) && views.length) state.view = views[0].kind;
-  const tabs = views.map((v) => h("button", {
-    role: "tab", "aria-selected": String(v.kind === state.view), tabindex: v.kind === state.view ? 0 : -1,
-    onclick: () => pickView(v.kind),
-  }, v.label));
-  const tablist = h("div", { role: "tablist", "aria-label": "view", onkeydown: (e) => {
-    const i = views.findIndex((v) => v.kind === state.view);
-    const j = { ArrowRight: i + 1, ArrowLeft: i - 1 }[e.key];
-    if (j == null || j < 0 || j >= views.length) return;
-    pickView(views[j].kind);
-    tabs[j].focus();
-  } }, tabs);
-  const runs = h("fieldset", { class: "runs" }, h("legend", {}, "Runs"), state.runs.map((e) => h("label", {},
-    h("input", { type: "checkbox", checked: state.selected.has(e.run), onchange: (ev) => {
-      ev.target.checked ? state.selected.add(e.run) : state.selected.delete(e.run);
-      drawLayers();
-      drawMain();
-    } }), e.run)));
-  const options = h("div", { class: "options" },
-    h("label", {}, h("input", { type: "checkbox", checked: state.showPatches,
-      onchange: (e) => { state.showPatches = e.target.checked; drawMain(); } }), "patches in evolution"),
-    h("label", {}, "tile size ", ui.tile = h("input", { type: "range", min: 48, max: 256, value: 96, step: 8,
-      oninput: (e) => setTile((state.tileSize = +e.target.value)) })),
-    h("button", { onclick: reload }, "Reload"));
+  const tabs = views.map((v) =>
+    h(
+      "button",
+      {
+        role: "tab",
+        "aria-selected": String(v.kind === state.view),
+        tabindex: v.kind === state.view ? 0 : -1,
+        onclick: () => pickView(v.kind),
+      },
+      v.label,
+    ),
+  );
+  const tablist = h(
+    "div",
+    {
+      role: "tablist",
+      "aria-label": "view",
+      onkeydown: (e) => {
+        const i = views.findIndex((v) => v.kind === state.view);
+        const j = { ArrowRight: i + 1, ArrowLeft: i - 1 }[e.key];
+        if (j == null || j < 0 || j >= views.length) return;
+        pickView(views[j].kind);
+        tabs[j].focus();
+      },
+    },
+    tabs,
+  );
+  const runs = h(
+    "fieldset",
+    { class: "runs" },
+    h("legend", {}, "Runs"),
+    state.runs.map((e) =>
+      h(
+        "label",
+        {},
+        h("input", {
+          type: "checkbox",
+          checked: state.selected.has(e.run),
+          onchange: (ev) => {
+            ev.target.checked ? state.selected.add(e.run) : state.selected.delete(e.run);
+            drawLayers();
+            drawMain();
+          },
+        }),
+        e.run,
+      ),
+    ),
+  );
+  const options = h(
+    "div",
+    { class: "options" },
+    h(
+      "label",
+      {},
+      h("input", {
+        type: "checkbox",
+        checked: state.showPatches,
+        onchange: (e) => {
+          state.showPatches = e.target.checked;
+          drawMain();
+        },
+      }),
+      "patches in evolution",
+    ),
+    h(
+      "label",
+      {},
+      "tile size ",
+      (ui.tile = h("input", {
+        type: "range",
+        min: 48,
+        max: 256,
+        value: 96,
+        step: 8,
+        oninput: (e) => setTile((state.tileSize = +e.target.value)),
+      })),
+    ),
+    h("button", { onclick: reload }, "Reload"),
+  );
   ui.toolbar.replaceChildren(runs, tablist, options);
 }
 
@@ -373,8 +604,14 @@ async function reload() {
   state.selected = new Set([...state.selected].filter((r) => names.includes(r)));
   if (!state.selected.size && names.length) state.selected.add(names[0]);
   if (!names.length) {
-    ui.main.replaceChildren(h("p", { class: "note" },
-      "No tbviz panels yet. Add a tbviz callback to model.fit and point tensorboard --logdir at its log_dir."));
+    ui.main.replaceChildren(
+      h(
+        "p",
+        { class: "note" },
+        "No tbviz panels yet. Add a tbviz callback to model.fit and point " +
+          "tensorboard --logdir at its log_dir.",
+      ),
+    );
     return;
   }
   drawToolbar();
