@@ -23,7 +23,7 @@ import re
 
 import tensorflow as tf
 
-from tbviz.layers import children
+from tbviz.layers import children, input_shapes
 
 _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
@@ -35,19 +35,11 @@ def input_spec(model, batch_size=None):
     training step) its recorded build shape is used instead. Raises ``ValueError``
     when neither is known.
     """
+    shapes = input_shapes(model)
     try:
-        shapes = model.input_shape
         dtypes = [getattr(t, "dtype", "float32") for t in model.inputs]
-    except (AttributeError, ValueError):
-        # Keras records the shape a subclassed model was first called with.
-        built = getattr(model, "_build_shapes_dict", None) or {}
-        if len(built) != 1 or not isinstance(next(iter(built.values())), (tuple, list)):
-            raise ValueError(
-                f"model {model.name!r} has no defined inputs (a subclassed model that was never "
-                "called?); call it once on data before training, or pass input_spec=") from None
-        shapes, dtypes = [tuple(next(iter(built.values())))], ["float32"]
-    if not isinstance(shapes, list):
-        shapes = [shapes]
+    except (AttributeError, ValueError):  # subclassed: known by its build shape only
+        dtypes = ["float32"] * len(shapes)
     return [tf.TensorSpec((batch_size,) + tuple(s[1:]), tf.as_dtype(d or "float32"), name=f"input_{i}")
             for i, (s, d) in enumerate(zip(shapes, dtypes))]
 

@@ -128,28 +128,40 @@ def capture_outputs(model, paths: Iterable[str]):
                 object.__delattr__(layer, "call")
 
 
+def input_shapes(model) -> list[tuple]:
+    """The shapes (batch axis included) of the model's inputs.
+
+    Functional and Sequential models declare them; a subclassed model knows them
+    once it has been called (Keras records the shape it was built with). Raises
+    ``ValueError`` when neither is known.
+    """
+    try:
+        shapes = model.input_shape
+    except (AttributeError, ValueError):
+        built = getattr(model, "_build_shapes_dict", None) or {}
+        first = next(iter(built.values()), None)
+        if len(built) != 1 or not isinstance(first, (tuple, list)):
+            raise ValueError(
+                f"model {model.name!r} has no defined input (a subclassed model that was never "
+                "called?); build it with keras.Input or call it once on data first") from None
+        shapes = tuple(first)
+    return [tuple(s) for s in shapes] if isinstance(shapes, list) else [tuple(shapes)]
+
+
 def image_input_shape(model) -> tuple:
     """The model's single image input shape without batch, e.g. ``(None, None, 3)``.
 
     Raises ``ValueError`` when the model has several inputs or a non-image
     (not rank-4, channels-last) input, saying what a probe needs.
     """
-    try:
-        shapes = model.input_shape
-    except (AttributeError, ValueError) as e:
-        raise ValueError(
-            f"model {model.name!r} has no defined input (a subclassed model that was never "
-            "called?); build it with keras.Input or call it once on data first"
-        ) from e
-    if isinstance(shapes, list):
-        if len(shapes) != 1:
-            raise ValueError(f"model {model.name!r} has {len(shapes)} inputs; tbviz probes need "
-                             "one image input")
-        shapes = shapes[0]
-    shape = tuple(shapes)[1:]
+    shapes = input_shapes(model)
+    if len(shapes) != 1:
+        raise ValueError(f"model {model.name!r} has {len(shapes)} inputs; tbviz probes need "
+                         "one image input")
+    shape = shapes[0][1:]
     if len(shape) != 3:
         raise ValueError(
-            f"model {model.name!r} input has shape {tuple(shapes)}; image probes need a "
+            f"model {model.name!r} input has shape {shapes[0]}; image probes need a "
             "(batch, height, width, channels) input"
         )
     return shape

@@ -13,8 +13,8 @@ guided      ``relu(dy) * (x > 0)``            Springenberg et al. 2014
 gradient    ``dy * (x > 0)``                  Simonyan et al. 2013 (saliency)
 ==========  ================================  ===============================
 
-The rule is applied to every ``Relu`` op in the graph being traced, however the
-model wrote it (``activation="relu"``, ``keras.layers.ReLU``,
+The rule is applied to every ``Relu`` (and ``Relu6``, gated at both ends) op in
+the graph being traced, however the model wrote it (``activation="relu"``, ``keras.layers.ReLU``,
 ``Activation("relu")``, inside nested models). It only exists while a
 ``tf.function`` is being traced: the traced graph reads the live weights, so a
 probe is traced once and the model itself is never modified.
@@ -41,6 +41,7 @@ import tensorflow as tf
 RULES = ("deconvnet", "guided", "gradient")
 
 _OVERRIDE = {"deconvnet": "TbvizDeconvnetRelu", "guided": "TbvizGuidedRelu"}
+_OVERRIDE6 = {"deconvnet": "TbvizDeconvnetRelu", "guided": "TbvizGuidedRelu6"}
 
 
 @tf.RegisterGradient(_OVERRIDE["deconvnet"])
@@ -53,6 +54,13 @@ def _deconvnet_relu_grad(op, dy):
 def _guided_relu_grad(op, dy):
     # Both gates: the forward one (x > 0) and the deconvnet's (dy > 0).
     return tf.nn.relu(dy) * tf.cast(op.outputs[0] > 0, dy.dtype)
+
+
+@tf.RegisterGradient("TbvizGuidedRelu6")
+def _guided_relu6_grad(op, dy):
+    # ReLU6 (MobileNet) passes gradient only where 0 < x < 6; guided adds dy > 0.
+    y = op.outputs[0]
+    return tf.nn.relu(dy) * tf.cast((y > 0) & (y < 6), dy.dtype)
 
 
 def check_rule(rule: str) -> str:
@@ -84,7 +92,7 @@ def relu_rule(rule: str):
             "@tf.function and take the gradient with tbviz.relu_rules.gradients()"
         )
     graph = tf.compat.v1.get_default_graph()
-    with graph.gradient_override_map({"Relu": _OVERRIDE[rule]}):
+    with graph.gradient_override_map({"Relu": _OVERRIDE[rule], "Relu6": _OVERRIDE6[rule]}):
         yield
 
 

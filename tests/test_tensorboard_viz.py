@@ -27,7 +27,7 @@ def run(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("logs")
     keras.utils.set_random_seed(1234)
     model = compile(functional_bn_nested())
-    fit(model, logdir / "demo")
+    fit(model, logdir / "demo", attribution=["saliency", "grad_cam"])
     return logdir
 
 
@@ -48,6 +48,9 @@ def test_every_part_lands_in_the_train_run(run):
     assert {"deconvnet/conv1/projections", "deconvnet/conv1/patches",
             "deconvnet/block/inner_conv/evolution"} <= tensors
     assert "tbviz/deconvnet/block/inner_conv/topk" in tensors
+    # Feature maps of the first and last conv layer, kernels of the first; attribution.
+    assert {"feature_maps/conv1", "feature_maps/block/inner_conv", "kernels/conv1",
+            "attribution/saliency", "attribution/grad_cam", "tbviz/attribution/grad_cam"} <= tensors
 
 
 def test_dashboards_over_http(run):
@@ -97,7 +100,8 @@ def test_training_is_identical_with_and_without_tbviz(tmp_path):
     keras.utils.set_random_seed(5)
     viz_model = compile(functional_bn_nested())
     viz = tbviz.TensorBoardViz(str(tmp_path), probe_images=x[:4], probe_labels=y[:4],
-                               every_n_steps=2, loss_every_n_steps=1)
+                               every_n_steps=2, loss_every_n_steps=1, attribution=True,
+                               synthesis={"maximize": {"conv1": 2}, "steps": 4})
     h_viz = viz_model.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False, callbacks=[viz])
     assert h_plain.history == h_viz.history
     for a, b in zip(plain.get_weights(), viz_model.get_weights()):

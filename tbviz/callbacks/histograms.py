@@ -29,7 +29,7 @@ import tensorflow as tf
 from tbviz import stats
 from tbviz.callbacks.base import VizCallback
 from tbviz.summary import histograms
-from tbviz.layers import capture_outputs, children, get_layer, layer_paths
+from tbviz.layers import capture_outputs, children, get_layer, input_shapes, layer_paths
 
 log = logging.getLogger("tbviz")
 
@@ -46,12 +46,12 @@ def split_probe(probe_data):
 def check_fits(model, x, name="probe_data"):
     """Raise ``ValueError`` if ``x`` does not fit the model's (single) input shape."""
     try:
-        want = model.input_shape
-    except (AttributeError, ValueError):
-        return  # subclassed model: the trial run in setup() is the check
-    if isinstance(want, list):
+        shapes = input_shapes(model)
+    except ValueError:
+        return  # never-called subclassed model: the trial run in setup() is the check
+    if len(shapes) != 1:
         return
-    got = np.shape(x)
+    want, got = shapes[0], np.shape(x)
     ok = len(got) == len(want) and all(w is None or w == g for w, g in zip(want[1:], got[1:]))
     if not ok:
         raise ValueError(f"{name} has shape {got}, but model {model.name!r} expects "

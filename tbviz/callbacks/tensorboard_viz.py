@@ -63,6 +63,17 @@ class TensorBoardViz(keras.callbacks.Callback):
         graph_fn / input_spec: see :class:`~tbviz.GraphCallback`.
         top_k / rule / probe_model / max_batch: see :class:`~tbviz.DeconvnetCallback`.
         include_frozen: histogram frozen layers' weights too.
+        feature_maps: feature maps of the first and last conv layer and the first
+            layer's kernels (:class:`~tbviz.FeatureMapsCallback`); ``"auto"``: on when
+            there are probe images and conv layers.
+        attribution: heatmaps over the probe images (:class:`~tbviz.AttributionCallback`):
+            ``True`` for the default methods or a list such as ``["saliency", "grad_cam",
+            "occlusion"]``; ``attribution_target`` is the class (default: predicted).
+        synthesis: keyword arguments of :class:`~tbviz.SynthesisCallback`, e.g.
+            ``{"maximize": {"conv3": 4}, "invert": ["conv2"]}``.
+
+    The attribution, synthesis and feature-map parts look at the trained model
+    itself; with ``probe_model`` they are off.
     """
 
     def __init__(self, log_dir, probe_images=None, probe_labels=None, layers=None, *,
@@ -70,17 +81,22 @@ class TensorBoardViz(keras.callbacks.Callback):
                  graph=True, histograms=True, losses=True, deconvnet=True,
                  loss_groups=None, graph_fn=None, input_spec=None,
                  top_k=9, rule="deconvnet", probe_model=None, max_batch=64,
-                 include_frozen=False):
+                 include_frozen=False, feature_maps="auto", attribution=None,
+                 attribution_target=None, synthesis=None):
         super().__init__()
         self.log_dir = log_dir
-        check_every("every_n_epochs", every_n_epochs)
-        check_every("every_n_steps", every_n_steps)
-        self.probe_images, self.probe_labels = probe_images, probe_labels
-        self.layers = layers
-        self.deconvnet = deconvnet
+        every = dict(every_n_epochs=check_every("every_n_epochs", every_n_epochs),
+                     every_n_steps=check_every("every_n_steps", every_n_steps))
+        self.every = every
+        self.probe_images, self.layers, self.deconvnet = probe_images, layers, deconvnet
         self.deconvnet_options = dict(top_k=top_k, rule=rule, probe_model=probe_model,
-                                      max_batch=max_batch, every_n_epochs=every_n_epochs,
-                                      every_n_steps=every_n_steps)
+                                      max_batch=max_batch, **every)
+        if feature_maps not in ("auto", True, False):
+            raise ValueError(f"feature_maps must be 'auto', True or False, got {feature_maps!r}")
+        self.feature_maps = feature_maps
+        # The model itself is probed with a fixed array (not a callable, not another model).
+        direct = probe_images is not None and not callable(probe_images) and probe_model is None
+        self._direct = direct
         self.callbacks = []
         if graph:
             self.callbacks.append(GraphCallback(log_dir, graph_fn=graph_fn, input_spec=input_spec))
@@ -89,12 +105,60 @@ class TensorBoardViz(keras.callbacks.Callback):
                                                every_n_steps=loss_every_n_steps))
         if histograms:
             probe = None
-            if probe_images is not None and not callable(probe_images) and probe_model is None:
+            if direct:
                 probe = probe_images if probe_labels is None else (probe_images, probe_labels)
-            self.callbacks.append(HistogramCallback(
-                log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
-                probe_data=probe, include_frozen=include_frozen))
-        self._deconvnet_cb = None
+            self.callbacks.append(HistogramCallback(log_dir, probe_data=probe,
+                                                    include_frozen=include_frozen, **every))
+        if attribution:
+            if not direct:
+                raise ValueError("attribution needs probe_images as an array and no probe_model")
+            from tbviz.callbacks.attribution import AttributionCallback
+
+            methods = {} if attribution is True else {"methods": attribution}
+            self.callbacks.append(AttributionCallback(
+                log_dir, probe_images, target=attribution_target, **methods, **every))
+        if synthesis:
+            if probe_model is not None or not isinstance(synthesis, dict):
+                raise ValueError("synthesis must be a dict of SynthesisCallback options, e.g. "
+                                 "{'maximize': {'conv3': 4}}, and needs no probe_model")
+            from tbviz.callbacks.synthesis import SynthesisCallback
+
+            self.callbacks.append(SynthesisCallback(
+                log_dir, probe_images if direct else None, **synthesis, **every))
+        self._model_dependent_added = False
+
+    def _add_model_dependent_parts(self):
+        """Deconvnet and feature maps pick default layers from the model: added at train begin."""
+        if self._model_dependent_added:
+            return
+        self._model_dependent_added = True
+        added = []
+        if self.deconvnet and self.probe_images is not None:
+            from tbviz.callbacks.deconvnet import DeconvnetCallback
+
+            layers = self.layers
+            if layers is None:
+                pm = self.deconvnet_options["probe_model"]
+                target = self.model if pm is None else (
+                    pm if isinstance(pm, keras.Model) else pm(self.model))
+                layers = default_deconvnet_layers(target)
+            if layers:
+                added.append(DeconvnetCallback(self.log_dir, self.probe_images, layers,
+                                               **self.deconvnet_options))
+            else:
+                log.info("tbviz: no Conv2D layer to project; deconvnet images are off")
+        wants_maps = self.feature_maps is True or (
+            self.feature_maps == "auto" and self._direct
+            and layer_paths(self.model, kind=keras.layers.Conv2D))
+        if wants_maps:
+            from tbviz.callbacks.feature_maps import FeatureMapsCallback
+
+            added.append(FeatureMapsCallback(
+                self.log_dir, self.probe_images if self._direct else None, **self.every))
+        for cb in added:
+            cb.set_model(self.model)
+            cb.set_params(self.params)
+            self.callbacks.append(cb)
 
     # Keras calls these on the composite; hand everything to the parts.
     def set_model(self, model):
@@ -107,29 +171,8 @@ class TensorBoardViz(keras.callbacks.Callback):
         for cb in self.callbacks:
             cb.set_params(params)
 
-    def _add_deconvnet(self):
-        """The deconvnet part needs the model to pick default layers: built at train begin."""
-        if not self.deconvnet or self.probe_images is None or self._deconvnet_cb is not None:
-            return
-        from tbviz.callbacks.deconvnet import DeconvnetCallback
-
-        layers = self.layers
-        if layers is None:
-            pm = self.deconvnet_options["probe_model"]
-            target = pm(self.model) if callable(pm) and not isinstance(pm, keras.Model) else (
-                pm or self.model)
-            layers = default_deconvnet_layers(target)
-            if not layers:
-                log.info("tbviz: no Conv2D layer in %r; deconvnet images are off", target.name)
-                return
-        self._deconvnet_cb = DeconvnetCallback(self.log_dir, self.probe_images, layers,
-                                               **self.deconvnet_options)
-        self._deconvnet_cb.set_model(self.model)
-        self._deconvnet_cb.set_params(self.params)
-        self.callbacks.append(self._deconvnet_cb)
-
     def on_train_begin(self, logs=None):
-        self._add_deconvnet()
+        self._add_model_dependent_parts()
         begun = []
         try:
             for cb in self.callbacks:

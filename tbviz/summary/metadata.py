@@ -7,7 +7,10 @@ metadata alone. A tbviz *panel* summary is written with
 * ``data_class == DATA_CLASS_BLOB_SEQUENCE`` (so TensorBoard's data provider
   serves each image lazily, as it does for the Images dashboard),
 * ``plugin_data.content`` = JSON of what does not change over steps:
-  ``{"version": 1, "kind": ..., "layer": ..., "layer_index": ..., ...}``,
+  ``{"version": 1, "kind": ..., "layer": ..., "layer_index": ..., ...}``
+  (``layer_index``: the layer's position in its network, for the dashboard's layer
+  picker; optional ``model``: that network's name, so layers of two networks logged
+  in one run, e.g. a transform-net and VGG19, are listed apart),
 * a 1-D string tensor per step: ``[json_bytes, png_1, ..., png_n]``. Blob 0 is
   JSON describing this step's tiles (``{"tiles": [{...}, ...], "groups": [...]}``);
   blobs 1..n are PNG images in the order the JSON lists them.
@@ -39,7 +42,6 @@ import io
 import json
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from tensorboard.compat.proto import summary_pb2
 
@@ -81,6 +83,10 @@ def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = 
     Must run under a default writer (``with writer.as_default(step=...)``).
     Returns what ``tf.summary.write`` returns (False without a default writer).
     """
+    # Imported here, not at the top: the dashboard imports this module inside the
+    # TensorBoard server, which does not load TensorFlow (seconds and memory saved).
+    import tensorflow as tf
+
     pngs = list(pngs)
     if len(pngs) != len(tiles):
         raise ValueError(f"{len(pngs)} images but {len(tiles)} tile descriptions")

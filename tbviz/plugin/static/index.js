@@ -1,0 +1,631 @@
+// The tbviz tab of TensorBoard. A plain ES module, no build step: TensorBoard loads it in
+// an iframe whose <base> is /data/plugin/tbviz/, so every URL below is relative to the
+// plugin's routes (see tbviz_plugin.py). Only what is on screen is fetched: one frame per
+// chosen step, images lazily.
+
+const VIEWS = [
+  { kind: "topk", label: "Top-k", layered: true, many: false },
+  { kind: "evolution", label: "Evolution", layered: true, many: true },
+  { kind: "stylized", label: "Stylized probes", layered: false, many: true },
+  { kind: "attribution", label: "Attribution", layered: false, many: false },
+];
+const MAX_FRAMES = 50; // the server's per-request cap on /frames
+
+const state = {
+  runs: [], // [{run, panels: [{tag, kind, layer, layer_index, ...}], skipped}]
+  selected: new Set(), // runs shown side by side
+  view: "topk",
+  layer: null, // the chosen layer's key, see layerKey
+  showPatches: false,
+  tileSize: null, // px, once the user moved the slider
+  chosen: new Map(), // "run\0tag" -> Set of steps picked (evolution, stylized); default spread
+  current: new Map(), // "run\0tag" -> the one step picked (top-k, attribution); default last
+  cache: new Map(), // request URL -> Promise of its JSON
+};
+let ui; // the page's fixed elements, made once by render()
+
+// -- tiny DOM and HTTP helpers ------------------------------------------------------------
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (v === true) el.setAttribute(k, "");
+    else if (v !== false && v != null) el.setAttribute(k, v);
+  }
+  el.append(...children.flat().filter((c) => c != null));
+  return el;
+}
+
+function getJSON(route, params = {}) {
+  const url = `${route}?${new URLSearchParams(params)}`;
+  if (!state.cache.has(url)) {
+    const p = fetch(url).then(async (r) => {
+      if (!r.ok) throw new Error(`${route}: ${r.status} ${await r.text()}`);
+      return r.json();
+    });
+    p.catch(() => state.cache.delete(url)); // let a retry ask again
+    state.cache.set(url, p);
+  }
+  return state.cache.get(url);
+}
+
+async function getAll(route, params = {}) {
+  const items = [];
+  for (let offset = 0; offset != null;) {
+    const page = await getJSON(route, { ...params, offset });
+    items.push(...page.items);
+    offset = page.next_offset;
+  }
+  return items;
+}
+
+async function frames(run, tag, steps) {
+  const out = [];
+  for (let i = 0; i < steps.length; i += MAX_FRAMES) {
+    const page = await getJSON("frames", {
+      run,
+      tag,
+      steps: steps.slice(i, i + MAX_FRAMES).join(","),
+    });
+    out.push(...page.frames);
+  }
+  return out;
+}
+
+const blobURL = (run, tag, frame, index) =>
+  `blob?${new URLSearchParams({ run, tag, step: frame.step, index, v: frame.wall_time })}`;
+const key = (run, tag) => `${run}\0${tag}`;
+const fmt = (v) => (typeof v === "number" ? String(Number(v.toPrecision(4))) : String(v ?? "–"));
+const position = (t) => (t.row != null ? `(${t.row}, ${t.col})` : null);
+
+// Default columns of an evolution grid: the 1st, 2nd, 5th, 10th, 20th, 50th, ... logged
+// step (epochs 1, 2, 5, 10, ... when logged once an epoch, like Zeiler & Fergus' figure of
+// features evolving through training) and always the last.
+function spread(steps) {
+  const picks = new Set([steps.length - 1]);
+  for (let m = 1; m <= steps.length; m *= 10)
+    for (const f of [1, 2, 5]) if (f * m <= steps.length) picks.add(f * m - 1);
+  return new Set([...picks].map((i) => steps[i]));
+}
+
+// 1-based blob indices of a frame's projections and of their patches, in the same order.
+function byRole(frame) {
+  const proj = [];
+  const patch = [];
+  frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
+  return [proj, patch];
+}
+
+// -- one tile: the image and what it shows -------------------------------------------------
+function tile(run, tag, frame, index, lines, cls = "") {
+  const t = frame.tiles[index - 1] ?? {};
+  const img = h("img", {
+    src: blobURL(run, tag, frame, index),
+    loading: "lazy",
+    decoding: "async",
+    alt: `${t.role ?? t.label ?? t.method ?? "tile"} ${index} at step ${frame.step}`,
+    onload: (e) =>
+      e.target.classList.toggle("pixelated", e.target.naturalWidth < e.target.clientWidth),
+  });
+  return h(
+    "figure",
+    { class: `tile ${cls}`, title: JSON.stringify(t) },
+    img,
+    h(
+      "figcaption",
+      {},
+      lines.filter(Boolean).map((l) => h("span", {}, l)),
+    ),
+  );
+}
+
+// -- the views: each renders one run's column ----------------------------------------------
+// One step at a time (top-k, attribution). Unless a step was picked, the last one is shown,
+// so Reload follows a run that is still training.
+async function stepSlider(col, run, tag, draw) {
+  const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
+  if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
+  const k = key(run, tag);
+  const current = () =>
+    steps.includes(state.current.get(k)) ? state.current.get(k) : steps.at(-1);
+  const label = h("output", {});
+  const body = h("div", {});
+  const show = async () => {
+    const step = current();
+    label.textContent = `step ${step} (${steps.indexOf(step) + 1} of ${steps.length})`;
+    const [frame] = await frames(run, tag, [step]);
+    if (current() === step) body.replaceChildren(draw(frame)); // newest wins
+  };
+  const slider = h("input", {
+    type: "range",
+    min: 0,
+    max: steps.length - 1,
+    value: steps.indexOf(current()),
+    "aria-label": `step of ${tag} in ${run}`,
+    oninput: (e) => {
+      const i = +e.target.value;
+      i === steps.length - 1 ? state.current.delete(k) : state.current.set(k, steps[i]);
+      show().catch(fail(body));
+    },
+  });
+  col.append(h("div", { class: "steps" }, slider, label), body);
+  await show();
+}
+
+// Several steps side by side (evolution, stylized). Unless steps were picked, the spread
+// of the logged steps is shown, again following new steps on Reload.
+async function stepChips(col, run, tag, draw) {
+  const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
+  if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
+  const k = key(run, tag);
+  const chosen = () => state.chosen.get(k) ?? spread(steps);
+  const body = h("div", { class: "scroll" });
+  let latest = 0;
+  const show = async () => {
+    chips.forEach((c, i) => c.setAttribute("aria-pressed", String(chosen().has(steps[i]))));
+    const pick = steps.filter((s) => chosen().has(s));
+    const mine = ++latest;
+    const content = pick.length
+      ? draw(await frames(run, tag, pick))
+      : h("p", { class: "note" }, "choose steps above");
+    if (mine === latest) body.replaceChildren(content); // newest wins
+  };
+  const choose = (set) => {
+    set ? state.chosen.set(k, set) : state.chosen.delete(k);
+    show().catch(fail(body));
+  };
+  const chips = steps.map((s) =>
+    h(
+      "button",
+      {
+        class: "chip",
+        onclick: () => {
+          const set = new Set(chosen());
+          set.has(s) ? set.delete(s) : set.add(s);
+          choose(set);
+        },
+      },
+      String(s),
+    ),
+  );
+  col.append(
+    h(
+      "div",
+      { class: "chips", role: "group", "aria-label": `steps of ${tag} shown` },
+      h("span", { class: "note" }, "steps:"),
+      chips,
+      h("button", { class: "preset", onclick: () => choose(null) }, "spread"),
+      h("button", { class: "preset", onclick: () => choose(new Set(steps)) }, "all"),
+    ),
+    body,
+  );
+  await show();
+}
+
+function topkView(run, tag) {
+  return (frame) => {
+    const [proj, patch] = byRole(frame);
+    const caption = (t) => [
+      `${fmt(t.value)}${t.channel != null ? ` · map ${t.channel}` : ""}`,
+      [t.image_index != null ? `img ${t.image_index}` : null, position(t)]
+        .filter(Boolean)
+        .join(" · "),
+    ];
+    const grid = (title, idx, cls) =>
+      h(
+        "div",
+        { class: "zf-half" },
+        h("h4", {}, title),
+        h(
+          "div",
+          { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
+          idx.map((i, n) =>
+            tile(run, tag, frame, i, caption(frame.tiles[i - 1]), `${cls} pair-${n}`),
+          ),
+        ),
+      );
+    // Hovering a tile outlines its partner: projection <-> the patch that caused it.
+    const pair = (e, on) => {
+      const n = [...(e.target.closest(".tile")?.classList ?? [])].find((c) =>
+        c.startsWith("pair-"),
+      );
+      if (n) e.currentTarget.querySelectorAll(`.${n}`).forEach((t) => t.classList.toggle("hl", on));
+    };
+    return h(
+      "div",
+      { class: "zf", onmouseover: (e) => pair(e, true), onmouseout: (e) => pair(e, false) },
+      frameError(frame),
+      grid("Projections", proj, "proj"),
+      grid("Input patches", patch, "patch"),
+    );
+  };
+}
+
+function evolutionView(run, tag) {
+  return (frs) => {
+    // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
+    const rows = new Map();
+    for (const f of frs) {
+      const [proj, patch] = byRole(f);
+      proj.forEach((i, n) => {
+        const t = f.tiles[i - 1];
+        const id = t.channel ?? `#${n}`;
+        if (!rows.has(id)) rows.set(id, new Map());
+        rows.get(id).set(f.step, [i, patch[n]]);
+      });
+    }
+    return h(
+      "table",
+      { class: "evo" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col" }, "map"),
+          frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        [...rows].map(([id, cells]) =>
+          h(
+            "tr",
+            {},
+            h("th", { scope: "row" }, `map ${id}`),
+            frs.map((f) => {
+              const c = cells.get(f.step);
+              if (!c) return h("td", { class: "note" }, "–");
+              const t = f.tiles[c[0] - 1];
+              return h(
+                "td",
+                {},
+                h(
+                  "div",
+                  { class: "cell" },
+                  tile(run, tag, f, c[0], [fmt(t.value), position(t)]),
+                  state.showPatches && c[1] ? tile(run, tag, f, c[1], ["patch"], "patch") : null,
+                ),
+              );
+            }),
+          ),
+        ),
+      ),
+    );
+  };
+}
+
+function stylizedView(run, tag) {
+  return (frs) => {
+    const labels = [
+      ...new Set(frs.flatMap((f) => f.tiles.map((t, i) => t.label ?? `photo ${t.index ?? i}`))),
+    ];
+    return h(
+      "table",
+      { class: "evo" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", {}, ""),
+          frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        labels.map((label) =>
+          h(
+            "tr",
+            {},
+            h("th", { scope: "row" }, label),
+            frs.map((f) => {
+              const i = f.tiles.findIndex((t, j) => (t.label ?? `photo ${t.index ?? j}`) === label);
+              return h("td", {}, i < 0 ? "–" : tile(run, tag, f, i + 1, [], "photo"));
+            }),
+          ),
+        ),
+      ),
+    );
+  };
+}
+
+function attributionView(run, tag) {
+  return (frame) =>
+    h(
+      "div",
+      {},
+      frameError(frame),
+      h(
+        "div",
+        { class: "grid wide" },
+        frame.tiles.map((t, i) =>
+          tile(
+            run,
+            tag,
+            frame,
+            i + 1,
+            [`image ${t.image_index ?? i}`, t.target != null ? `target ${t.target}` : null],
+            "photo",
+          ),
+        ),
+      ),
+    );
+}
+
+const frameError = (f) => (f.error ? h("p", { class: "error" }, f.error) : null);
+const fail = (where) => (err) =>
+  where.replaceChildren(h("p", { class: "error" }, String(err.message ?? err)));
+
+async function drawRun(col, entry) {
+  const view = VIEWS.find((v) => v.kind === state.view);
+  const panels = entry.panels.filter(
+    (p) => p.kind === view.kind && (!view.layered || layerKey(p) === state.layer),
+  );
+  if (!panels.length) {
+    const layer = state.layer?.split("\0").filter(Boolean).join(" / ");
+    col.append(
+      h(
+        "p",
+        { class: "note" },
+        view.layered ? `no ${view.label} panel for layer ${layer}` : `no ${view.label} panels`,
+      ),
+    );
+    return;
+  }
+  for (const p of panels) {
+    const sub = h(
+      "section",
+      { class: "panel" },
+      h("h3", {}, p.tag.replace(/^tbviz\//, ""), p.rule ? h("small", {}, ` · ${p.rule}`) : null),
+    );
+    if (p.description) sub.append(h("p", { class: "note" }, p.description));
+    col.append(sub);
+    const make = {
+      topk: topkView,
+      evolution: evolutionView,
+      stylized: stylizedView,
+      attribution: attributionView,
+    }[p.kind];
+    await (view.many ? stepChips : stepSlider)(sub, entry.run, p.tag, make(entry.run, p.tag)).catch(
+      fail(sub),
+    );
+  }
+}
+
+// -- page: runs, views, layers, columns ----------------------------------------------------
+// A layer is keyed by network and path: one run may hold the layers of two networks (the
+// style pipeline logs its transform-net and VGG19), each listed in its own order.
+const layerKey = (p) => `${p.model ?? ""}\0${p.layer}`;
+
+function layers() {
+  const index = new Map();
+  for (const e of state.runs)
+    if (state.selected.has(e.run))
+      for (const p of e.panels)
+        if (p.layer != null && (p.kind === "topk" || p.kind === "evolution")) {
+          const k = layerKey(p);
+          const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
+          index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
+        }
+  return [...index.values()].sort(
+    (a, b) => a.model.localeCompare(b.model) || a.i - b.i || a.name.localeCompare(b.name),
+  );
+}
+
+function drawLayers() {
+  const view = VIEWS.find((v) => v.kind === state.view);
+  const all = view.layered ? layers() : [];
+  if (!all.some((l) => l.key === state.layer)) state.layer = all[0]?.key ?? null;
+  const items = all.flatMap((l, n) => [
+    l.model && l.model !== all[n - 1]?.model
+      ? h("li", { role: "presentation", class: "model" }, l.model)
+      : null,
+    h(
+      "li",
+      {
+        role: "option",
+        "data-key": l.key,
+        "aria-selected": String(l.key === state.layer),
+        tabindex: l.key === state.layer ? 0 : -1,
+        onclick: () => pickLayer(l.key, true),
+      },
+      l.name,
+    ),
+  ]);
+  ui.layers.hidden = !view.layered;
+  ui.layers.replaceChildren(
+    h("h4", { id: "layers-label" }, "Layers"),
+    h("ul", { role: "listbox", "aria-labelledby": "layers-label", onkeydown: layerKeys }, items),
+  );
+}
+
+function pickLayer(key, focus) {
+  state.layer = key;
+  for (const li of ui.layers.querySelectorAll("[role=option]")) {
+    const on = li.dataset.key === key;
+    li.setAttribute("aria-selected", String(on));
+    li.tabIndex = on ? 0 : -1;
+    if (on && focus) li.focus();
+  }
+  drawMain();
+}
+
+function layerKeys(e) {
+  const keys = layers().map((l) => l.key);
+  const i = keys.indexOf(state.layer);
+  const j = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: keys.length - 1 }[e.key];
+  if (j == null) return;
+  e.preventDefault();
+  if (j >= 0 && j < keys.length && j !== i) pickLayer(keys[j], true);
+}
+
+function drawMain() {
+  const view = VIEWS.find((v) => v.kind === state.view);
+  const selected = state.runs.filter((e) => state.selected.has(e.run));
+  // Runs without this view's panels get a line, not an empty column.
+  const shown = selected.filter((e) => e.panels.some((p) => p.kind === view.kind));
+  const others = selected.filter((e) => !shown.includes(e)).map((e) => e.run);
+  ui.main.style.setProperty("--runs", Math.max(shown.length, 1));
+  // Two top-k grids side by side must fit a column: smaller tiles as runs are added,
+  // until the user picks a size.
+  if (!state.tileSize) setTile({ 1: 96, 2: 80 }[shown.length] ?? 64);
+  ui.main.replaceChildren(
+    ...shown.map((e) => {
+      const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
+      if (e.skipped)
+        col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
+      drawRun(col, e).catch(fail(col));
+      return col;
+    }),
+  );
+  if (!selected.length) ui.main.append(h("p", { class: "note" }, "Choose a run above."));
+  if (others.length)
+    ui.main.append(
+      h("p", { class: "note wide" }, `No ${view.label} panels in ${others.join(", ")}.`),
+    );
+}
+
+function drawToolbar() {
+  const kinds = new Set(state.runs.flatMap((e) => e.panels.map((p) => p.kind)));
+  const views = VIEWS.filter((v) => kinds.has(v.kind));
+  if (!views.some((v) => v.kind === state.view) && views.length) state.view = views[0].kind;
+  const tabs = views.map((v) =>
+    h(
+      "button",
+      {
+        role: "tab",
+        "aria-selected": String(v.kind === state.view),
+        tabindex: v.kind === state.view ? 0 : -1,
+        onclick: () => pickView(v.kind),
+      },
+      v.label,
+    ),
+  );
+  const tablist = h(
+    "div",
+    {
+      role: "tablist",
+      "aria-label": "view",
+      onkeydown: (e) => {
+        const i = views.findIndex((v) => v.kind === state.view);
+        const j = { ArrowRight: i + 1, ArrowLeft: i - 1 }[e.key];
+        if (j == null || j < 0 || j >= views.length) return;
+        pickView(views[j].kind);
+        tabs[j].focus();
+      },
+    },
+    tabs,
+  );
+  const runs = h(
+    "fieldset",
+    { class: "runs" },
+    h("legend", {}, "Runs"),
+    state.runs.map((e) =>
+      h(
+        "label",
+        {},
+        h("input", {
+          type: "checkbox",
+          checked: state.selected.has(e.run),
+          onchange: (ev) => {
+            ev.target.checked ? state.selected.add(e.run) : state.selected.delete(e.run);
+            drawLayers();
+            drawMain();
+          },
+        }),
+        e.run,
+      ),
+    ),
+  );
+  const options = h(
+    "div",
+    { class: "options" },
+    h(
+      "label",
+      {},
+      h("input", {
+        type: "checkbox",
+        checked: state.showPatches,
+        onchange: (e) => {
+          state.showPatches = e.target.checked;
+          drawMain();
+        },
+      }),
+      "patches in evolution",
+    ),
+    h(
+      "label",
+      {},
+      "tile size ",
+      (ui.tile = h("input", {
+        type: "range",
+        min: 48,
+        max: 256,
+        value: 96,
+        step: 8,
+        oninput: (e) => setTile((state.tileSize = +e.target.value)),
+      })),
+    ),
+    h("button", { onclick: reload }, "Reload"),
+  );
+  ui.toolbar.replaceChildren(runs, tablist, options);
+}
+
+function setTile(px) {
+  document.body.style.setProperty("--tile", `${px}px`);
+  if (ui.tile) ui.tile.value = px;
+}
+
+function pickView(kind) {
+  state.view = kind;
+  for (const tab of ui.toolbar.querySelectorAll("[role=tab]")) {
+    const on = tab.textContent === VIEWS.find((v) => v.kind === kind).label;
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+  }
+  drawLayers();
+  drawMain();
+}
+
+async function reload() {
+  state.cache.clear();
+  try {
+    state.runs = await getAll("panels");
+  } catch (err) {
+    return fail(ui.main)(err);
+  }
+  const names = state.runs.map((e) => e.run);
+  state.selected = new Set([...state.selected].filter((r) => names.includes(r)));
+  if (!state.selected.size && names.length) state.selected.add(names[0]);
+  if (!names.length) {
+    ui.main.replaceChildren(
+      h(
+        "p",
+        { class: "note" },
+        "No tbviz panels yet. Add a tbviz callback to model.fit and point " +
+          "tensorboard --logdir at its log_dir.",
+      ),
+    );
+    return;
+  }
+  drawToolbar();
+  drawLayers();
+  drawMain();
+}
+
+export async function render() {
+  document.head.append(h("link", { rel: "stylesheet", href: "style.css" }));
+  ui = {
+    toolbar: h("header", { class: "toolbar" }),
+    layers: h("nav", { class: "layers", "aria-label": "layers in network order" }),
+    main: h("main", { class: "columns" }),
+  };
+  document.body.append(ui.toolbar, h("div", { class: "body" }, ui.layers, ui.main));
+  await reload();
+}

@@ -1,0 +1,265 @@
+"""HTTP side of the tbviz dashboard: JSON and PNG routes over TensorBoard's data provider.
+
+The callbacks write *panels* (see :mod:`tbviz.summary.metadata`): blob-sequence
+summaries whose blob 0 is a JSON header describing the tiles and whose blobs
+1..n are the tiles' PNGs. This plugin lists and serves them; the page itself
+is the static ES module ``static/index.js``.
+
+Routes (under ``/data/plugin/tbviz/``), all read-only:
+
+============ ======================================= =====================================
+route        parameters                              answer
+============ ======================================= =====================================
+``/panels``  ``offset``, ``limit`` (over runs)       ``{"items": [{"run", "panels": [...]}]}``
+``/steps``   ``run``, ``tag``, ``offset``, ``limit`` ``{"items": [{"step", "wall_time"}]}``
+``/frames``  ``run``, ``tag``, ``steps=1,5,9``       ``{"frames": [{"step", "tiles", ...}]}``
+``/blob``    ``run``, ``tag``, ``step``, ``index``   the PNG of tile ``index`` (1-based)
+============ ======================================= =====================================
+
+Every run, tag and step is looked up in what the data provider lists; nothing
+in a request is ever used as a file path. Lists are paged (``total`` and
+``next_offset`` tell the client whether to ask again) and ``/frames`` takes at
+most :data:`MAX_FRAMES` steps per request.
+
+Example:
+    >>> from tensorboard import program, default
+    >>> from tbviz.plugin.tbviz_plugin import TbvizLoader
+    >>> tb = program.TensorBoard(plugins=default.get_plugins() + [TbvizLoader])
+    >>> _ = tb.configure(logdir="runs")
+    >>> tb.flags.samples_per_plugin["tbviz"]   # every logged step kept, up to 500
+    500
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import time
+
+from tensorboard import errors, plugin_util
+from tensorboard.backend import http_util
+from tensorboard.data import provider
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from tbviz.summary import metadata
+
+PLUGIN_NAME = metadata.PLUGIN_NAME
+#: Steps kept per tbviz tag unless ``--samples_per_plugin tbviz=N`` says otherwise.
+#: TensorBoard keeps 10 per tag of an unknown plugin, which would hide most epochs
+#: of an evolution grid.
+DEFAULT_SAMPLES = 500
+#: Largest page of ``/panels`` (runs) and ``/steps`` (steps).
+MAX_PAGE = 200
+#: Most steps one ``/frames`` request may name.
+MAX_FRAMES = 50
+#: Browser cache lifetime of a tile (seconds). Tiles of a step never change.
+IMAGE_MAX_AGE = 24 * 3600
+#: How long (seconds) a listed series answers tile requests before it is listed again.
+SERIES_TTL = 2.0
+
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="tbviz")
+
+_STATIC = {
+    "/index.js": ("index.js", "text/javascript"),
+    "/style.css": ("style.css", "text/css"),
+}
+_INT = re.compile(r"-?[0-9]{1,18}")
+
+
+class TbvizLoader(base_plugin.TBLoader):
+    """Loads :class:`TbvizPlugin`; keeps every logged step of tbviz panels by default."""
+
+    def fix_flags(self, flags):
+        # Runs before the data server starts, the only moment its sampling can be set.
+        hints = getattr(flags, "samples_per_plugin", None)
+        if isinstance(hints, dict):
+            hints.setdefault(PLUGIN_NAME, DEFAULT_SAMPLES)
+
+    def load(self, context):
+        return TbvizPlugin(context)
+
+
+class TbvizPlugin(base_plugin.TBPlugin):
+    """The "tbviz" tab: Zeiler-Fergus panels, their evolution, stylized probes, attributions."""
+
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context):
+        self._provider = context.data_provider
+        hint = (context.sampling_hints or {}).get(PLUGIN_NAME, DEFAULT_SAMPLES)
+        # 0 means "keep all" on the command line; the provider wants a number.
+        self._downsample = hint if hint and hint > 0 else 10**9
+        self._recent = {}  # (experiment, run, tag) -> (monotonic time, sorted series)
+
+    def get_plugin_apps(self):
+        apps = {route: self._static(name, mime) for route, (name, mime) in _STATIC.items()}
+        apps.update({
+            "/panels": self._serve_panels,
+            "/steps": self._serve_steps,
+            "/frames": self._serve_frames,
+            "/blob": self._serve_blob,
+        })
+        return apps
+
+    def is_active(self):
+        return False  # TensorBoard activates the tab when the provider lists "tbviz" data
+
+    def frontend_metadata(self):
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="tbviz",
+                                            disable_reload=True)
+
+    # -- routes -------------------------------------------------------------------------------
+    def _static(self, name, mime):
+        path = os.path.join(os.path.dirname(__file__), "static", name)
+
+        @wrappers.Request.application
+        def serve(request):
+            with open(path, "rb") as f:
+                return http_util.Respond(request, f.read(), mime)
+
+        return serve
+
+    @wrappers.Request.application
+    def _serve_panels(self, request):
+        offset, limit = _page(request)
+        ctx, eid = _context(request)
+        listing = self._provider.list_blob_sequences(ctx, experiment_id=eid,
+                                                     plugin_name=PLUGIN_NAME)
+        runs = sorted(listing)
+        items = [{"run": run, **_panels(listing[run])} for run in runs[offset:offset + limit]]
+        return _json(request, _paged(items, offset, len(runs)))
+
+    @wrappers.Request.application
+    def _serve_steps(self, request):
+        offset, limit = _page(request)
+        data = self._series(request)
+        items = [{"step": d.step, "wall_time": d.wall_time} for d in data[offset:offset + limit]]
+        return _json(request, _paged(items, offset, len(data)))
+
+    @wrappers.Request.application
+    def _serve_frames(self, request):
+        raw = _arg(request, "steps")
+        steps = raw.split(",")
+        if len(steps) > MAX_FRAMES:
+            raise errors.InvalidArgumentError(
+                f"at most {MAX_FRAMES} steps per request, got {len(steps)}; ask in pages")
+        steps = [_int("steps", s) for s in steps]
+        by_step = {d.step: d for d in self._series(request)}
+        data = [_lookup(by_step, step) for step in steps]
+        ctx, _ = _context(request)
+        # One data-provider round trip per header: overlap them.
+        blobs = _POOL.map(lambda d: self._provider.read_blob(ctx, blob_key=d.values[0].blob_key),
+                          data)
+        frames = [{"step": d.step, "wall_time": d.wall_time, **_header(blob, len(d.values) - 1)}
+                  for d, blob in zip(data, blobs)]
+        return _json(request, {"frames": frames})
+
+    @wrappers.Request.application
+    def _serve_blob(self, request):
+        step = _int("step", _arg(request, "step"))
+        index = _int("index", _arg(request, "index"))
+        datum = _lookup({d.step: d for d in self._series(request)}, step)
+        if not 1 <= index < len(datum.values):
+            raise errors.NotFoundError(
+                f"step {step} has tiles 1..{len(datum.values) - 1}, not {index}")
+        ctx, _ = _context(request)
+        png = self._provider.read_blob(ctx, blob_key=datum.values[index].blob_key)
+        if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise errors.NotFoundError(f"tile {index} of step {step} is not a PNG")
+        return http_util.Respond(request, png, "image/png", expires=IMAGE_MAX_AGE)
+
+    # -- data ---------------------------------------------------------------------------------
+    def _series(self, request):
+        """The steps of the validated ``run`` and ``tag`` of a request, sorted by step."""
+        run, tag = _arg(request, "run"), _arg(request, "tag")
+        ctx, eid = _context(request)
+        # A page asks for dozens of tiles of one series at once; listing the series for each
+        # would double every tile's cost. Kept briefly, so new steps still show on reload.
+        key, now = (eid, run, tag), time.monotonic()
+        hit = self._recent.get(key)
+        if hit and now - hit[0] < SERIES_TTL:
+            return hit[1]
+        data = self._provider.read_blob_sequences(
+            ctx, experiment_id=eid, plugin_name=PLUGIN_NAME, downsample=self._downsample,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
+        series = data.get(run, {}).get(tag)
+        if series is None:
+            raise errors.NotFoundError(f"no tbviz panel {tag!r} in run {run!r}")
+        series = sorted(series, key=lambda d: d.step)
+        if len(self._recent) > 256:
+            self._recent.clear()
+        self._recent[key] = (now, series)
+        return series
+
+
+def _panels(tags: dict) -> dict:
+    """Describe one run's panels; tags that are not readable tbviz panels are counted."""
+    panels, skipped = [], 0
+    for tag, series in sorted(tags.items()):
+        try:
+            content = metadata.parse_content(series.plugin_content)
+        except ValueError:
+            skipped += 1
+            continue
+        panels.append({"tag": tag, **content, "max_step": series.max_step,
+                       "description": series.description})
+    return {"panels": panels, "skipped": skipped}
+
+
+def _header(blob: bytes, n_images: int) -> dict:
+    """Blob 0 of a step, checked against the number of images it describes."""
+    try:
+        header = metadata.parse_header(blob)
+        tiles, groups = list(header["tiles"]), list(header.get("groups") or [])
+    except (ValueError, KeyError, TypeError):
+        return {"tiles": [], "groups": [], "images": n_images, "error": "unreadable header"}
+    extra = {k: v for k, v in header.items() if k not in ("tiles", "groups")}
+    out = {**extra, "tiles": tiles[:n_images], "groups": groups, "images": n_images}
+    if len(tiles) != n_images:
+        out["error"] = f"header lists {len(tiles)} tiles for {n_images} images"
+    return out
+
+
+def _lookup(by_step: dict, step: int):
+    if step not in by_step:
+        raise errors.NotFoundError(f"no step {step}; logged steps are listed by /steps")
+    return by_step[step]
+
+
+def _context(request):
+    return plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
+
+
+def _arg(request, name: str) -> str:
+    value = request.args.get(name)
+    if not value:
+        raise errors.InvalidArgumentError(f"missing query parameter {name!r}")
+    return value
+
+
+def _int(name: str, value: str) -> int:
+    if not _INT.fullmatch(value):
+        raise errors.InvalidArgumentError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _page(request) -> tuple[int, int]:
+    offset = _int("offset", request.args.get("offset", "0"))
+    limit = _int("limit", request.args.get("limit", str(MAX_PAGE)))
+    if offset < 0 or not 1 <= limit <= MAX_PAGE:
+        raise errors.InvalidArgumentError(
+            f"need offset >= 0 and 1 <= limit <= {MAX_PAGE}, got offset={offset}, limit={limit}")
+    return offset, limit
+
+
+def _paged(items: list, offset: int, total: int) -> dict:
+    end = offset + len(items)
+    return {"items": items, "offset": offset, "total": total,
+            "next_offset": end if end < total else None}
+
+
+def _json(request, payload):
+    # Respond cleanses NaN/Infinity (which a header may hold) into JSON-safe strings.
+    return http_util.Respond(request, payload, "application/json")

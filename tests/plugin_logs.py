@@ -1,0 +1,122 @@
+"""Log directories for the dashboard's tests.
+
+Deconvnet and attribution panels come from the real :class:`tbviz.DeconvnetCallback`
+and :class:`tbviz.AttributionCallback` on small models. Stylized panels are written by
+the contract (:func:`tbviz.summary.metadata.write_panel`) exactly as the style
+pipeline's ``StylizedProbes`` writes them.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import eventfiles
+import models
+from tbviz.summary import images, metadata
+
+
+def photo(seed: int, size: int = 64) -> np.ndarray:
+    """A smooth RGB test picture (uint8), different per seed, no downloads."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    r = np.random.default_rng(seed)
+    f = r.uniform(1, 4, size=(3, 2))
+    chans = [np.sin(2 * np.pi * (f[c, 0] * x + f[c, 1] * y) + seed) for c in range(3)]
+    return ((np.stack(chans, -1) + 1) * 127.5).astype(np.uint8)
+
+
+def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: int = 8,
+                        attribution: bool = False):
+    """Fit ``model`` (one step per epoch) with the real :class:`tbviz.DeconvnetCallback`
+    (and :class:`tbviz.AttributionCallback`, Grad-CAM of the true class of 3 probe images,
+    if ``attribution``); returns the run directory ``<log_dir>/train``."""
+    import keras
+
+    import tbviz
+
+    x = np.stack([photo(i, model.input_shape[1]) for i in range(n)]).astype(np.float32) / 255
+    y = np.arange(n) % model.output_shape[-1]
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callbacks = [tbviz.DeconvnetCallback(log_dir, probe_images=x[:4], layers=layers,
+                                         top_k=top_k)]
+    if attribution:
+        callbacks.append(tbviz.AttributionCallback(log_dir, probe_images=x[:3], target=y[:3],
+                                                   methods=["grad_cam"]))
+    model.fit(x, y, epochs=epochs, batch_size=n, verbose=0, callbacks=callbacks)
+    return os.path.join(log_dir, "train")
+
+
+def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
+    """Heatmaps over probe photos, by the contract (as ``AttributionCallback`` writes them)."""
+    with tf.summary.create_file_writer(str(run_dir)).as_default():
+        for step in steps:
+            heat = [images.overlay(photo(i), np.outer(np.hanning(64), np.roll(np.hanning(64),
+                                                                              8 * (i + step))))
+                    for i in range(n)]
+            metadata.write_panel(f"tbviz/attribution/{method}", "attribution",
+                                 [metadata.encode_png(h) for h in heat],
+                                 tiles=[{"method": method, "image_index": i, "target": 2 * i}
+                                        for i in range(n)], step=step, method=method)
+
+
+def write_stylized(run_dir, steps, n: int = 3):
+    """Stylized probe photos, as ``StylizedProbes`` writes them."""
+    with tf.summary.create_file_writer(str(run_dir)).as_default():
+        for step in steps:
+            pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]
+            metadata.write_panel("tbviz/stylized/probes", "stylized", pngs,
+                                 tiles=[{"label": f"photo {i}", "index": i} for i in range(n)],
+                                 step=step, description="The transform-net's output on fixed "
+                                                        "probe photos")
+
+
+def write_dashboard_logs(root):
+    """Three runs: ``cnn/train`` (deconvnet on a functional model with a nested block,
+    and Grad-CAM; 5 epochs), ``long/train`` (deconvnet on conv1 of a small Sequential,
+    50 epochs, top 4) and ``style/train`` (stylized probes). Returns ``{run: run_dir}``."""
+    cnn = train_deconvnet_run(os.path.join(root, "cnn"), models.functional_bn_nested(),
+                              ["conv1", "block/inner_conv"], epochs=5, attribution=True)
+    long = train_deconvnet_run(os.path.join(root, "long"), models.sequential(), ["conv1"],
+                               epochs=50, top_k=4)
+    style = os.path.join(root, "style", "train")
+    write_stylized(style, [1, 2, 3, 5, 8])
+    return {"cnn/train": cnn, "long/train": long, "style/train": style}
+
+
+def write_two_networks(run_dir):
+    """Top-k panels of two networks' layers in one run, named by ``model`` (as the style
+    pipeline logs a transform-net and VGG19), by the contract. Returns the layers,
+    ``[(model, layer, layer_index)]``."""
+    layers = [("vgg19", "block3_conv1", 7), ("transform_net", "res5", 38),
+              ("vgg19", "block1_conv1", 1), ("transform_net", "conv1", 1)]
+    png = metadata.encode_png(photo(0, 16))
+    unit = {"image_index": 0, "row": 1, "col": 2, "channel": 3, "value": 4.0, "unit": 0}
+    with tf.summary.create_file_writer(str(run_dir)).as_default(step=1):
+        for model, layer, index in layers:
+            metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", "topk", [png, png],
+                                 tiles=[dict(unit, role="projection"), dict(unit, role="patch")],
+                                 layer=layer, layer_index=index, model=model, rule="deconvnet",
+                                 k=1)
+    return layers
+
+
+_BUILT = {}
+
+
+def dashboard_logs(tmp_path_factory):
+    """:func:`write_dashboard_logs` once per test session: ``(root, {run: run_dir})``.
+    Shared by the plugin's test modules; treat it as read-only (copy it to change it)."""
+    if "logs" not in _BUILT:
+        root = tmp_path_factory.mktemp("dashboard_logs")
+        _BUILT["logs"] = (root, write_dashboard_logs(str(root)))
+    return _BUILT["logs"]
+
+
+def header(run_dir, tag, step=None):
+    """Blob 0 of a panel step as written (the last step by default), read back with
+    TensorBoard's ``EventAccumulator``."""
+    events = eventfiles.load(run_dir).Tensors(tag)
+    event = events[-1] if step is None else next(e for e in events if e.step == step)
+    return json.loads(tf.make_ndarray(event.tensor_proto)[0])

@@ -1,0 +1,72 @@
+"""tbviz under tf.distribute: MirroredStrategy on two logical CPUs, and a two-process
+MultiWorkerMirroredStrategy job on 127.0.0.1 where only the chief writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from eventfiles import load
+from tbserver import free_port
+
+WORKER = os.path.join(os.path.dirname(__file__), "workers", "distributed_fit.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The workers import tbviz from this checkout, installed or not.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+
+
+def run(log_dir, mode, env=None, timeout=300):
+    out = subprocess.run([sys.executable, WORKER, str(log_dir), mode], capture_output=True,
+                         text=True, timeout=timeout, env={**ENV, **(env or {})})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def event_files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, files in os.walk(root) for f in files if "tfevents" in f)
+
+
+@pytest.mark.slow
+def test_mirrored_two_replicas_matches_single_device_and_logs_everything(tmp_path):
+    single = run(tmp_path / "single", "single")
+    mirrored = run(tmp_path / "mirrored", "mirrored")
+    np.testing.assert_allclose(mirrored["xent"], single["xent"], rtol=1e-5)
+    assert single["xent"][1] < single["xent"][0]  # it trains
+    tags = set(load(tmp_path / "mirrored" / "train").Tags()["tensors"])
+    assert {"epoch_xent", "seq/conv1/kernel", "gradients/seq/conv1/kernel",
+            "deconvnet/seq/conv1/projections", "attribution/grad_cam"} <= tags
+
+
+@pytest.mark.slow
+def test_multiworker_on_loopback_only_chief_writes(tmp_path):
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    log_dir = tmp_path / "logs"
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = {**ENV, "TF_CONFIG": tf_config}
+        procs.append(subprocess.Popen([sys.executable, WORKER, str(log_dir), "multiworker"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=env))
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert outs[0]["xent"] == pytest.approx(outs[1]["xent"])  # one job, one model
+    files = event_files(log_dir)
+    assert len([f for f in files if f.startswith("train")]) == 1, files  # the chief's only
+    assert all(f.startswith("train") for f in files), files
+    tags = set(load(log_dir / "train").Tags()["tensors"])
+    assert {"epoch_xent", "batch_xent", "seq/conv1/kernel", "deconvnet/seq/conv1/projections"} <= tags

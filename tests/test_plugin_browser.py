@@ -1,0 +1,276 @@
+"""End to end: a real ``tensorboard --logdir`` server, the tbviz tab in headless Chromium.
+
+The server is the stock ``tensorboard`` command when tbviz is installed (its entry point
+registers the tab), otherwise a three-line launcher adding the plugin to TensorBoard's own
+plugins. Either way it loads with the default fast loading (the Rust data server).
+Screenshots land in the test's tmp dir, and also in ``$TBVIZ_SCREENSHOT_DIR`` if set
+(``docs/dashboard.png`` comes from there).
+"""
+
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import plugin_logs
+import tbserver
+from tbviz.plugin import tbviz_plugin
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = """
+import sys
+from tensorboard import default, program
+from tbviz.plugin.tbviz_plugin import TbvizLoader
+tb = program.TensorBoard(plugins=default.get_static_plugins() + [TbvizLoader])
+tb.configure(argv=sys.argv)
+sys.exit(tb.main())
+"""
+TIMEOUT_MS = 60_000
+
+
+def _installed_entry_point():
+    """The ``tensorboard_plugins`` entry point named tbviz, if tbviz is installed."""
+    for ep in importlib.metadata.entry_points(group="tensorboard_plugins"):
+        if ep.name == "tbviz":
+            return ep
+    return None
+
+
+def _server_command(logdir, port):
+    args = ["--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"]
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    ep = _installed_entry_point()
+    # The real command only when the installed entry point is *this* checkout's plugin.
+    if tensorboard.exists() and ep is not None and ep.load() is tbviz_plugin.TbvizLoader:
+        return [str(tensorboard), *args], "tensorboard command (entry point)"
+    return [sys.executable, "-c", LAUNCHER, *args], "launcher (tbviz not installed)"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with tbserver.browser() as b:  # skips, saying what is missing, without playwright/chromium
+        yield b
+
+
+@pytest.fixture(scope="module")
+def server(browser, tmp_path_factory):
+    # a copy: the reload test adds a step to it
+    shared, runs = plugin_logs.dashboard_logs(tmp_path_factory)
+    logdir = tmp_path_factory.mktemp("browser") / "logs"
+    shutil.copytree(shared, logdir)
+    runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
+    plugin_logs.write_two_networks(logdir / "two_nets" / "train")
+    port = tbserver.free_port()
+    cmd, how = _server_command(logdir, port)
+    log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed in finally)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # ready when the data server has loaded all 50 steps of the long run
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"tensorboard ({how}) did not come up:\n{log.read()[-3000:]}")
+            try:
+                steps = tbserver.get(f"{url}/data/plugin/tbviz/steps?run=long/train"
+                                     "&tag=tbviz/deconvnet/conv1/evolution&limit=1", timeout=10)
+                if steps["total"] == 50:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        print(f"serving {logdir} with the {how} at {url}")
+        yield url, runs
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture
+def tab(browser, server):
+    """``(page, frame, blob_requests)``: the tbviz tab opened, its iframe's first tiles shown."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors, blobs = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: "/data/plugin/tbviz/blob?" in r.url and blobs.append(r.url))
+    page.goto(f"{server[0]}/#tbviz")
+    frame = page.wait_for_selector("iframe").content_frame()
+    frame.wait_for_selector("figure.tile img")
+    yield page, frame, blobs
+    page.close()
+    assert not errors, f"JavaScript errors in the tab: {errors}"
+
+
+def all_decoded(frame, min_count):
+    """Bring every tile into view (they are lazy), wait until loaded, check each decoded."""
+    frame.wait_for_function("n => document.querySelectorAll('img').length >= n", arg=min_count)
+    for img in frame.query_selector_all("img"):
+        img.scroll_into_view_if_needed()
+    frame.wait_for_function("() => [...document.images].every(i => i.complete)")
+    sizes = frame.evaluate("() => [...document.images].map(i => [i.naturalWidth, i.src])")
+    bad = [src for w, src in sizes if w == 0]
+    assert not bad, f"images that did not decode: {bad}"
+    frame.evaluate("() => window.scrollTo(0, 0)")
+    return len(sizes)
+
+
+def shoot(page, tmp_path, name):
+    path = tmp_path / name
+    page.screenshot(path=str(path))
+    if os.environ.get("TBVIZ_SCREENSHOT_DIR"):
+        shutil.copy(path, Path(os.environ["TBVIZ_SCREENSHOT_DIR"]) / name)
+    return path
+
+
+def texts(frame, selector):
+    return [t.strip() for t in frame.locator(selector).all_inner_texts()]
+
+
+def test_topk_projections_beside_patches_with_values(tab, server, tmp_path):
+    page, frame, _ = tab
+    assert all_decoded(frame, 18) == 18  # 9 projections + 9 patches of conv1 at the last step
+    assert texts(frame, ".panel h3")[0].startswith("deconvnet/conv1/topk")
+    assert "step 5 (5 of 5)" in frame.locator(".steps output").inner_text()
+    tiles = plugin_logs.header(server[1]["cnn/train"], "tbviz/deconvnet/conv1/topk")["tiles"]
+    captions = texts(frame, ".zf figcaption")
+    assert len(captions) == len(tiles) == 18
+    for t, caption in zip(tiles, captions):
+        assert caption.splitlines() == [f"{t['value']:.4g} · map {t['channel']}",
+                                        f"img {t['image_index']} · ({t['row']}, {t['col']})"]
+    assert shoot(page, tmp_path, "dashboard.png").stat().st_size > 10_000
+
+
+def test_keyboard_layer_picker_and_step_slider(tab):
+    page, frame, _ = tab
+    selected = "[role=option][aria-selected=true]"
+    assert texts(frame, "[role=option]") == ["conv1", "block/inner_conv"]  # network order
+    frame.focus(selected)
+    page.keyboard.press("ArrowDown")
+    assert frame.evaluate("document.activeElement.textContent") == "block/inner_conv"
+    assert frame.locator(selected).inner_text() == "block/inner_conv"
+    frame.wait_for_function("() => document.querySelector('.panel h3')?.textContent"
+                            ".startsWith('deconvnet/block/inner_conv/topk')")
+    page.keyboard.press("Home")
+    assert frame.locator(selected).inner_text() == "conv1"
+    # the step slider: focusable, arrow keys move through the logged steps
+    frame.focus(".steps input[type=range]")
+    page.keyboard.press("ArrowLeft")
+    frame.wait_for_function("() => document.querySelector('.steps output').textContent"
+                            " === 'step 4 (4 of 5)'")
+    frame.wait_for_function("() => [...document.images].every(i => i.src.includes('step=4&'))")
+    assert all_decoded(frame, 18) == 18
+    # views are tabs: arrow keys move between them
+    frame.focus("[role=tab][aria-selected=true]")
+    page.keyboard.press("ArrowRight")
+    assert frame.locator("[role=tab][aria-selected=true]").inner_text() == "Evolution"
+
+
+def test_layers_of_two_networks_are_listed_apart_in_their_order(tab):
+    page, frame, _ = tab
+    frame.get_by_role("checkbox", name="two_nets/train", exact=True).check()
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
+    assert texts(frame, ".layers li") == ["transform_net", "conv1", "res5",
+                                          "vgg19", "block1_conv1", "block3_conv1"]
+    selected = "[role=option][aria-selected=true]"
+    assert frame.locator(selected).inner_text() == "conv1"
+    frame.focus(selected)
+    for key, layer in [("End", "block3_conv1"), ("ArrowUp", "block1_conv1"), ("ArrowUp", "res5")]:
+        page.keyboard.press(key)
+        assert frame.locator(selected).inner_text() == layer
+    frame.wait_for_function("() => document.querySelector('.panel h3')?.textContent"
+                            ".startsWith('deconvnet/res5/topk')")
+    assert all_decoded(frame, 2) == 2
+
+
+def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_path):
+    page, frame, blobs = tab
+    frame.get_by_role("checkbox", name="long/train", exact=True).check()
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
+    frame.get_by_role("tab", name="Evolution").click()
+    frame.wait_for_selector("table.evo")
+    # default columns: the 1st, 2nd, 5th, 10th, 20th and 50th (= last) logged step
+    heads = texts(frame, "table.evo thead th")
+    assert heads == ["map", "step 1", "step 2", "step 5", "step 10", "step 20", "step 50"]
+    # rows: the fixed feature maps the callback chose at train begin, in its order
+    tiles = plugin_logs.header(server[1]["long/train"], "tbviz/deconvnet/conv1/evolution")["tiles"]
+    maps = [t["channel"] for t in tiles if t["role"] == "projection"]
+    assert texts(frame, "table.evo tbody th") == [f"map {c}" for c in maps]
+    n = len(maps) * 6
+    assert all_decoded(frame, n) == n
+    evolution = [u for u in blobs if "evolution" in u]
+    shown_steps = {int(re.search(r"step=(\d+)", u).group(1)) for u in evolution}
+    assert shown_steps == {1, 2, 5, 10, 20, 50}
+    assert len(evolution) == n  # one per map and step, no patch, nothing twice
+    shoot(page, tmp_path, "dashboard-evolution.png")
+    # choosing a step adds its column, in step order
+    frame.get_by_role("button", name="30", exact=True).click()
+    frame.wait_for_function("() => document.querySelectorAll('table.evo thead th').length === 8")
+    assert texts(frame, "table.evo thead th")[6] == "step 30"
+    assert all_decoded(frame, n + len(maps)) == n + len(maps)
+
+
+def test_runs_side_by_side_stylized_and_attribution(tab, server, tmp_path):
+    page, frame, _ = tab
+    frame.get_by_role("checkbox", name="style/train", exact=True).check()
+    frame.get_by_role("tab", name="Stylized probes").click()
+    frame.wait_for_selector("table.evo")
+    assert texts(frame, ".run h2") == ["style/train"]
+    assert "No Stylized probes panels in cnn/train" in frame.locator("main").inner_text()
+    assert texts(frame, "table.evo tbody th") == ["photo 0", "photo 1", "photo 2"]
+    assert all_decoded(frame, 9) == 9  # steps 1, 2, 8 (spread of 5 logged steps)
+    frame.get_by_role("tab", name="Top-k").click()
+    frame.get_by_role("checkbox", name="long/train", exact=True).check()
+    frame.wait_for_function("() => document.querySelectorAll('section.run').length === 2")
+    assert texts(frame, ".run h2") == ["cnn/train", "long/train"]
+    assert all_decoded(frame, 18 + 8) == 26  # top 9 of cnn, top 4 of long; tiles and patches
+    shoot(page, tmp_path, "dashboard-compare.png")
+    frame.get_by_role("tab", name="Attribution").click()
+    frame.wait_for_selector(".grid.wide")
+    tiles = plugin_logs.header(server[1]["cnn/train"], "tbviz/attribution/grad_cam")["tiles"]
+    assert texts(frame, ".grid.wide figcaption") == [
+        f"image {t['image_index']}\ntarget {t['target']}" for t in tiles]
+    assert len(tiles) == 3 and all_decoded(frame, 3) == 3
+
+
+def test_entry_point_registers_the_tab():
+    ep = _installed_entry_point()
+    if ep is None:
+        pytest.skip("tbviz is not installed, so its tensorboard_plugins entry point is not "
+                    "registered (scripts/test.sh installs it with pip install -e .)")
+    assert ep.value == "tbviz.plugin.tbviz_plugin:TbvizLoader"
+    assert ep.load() is tbviz_plugin.TbvizLoader
+
+
+def test_reload_follows_a_run_that_is_still_training(tab, server):
+    page, frame, _ = tab
+    frame.get_by_role("tab", name="Attribution").click()
+    frame.wait_for_function("() => document.querySelector('.steps output')?.textContent"
+                            " === 'step 5 (5 of 5)'")
+    # training goes on: one more logged step lands in the run's directory
+    plugin_logs.write_attribution(server[1]["cnn/train"], [6], n=1)
+    deadline = time.monotonic() + 60
+    while tbserver.get(f"{server[0]}/data/plugin/tbviz/steps?run=cnn/train"
+                       "&tag=tbviz/attribution/grad_cam")["total"] < 6:
+        assert time.monotonic() < deadline, "the data server never picked up the new step"
+        time.sleep(0.5)
+    frame.get_by_role("button", name="Reload").click()
+    frame.wait_for_function("() => document.querySelector('.steps output')?.textContent"
+                            " === 'step 6 (6 of 6)'")
+    frame.wait_for_selector(".grid.wide figcaption")
+    assert texts(frame, ".grid.wide figcaption") == ["image 0\ntarget 0"]
+    assert all_decoded(frame, 1) == 1
