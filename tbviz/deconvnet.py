@@ -60,8 +60,8 @@ from tbviz import receptive_field as rf
 from tbviz.layers import capture_outputs, check_images, check_layers
 from tbviz.relu_rules import check_rule, gradients, relu_rule
 
-__all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "project", "patches",
-           "windows"]
+__all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels", "project",
+           "patches", "windows"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,25 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None) ->
                 picked.append(np.unravel_index(i, fmap.shape) + (int(c),))
     return [Unit(int(n), int(r), int(c), int(ch), float(a[n, r, c, ch]))
             for n, r, c, ch in picked]
+
+
+def top_channels(activations, k: int = 9) -> list[int]:
+    """The ``k`` feature maps with the highest mean activation (non-finite values ignored).
+
+    ``activations`` is ``(N, H, W, C)`` or ``(N, C)``; ties go to the lower channel.
+
+    >>> a = np.zeros((2, 3, 3, 4)); a[..., 2] = 1.0; a[0, 0, 0, 0] = 5.0
+    >>> top_channels(a, k=2)  # means: 5/18, 0, 1, 0
+    [2, 0]
+    """
+    k = _positive_int("k", k)
+    a = np.asarray(activations, dtype=np.float64)
+    a = a.reshape(-1, a.shape[-1])
+    finite = np.isfinite(a)
+    count = finite.sum(0)
+    mean = np.where(finite, a, 0.0).sum(0) / np.maximum(count, 1)
+    mean = np.where(count > 0, mean, -np.inf)
+    return [int(c) for c in np.argsort(-mean, kind="stable")[:k]]
 
 
 def _positive_int(name, value):
