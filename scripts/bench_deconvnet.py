@@ -155,10 +155,11 @@ def main(argv=None):
           + (" (one per image per layer)" if args.distinct else "")
           + f"; tracing everything up front (Projector.prepare) took {prepare_s:.1f} s")
     for layer in LAYERS:
-        plan = proj._crop_plan(layer, images.shape[1:])
         f = proj.field(layer, images.shape[1:])
-        print(f"  {layer:14s} field {f[0].size:3d}px stride {f[0].jump:2d} -> rows from "
-              + (f"{plan[1][0]}x{plan[1][1]} crops" if plan else "whole images"))
+        table = proj._units(layer, images.shape[1:], units[layer], len(images))
+        sizes = sorted({(h, w) for _, h, _, w in proj._boxes(layer, images.shape[1:], table)})
+        print(f"  {layer:14s} field {f[0].size:3d}px stride {f[0].jump:2d} -> units projected "
+              f"from crops of {', '.join(f'{h}x{w}' for h, w in sizes)}")
 
     # Inputs of the naive way and of the floor.
     rebuilt = rebuild_with_deconvnet_relu(model)

@@ -296,7 +296,8 @@ class Projector:
         image_shape = tuple(int(d) for d in image_shape)
         self.output_shapes(image_shape)
         for layer in self.layers:
-            crop = self._crop_plan(layer, image_shape) is not None
+            crop = (layer, image_shape) not in self._no_crop and \
+                self.field(layer, image_shape) is not None
             try:
                 for shared in (True, False):
                     self._project_fn(layer, image_shape, crop, shared).get_concrete_function()
@@ -339,65 +340,67 @@ class Projector:
         return result
 
     def _project_layer(self, images, layer, table, max_batch, crop):
-        n, h, w = len(table), images.shape[1], images.shape[2]
+        n = len(table)
         canvas = np.zeros((n,) + images.shape[1:], np.float32)
         if n == 0:
             return canvas
-        plan = self._crop_plan(layer, images.shape[1:]) if crop else None
-        if plan is None:
-            (fr, fc), (ch, cw) = (None, None), (h, w)
-            boxes = np.zeros((n, 2), np.int64)
+        boxes = self._boxes(layer, images.shape[1:], table, crop)
+        cropped = boxes is not None
+        if not cropped:
+            boxes = np.tile([0, images.shape[1], 0, images.shape[2]], (n, 1))
             pos = table[:, 1:4]
         else:
-            (fr, fc), (ch, cw) = plan
-            boxes = np.array([(rf.crop_start(fr, r, ch) if ch < h else 0,
-                               rf.crop_start(fc, c, cw) if cw < w else 0)
-                              for _, r, c, _ in table], np.int64)
-            pos = table[:, 1:4] - np.column_stack(
-                [boxes[:, 0] // fr.jump, boxes[:, 1] // fc.jump, np.zeros(n, np.int64)])
+            rows_axis, cols_axis = self.field(layer, images.shape[1:])
+            pos = table[:, 1:4] - np.column_stack([boxes[:, 0] // rows_axis.jump,
+                                                   boxes[:, 2] // cols_axis.jump,
+                                                   np.zeros(n, np.int64)])
         pos = pos.astype(np.int32)
 
         def rows(ks):
-            return np.stack([images[table[k, 0], boxes[k, 0]:boxes[k, 0] + ch,
-                                    boxes[k, 1]:boxes[k, 1] + cw] for k in ks])
+            return np.stack([images[table[k, 0], y:y + hh, x:x + ww]
+                             for k in ks for y, hh, x, ww in [boxes[k]]])
 
-        # Units that read the same input rows share one forward pass.
+        # Units that read the same input rows share one forward pass; the others go
+        # one row each, batched by crop size.
         groups: dict = {}
         for k in range(n):
-            groups.setdefault((table[k, 0], boxes[k, 0], boxes[k, 1]), []).append(k)
-        shared = [ks for ks in groups.values() if len(ks) > 1]
-        single = [ks[0] for ks in groups.values() if len(ks) == 1]
-        calls = [(True, ks[i:i + max_batch]) for ks in shared for i in range(0, len(ks), max_batch)]
-        calls += [(False, single[i:i + max_batch]) for i in range(0, len(single), max_batch)]
+            groups.setdefault((table[k, 0],) + tuple(boxes[k]), []).append(k)
+        calls = []
+        by_size: dict = {}
+        for key, ks in groups.items():
+            if len(ks) > 1:
+                calls += [(True, ks[i:i + max_batch]) for i in range(0, len(ks), max_batch)]
+            else:
+                by_size.setdefault((key[2], key[4]), []).append(ks[0])
+        for ks in by_size.values():
+            calls += [(False, ks[i:i + max_batch]) for i in range(0, len(ks), max_batch)]
         key = (layer, images.shape[1:])
         try:
             for is_shared, ks in calls:
-                fn = self._project_fn(layer, images.shape[1:], plan is not None, is_shared)
-                x = rows(ks[:1]) if is_shared else rows(ks)
-                grads = fn(x, pos[ks]).numpy()
+                fn = self._project_fn(layer, images.shape[1:], cropped, is_shared)
+                grads = fn(rows(ks[:1] if is_shared else ks), pos[ks]).numpy()
                 for k, g in zip(ks, grads):
-                    canvas[k, boxes[k, 0]:boxes[k, 0] + ch, boxes[k, 1]:boxes[k, 1] + cw] = g
-                if plan is not None:
+                    y, hh, x, ww = boxes[k]
+                    canvas[k, y:y + hh, x:x + ww] = g
+                if cropped:
                     self._crop_ok.add(key)
         except Exception as err:
-            if plan is None or key in self._crop_ok:
+            if not cropped or key in self._crop_ok:
                 raise
             self._fall_back(layer, images.shape[1:], err)
             return self._project_layer(images, layer, table, max_batch, crop=False)
         return canvas
 
-    def _crop_plan(self, layer, image_shape):
-        """``((row Axis, col Axis), (crop height, crop width))``, or None for whole images."""
-        if (layer, image_shape) in self._no_crop:
+    def _boxes(self, layer, image_shape, table, crop=True):
+        """``(top, height, left, width)`` of the crop each unit is projected from (None: whole
+        images, where the field is unknown or the model cannot run on crops)."""
+        if not crop or (layer, image_shape) in self._no_crop:
             return None
         f = self.field(layer, image_shape)
         if f is None:
             return None
-        h, w = image_shape[:2]
-        ch, cw = rf.crop_plan(f[0]) or h, rf.crop_plan(f[1]) or w
-        if (ch, cw) == (h, w):
-            return None
-        return f, (ch, cw)
+        return np.array([rf.unit_crop(f[0], r) + rf.unit_crop(f[1], c)
+                         for _, r, c, _ in table], np.int64).reshape(-1, 4)
 
     # -- unit tables ----------------------------------------------------------------------------
     def _units(self, layer, image_shape, units, n_images) -> np.ndarray:

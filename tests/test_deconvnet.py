@@ -366,9 +366,9 @@ def test_patches_are_the_receptive_fields(images):
     np.testing.assert_array_equal(whole, images[1])
 
 
-def strided_net():
+def strided_net(size):
     """Strided 'same' convs (asymmetric padding), explicit padding, dilation, pools, a merge."""
-    x = keras.Input((61, 53, 3))
+    x = keras.Input(size + (3,))
     y = L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c1")(x)
     y = L.ZeroPadding2D(((1, 0), (0, 2)), name="pad")(y)
     y = L.MaxPooling2D(3, strides=2, padding="same", name="p1")(y)
@@ -380,19 +380,24 @@ def strided_net():
     return keras.Model(x, L.Dense(2, name="head")(L.Flatten()(y)))
 
 
-@pytest.mark.parametrize("rule", ["deconvnet", "gradient"])
-def test_receptive_field_crops_give_the_whole_image_result(rule):
-    model = strided_net()
+@pytest.mark.parametrize("rule,size", [("deconvnet", (61, 53)), ("gradient", (61, 53)),
+                                       ("guided", (37, 30))])
+def test_receptive_field_crops_give_the_whole_image_result(rule, size):
+    # On 61x53 every field is smaller than the image: one crop size per layer. On 37x30
+    # the deepest fields are not: each unit gets the smallest crop that holds its field.
+    model = strided_net(size)
     rng = np.random.default_rng(5)
-    images = rng.normal(0, 1, (2, 61, 53, 3)).astype("float32")
+    images = rng.normal(0, 1, (2,) + size + (3,)).astype("float32")
     layers = ["c1", "p1", "r2", "c3"]
     proj = deconvnet.Projector(model, layers, rule)
     shapes = proj.output_shapes(images.shape[1:])
     acts = proj.activations(images)
     units = {layer: all_units(shapes[layer], 2, step=29 if layer == "c1" else 7)
              + deconvnet.top_units(acts[layer], k=4) for layer in layers}
-    for layer in layers:  # every layer here is projected from crops, else this proves nothing
-        assert proj._crop_plan(layer, images.shape[1:]) is not None, layer
+    for layer in layers:  # every unit here is projected from a crop, else this proves nothing
+        table = proj._units(layer, images.shape[1:], units[layer], n_images=2)
+        boxes = proj._boxes(layer, images.shape[1:], table)
+        assert ((boxes[:, 1] < size[0]) | (boxes[:, 3] < size[1])).mean() >= 0.5, layer
     cropped = proj.project(images, units)
     whole = proj.project(images, units, crop=False)
     for layer in layers:
