@@ -185,8 +185,8 @@ class Projector:
         self._acts: dict = {}     # image shape -> tf.function
         self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
         self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
-        self._no_crop: set = set()
-        self._crop_ok: set = set()
+        self._no_crop: set = set()  # (layer, image shape) that must use whole images
+        self._crop_ok: set = set()  # ... and those whose crops have run once
 
     # -- model access ---------------------------------------------------------------------------
     @property
@@ -301,8 +301,6 @@ class Projector:
             try:
                 for shared in (True, False):
                     self._project_fn(layer, image_shape, crop, shared).get_concrete_function()
-                if crop:
-                    self._crop_ok.add((layer, image_shape))
             except Exception as err:
                 if not crop:
                     raise
