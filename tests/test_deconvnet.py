@@ -536,3 +536,20 @@ def test_layers_off_the_image_path_are_refused(images):
     # The subclassed model's own conv still works, from whole images (no graph to analyse).
     units = deconvnet.strongest(model, images, "branches/conv", k=2)
     assert deconvnet.project(model, images, "branches/conv", units).shape == (2, 8, 8, 2)
+
+
+def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images):
+    # The head needs the static size of its input: tracing it on crops of unknown size fails.
+    x = keras.Input((8, 8, 2))
+    y = L.Conv2D(3, 3, padding="same", activation="relu", name="c1")(x)
+    flat = L.Lambda(lambda t: keras.ops.reshape(t, (-1, t.shape[1] * t.shape[2] * t.shape[3])),
+                    name="static_flatten")(y)
+    model = keras.Model(x, L.Dense(2)(flat))
+    model.get_layer("c1").set_weights([v.astype("float32") for v in weights()["c1"]])
+    proj = deconvnet.Projector(model, ["c1"]).prepare(images.shape[1:])
+    assert ("c1", images.shape[1:]) in proj._no_crop
+    units = deconvnet.top_units(proj.activations(images)["c1"], k=5)
+    got = proj.project(images, {"c1": units})["c1"]
+    ref = small_reference(weights())
+    for u, p in zip(units, got):
+        assert_close(p, ref.project(images[u.image_index], "block1", u[1:4], "deconvnet"))
