@@ -397,8 +397,20 @@ class Projector:
         f = self.field(layer, image_shape)
         if f is None:
             return None
-        return np.array([rf.unit_crop(f[0], r) + rf.unit_crop(f[1], c)
-                         for _, r, c, _ in table], np.int64).reshape(-1, 4)
+        boxes = np.array([rf.unit_crop(f[0], r) + rf.unit_crop(f[1], c)
+                          for _, r, c, _ in table], np.int64).reshape(-1, 4)
+        # Where a field is wider than the image, each unit has a crop of its own size. Units
+        # of one image then take the union of their crops (still aligned, see unit_crop), so
+        # that they share one forward pass: cheaper than one pass each on smaller crops.
+        for axis, at in ((f[0], 0), (f[1], 2)):
+            if rf.crop_plan(axis) is not None:
+                continue
+            for image in np.unique(table[:, 0]):
+                rows = table[:, 0] == image
+                lo = boxes[rows, at].min()
+                hi = (boxes[rows, at] + boxes[rows, at + 1]).max()
+                boxes[rows, at], boxes[rows, at + 1] = lo, hi - lo
+        return boxes
 
     # -- unit tables ----------------------------------------------------------------------------
     def _units(self, layer, image_shape, units, n_images) -> np.ndarray:
