@@ -209,6 +209,12 @@ def test_traced_once_over_five_epochs(tmp_path, data):
     assert traces[0] == 1 + 2 * 2  # activations + two projection functions per layer
     steps = [e.step for e in load(tmp_path / "train").Tensors("deconvnet/conv1/projections")]
     assert steps == sorted(set(range(3, 11, 3)) | {2, 4, 6, 8, 10})
+    # A second fit() continues the run: nothing traced again, the same feature maps followed.
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[cb, Count()])
+    assert traces[-1] == traces[0]
+    evo = panel(load(tmp_path / "train"), "tbviz/deconvnet/relu2/evolution")
+    assert [e[0] for e in evo][-2:] == [10, 12]
+    assert len({tuple(t["channel"] for t in header["tiles"]) for _, header, _ in evo}) == 1
 
 
 def test_training_is_bit_identical_with_the_callback(tmp_path, data):

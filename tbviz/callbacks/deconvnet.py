@@ -122,6 +122,8 @@ class DeconvnetCallback(VizCallback):
             if extra:
                 raise ValueError(f"channels given for {', '.join(map(repr, extra))}, which "
                                  f"are not among layers: {', '.join(self.layers)}")
+        if self._projector is not None and self._projector.model is not probe:
+            self._fixed, self._image_shape = {}, None  # a new model: start afresh
         paths = layer_paths(probe)
         self._layer_index = {p: paths.index(p) for p in self.layers}
         images = self._images(probe, strict=True)
@@ -130,14 +132,13 @@ class DeconvnetCallback(VizCallback):
         self._projector.prepare(self._image_shape)  # every trace happens now, never later
         shapes = self._projector.output_shapes(self._image_shape)
         acts = self._projector.activations(images)
-        self._fixed = {}
         for path in self.layers:
             n_ch = shapes[path][-1]
             chosen = (self.channels or {}).get(path)
             if chosen is None:
-                mean = np.nan_to_num(acts[path].reshape(-1, n_ch).astype(np.float64).mean(0),
-                                     nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
-                chosen = [int(c) for c in np.argsort(-mean, kind="stable")[:self.top_k]]
+                if path in self._fixed:  # a later fit() of the same run keeps the same maps
+                    continue
+                chosen = deconvnet.top_channels(acts[path], k=self.top_k)
             else:
                 chosen = list(chosen)
                 bad = [c for c in chosen if isinstance(c, bool)
@@ -191,8 +192,9 @@ class DeconvnetCallback(VizCallback):
             top = deconvnet.top_units(acts[path], k=self.top_k)
             evo = deconvnet.top_units(acts[path], channels=self._fixed[path])
             chosen[path] = (top, evo)
-        projections = proj.project(images, {p: t + e for p, (t, e) in chosen.items()},
-                                   max_batch=self.max_batch)
+        # A unit both in the top-k and strongest of its map is projected once.
+        unique = {p: list(dict.fromkeys(t + e)) for p, (t, e) in chosen.items()}
+        projections = proj.project(images, unique, max_batch=self.max_batch)
         display = _display_images(images)
         with self.writer.as_default(step=step):
             for path in self.layers:
@@ -202,15 +204,16 @@ class DeconvnetCallback(VizCallback):
                     self._warn_once(("none", path), f"layer {path!r}: no finite activation to "
                                     "project; nothing logged for it")
                     continue
-                raw = projections[path]
+                where = {u: i for i, u in enumerate(unique[path])}
+                raw = projections[path][[where[u] for u in units]]
                 if not np.all(np.isfinite(raw)):
                     self._warn_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
                                     "projections (non-finite weights?); shown as 0")
                     raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
                 boxes = proj.windows(path, self._image_shape, units)
-                self._write_layer(path, top, evo, raw, boxes, images, display)
+                self._write_layer(path, top, evo, raw, boxes, display)
 
-    def _write_layer(self, path, top, evo, raw, boxes, images, display):
+    def _write_layer(self, path, top, evo, raw, boxes, display):
         k = len(top)
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
