@@ -85,19 +85,26 @@ class Unit(NamedTuple):
 # Choosing units (pure NumPy)
 
 
-def top_units(activations, k: int = 9, channels: Sequence[int] | None = None) -> list[Unit]:
+def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
+              distinct: bool = False) -> list[Unit]:
     """The ``k`` strongest units of a layer's ``activations`` (``(N, H, W, C)`` or ``(N, C)``).
 
     With ``channels``, the strongest unit of each listed feature map instead, in
-    the order given. Ties go to the first unit in ``(image, row, col, channel)``
-    order. Non-finite activations are never chosen (a channel with no finite
-    value is left out), so fewer than ``k`` units may come back.
+    the order given. With ``distinct``, at most one unit per (image, feature map),
+    its strongest position: the top-k then shows k different things rather than
+    neighbouring positions of one blob. Ties go to the first unit in
+    ``(image, row, col, channel)`` order. Non-finite activations are never chosen
+    (a channel with no finite value is left out), so fewer than ``k`` units may
+    come back.
 
     >>> a = np.zeros((1, 2, 2, 2)); a[0, 1, 0, 1] = 5.0; a[0, 0, 1, 0] = 3.0
     >>> [tuple(u) for u in top_units(a, k=2)]
     [(0, 1, 0, 1, 5.0), (0, 0, 1, 0, 3.0)]
     >>> [u.channel for u in top_units(a, channels=[1, 0])]
     [1, 0]
+    >>> a[0, 1, 1, 1] = 4.0  # a second peak in map 1: distinct skips it
+    >>> [tuple(u) for u in top_units(a, k=2, distinct=True)]
+    [(0, 1, 0, 1, 5.0), (0, 0, 1, 0, 3.0)]
     """
     a = np.asarray(activations)
     if a.ndim == 2:
@@ -105,7 +112,21 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None) ->
     if a.ndim != 4:
         raise ValueError(f"activations must have shape (N, H, W, C) or (N, C), got {a.shape}")
     a = np.where(np.isfinite(a), a, -np.inf).astype(np.float64)
-    if channels is None:
+    if channels is None and distinct:
+        k = _positive_int("k", k)
+        n, h, w, c = a.shape
+        per_map = a.transpose(0, 3, 1, 2).reshape(n, c, h * w)
+        where = per_map.argmax(axis=-1)  # first maximum of each (image, map)
+        best = np.take_along_axis(per_map, where[..., None], axis=-1)[..., 0]
+        # (image, channel) order, stable: ties go to the earlier image, then channel
+        order = np.argsort(-best.reshape(-1), kind="stable")[:k]
+        picked = []
+        for i in order:
+            img, ch = divmod(int(i), c)
+            if np.isfinite(best[img, ch]):
+                r, col = divmod(int(where[img, ch]), w)
+                picked.append((img, r, col, ch))
+    elif channels is None:
         k = _positive_int("k", k)
         flat = a.reshape(-1)
         order = np.argsort(-flat, kind="stable")[:k]
@@ -484,13 +505,14 @@ def projector(model, layers: Iterable[str], rule: str = "deconvnet") -> Projecto
 
 
 def strongest(model, images, layer: str, k: int = 9, channels: Sequence[int] | None = None,
-              ) -> list[Unit]:
+              distinct: bool = False) -> list[Unit]:
     """The ``k`` strongest activations of ``layer`` over ``images`` (inference mode).
 
     Returns :class:`Unit` s ``(image_index, row, col, channel, value)``, strongest
     first. With ``channels``, the strongest unit of each given feature map, in
-    that order (the paper's Fig. 3 view). ``layer`` is a name or an
-    ``"outer/inner"`` path into a nested model.
+    that order (the paper's Fig. 3 view). With ``distinct``, at most one unit per
+    (image, feature map). ``layer`` is a name or an ``"outer/inner"`` path into a
+    nested model.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
@@ -498,7 +520,7 @@ def strongest(model, images, layer: str, k: int = 9, channels: Sequence[int] | N
     4
     """
     acts = projector(model, (layer,)).activations(images)[layer]
-    return top_units(acts, k=k, channels=channels)
+    return top_units(acts, k=k, channels=channels, distinct=distinct)
 
 
 def project(model, images, layer: str, neurons, rule: str = "deconvnet",

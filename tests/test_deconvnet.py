@@ -554,3 +554,17 @@ def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images):
     ref = small_reference(weights())
     for u, p in zip(units, got):
         assert_close(p, ref.project(images[u.image_index], "block1", u[1:4], "deconvnet"))
+
+
+def test_distinct_top_units_take_one_unit_per_image_and_map():
+    rng = np.random.default_rng(3)
+    acts = rng.random((3, 5, 5, 4))
+    units = deconvnet.top_units(acts, k=6, distinct=True)
+    pairs = [(u.image_index, u.channel) for u in units]
+    assert len(set(pairs)) == 6
+    # Independent: the 6 largest per-(image, map) maxima, each at its argmax.
+    maxima = acts.max(axis=(1, 2))
+    expect = sorted(((maxima[n, c], n, c) for n in range(3) for c in range(4)), reverse=True)[:6]
+    assert [(n, c) for _, n, c in expect] == pairs
+    for u in units:
+        assert acts[u.image_index, u.row, u.col, u.channel] == u.value == maxima[u.image_index, u.channel]

@@ -89,7 +89,7 @@ def test_summaries_read_back(tmp_path, data):
 
     # The last step was written with the final weights: recompute it with the pure functions.
     layer = "relu2"
-    units = deconvnet.strongest(model, probes, layer, k=4)
+    units = deconvnet.strongest(model, probes, layer, k=4, distinct=True)
     proj = deconvnet.project(model, probes, layer, units)
     boxes = deconvnet.windows(model, probes.shape[1:], layer, units)
     patches = deconvnet.patches(model, probes, layer, units)

@@ -73,6 +73,9 @@ class DeconvnetCallback(VizCallback):
         max_batch: most units projected in one batch.
         probe_model: ``None`` (the model being trained), a ``keras.Model``, or a
             callable ``model -> keras.Model`` (e.g. the VGG19 of a loss model).
+        distinct: top-k with at most one unit per (image, feature map) (default), so the
+            grid shows k different patterns, not neighbouring positions of one;
+            ``False``: the k strongest units, wherever they are.
         channels: feature maps whose evolution to show: a list (for every layer) or
             ``{layer: list}``; by default the ``top_k`` channels with the highest mean
             activation on the probe images at train begin.
@@ -83,8 +86,9 @@ class DeconvnetCallback(VizCallback):
     def __init__(self, log_dir, probe_images, layers, top_k: int = 9,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
-                 probe_model=None, channels=None):
+                 probe_model=None, channels=None, distinct: bool = True):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        self.distinct = bool(distinct)
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
@@ -189,7 +193,7 @@ class DeconvnetCallback(VizCallback):
             if not np.all(np.isfinite(acts[path])):
                 self._warn_once(("acts", path), f"layer {path!r} has NaN or Inf activations; "
                                 "those units are left out of the deconvnet views")
-            top = deconvnet.top_units(acts[path], k=self.top_k)
+            top = deconvnet.top_units(acts[path], k=self.top_k, distinct=self.distinct)
             evo = deconvnet.top_units(acts[path], channels=self._fixed[path])
             chosen[path] = (top, evo)
         # A unit both in the top-k and strongest of its map is projected once.
@@ -234,8 +238,10 @@ class DeconvnetCallback(VizCallback):
                              tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
                              description=note + "; one fixed feature map per tile, channels "
                                          + ", ".join(str(u.channel) for u in evo))
+        # "model" lets the dashboard group layers when two networks log into one run
+        # (the style pipeline's transform-net and VGG19).
         content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
-                   "k": self.top_k}
+                   "k": self.top_k, "model": self._projector.model.name}
         pngs = [metadata.encode_png(t) for t in proj_tiles]
         patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
         if k:
