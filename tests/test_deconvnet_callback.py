@@ -103,7 +103,8 @@ def test_summaries_read_back(tmp_path, data):
     assert md.plugin_data.plugin_name == "tbviz"
     content = metadata.parse_content(md.plugin_data.content)
     assert content == {"version": 1, "kind": "topk", "layer": layer, "rule": "deconvnet",
-                       "k": 4, "layer_index": layer_paths(model).index(layer)}
+                       "k": 4, "layer_index": layer_paths(model).index(layer),
+                       "model": model.name}
     assert step == 4 and len(tiles) == 8
     assert [t["role"] for t in header["tiles"]] == ["projection"] * 4 + ["patch"] * 4
     for i, (u, t) in enumerate(zip(units + units, header["tiles"])):
