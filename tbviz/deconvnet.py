@@ -92,7 +92,8 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
     With ``channels``, the strongest unit of each listed feature map instead, in
     the order given. With ``distinct``, at most one unit per (image, feature map),
     its strongest position: the top-k then shows k different things rather than
-    neighbouring positions of one blob. Ties go to the first unit in
+    neighbouring positions of one blob (when there are fewer than k such pairs, the
+    next strongest units fill the rest). Ties go to the first unit in
     ``(image, row, col, channel)`` order. Non-finite activations are never chosen
     (a channel with no finite value is left out), so fewer than ``k`` units may
     come back.
@@ -126,6 +127,15 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
             if np.isfinite(best[img, ch]):
                 r, col = divmod(int(where[img, ch]), w)
                 picked.append((img, r, col, ch))
+        if len(picked) < k:  # fewer (image, map) pairs than k: fill with the next strongest
+            flat = a.reshape(-1)
+            taken = set(picked)
+            for i in np.argsort(-flat, kind="stable"):
+                if len(picked) == k or not np.isfinite(flat[i]):
+                    break
+                unit = tuple(int(v) for v in np.unravel_index(i, a.shape))
+                if unit not in taken:
+                    picked.append(unit)
     elif channels is None:
         k = _positive_int("k", k)
         flat = a.reshape(-1)

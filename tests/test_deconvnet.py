@@ -568,3 +568,11 @@ def test_distinct_top_units_take_one_unit_per_image_and_map():
     assert [(n, c) for _, n, c in expect] == pairs
     for u in units:
         assert acts[u.image_index, u.row, u.col, u.channel] == u.value == maxima[u.image_index, u.channel]
+
+
+def test_distinct_fills_up_with_the_next_strongest_when_pairs_run_out():
+    acts = np.zeros((1, 3, 3, 2))
+    acts[0, 0, 0, 0], acts[0, 1, 1, 0], acts[0, 2, 2, 1], acts[0, 0, 2, 0] = 9, 8, 7, 6
+    units = deconvnet.top_units(acts, k=4, distinct=True)
+    assert [(u.row, u.col, u.channel, u.value) for u in units] == [
+        (0, 0, 0, 9.0), (2, 2, 1, 7.0), (1, 1, 0, 8.0), (0, 2, 0, 6.0)]
