@@ -6,7 +6,7 @@ import pytest
 
 from tbviz.callbacks.feature_maps import FeatureMapsCallback
 from tbviz.feature_maps import feature_maps, kernel_grid
-from vizreading import images, tags
+from eventfiles import images, tags
 
 
 def classifier():
