@@ -13,10 +13,11 @@ Layers understood: Conv2D / DepthwiseConv2D / SeparableConv2D (strides,
 dilation, 'same' or 'valid'), Max/AveragePooling2D, ZeroPadding2D,
 Cropping2D, layers that act on each pixel alone (activations, BatchNorm on the
 channel axis, Dropout, Rescaling, ...), merges (Add, Concatenate on channels,
-...) and nested Functional/Sequential models. Anything else (Dense, Flatten,
-global pooling, upsampling, transposed convolutions, custom or subclassed
-layers) has no field: :func:`receptive_field` returns ``None`` and callers use
-the whole image.
+...) and nested Functional/Sequential models. A custom layer that works on each
+pixel alone (a preprocessing layer, say) can say so with a class attribute
+``tbviz_pointwise = True``. Anything else (Dense, Flatten, global pooling,
+upsampling, transposed convolutions, other custom or subclassed layers) has no
+field: :func:`receptive_field` returns ``None`` and callers use the whole image.
 
 Example:
     >>> import keras
@@ -87,7 +88,7 @@ def _channel_axes_only(axis) -> bool:
 
 def _is_pointwise(layer) -> bool:
     """True for layers whose output pixel depends on the same input pixel alone."""
-    if isinstance(layer, _POINTWISE):
+    if isinstance(layer, _POINTWISE) or getattr(layer, "tbviz_pointwise", False) is True:
         return True
     if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
                           keras.layers.UnitNormalization, keras.layers.Normalization)):

@@ -106,3 +106,23 @@ def test_callback_docstring_example_runs(tmp_path, monkeypatch):
     runner = doctest.DocTestRunner()
     runner.run(test)
     assert runner.failures == 0 and (tmp_path / "doc" / "train").is_dir()
+
+
+def test_custom_layer_marked_pointwise_is_seen_through():
+    class Shift(keras.layers.Layer):
+        tbviz_pointwise = True
+
+        def call(self, x):
+            return x - 1.0
+
+    class Opaque(keras.layers.Layer):
+        def call(self, x):
+            return x - 1.0
+
+    def model(pre):
+        return keras.Sequential([keras.Input((16, 16, 3)), pre,
+                                 keras.layers.Conv2D(2, 3, name="c")])
+
+    rows, cols = receptive_field(model(Shift()), "c", (16, 16))
+    assert rows.size == cols.size == 3
+    assert receptive_field(model(Opaque()), "c", (16, 16)) is None
