@@ -6,3 +6,4 @@
 # (e.g. --style udnie --epochs 5).
 . "$(dirname "$0")/_venv.sh"
 .venv/bin/style-transfer demo --log-dir runs/demo "$@"
+echo "(TensorBoard with the tbviz tab is installed in .venv: .venv/bin/tensorboard --logdir runs/demo)"

@@ -565,6 +565,41 @@ def windows(model, image_shape, layer: str, neurons) -> list[tuple[int, int, int
     return projector(model, (layer,)).windows(layer, tuple(image_shape), list(neurons))
 
 
+def support_window(projection, threshold: float = 0.02, margin: int = 2
+                   ) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` around where a projection is not negligible.
+
+    For units whose receptive field cannot be worked out from the layers (instance
+    normalization makes every output depend a little on the whole image, say): the
+    box of the pixels whose magnitude (summed over channels) reaches ``threshold``
+    of the peak, widened by ``margin`` pixels and made square where the image
+    allows, so tiles show the part of the image that matters. An all-zero
+    projection gives the whole image.
+
+    >>> p = np.zeros((10, 10, 1)); p[4, 5] = 1.0; p[0, 0] = 0.001
+    >>> support_window(p, margin=1)
+    (3, 6, 4, 7)
+    """
+    mag = np.abs(np.nan_to_num(np.asarray(projection, dtype=np.float64))).sum(axis=-1)
+    h, w = mag.shape
+    peak = mag.max()
+    if not peak > 0:
+        return (0, h, 0, w)
+    rows = np.flatnonzero((mag >= threshold * peak).any(axis=1))
+    cols = np.flatnonzero((mag >= threshold * peak).any(axis=0))
+    t, b = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, h)
+    lft, r = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)
+    side = max(b - t, r - lft)
+
+    def widen(lo, hi, n):  # grow [lo, hi) to `side` pixels around its centre, inside [0, n)
+        need = min(side, n) - (hi - lo)
+        lo = max(lo - need // 2, 0)
+        hi = min(lo + min(side, n), n)
+        return hi - min(side, n), hi
+
+    return widen(t, b, h) + widen(lft, r, w)
+
+
 def patches(model, images, layer: str, neurons) -> list[np.ndarray]:
     """The input crop under each unit's receptive field, clipped at the image borders.
 

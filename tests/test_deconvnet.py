@@ -576,3 +576,17 @@ def test_distinct_fills_up_with_the_next_strongest_when_pairs_run_out():
     units = deconvnet.top_units(acts, k=4, distinct=True)
     assert [(u.row, u.col, u.channel, u.value) for u in units] == [
         (0, 0, 0, 9.0), (2, 2, 1, 7.0), (1, 1, 0, 8.0), (0, 2, 0, 6.0)]
+
+
+def test_support_window_is_square_inside_the_image_and_holds_the_support():
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        h, w = rng.integers(4, 30, 2)
+        p = rng.normal(size=(h, w, 3)) * 1e-4  # the faint global part
+        r, c = rng.integers(0, h), rng.integers(0, w)
+        p[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] += 5.0
+        t, b, lft, rt = deconvnet.support_window(p)
+        assert 0 <= t < b <= h and 0 <= lft < rt <= w
+        assert t <= r < b and lft <= c < rt
+        assert b - t == min(max(b - t, rt - lft), h) and rt - lft == min(max(b - t, rt - lft), w)
+    assert deconvnet.support_window(np.zeros((5, 7, 3))) == (0, 5, 0, 7)

@@ -215,6 +215,10 @@ class DeconvnetCallback(VizCallback):
                                     "projections (non-finite weights?); shown as 0")
                     raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
                 boxes = proj.windows(path, self._image_shape, units)
+                if proj.field(path, self._image_shape) is None:
+                    # No field from the layers (instance norm, custom layers): cut each tile
+                    # to where its projection matters instead of showing the whole image.
+                    boxes = [deconvnet.support_window(r) for r in raw]
                 self._write_layer(path, top, evo, raw, boxes, display)
 
     def _write_layer(self, path, top, evo, raw, boxes, display):
