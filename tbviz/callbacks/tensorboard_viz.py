@@ -29,6 +29,9 @@ from tbviz.layers import layer_paths
 
 log = logging.getLogger("tbviz")
 
+#: Probe images whose feature maps TensorBoardViz shows (one grid each).
+FEATURE_MAP_IMAGES = 4
+
 
 def default_deconvnet_layers(model, n: int = 4) -> list[str]:
     """Up to ``n`` convolution layers spread evenly from the first to the last.
@@ -63,9 +66,9 @@ class TensorBoardViz(keras.callbacks.Callback):
         graph_fn / input_spec: see :class:`~tbviz.GraphCallback`.
         top_k / rule / probe_model / max_batch: see :class:`~tbviz.DeconvnetCallback`.
         include_frozen: histogram frozen layers' weights too.
-        feature_maps: feature maps of the first and last conv layer and the first
-            layer's kernels (:class:`~tbviz.FeatureMapsCallback`); ``"auto"``: on when
-            there are probe images and conv layers.
+        feature_maps: feature maps of the first and last conv layer for the first four
+            probe images, and the first layer's kernels (:class:`~tbviz.FeatureMapsCallback`);
+            ``"auto"``: on when there are probe images and conv layers.
         attribution: heatmaps over the probe images (:class:`~tbviz.AttributionCallback`):
             ``True`` for the default methods or a list such as ``["saliency", "grad_cam",
             "occlusion"]``; ``attribution_target`` is the class (default: predicted).
@@ -153,8 +156,10 @@ class TensorBoardViz(keras.callbacks.Callback):
         if wants_maps:
             from tbviz.callbacks.feature_maps import FeatureMapsCallback
 
+            # Feature-map grids are big: the first few probe images tell the story.
             added.append(FeatureMapsCallback(
-                self.log_dir, self.probe_images if self._direct else None, **self.every))
+                self.log_dir, self.probe_images[:FEATURE_MAP_IMAGES] if self._direct else None,
+                **self.every))
         for cb in added:
             cb.set_model(self.model)
             cb.set_params(self.params)
