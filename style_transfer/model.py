@@ -162,14 +162,30 @@ class StyleTransferModel(keras.Model):
         else:
             self._apply_if_finite(grads, variables)
         if index is not None:
+            batch = tf.shape(index, out_type=tf.int64)[0]
             if replicas > 1:  # the global batch is what the stream position counts
-                index = tf.distribute.get_replica_context().all_gather(index, axis=0)
-            self._track_stream(index, tf.shape(index, out_type=tf.int64)[0])
+                index, batch = self._global_batch_extent(index, batch, replicas)
+            self._track_stream(index, batch)
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3 averages each log with strategy.reduce(..., axis=0) under this
             # strategy (tensorflow/tensorflow#72388), which needs an axis to reduce.
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
+
+    @staticmethod
+    def _global_batch_extent(index, batch, replicas):
+        """The last stream index and the size of the global batch, from every replica's part.
+
+        Each replica fills its own slot of a vector and an all-reduce sums them (an
+        all-gather by all-reduce: ReplicaContext.all_gather fails under
+        MultiWorkerMirroredStrategy in TF 2.21). float64 holds indices up to 2**53 exactly.
+        """
+        ctx = tf.distribute.get_replica_context()
+        slot = tf.one_hot(ctx.replica_id_in_sync_group, replicas, dtype=tf.float64)
+        mine = tf.stack([tf.cast(tf.reduce_max(index), tf.float64), tf.cast(batch, tf.float64)])
+        both = ctx.all_reduce(tf.distribute.ReduceOp.SUM, slot[:, None] * mine[None, :])
+        return (tf.cast(tf.reduce_max(both[:, 0]), tf.int64)[None],
+                tf.cast(tf.reduce_sum(both[:, 1]), tf.int64))
 
     def _poison(self, logs, step):
         nan = tf.where(self.optimizer.iterations + 1 == step, float("nan"), 0.0)
