@@ -156,7 +156,7 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     @staticmethod
     def describe(step, logs):
         """One line naming the step and the first non-finite loss term (parts before totals)."""
-        terms = [k for k in logs if k.endswith("loss")]
+        terms = [k for k in logs if "loss" in k]
         terms.sort(key=lambda k: (k in ("loss", "style_loss"), k == "loss"))
         bad = [k for k in terms if not math.isfinite(float(np.asarray(logs[k]).reshape(-1)[0]))]
         if not bad:

@@ -309,6 +309,12 @@ def _train(args, vgg=None) -> int:
     if args.batch_size % replicas:
         raise ValueError(f"--batch-size {args.batch_size} (the global batch) cannot be split "
                          f"evenly over {replicas} replicas; use a multiple of {replicas}")
+    if strategy is not None:
+        role = "" if args.strategy == "mirrored" else (
+            "; this is the chief, it writes the logs" if chief
+            else "; not the chief: writes nothing into --log-dir")
+        print(f"strategy {args.strategy}: {replicas} replicas, global batch {args.batch_size} "
+              f"({args.batch_size // replicas} per replica){role}", flush=True)
     to_create = []
     if chief:  # other workers write nothing there
         for path, option in ((args.log_dir, "--log-dir"), (ckpt_dir, "--checkpoint-dir"),
