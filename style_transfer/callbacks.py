@@ -59,8 +59,17 @@ class StylizedProbes(VizCallback):
         if photos.ndim != 4 or photos.shape[-1] != 3 or photos.shape[0] == 0:
             raise ValueError(f"photos must be an (N, H, W, 3) RGB array in [0, 255], "
                              f"got shape {photos.shape}")
+        if not (np.issubdtype(photos.dtype, np.integer) or np.issubdtype(photos.dtype, np.floating)):
+            raise ValueError(f"photos must be numbers in [0, 255], got dtype {photos.dtype}")
         if not np.all(np.isfinite(photos)):
             raise ValueError("photos contain NaN or Inf values")
+        lo, hi = float(photos.min()), float(photos.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"photos must be in [0, 255] (the style pipeline's range), got values "
+                             f"in [{lo:g}, {hi:g}]")
+        if hi <= 1.0 and photos.dtype != np.uint8:
+            raise ValueError(f"photos look like [0, 1] images (largest value {hi:g}); the style "
+                             "pipeline takes [0, 255]: multiply them by 255")
         self.photos = photos.astype(np.float32)
         self.names = (list(names) if names is not None
                       else [f"photo {i}" for i in range(len(photos))])

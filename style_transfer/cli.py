@@ -38,6 +38,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def _nonnegative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -66,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global batch: split evenly over the replicas of --strategy")
     t.add_argument("--image-size", type=_positive, default=256,
                    help="training crop size (a multiple of 4, at least 16)")
-    t.add_argument("--lr", type=float, default=1e-3,
+    t.add_argument("--lr", type=_positive_float, default=1e-3,
                    help="Adam learning rate (the same whatever the number of replicas)")
     t.add_argument("--strategy", choices=["none", "mirrored", "multiworker"], default="none",
                    help="tf.distribute: 'mirrored' trains on all GPUs of this machine, "
@@ -302,7 +309,11 @@ def _train(args, vgg=None) -> int:
     if not args.resume and _has_checkpoint(ckpt_dir):
         raise ValueError(f"{ckpt_dir} already holds checkpoints of a run; pass --resume to "
                          "continue it, or another --log-dir/--checkpoint-dir to start afresh")
-    files, ignored = data.list_images(args.content_dir)
+    try:
+        files, ignored = data.list_images(args.content_dir)
+    except ValueError as e:
+        raise ValueError(f"--content-dir: {e}; pass a folder of photos (e.g. COCO's "
+                         "train2017/) or a glob such as 'photos/*.jpg'") from None
     strategy = make_strategy(args.strategy, args.cpu_replicas)  # before any TensorFlow op
     chief = writers.is_chief(strategy)
     replicas = strategy.num_replicas_in_sync if strategy else 1
@@ -322,9 +333,13 @@ def _train(args, vgg=None) -> int:
             to_create += check_creatable(path, option)
     print(f"content: {len(files)} image file(s) in {args.content_dir}"
           + (f" ({ignored} other file(s) ignored)" if ignored else ""), flush=True)
-    data.check_readable(files)
-    style = data.read_image(args.style_image, max_size=args.style_size or None)
-    photos, names = _probe_photos(args)
+    try:
+        data.check_readable(files)
+    except ValueError as e:
+        raise ValueError(f"--content-dir: {e}") from None
+    style = _read("--style-image", data.read_image, args.style_image,
+                  max_size=args.style_size or None)
+    photos, names = _read("--probe-images", _probe_photos, args)
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
         model, state = _build(args, style, ckpt_dir, chief, vgg)
@@ -372,6 +387,13 @@ def _train(args, vgg=None) -> int:
 
 #: Smallest --image-size / --probe-size: VGG19's block5 sees a 16 px image as 1x1.
 MIN_IMAGE_SIZE = 16
+
+
+def _read(option, read, *args, **kwargs):
+    try:
+        return read(*args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
 
 
 def _has_checkpoint(directory: str) -> bool:
@@ -503,16 +525,21 @@ def stylize(args) -> int:
         raise ValueError(f"--model {args.model!r}: no such file (the .keras file train saved)")
     if args.max_size and args.max_size < MIN_SIZE:
         raise ValueError(f"--max-size must be 0 (no limit) or at least {MIN_SIZE}")
+    created = check_creatable(args.output_dir, "--output-dir")
     inputs = []
     for item in args.inputs:
         if os.path.isdir(item):
-            inputs += data.list_images(item)[0]
+            try:
+                inputs += data.list_images(item)[0]
+            except ValueError as e:  # a folder with no images: said, counted, not fatal
+                print(f"skipped {item}: {e}", file=sys.stderr)
+                inputs.append(None)
         elif os.path.isfile(item):
             inputs.append(item)
         else:
             print(f"skipped {item}: no such file or folder", file=sys.stderr)
             inputs.append(None)
-    net = load_transform_net(args.model)
+    net = _read("--model", load_transform_net, args.model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def run(x):
@@ -552,6 +579,9 @@ def stylize(args) -> int:
         _save_image(out, target)
         done += 1
         print(f"{path} -> {target} ({w}x{h}, {time.perf_counter() - t0:.2f} s)", flush=True)
+    if not done:  # leave no empty output folder behind
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
     print(f"stylized {done} image(s)" + (f", {failed} failed" if failed else ""), flush=True)
     return 1 if failed else 0
 

@@ -60,6 +60,8 @@ def list_images(source) -> tuple[list[str], int]:
     (True, 0)
     """
     source = os.fspath(source)
+    if not glob.has_magic(source) and not os.path.exists(source):
+        raise ValueError(f"{source!r}: no such file or folder")
     if os.path.isdir(source):
         candidates = []
         for root, dirs, names in os.walk(source):

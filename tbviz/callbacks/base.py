@@ -116,7 +116,10 @@ class VizCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.chief = writers.is_chief(getattr(self.model, "distribute_strategy", None))
+        fresh = []  # folders this call creates: removed again if setup() fails
         if self.chief:
+            fresh = [p for p in (self.log_dir, os.path.join(self.log_dir, self.run))
+                     if not os.path.exists(p)]
             writers.check_writable(self.log_dir)
         self._release()
         self.writer = self.writer_for(self.run)
@@ -124,6 +127,7 @@ class VizCallback(keras.callbacks.Callback):
             self.setup()
         except Exception:
             self._release()
+            writers.remove_unused(fresh)
             raise
 
     def _trigger(self, logs):

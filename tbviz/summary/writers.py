@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 
@@ -123,6 +124,17 @@ def mark_start(writer, step: int) -> None:
     event = event_pb2.Event(step=int(step), wall_time=time.time(),
                             session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
     tf.raw_ops.ImportEvent(writer=resource, event=event.SerializeToString())
+
+
+def remove_unused(paths) -> None:
+    """Delete the folders ``paths`` (made by a run that failed before it started) unless
+    an open writer still writes under one of them. Nothing half-written is left behind."""
+    with _lock:
+        held = list(_open)
+    for path in paths:
+        path = os.path.abspath(os.fspath(path))
+        if not any(h == path or h.startswith(path + os.sep) for h in held):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def flush_all() -> None:
