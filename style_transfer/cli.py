@@ -324,7 +324,8 @@ def _train(args, vgg=None) -> int:
         role = "" if args.strategy == "mirrored" else (
             "; this is the chief, it writes the logs" if chief
             else "; not the chief: writes nothing into --log-dir")
-        print(f"strategy {args.strategy}: {replicas} replicas, global batch {args.batch_size} "
+        print(f"strategy {args.strategy}: {replicas} replica{'s' * (replicas != 1)}, global "
+              f"batch {args.batch_size} "
               f"({args.batch_size // replicas} per replica){role}", flush=True)
     to_create = []
     if chief:  # other workers write nothing there
