@@ -12,8 +12,9 @@ that machine noise hits all three alike:
 
 Each setup trains ``--rounds`` times for ``--epochs`` epochs, the setups taking
 turns. Epochs are timed from epoch begin to the end of every callback's epoch-end
-work; the first epoch of each fit (tracing) is dropped. Prints the median epoch
-time of each and the ratios against plain ``fit``. Usage::
+work, in wall time and in the process's CPU time; the first epoch of each fit
+(tracing) is dropped. Prints the median epoch times of each and the ratios against
+plain ``fit``. Usage::
 
     python scripts/bench_callbacks.py [--epochs 3] [--rounds 3] [--steps 200]
 """
@@ -51,7 +52,8 @@ def small_cnn():
 
 class EpochClock(keras.callbacks.Callback):
     """Put first and last in the callback list: times each epoch including the other
-    callbacks' per-step and epoch-end work (which is where tbviz writes)."""
+    callbacks' per-step and epoch-end work (which is where tbviz writes), as wall time
+    and as this process's CPU time (all threads; less sensitive to other load)."""
 
     def __init__(self, times, start):
         super().__init__()
@@ -59,11 +61,12 @@ class EpochClock(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.start:
-            self.times.append(-time.perf_counter())
+            self.times.append([-time.perf_counter(), -time.process_time()])
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.start:
-            self.times[-1] += time.perf_counter()
+            self.times[-1][0] += time.perf_counter()
+            self.times[-1][1] += time.process_time()
 
 
 def run(args):
@@ -100,15 +103,15 @@ def run(args):
     print(f"small CNN, {model.count_params():,} parameters, {args.steps} steps x batch "
           f"{args.batch} per epoch; {args.rounds} rounds of {args.epochs} epochs per setup, "
           "first epoch of each fit dropped")
-    steady = {k: statistics.median(v) for k, v in times.items()}
     for k in kinds:
-        print(f"  {k:6s} epoch times: " + ", ".join(f"{t:.2f}s" for t in times[k]))
-    print("median epoch time:")
-    for k in kinds:
-        print(f"  {k:6s} {steady[k]:.3f} s")
-    print("ratios vs plain fit (1.00 = no overhead):")
-    print(f"  keras.callbacks.TensorBoard(histogram_freq=1): {steady['keras'] / steady['plain']:.3f}")
-    print(f"  tbviz.TensorBoardViz (defaults):               {steady['tbviz'] / steady['plain']:.3f}")
+        print(f"  {k:6s} epoch wall / CPU s: " + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in times[k]))
+    for i, what in enumerate(("wall time", "CPU time")):
+        steady = {k: statistics.median(t[i] for t in v) for k, v in times.items()}
+        print(f"median epoch {what}: " + ", ".join(f"{k} {steady[k]:.3f} s" for k in kinds))
+        print(f"  ratio vs plain fit, keras.callbacks.TensorBoard(histogram_freq=1): "
+              f"{steady['keras'] / steady['plain']:.3f}")
+        print(f"  ratio vs plain fit, tbviz.TensorBoardViz (defaults):               "
+              f"{steady['tbviz'] / steady['plain']:.3f}")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,17 @@ On VGG19 (``weights=None``, 224x224), 5 layers x 9 strongest units (45 projectio
     ReLU gradient, whole images, one traced function, forward to the deepest
     layer): the floor of any batched whole-image projection. Target: <= 1.5x.
 
-All timings are taken side by side in one process, interleaved, repeated; the
-median is reported. Usage::
+The units are the top 9 of each layer over 4 probe images (as the callback
+picks them), so several units of a layer often come from one image and share
+its forward pass. ``--distinct`` takes 9 probe images and the strongest unit of
+each instead: no two units of a layer share an image, the worst case for tbviz.
 
-    TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_deconvnet.py [--repeats 3] [--images 4]
+All timings are taken side by side in one process, interleaved, repeated.
+Ratios are computed within each repeat and their median reported, for wall
+time and for the process's CPU time (all threads): on a machine shared with
+other jobs, CPU time measures the work done and is far less noisy. Usage::
+
+    TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_deconvnet.py [--repeats 3] [--distinct]
 """
 
 from __future__ import annotations
@@ -110,35 +117,49 @@ def make_floor(model, layers, image_shape):
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    """(wall seconds, CPU seconds of this process over all its threads) of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--images", type=int, default=4, help="probe images the units come from")
+    ap.add_argument("--distinct", action="store_true",
+                    help="k probe images, one unit from each per layer (no shared forward pass)")
     ap.add_argument("--k", type=int, default=9)
     ap.add_argument("--max-batch", type=int, default=deconvnet.DEFAULT_MAX_BATCH)
     args = ap.parse_args(argv)
 
     keras.utils.set_random_seed(0)
     model = keras.applications.VGG19(weights=None, include_top=False, input_shape=(224, 224, 3))
-    images = probe_images(args.images)
+    images = probe_images(args.k if args.distinct else args.images)
     proj = deconvnet.Projector(model, LAYERS, "deconvnet")
+    t0 = time.perf_counter()
+    proj.prepare(images.shape[1:])
+    prepare_s = time.perf_counter() - t0
     acts = proj.activations(images)
-    units = {layer: deconvnet.top_units(acts[layer], k=args.k) for layer in LAYERS}
+    if args.distinct:
+        units = {layer: [deconvnet.top_units(acts[layer][i:i + 1], k=1)[0]._replace(image_index=i)
+                         for i in range(len(images))] for layer in LAYERS}
+    else:
+        units = {layer: deconvnet.top_units(acts[layer], k=args.k) for layer in LAYERS}
     n_units = sum(len(u) for u in units.values())
     print(f"VGG19 (weights=None), {images.shape[0]} probe images {images.shape[1:]}, "
           f"{len(LAYERS)} layers x {args.k} strongest units = {n_units} projections, "
           f"max_batch={args.max_batch}, TF {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores")
+    print(f"units from {len({u.image_index for us in units.values() for u in us})} images"
+          + (" (one per image per layer)" if args.distinct else "")
+          + f"; tracing everything up front (Projector.prepare) took {prepare_s:.1f} s")
     for layer in LAYERS:
-        plan = proj._crop_plan(layer, images.shape[1:])
         f = proj.field(layer, images.shape[1:])
-        print(f"  {layer:14s} field {f[0].size:3d}px stride {f[0].jump:2d} -> rows from "
-              + (f"{plan[1][0]}x{plan[1][1]} crops" if plan else "whole images"))
+        table = proj._units(layer, images.shape[1:], units[layer], len(images))
+        sizes = sorted({(h, w) for _, h, _, w in proj._boxes(layer, images.shape[1:], table)})
+        print(f"  {layer:14s} field {f[0].size:3d}px stride {f[0].jump:2d} -> units projected "
+              f"from crops of {', '.join(f'{h}x{w}' for h, w in sizes)}")
 
     # Inputs of the naive way and of the floor.
     rebuilt = rebuild_with_deconvnet_relu(model)
@@ -177,17 +198,24 @@ def main(argv=None):
         for name, fn in run.items():
             times[name].append(timed(fn))
     assert proj.trace_count == traces, "tbviz retraced during timing"
-    med = {name: statistics.median(t) for name, t in times.items()}
     for name, t in times.items():
-        print(f"  {name:30s} median {med[name]:7.2f} s   ({', '.join(f'{v:.2f}' for v in t)})")
+        print(f"  {name:30s} wall median {statistics.median(w for w, _ in t):6.2f} s "
+              f"({', '.join(f'{w:.2f}' for w, _ in t)});  CPU median "
+              f"{statistics.median(c for _, c in t):6.2f} s")
 
-    a = med["naive (eager tape per unit)"] / med["tbviz"]
-    b = med["tbviz"] / med["floor (one fwd+bwd, 45 rows)"]
-    b_whole = med["tbviz, whole images"] / med["floor (one fwd+bwd, 45 rows)"]
-    print(f"(a) speed-up over the naive per-unit eager loop: {a:.1f}x  (target >= 5x)")
-    print(f"(b) tbviz time / one plain fwd+bwd over the same 45 rows: {b:.2f}x  (target <= 1.5x)")
-    print(f"    (whole-image rows, no crops: {b_whole:.2f}x the floor)")
-    print(f"traces of tbviz's functions during the whole run: {proj.trace_count}")
+    def ratio(a, b, which):
+        return statistics.median(x[which] / y[which] for x, y in zip(times[a], times[b]))
+
+    naive, ours = "naive (eager tape per unit)", "tbviz"
+    floor, whole = "floor (one fwd+bwd, 45 rows)", "tbviz, whole images"
+    print(f"(a) speed-up over the naive per-unit eager loop: wall {ratio(naive, ours, 0):.1f}x, "
+          f"CPU {ratio(naive, ours, 1):.1f}x  (target >= 5x)")
+    print(f"(b) tbviz / one plain fwd+bwd over the same 45 rows: wall "
+          f"{ratio(ours, floor, 0):.2f}x, CPU {ratio(ours, floor, 1):.2f}x  (target <= 1.5x)")
+    print(f"    tbviz from whole images (no crops) / that floor: wall {ratio(whole, floor, 0):.2f}x, "
+          f"CPU {ratio(whole, floor, 1):.2f}x")
+    print(f"traces of tbviz's functions during the whole run: {proj.trace_count} "
+          "(none while timing)")
 
 
 if __name__ == "__main__":

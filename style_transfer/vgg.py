@@ -59,6 +59,10 @@ class CaffePreprocess(keras.layers.Layer):
     array([ -3.94, -16.78, -23.68], dtype=float32)
     """
 
+    # Pixel by pixel: tbviz's receptive fields see through it, so deconvnet tiles of
+    # VGG19 layers show the field under each unit, not the whole image.
+    tbviz_pointwise = True
+
     def call(self, x):
         x = ops.flip(x, axis=-1)
         return x - ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=x.dtype)

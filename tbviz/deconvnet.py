@@ -60,8 +60,8 @@ from tbviz import receptive_field as rf
 from tbviz.layers import capture_outputs, check_images, check_layers
 from tbviz.relu_rules import check_rule, gradients, relu_rule
 
-__all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "project", "patches",
-           "windows"]
+__all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels", "project",
+           "patches", "windows"]
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +85,27 @@ class Unit(NamedTuple):
 # Choosing units (pure NumPy)
 
 
-def top_units(activations, k: int = 9, channels: Sequence[int] | None = None) -> list[Unit]:
+def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
+              distinct: bool = False) -> list[Unit]:
     """The ``k`` strongest units of a layer's ``activations`` (``(N, H, W, C)`` or ``(N, C)``).
 
     With ``channels``, the strongest unit of each listed feature map instead, in
-    the order given. Ties go to the first unit in ``(image, row, col, channel)``
-    order. Non-finite activations are never chosen (a channel with no finite
-    value is left out), so fewer than ``k`` units may come back.
+    the order given. With ``distinct``, at most one unit per (image, feature map),
+    its strongest position: the top-k then shows k different things rather than
+    neighbouring positions of one blob (when there are fewer than k such pairs, the
+    next strongest units fill the rest). Ties go to the first unit in
+    ``(image, row, col, channel)`` order. Non-finite activations are never chosen
+    (a channel with no finite value is left out), so fewer than ``k`` units may
+    come back.
 
     >>> a = np.zeros((1, 2, 2, 2)); a[0, 1, 0, 1] = 5.0; a[0, 0, 1, 0] = 3.0
     >>> [tuple(u) for u in top_units(a, k=2)]
     [(0, 1, 0, 1, 5.0), (0, 0, 1, 0, 3.0)]
     >>> [u.channel for u in top_units(a, channels=[1, 0])]
     [1, 0]
+    >>> a[0, 1, 1, 1] = 4.0  # a second peak in map 1: distinct skips it
+    >>> [tuple(u) for u in top_units(a, k=2, distinct=True)]
+    [(0, 1, 0, 1, 5.0), (0, 0, 1, 0, 3.0)]
     """
     a = np.asarray(activations)
     if a.ndim == 2:
@@ -105,7 +113,30 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None) ->
     if a.ndim != 4:
         raise ValueError(f"activations must have shape (N, H, W, C) or (N, C), got {a.shape}")
     a = np.where(np.isfinite(a), a, -np.inf).astype(np.float64)
-    if channels is None:
+    if channels is None and distinct:
+        k = _positive_int("k", k)
+        n, h, w, c = a.shape
+        per_map = a.transpose(0, 3, 1, 2).reshape(n, c, h * w)
+        where = per_map.argmax(axis=-1)  # first maximum of each (image, map)
+        best = np.take_along_axis(per_map, where[..., None], axis=-1)[..., 0]
+        # (image, channel) order, stable: ties go to the earlier image, then channel
+        order = np.argsort(-best.reshape(-1), kind="stable")[:k]
+        picked = []
+        for i in order:
+            img, ch = divmod(int(i), c)
+            if np.isfinite(best[img, ch]):
+                r, col = divmod(int(where[img, ch]), w)
+                picked.append((img, r, col, ch))
+        if len(picked) < k:  # fewer (image, map) pairs than k: fill with the next strongest
+            flat = a.reshape(-1)
+            taken = set(picked)
+            for i in np.argsort(-flat, kind="stable"):
+                if len(picked) == k or not np.isfinite(flat[i]):
+                    break
+                unit = tuple(int(v) for v in np.unravel_index(i, a.shape))
+                if unit not in taken:
+                    picked.append(unit)
+    elif channels is None:
         k = _positive_int("k", k)
         flat = a.reshape(-1)
         order = np.argsort(-flat, kind="stable")[:k]
@@ -123,6 +154,25 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None) ->
                 picked.append(np.unravel_index(i, fmap.shape) + (int(c),))
     return [Unit(int(n), int(r), int(c), int(ch), float(a[n, r, c, ch]))
             for n, r, c, ch in picked]
+
+
+def top_channels(activations, k: int = 9) -> list[int]:
+    """The ``k`` feature maps with the highest mean activation (non-finite values ignored).
+
+    ``activations`` is ``(N, H, W, C)`` or ``(N, C)``; ties go to the lower channel.
+
+    >>> a = np.zeros((2, 3, 3, 4)); a[..., 2] = 1.0; a[0, 0, 0, 0] = 5.0
+    >>> top_channels(a, k=2)  # means: 5/18, 0, 1, 0
+    [2, 0]
+    """
+    k = _positive_int("k", k)
+    a = np.asarray(activations, dtype=np.float64)
+    a = a.reshape(-1, a.shape[-1])
+    finite = np.isfinite(a)
+    count = finite.sum(0)
+    mean = np.where(finite, a, 0.0).sum(0) / np.maximum(count, 1)
+    mean = np.where(count > 0, mean, -np.inf)
+    return [int(c) for c in np.argsort(-mean, kind="stable")[:k]]
 
 
 def _positive_int(name, value):
@@ -166,8 +216,8 @@ class Projector:
         self._acts: dict = {}     # image shape -> tf.function
         self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
         self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
-        self._no_crop: set = set()
-        self._crop_ok: set = set()
+        self._no_crop: set = set()  # (layer, image shape) that must use whole images
+        self._crop_ok: set = set()  # ... and those whose crops have run once
 
     # -- model access ---------------------------------------------------------------------------
     @property
@@ -277,12 +327,11 @@ class Projector:
         image_shape = tuple(int(d) for d in image_shape)
         self.output_shapes(image_shape)
         for layer in self.layers:
-            crop = self._crop_plan(layer, image_shape) is not None
+            crop = (layer, image_shape) not in self._no_crop and \
+                self.field(layer, image_shape) is not None
             try:
                 for shared in (True, False):
                     self._project_fn(layer, image_shape, crop, shared).get_concrete_function()
-                if crop:
-                    self._crop_ok.add((layer, image_shape))
             except Exception as err:
                 if not crop:
                     raise
@@ -320,65 +369,79 @@ class Projector:
         return result
 
     def _project_layer(self, images, layer, table, max_batch, crop):
-        n, h, w = len(table), images.shape[1], images.shape[2]
+        n = len(table)
         canvas = np.zeros((n,) + images.shape[1:], np.float32)
         if n == 0:
             return canvas
-        plan = self._crop_plan(layer, images.shape[1:]) if crop else None
-        if plan is None:
-            (fr, fc), (ch, cw) = (None, None), (h, w)
-            boxes = np.zeros((n, 2), np.int64)
+        boxes = self._boxes(layer, images.shape[1:], table, crop)
+        cropped = boxes is not None
+        if not cropped:
+            boxes = np.tile([0, images.shape[1], 0, images.shape[2]], (n, 1))
             pos = table[:, 1:4]
         else:
-            (fr, fc), (ch, cw) = plan
-            boxes = np.array([(rf.crop_start(fr, r, ch) if ch < h else 0,
-                               rf.crop_start(fc, c, cw) if cw < w else 0)
-                              for _, r, c, _ in table], np.int64)
-            pos = table[:, 1:4] - np.column_stack(
-                [boxes[:, 0] // fr.jump, boxes[:, 1] // fc.jump, np.zeros(n, np.int64)])
+            rows_axis, cols_axis = self.field(layer, images.shape[1:])
+            pos = table[:, 1:4] - np.column_stack([boxes[:, 0] // rows_axis.jump,
+                                                   boxes[:, 2] // cols_axis.jump,
+                                                   np.zeros(n, np.int64)])
         pos = pos.astype(np.int32)
 
         def rows(ks):
-            return np.stack([images[table[k, 0], boxes[k, 0]:boxes[k, 0] + ch,
-                                    boxes[k, 1]:boxes[k, 1] + cw] for k in ks])
+            return np.stack([images[table[k, 0], y:y + hh, x:x + ww]
+                             for k in ks for y, hh, x, ww in [boxes[k]]])
 
-        # Units that read the same input rows share one forward pass.
+        # Units that read the same input rows share one forward pass; the others go
+        # one row each, batched by crop size.
         groups: dict = {}
         for k in range(n):
-            groups.setdefault((table[k, 0], boxes[k, 0], boxes[k, 1]), []).append(k)
-        shared = [ks for ks in groups.values() if len(ks) > 1]
-        single = [ks[0] for ks in groups.values() if len(ks) == 1]
-        calls = [(True, ks[i:i + max_batch]) for ks in shared for i in range(0, len(ks), max_batch)]
-        calls += [(False, single[i:i + max_batch]) for i in range(0, len(single), max_batch)]
+            groups.setdefault((table[k, 0],) + tuple(boxes[k]), []).append(k)
+        calls = []
+        by_size: dict = {}
+        for key, ks in groups.items():
+            if len(ks) > 1:
+                calls += [(True, ks[i:i + max_batch]) for i in range(0, len(ks), max_batch)]
+            else:
+                by_size.setdefault((key[2], key[4]), []).append(ks[0])
+        for ks in by_size.values():
+            calls += [(False, ks[i:i + max_batch]) for i in range(0, len(ks), max_batch)]
         key = (layer, images.shape[1:])
         try:
             for is_shared, ks in calls:
-                fn = self._project_fn(layer, images.shape[1:], plan is not None, is_shared)
-                x = rows(ks[:1]) if is_shared else rows(ks)
-                grads = fn(x, pos[ks]).numpy()
+                fn = self._project_fn(layer, images.shape[1:], cropped, is_shared)
+                grads = fn(rows(ks[:1] if is_shared else ks), pos[ks]).numpy()
                 for k, g in zip(ks, grads):
-                    canvas[k, boxes[k, 0]:boxes[k, 0] + ch, boxes[k, 1]:boxes[k, 1] + cw] = g
-                if plan is not None:
+                    y, hh, x, ww = boxes[k]
+                    canvas[k, y:y + hh, x:x + ww] = g
+                if cropped:
                     self._crop_ok.add(key)
         except Exception as err:
-            if plan is None or key in self._crop_ok:
+            if not cropped or key in self._crop_ok:
                 raise
             self._fall_back(layer, images.shape[1:], err)
             return self._project_layer(images, layer, table, max_batch, crop=False)
         return canvas
 
-    def _crop_plan(self, layer, image_shape):
-        """``((row Axis, col Axis), (crop height, crop width))``, or None for whole images."""
-        if (layer, image_shape) in self._no_crop:
+    def _boxes(self, layer, image_shape, table, crop=True):
+        """``(top, height, left, width)`` of the crop each unit is projected from (None: whole
+        images, where the field is unknown or the model cannot run on crops)."""
+        if not crop or (layer, image_shape) in self._no_crop:
             return None
         f = self.field(layer, image_shape)
         if f is None:
             return None
-        h, w = image_shape[:2]
-        ch, cw = rf.crop_plan(f[0]) or h, rf.crop_plan(f[1]) or w
-        if (ch, cw) == (h, w):
-            return None
-        return f, (ch, cw)
+        boxes = np.array([rf.unit_crop(f[0], r) + rf.unit_crop(f[1], c)
+                          for _, r, c, _ in table], np.int64).reshape(-1, 4)
+        # Where a field is wider than the image, each unit has a crop of its own size. Units
+        # of one image then take the union of their crops (still aligned, see unit_crop), so
+        # that they share one forward pass: cheaper than one pass each on smaller crops.
+        for axis, at in ((f[0], 0), (f[1], 2)):
+            if rf.crop_plan(axis) is not None:
+                continue
+            for image in np.unique(table[:, 0]):
+                rows = table[:, 0] == image
+                lo = boxes[rows, at].min()
+                hi = (boxes[rows, at] + boxes[rows, at + 1]).max()
+                boxes[rows, at], boxes[rows, at + 1] = lo, hi - lo
+        return boxes
 
     # -- unit tables ----------------------------------------------------------------------------
     def _units(self, layer, image_shape, units, n_images) -> np.ndarray:
@@ -452,13 +515,14 @@ def projector(model, layers: Iterable[str], rule: str = "deconvnet") -> Projecto
 
 
 def strongest(model, images, layer: str, k: int = 9, channels: Sequence[int] | None = None,
-              ) -> list[Unit]:
+              distinct: bool = False) -> list[Unit]:
     """The ``k`` strongest activations of ``layer`` over ``images`` (inference mode).
 
     Returns :class:`Unit` s ``(image_index, row, col, channel, value)``, strongest
     first. With ``channels``, the strongest unit of each given feature map, in
-    that order (the paper's Fig. 3 view). ``layer`` is a name or an
-    ``"outer/inner"`` path into a nested model.
+    that order (the paper's Fig. 3 view). With ``distinct``, at most one unit per
+    (image, feature map). ``layer`` is a name or an ``"outer/inner"`` path into a
+    nested model.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
@@ -466,7 +530,7 @@ def strongest(model, images, layer: str, k: int = 9, channels: Sequence[int] | N
     4
     """
     acts = projector(model, (layer,)).activations(images)[layer]
-    return top_units(acts, k=k, channels=channels)
+    return top_units(acts, k=k, channels=channels, distinct=distinct)
 
 
 def project(model, images, layer: str, neurons, rule: str = "deconvnet",
@@ -499,6 +563,41 @@ def windows(model, image_shape, layer: str, neurons) -> list[tuple[int, int, int
     [(1, 4, 2, 5)]
     """
     return projector(model, (layer,)).windows(layer, tuple(image_shape), list(neurons))
+
+
+def support_window(projection, threshold: float = 0.02, margin: int = 2
+                   ) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` around where a projection is not negligible.
+
+    For units whose receptive field cannot be worked out from the layers (instance
+    normalization makes every output depend a little on the whole image, say): the
+    box of the pixels whose magnitude (summed over channels) reaches ``threshold``
+    of the peak, widened by ``margin`` pixels and made square where the image
+    allows, so tiles show the part of the image that matters. An all-zero
+    projection gives the whole image.
+
+    >>> p = np.zeros((10, 10, 1)); p[4, 5] = 1.0; p[0, 0] = 0.001
+    >>> support_window(p, margin=1)
+    (3, 6, 4, 7)
+    """
+    mag = np.abs(np.nan_to_num(np.asarray(projection, dtype=np.float64))).sum(axis=-1)
+    h, w = mag.shape
+    peak = mag.max()
+    if not peak > 0:
+        return (0, h, 0, w)
+    rows = np.flatnonzero((mag >= threshold * peak).any(axis=1))
+    cols = np.flatnonzero((mag >= threshold * peak).any(axis=0))
+    t, b = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, h)
+    lft, r = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)
+    side = max(b - t, r - lft)
+
+    def widen(lo, hi, n):  # grow [lo, hi) to `side` pixels around its centre, inside [0, n)
+        need = min(side, n) - (hi - lo)
+        lo = max(lo - need // 2, 0)
+        hi = min(lo + min(side, n), n)
+        return hi - min(side, n), hi
+
+    return widen(t, b, h) + widen(lft, r, w)
 
 
 def patches(model, images, layer: str, neurons) -> list[np.ndarray]:

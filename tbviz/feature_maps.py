@@ -56,10 +56,11 @@ def _enlarge(tiles: np.ndarray, scale: int) -> np.ndarray:
 
 
 def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = None,
-                 pad: int = 1, max_batch: int = 32) -> np.ndarray:
+                 pad: int = 1, max_batch: int = 32, channels=None) -> np.ndarray:
     """The layer's output channels for each image, as one tiled ``uint8`` grid per image.
 
-    ``layer`` must have a 4-D ``(N, h, w, C)`` output. Each image's maps share one
+    ``layer`` must have a 4-D ``(N, h, w, C)`` output; ``channels`` picks some of
+    its channels (a slice or a list of indices; default all). Each image's maps share one
     min-max scale (black = the image's lowest value in any channel). Returns
     ``(N, rows*(h*scale+pad)-pad, cols*(w*scale+pad)-pad, 3)``; ``cols`` defaults
     to ``ceil(sqrt(C))``; padding is white.
@@ -74,6 +75,8 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     scale = _check_scale(scale)
     _probe.check_layer_rank(model, x.shape[1:], layer, {4}, "feature_maps()")
     maps = _probe.layer_outputs(model, x, layer, _probe.check_max_batch(max_batch))
+    if channels is not None:
+        maps = maps[..., channels]
     return map_grids(maps, scale=scale, cols=cols, pad=pad)
 
 

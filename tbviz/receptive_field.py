@@ -13,10 +13,11 @@ Layers understood: Conv2D / DepthwiseConv2D / SeparableConv2D (strides,
 dilation, 'same' or 'valid'), Max/AveragePooling2D, ZeroPadding2D,
 Cropping2D, layers that act on each pixel alone (activations, BatchNorm on the
 channel axis, Dropout, Rescaling, ...), merges (Add, Concatenate on channels,
-...) and nested Functional/Sequential models. Anything else (Dense, Flatten,
-global pooling, upsampling, transposed convolutions, custom or subclassed
-layers) has no field: :func:`receptive_field` returns ``None`` and callers use
-the whole image.
+...) and nested Functional/Sequential models. A custom layer that works on each
+pixel alone (a preprocessing layer, say) can say so with a class attribute
+``tbviz_pointwise = True``. Anything else (Dense, Flatten, global pooling,
+upsampling, transposed convolutions, other custom or subclassed layers) has no
+field: :func:`receptive_field` returns ``None`` and callers use the whole image.
 
 Example:
     >>> import keras
@@ -42,7 +43,7 @@ import keras
 
 from tbviz.layers import check_layers
 
-__all__ = ["Axis", "receptive_field", "crop_plan", "crop_start"]
+__all__ = ["Axis", "receptive_field", "crop_plan", "crop_start", "unit_crop"]
 
 
 class Axis(NamedTuple):
@@ -87,7 +88,7 @@ def _channel_axes_only(axis) -> bool:
 
 def _is_pointwise(layer) -> bool:
     """True for layers whose output pixel depends on the same input pixel alone."""
-    if isinstance(layer, _POINTWISE):
+    if isinstance(layer, _POINTWISE) or getattr(layer, "tbviz_pointwise", False) is True:
         return True
     if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
                           keras.layers.UnitNormalization, keras.layers.Normalization)):
@@ -292,3 +293,24 @@ def crop_start(axis: Axis, i: int, length: int) -> int:
     lo, _ = axis.window(i, clip=True)
     start = (lo // axis.jump) * axis.jump
     return min(start, axis.image_length - length)
+
+
+def unit_crop(axis: Axis, i: int) -> tuple[int, int]:
+    """``(start, length)`` of the input crop that unit ``i`` is projected from, along ``axis``.
+
+    Where the field is smaller than the image every unit gets the same length
+    (:func:`crop_plan`), so units batch together. Where it is not, each unit gets
+    the smallest crop holding its field clipped to the image, with the same
+    alignment rules: a unit near a border needs less than the whole image.
+
+    >>> axis = Axis(size=252, jump=16, start=-118, length=14, image_length=224)
+    >>> unit_crop(axis, 0), unit_crop(axis, 7), unit_crop(axis, 13)
+    ((0, 144), (0, 224), (80, 144))
+    """
+    standard = crop_plan(axis)
+    if standard is not None:
+        return crop_start(axis, i, standard), standard
+    lo, hi = axis.window(i, clip=True)
+    start = (lo // axis.jump) * axis.jump
+    need = hi - start
+    return start, need + (axis.image_length - need) % axis.jump

@@ -1,10 +1,22 @@
-"""Reading event files back the way TensorBoard does, for assertions in tests."""
+"""Reading event files back the way TensorBoard does, for assertions in tests.
 
+Functions take a run directory or an ``EventAccumulator`` already loaded from one.
+"""
+
+import io
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
+
+from tbviz.summary import metadata
 
 
 def load(run_dir):
     """An ``EventAccumulator`` over ``run_dir`` with nothing sampled away."""
+    if isinstance(run_dir, ea.EventAccumulator):
+        return run_dir
     acc = ea.EventAccumulator(
         str(run_dir),
         size_guidance={ea.SCALARS: 0, ea.IMAGES: 0, ea.HISTOGRAMS: 0, ea.TENSORS: 0,
@@ -16,9 +28,45 @@ def load(run_dir):
 
 def scalars(run_dir, tag):
     """``[(step, value), ...]`` of a scalar tag, whether written as scalar or tensor summary."""
-    import tensorflow as tf
-
     acc = load(run_dir)
     if tag in acc.Tags().get("scalars", []):
         return [(e.step, e.value) for e in acc.Scalars(tag)]
     return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+
+
+def decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def image_steps(event):
+    """Decoded images of one ``tf.summary.image`` event: it holds ``[width, height, png...]``."""
+    blobs = tf.make_ndarray(event.tensor_proto)
+    width, height = int(blobs[0]), int(blobs[1])
+    pics = [decode(b) for b in blobs[2:]]
+    assert all(p.shape[:2] == (height, width) for p in pics)
+    return pics
+
+
+def images(run_dir, tag):
+    """``[(step, [uint8 arrays])]`` of a ``tf.summary.image`` tag."""
+    acc = load(run_dir)
+    assert tag in acc.Tags()["tensors"], sorted(acc.Tags()["tensors"])
+    assert acc.SummaryMetadata(tag).plugin_data.plugin_name == "images"
+    return [(event.step, image_steps(event)) for event in acc.Tensors(tag)]
+
+
+def panels(run_dir, tag):
+    """``(content, [(step, header, [uint8 arrays])])`` of a tbviz panel tag."""
+    acc = load(run_dir)
+    md = acc.SummaryMetadata(tag)
+    assert md.plugin_data.plugin_name == metadata.PLUGIN_NAME
+    content = metadata.parse_content(md.plugin_data.content)
+    steps = []
+    for event in acc.Tensors(tag):
+        blobs = tf.make_ndarray(event.tensor_proto)
+        steps.append((event.step, metadata.parse_header(blobs[0]), [decode(b) for b in blobs[1:]]))
+    return content, steps
+
+
+def tags(run_dir):
+    return sorted(load(run_dir).Tags()["tensors"])

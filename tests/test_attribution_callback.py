@@ -9,7 +9,7 @@ from tbviz.callbacks.attribution import AttributionCallback, _photos
 from tbviz.callbacks.feature_maps import FeatureMapsCallback
 from tbviz.callbacks.synthesis import SynthesisCallback
 from tbviz.summary.images import overlay
-from vizreading import images, panels, tags
+from eventfiles import images, panels, tags
 
 
 def classifier():

@@ -366,9 +366,9 @@ def test_patches_are_the_receptive_fields(images):
     np.testing.assert_array_equal(whole, images[1])
 
 
-def strided_net():
+def strided_net(size):
     """Strided 'same' convs (asymmetric padding), explicit padding, dilation, pools, a merge."""
-    x = keras.Input((61, 53, 3))
+    x = keras.Input(size + (3,))
     y = L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c1")(x)
     y = L.ZeroPadding2D(((1, 0), (0, 2)), name="pad")(y)
     y = L.MaxPooling2D(3, strides=2, padding="same", name="p1")(y)
@@ -380,30 +380,36 @@ def strided_net():
     return keras.Model(x, L.Dense(2, name="head")(L.Flatten()(y)))
 
 
-@pytest.mark.parametrize("rule", ["deconvnet", "gradient"])
-def test_receptive_field_crops_give_the_whole_image_result(rule):
-    model = strided_net()
+@pytest.mark.parametrize("rule,size", [("deconvnet", (61, 53)), ("gradient", (61, 53)),
+                                       ("guided", (37, 30))])
+def test_receptive_field_crops_give_the_whole_image_result(rule, size):
+    # On 61x53 every field is smaller than the image: one crop size per layer. On 37x30
+    # the deepest fields are not: each unit gets the smallest crop that holds its field.
+    model = strided_net(size)
     rng = np.random.default_rng(5)
-    images = rng.normal(0, 1, (2, 61, 53, 3)).astype("float32")
+    images = rng.normal(0, 1, (2,) + size + (3,)).astype("float32")
     layers = ["c1", "p1", "r2", "c3"]
     proj = deconvnet.Projector(model, layers, rule)
     shapes = proj.output_shapes(images.shape[1:])
     acts = proj.activations(images)
     units = {layer: all_units(shapes[layer], 2, step=29 if layer == "c1" else 7)
              + deconvnet.top_units(acts[layer], k=4) for layer in layers}
-    for layer in layers:  # every layer here is projected from crops, else this proves nothing
-        assert proj._crop_plan(layer, images.shape[1:]) is not None, layer
+    for layer in layers:  # units alone are projected from crops, else this proves nothing
+        table = proj._units(layer, images.shape[1:], units[layer], n_images=2)
+        boxes = np.concatenate([proj._boxes(layer, images.shape[1:], table[k:k + 1])
+                                for k in range(len(table))])
+        assert ((boxes[:, 1] < size[0]) | (boxes[:, 3] < size[1])).mean() >= 0.5, layer
     cropped = proj.project(images, units)
     whole = proj.project(images, units, crop=False)
     for layer in layers:
         scale = np.abs(whole[layer]).max()
         assert scale > 0
         np.testing.assert_allclose(cropped[layer], whole[layer], rtol=0, atol=1e-6 * scale)
-    # One unit at a time (no shared forward pass) gives the same again.
+    # One unit at a time (its own crop, no shared forward pass) gives the same again.
     for layer in layers:
-        some = units[layer][::11]
+        some = units[layer][::5]
         alone = np.concatenate([proj.project(images, {layer: [u]})[layer] for u in some])
-        np.testing.assert_allclose(alone, whole[layer][::11], rtol=0,
+        np.testing.assert_allclose(alone, whole[layer][::5], rtol=0,
                                    atol=1e-6 * np.abs(whole[layer]).max())
 
 
@@ -531,3 +537,56 @@ def test_layers_off_the_image_path_are_refused(images):
     # The subclassed model's own conv still works, from whole images (no graph to analyse).
     units = deconvnet.strongest(model, images, "branches/conv", k=2)
     assert deconvnet.project(model, images, "branches/conv", units).shape == (2, 8, 8, 2)
+
+
+def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images):
+    # The head needs the static size of its input: tracing it on crops of unknown size fails.
+    x = keras.Input((8, 8, 2))
+    y = L.Conv2D(3, 3, padding="same", activation="relu", name="c1")(x)
+    flat = L.Lambda(lambda t: keras.ops.reshape(t, (-1, t.shape[1] * t.shape[2] * t.shape[3])),
+                    name="static_flatten")(y)
+    model = keras.Model(x, L.Dense(2)(flat))
+    model.get_layer("c1").set_weights([v.astype("float32") for v in weights()["c1"]])
+    proj = deconvnet.Projector(model, ["c1"]).prepare(images.shape[1:])
+    assert ("c1", images.shape[1:]) in proj._no_crop
+    units = deconvnet.top_units(proj.activations(images)["c1"], k=5)
+    got = proj.project(images, {"c1": units})["c1"]
+    ref = small_reference(weights())
+    for u, p in zip(units, got):
+        assert_close(p, ref.project(images[u.image_index], "block1", u[1:4], "deconvnet"))
+
+
+def test_distinct_top_units_take_one_unit_per_image_and_map():
+    rng = np.random.default_rng(3)
+    acts = rng.random((3, 5, 5, 4))
+    units = deconvnet.top_units(acts, k=6, distinct=True)
+    pairs = [(u.image_index, u.channel) for u in units]
+    assert len(set(pairs)) == 6
+    # Independent: the 6 largest per-(image, map) maxima, each at its argmax.
+    maxima = acts.max(axis=(1, 2))
+    expect = sorted(((maxima[n, c], n, c) for n in range(3) for c in range(4)), reverse=True)[:6]
+    assert [(n, c) for _, n, c in expect] == pairs
+    for u in units:
+        assert acts[u.image_index, u.row, u.col, u.channel] == u.value == maxima[u.image_index, u.channel]
+
+
+def test_distinct_fills_up_with_the_next_strongest_when_pairs_run_out():
+    acts = np.zeros((1, 3, 3, 2))
+    acts[0, 0, 0, 0], acts[0, 1, 1, 0], acts[0, 2, 2, 1], acts[0, 0, 2, 0] = 9, 8, 7, 6
+    units = deconvnet.top_units(acts, k=4, distinct=True)
+    assert [(u.row, u.col, u.channel, u.value) for u in units] == [
+        (0, 0, 0, 9.0), (2, 2, 1, 7.0), (1, 1, 0, 8.0), (0, 2, 0, 6.0)]
+
+
+def test_support_window_is_square_inside_the_image_and_holds_the_support():
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        h, w = rng.integers(4, 30, 2)
+        p = rng.normal(size=(h, w, 3)) * 1e-4  # the faint global part
+        r, c = rng.integers(0, h), rng.integers(0, w)
+        p[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] += 5.0
+        t, b, lft, rt = deconvnet.support_window(p)
+        assert 0 <= t < b <= h and 0 <= lft < rt <= w
+        assert t <= r < b and lft <= c < rt
+        assert b - t == min(max(b - t, rt - lft), h) and rt - lft == min(max(b - t, rt - lft), w)
+    assert deconvnet.support_window(np.zeros((5, 7, 3))) == (0, 5, 0, 7)

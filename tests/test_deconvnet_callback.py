@@ -1,6 +1,5 @@
 """DeconvnetCallback: what it writes, read back with TensorBoard's EventAccumulator."""
 
-import io
 import json
 import logging
 import math
@@ -9,10 +8,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 import tbviz
-from eventfiles import load
+from eventfiles import image_steps, load, panels
 from tbviz import deconvnet
 from tbviz.callbacks.deconvnet import UNIT_COLUMNS
 from tbviz.layers import layer_paths
@@ -47,22 +45,6 @@ def data():
     return x, y
 
 
-def pngs(event):
-    """Decoded images of one step: image summaries hold [width, height, png...]."""
-    blobs = tf.make_ndarray(event.tensor_proto)
-    return [np.array(Image.open(io.BytesIO(b))) for b in blobs[2:]]
-
-
-def panel(acc, tag):
-    """[(step, header dict, decoded tiles)] of a tbviz panel tag."""
-    out = []
-    for e in acc.Tensors(tag):
-        blobs = tf.make_ndarray(e.tensor_proto)
-        tiles = [np.array(Image.open(io.BytesIO(b))) for b in blobs[1:]]
-        out.append((e.step, metadata.parse_header(blobs[0]), tiles))
-    return out
-
-
 def enlarge(tile, side):
     s = max(1, math.ceil(64 / side))
     return np.repeat(np.repeat(tile, s, 0), s, 1)
@@ -89,7 +71,7 @@ def test_summaries_read_back(tmp_path, data):
 
     # The last step was written with the final weights: recompute it with the pure functions.
     layer = "relu2"
-    units = deconvnet.strongest(model, probes, layer, k=4)
+    units = deconvnet.strongest(model, probes, layer, k=4, distinct=True)
     proj = deconvnet.project(model, probes, layer, units)
     boxes = deconvnet.windows(model, probes.shape[1:], layer, units)
     patches = deconvnet.patches(model, probes, layer, units)
@@ -98,12 +80,13 @@ def test_summaries_read_back(tmp_path, data):
     side = max(max(b - t, r - lft) for t, b, lft, r in
                deconvnet.windows(model, probes.shape[1:], layer, units + final))
 
-    step, header, tiles = panel(acc, f"tbviz/deconvnet/{layer}/topk")[-1]
+    step, header, tiles = panels(acc, f"tbviz/deconvnet/{layer}/topk")[1][-1]
     md = acc.SummaryMetadata(f"tbviz/deconvnet/{layer}/topk")
     assert md.plugin_data.plugin_name == "tbviz"
     content = metadata.parse_content(md.plugin_data.content)
     assert content == {"version": 1, "kind": "topk", "layer": layer, "rule": "deconvnet",
-                       "k": 4, "layer_index": layer_paths(model).index(layer)}
+                       "k": 4, "layer_index": layer_paths(model).index(layer),
+                       "model": model.name}
     assert step == 4 and len(tiles) == 8
     assert [t["role"] for t in header["tiles"]] == ["projection"] * 4 + ["patch"] * 4
     for i, (u, t) in enumerate(zip(units + units, header["tiles"])):
@@ -120,7 +103,7 @@ def test_summaries_read_back(tmp_path, data):
     assert max(t.shape[0] for t in tiles) >= 64  # an 8x8 field is enlarged to be seen
     # Image summaries: one grid of k tiles each (2x2 for k=4).
     for name, first in (("projections", 0), ("patches", 4)):
-        grid = pngs(acc.Tensors(f"deconvnet/{layer}/{name}")[-1])[0]
+        grid = image_steps(acc.Tensors(f"deconvnet/{layer}/{name}")[-1])[0]
         th = max(t.shape[0] for t in tiles[first:first + 4])
         tw = max(t.shape[1] for t in tiles[first:first + 4])
         assert grid.shape == (2 * th + 2, 2 * tw + 2, 3)
@@ -130,7 +113,7 @@ def test_summaries_read_back(tmp_path, data):
             np.testing.assert_array_equal(grid[y:y + tile.shape[0], x:x + tile.shape[1]], tile)
 
     # Evolution: the same fixed channels at every step, each its strongest unit.
-    evo = panel(acc, f"tbviz/deconvnet/{layer}/evolution")
+    evo = panels(acc, f"tbviz/deconvnet/{layer}/evolution")[1]
     assert len(evo) == 2
     for _, header, tiles in evo:
         chans = [t["channel"] for t in header["tiles"] if t["role"] == "projection"]
@@ -179,7 +162,7 @@ def test_probe_model_and_images_as_callables(tmp_path):
     transform.fit(photos, photos, epochs=2, verbose=0, callbacks=[cb])
     assert len(seen) == 3  # train begin, then each epoch
     acc = load(tmp_path / "train")
-    step, header, tiles = panel(acc, "tbviz/deconvnet/vgg/b2/topk")[-1]
+    step, header, tiles = panels(acc, "tbviz/deconvnet/vgg/b2/topk")[1][-1]
     units = deconvnet.strongest(loss_net, seen[-1], "vgg/b2", k=3)
     assert [(t["image_index"], t["row"], t["col"], t["channel"])
             for t in header["tiles"][:3]] == [tuple(u[:4]) for u in units]
@@ -189,7 +172,7 @@ def test_probe_model_and_images_as_callables(tmp_path):
                deconvnet.patches(loss_net, seen[-1], "vgg/b2", units + evo_units))
     for tile, p in zip(tiles[3:], patches):
         np.testing.assert_array_equal(tile, enlarge(np.round(p).astype(np.uint8), side))
-    evo = panel(acc, "tbviz/deconvnet/vgg/b2/evolution")[-1][1]
+    evo = panels(acc, "tbviz/deconvnet/vgg/b2/evolution")[1][-1][1]
     assert [t["channel"] for t in evo["tiles"]] == [0, 2, 0, 2]
 
 
@@ -209,6 +192,12 @@ def test_traced_once_over_five_epochs(tmp_path, data):
     assert traces[0] == 1 + 2 * 2  # activations + two projection functions per layer
     steps = [e.step for e in load(tmp_path / "train").Tensors("deconvnet/conv1/projections")]
     assert steps == sorted(set(range(3, 11, 3)) | {2, 4, 6, 8, 10})
+    # A second fit() continues the run: nothing traced again, the same feature maps followed.
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[cb, Count()])
+    assert traces[-1] == traces[0]
+    evo = panels(tmp_path / "train", "tbviz/deconvnet/relu2/evolution")[1]
+    assert [e[0] for e in evo][-2:] == [10, 12]
+    assert len({tuple(t["channel"] for t in header["tiles"]) for _, header, _ in evo}) == 1
 
 
 def test_training_is_bit_identical_with_the_callback(tmp_path, data):
@@ -277,15 +266,16 @@ def test_non_finite_weights_are_skipped_with_one_warning(tmp_path, caplog):
     # Said once each, not once per epoch: NaN activations, and NaN in the projections.
     assert len(said) == 2 and len(set(said)) == 2 and all("NaN or Inf" in m for m in said)
     acc = load(tmp_path / "train")
-    steps = panel(acc, "tbviz/deconvnet/b2/topk")
+    steps = panels(acc, "tbviz/deconvnet/b2/topk")[1]
     assert len(steps) == 3
     header, tiles = steps[-1][1], steps[-1][2]
+    assert len(tiles) == 6 and all(t.size for t in tiles)  # every tile decodes
     assert len(header["tiles"]) == 6
     assert all(t["channel"] != 1 and math.isfinite(t["value"]) for t in header["tiles"])
     json.dumps(header, allow_nan=False)  # strict JSON: no NaN anywhere
-    evo = panel(acc, "tbviz/deconvnet/b2/evolution")[-1][1]
+    evo = panels(acc, "tbviz/deconvnet/b2/evolution")[1][-1][1]
     assert 1 not in [t["channel"] for t in evo["tiles"]]
     raw = tf.make_ndarray(acc.Tensors("deconvnet/b2/raw")[-1].tensor_proto)
     assert np.isfinite(raw).all()
-    assert len(panel(acc, "tbviz/deconvnet/b1/topk")) == 3
+    assert len(panels(acc, "tbviz/deconvnet/b1/topk")[1]) == 3
     assert not [r for r in caplog.records if "'b1'" in r.getMessage()]

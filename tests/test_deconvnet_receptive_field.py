@@ -9,7 +9,7 @@ import pytest
 import tbviz.callbacks.deconvnet
 import tbviz.deconvnet
 import tbviz.receptive_field
-from tbviz.receptive_field import Axis, crop_plan, crop_start, receptive_field
+from tbviz.receptive_field import Axis, crop_plan, crop_start, receptive_field, unit_crop
 
 L = keras.layers
 
@@ -75,6 +75,16 @@ def test_a_crop_aligned_to_the_stride_covers_every_field():
         start = crop_start(axis, i, length)
         assert start % 4 == 0 and 0 <= start and start + length <= 99
         assert start <= lo and hi <= start + length
+    # A field larger than the image: each unit its own, smallest aligned crop.
+    big = Axis(size=252, jump=16, start=-118, length=14, image_length=224)
+    lengths = []
+    for i in range(big.length):
+        start, length = unit_crop(big, i)
+        lo, hi = big.window(i, clip=True)
+        assert start % 16 == 0 and length % 16 == 224 % 16
+        assert start <= lo and hi <= start + length <= 224
+        lengths.append(length)
+    assert min(lengths) == 144 and max(lengths) == 224
 
 
 def test_layer_errors():
@@ -96,3 +106,23 @@ def test_callback_docstring_example_runs(tmp_path, monkeypatch):
     runner = doctest.DocTestRunner()
     runner.run(test)
     assert runner.failures == 0 and (tmp_path / "doc" / "train").is_dir()
+
+
+def test_custom_layer_marked_pointwise_is_seen_through():
+    class Shift(keras.layers.Layer):
+        tbviz_pointwise = True
+
+        def call(self, x):
+            return x - 1.0
+
+    class Opaque(keras.layers.Layer):
+        def call(self, x):
+            return x - 1.0
+
+    def model(pre):
+        return keras.Sequential([keras.Input((16, 16, 3)), pre,
+                                 keras.layers.Conv2D(2, 3, name="c")])
+
+    rows, cols = receptive_field(model(Shift()), "c", (16, 16))
+    assert rows.size == cols.size == 3
+    assert receptive_field(model(Opaque()), "c", (16, 16)) is None

@@ -6,7 +6,7 @@ import pytest
 
 from tbviz.callbacks.feature_maps import FeatureMapsCallback
 from tbviz.feature_maps import feature_maps, kernel_grid
-from vizreading import images, tags
+from eventfiles import images, tags
 
 
 def classifier():
@@ -77,3 +77,16 @@ def test_errors(tmp_path):
         cb = FeatureMapsCallback(tmp_path, **kwargs)
         with pytest.raises(ValueError, match=message):
             classifier().fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+
+
+def test_wide_layers_show_at_most_max_channels(tmp_path):
+    x, y = data()
+    model = classifier()
+    cb = FeatureMapsCallback(tmp_path, x[:1], layers=["conv1"], kernel_layers=[], max_channels=4,
+                             scale=1)
+    model.fit(x, y, epochs=1, batch_size=6, verbose=0, callbacks=[cb])
+    (_, [grid]), = images(tmp_path / "train", "feature_maps/conv1")
+    # conv1 has 6 channels of 14x14; 4 of them tile 2x2 with 1-pixel padding.
+    assert grid.shape[:2] == (2 * 14 + 1, 2 * 14 + 1)
+    with pytest.raises(ValueError, match="max_channels"):
+        FeatureMapsCallback(tmp_path, x[:1], max_channels=0)

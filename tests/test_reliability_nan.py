@@ -12,8 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tbviz
-import vizreading
-from eventfiles import load, scalars
+from eventfiles import images, load, scalars
 from models import compile, data, sequential
 from style_transfer import cli
 from style_transfer.callbacks import Checkpointing, NonFiniteLossGuard, StylizedProbes
@@ -156,7 +155,7 @@ def test_every_tbviz_callback_tolerates_nan_and_inf_weights(tmp_path, caplog):
     for tag in ("deconvnet/conv1/projections", "attribution/saliency", "attribution/grad_cam",
                 "feature_maps/conv2", "kernels/conv1", "synthesis/conv2/0",
                 "synthesis/inversion/conv1", "stylized/probes"):
-        logged = vizreading.images(tmp_path / "train", tag)
+        logged = images(tmp_path / "train", tag)
         assert len(logged) == 2 and all(p.dtype == np.uint8 for _, ps in logged for p in ps), tag
     counts = dict(scalars(tmp_path / "train", "nonfinite/stylized/probes"))
     assert counts and all(v > 0 for v in counts.values())

@@ -91,6 +91,18 @@ def test_vgg_caffe_preprocessing_is_in_the_graph(vgg, rng):
     assert not vgg.trainable and not vgg.trainable_weights
 
 
+def test_deconvnet_sees_vgg_receptive_fields_through_the_preprocessing(vgg):
+    from tbviz import deconvnet
+    from tbviz.receptive_field import receptive_field
+
+    rows, cols = receptive_field(vgg, "block1_conv1", (16, 16))
+    assert rows.size == cols.size == 3  # the field, not the whole image
+    x = np.random.default_rng(0).uniform(0, 255, (1, 16, 16, 3)).astype("float32")
+    units = deconvnet.strongest(vgg, x, "block1_conv1", k=2)
+    assert all(p.shape[:2] == (3, 3) or min(p.shape[:2]) == 2
+               for p in deconvnet.patches(vgg, x, "block1_conv1", units))
+
+
 def test_vgg_random_weights_warn_loudly(capsys):
     build_vgg("random", ["block1_conv1"])
     assert "RANDOM weights" in capsys.readouterr().err

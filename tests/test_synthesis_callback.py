@@ -6,7 +6,7 @@ import pytest
 
 from tbviz import synthesis as sy
 from tbviz.callbacks.synthesis import SynthesisCallback
-from vizreading import images
+from eventfiles import images
 
 
 def classifier(flexible=False):

@@ -73,6 +73,9 @@ class DeconvnetCallback(VizCallback):
         max_batch: most units projected in one batch.
         probe_model: ``None`` (the model being trained), a ``keras.Model``, or a
             callable ``model -> keras.Model`` (e.g. the VGG19 of a loss model).
+        distinct: top-k with at most one unit per (image, feature map) (default), so the
+            grid shows k different patterns, not neighbouring positions of one;
+            ``False``: the k strongest units, wherever they are.
         channels: feature maps whose evolution to show: a list (for every layer) or
             ``{layer: list}``; by default the ``top_k`` channels with the highest mean
             activation on the probe images at train begin.
@@ -83,8 +86,9 @@ class DeconvnetCallback(VizCallback):
     def __init__(self, log_dir, probe_images, layers, top_k: int = 9,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
-                 probe_model=None, channels=None):
+                 probe_model=None, channels=None, distinct: bool = True):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        self.distinct = bool(distinct)
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
@@ -122,6 +126,8 @@ class DeconvnetCallback(VizCallback):
             if extra:
                 raise ValueError(f"channels given for {', '.join(map(repr, extra))}, which "
                                  f"are not among layers: {', '.join(self.layers)}")
+        if self._projector is not None and self._projector.model is not probe:
+            self._fixed, self._image_shape = {}, None  # a new model: start afresh
         paths = layer_paths(probe)
         self._layer_index = {p: paths.index(p) for p in self.layers}
         images = self._images(probe, strict=True)
@@ -130,14 +136,13 @@ class DeconvnetCallback(VizCallback):
         self._projector.prepare(self._image_shape)  # every trace happens now, never later
         shapes = self._projector.output_shapes(self._image_shape)
         acts = self._projector.activations(images)
-        self._fixed = {}
         for path in self.layers:
             n_ch = shapes[path][-1]
             chosen = (self.channels or {}).get(path)
             if chosen is None:
-                mean = np.nan_to_num(acts[path].reshape(-1, n_ch).astype(np.float64).mean(0),
-                                     nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
-                chosen = [int(c) for c in np.argsort(-mean, kind="stable")[:self.top_k]]
+                if path in self._fixed:  # a later fit() of the same run keeps the same maps
+                    continue
+                chosen = deconvnet.top_channels(acts[path], k=self.top_k)
             else:
                 chosen = list(chosen)
                 bad = [c for c in chosen if isinstance(c, bool)
@@ -188,11 +193,12 @@ class DeconvnetCallback(VizCallback):
             if not np.all(np.isfinite(acts[path])):
                 self._warn_once(("acts", path), f"layer {path!r} has NaN or Inf activations; "
                                 "those units are left out of the deconvnet views")
-            top = deconvnet.top_units(acts[path], k=self.top_k)
+            top = deconvnet.top_units(acts[path], k=self.top_k, distinct=self.distinct)
             evo = deconvnet.top_units(acts[path], channels=self._fixed[path])
             chosen[path] = (top, evo)
-        projections = proj.project(images, {p: t + e for p, (t, e) in chosen.items()},
-                                   max_batch=self.max_batch)
+        # A unit both in the top-k and strongest of its map is projected once.
+        unique = {p: list(dict.fromkeys(t + e)) for p, (t, e) in chosen.items()}
+        projections = proj.project(images, unique, max_batch=self.max_batch)
         display = _display_images(images)
         with self.writer.as_default(step=step):
             for path in self.layers:
@@ -202,15 +208,20 @@ class DeconvnetCallback(VizCallback):
                     self._warn_once(("none", path), f"layer {path!r}: no finite activation to "
                                     "project; nothing logged for it")
                     continue
-                raw = projections[path]
+                where = {u: i for i, u in enumerate(unique[path])}
+                raw = projections[path][[where[u] for u in units]]
                 if not np.all(np.isfinite(raw)):
                     self._warn_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
                                     "projections (non-finite weights?); shown as 0")
                     raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
                 boxes = proj.windows(path, self._image_shape, units)
-                self._write_layer(path, top, evo, raw, boxes, images, display)
+                if proj.field(path, self._image_shape) is None:
+                    # No field from the layers (instance norm, custom layers): cut each tile
+                    # to where its projection matters instead of showing the whole image.
+                    boxes = [deconvnet.support_window(r) for r in raw]
+                self._write_layer(path, top, evo, raw, boxes, display)
 
-    def _write_layer(self, path, top, evo, raw, boxes, images, display):
+    def _write_layer(self, path, top, evo, raw, boxes, display):
         k = len(top)
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
@@ -231,8 +242,10 @@ class DeconvnetCallback(VizCallback):
                              tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
                              description=note + "; one fixed feature map per tile, channels "
                                          + ", ".join(str(u.channel) for u in evo))
+        # "model" lets the dashboard group layers when two networks log into one run
+        # (the style pipeline's transform-net and VGG19).
         content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
-                   "k": self.top_k}
+                   "k": self.top_k, "model": self._projector.model.name}
         pngs = [metadata.encode_png(t) for t in proj_tiles]
         patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
         if k:

@@ -45,13 +45,18 @@ class FeatureMapsCallback(VizCallback):
         scale: enlarge tiles by this integer factor; ``None`` makes tiles at least
             32 pixels wide (3x3 kernels are unreadable at their own size).
         max_batch: most images per forward pass.
+        max_channels: show at most this many channels of a layer (the first ones);
+            a 1280-channel layer would give an unreadable, slow 36x36 grid.
     """
 
     def __init__(self, log_dir, probe_images=None, layers=None, kernel_layers=None,
                  scale: int | None = None, max_batch: int = 32, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None):
+                 every_n_steps: int | None = None, max_channels: int = 64):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         self.probe_images = probe_images
+        if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
+            raise ValueError(f"max_channels must be a positive integer, got {max_channels!r}")
+        self.max_channels = max_channels
         self.layers = _paths(layers)
         self.kernel_layers = _paths(kernel_layers)
         if self.layers and probe_images is None:
@@ -92,10 +97,11 @@ class FeatureMapsCallback(VizCallback):
         with self.writer.as_default(step=step):
             for layer in self.layers:
                 maps = _probe.layer_outputs(self.model, self._probes, layer, self.max_batch)
-                grids = map_grids(self.finite(f"feature_maps/{layer}", maps),
-                                  scale=self._scales[layer])
+                maps = self.finite(f"feature_maps/{layer}", maps[..., :self.max_channels])
+                grids = map_grids(maps, scale=self._scales[layer])
                 tf.summary.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
-                                 description=f"every channel of {layer}, one grid per probe image")
+                                 description=f"channels 0..{self.max_channels - 1} (at most) of "
+                                             f"{layer}, one grid per probe image")
             for layer in self.kernel_layers:
                 self.finite(f"kernels/{layer}", get_layer(self.model, layer).kernel)
                 image = kernel_grid(self.model, layer, scale=self._scales["kernels", layer])

@@ -51,7 +51,10 @@ class GraphCallback(VizCallback):
         self._pending = False
         try:
             self._write_graphs()
-        except ValueError:
+        except ValueError as e:
+            if self.graph_fn is not None and self.input_spec is None:
+                raise ValueError(f"{e}; GraphCallback(graph_fn=...) then needs input_spec=, "
+                                 "e.g. input_spec=tf.TensorSpec((None, None, None, 3))") from None
             if self.input_spec is not None or self.graph_fn is not None:
                 raise
             # A subclassed model that was never called: its input shape is known after

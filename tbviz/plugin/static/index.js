@@ -364,9 +364,14 @@ const fail = (where) => (err) =>
 
 async function drawRun(col, entry) {
   const view = VIEWS.find((v) => v.kind === state.view);
-  const panels = entry.panels.filter(
-    (p) => p.kind === view.kind && (!view.layered || layerKey(p) === state.layer),
-  );
+  const ofView = entry.panels.filter((p) => p.kind === view.kind);
+  let panels = ofView.filter((p) => !view.layered || layerKey(p) === state.layer);
+  if (view.layered && !panels.length) {
+    // Another run's network may carry another name (Keras numbers unnamed models per
+    // process): compare by layer path when this run has no panel under the same network.
+    const path = state.layer?.split("\0")[1];
+    panels = ofView.filter((p) => p.layer === path);
+  }
   if (!panels.length) {
     const layer = state.layer?.split("\0").filter(Boolean).join(" / ");
     col.append(
