@@ -88,9 +88,11 @@ class TrainingState:
         latest = self.latest
         if latest is None:
             return False
+        status = self.checkpoint.restore(latest)
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            status.assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
+            status.expect_partial()  # no second complaint about it when it is collected
             raise ValueError(f"checkpoint {latest} does not fit this model ("
                              f"{str(e).strip().splitlines()[0][:200]}); resume with the options "
                              "the run was started with, or start afresh in another folder") from None

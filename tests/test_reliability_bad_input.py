@@ -278,7 +278,7 @@ def fit_with(model, callback, x=None):
 
 def test_tbviz_model_without_conv_layers(tmp_path, caplog):
     x, _ = data(8)
-    mlp = compile(keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Flatten(),
+    mlp = compile(keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Flatten(name="flatten"),
                                     keras.layers.Dense(3, name="head")], name="mlp"))
     with pytest.raises(ValueError, match="model 'mlp' has no conv layers"):
         fit_with(mlp, tbviz.FeatureMapsCallback(str(tmp_path), x[:2]))

@@ -96,11 +96,17 @@ def assert_same_curve(got, expected, rtol):
     np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=rtol)
 
 
-def assert_same_weights(run_a, run_b, rtol):
-    a = load_transform_net(run_a / "transform_net.keras").get_weights()
-    b = load_transform_net(run_b / "transform_net.keras").get_weights()
-    for wa, wb in zip(a, b):
-        np.testing.assert_allclose(wb, wa, rtol=rtol, atol=rtol / 10)
+def assert_same_net(run_a, run_b, atol):
+    """The two runs' transform-nets stylize photos alike, to ``atol`` of 255 levels.
+
+    Weights are not compared: a convolution's bias right before an instance norm has
+    no effect on anything, so Adam moves it by float noise alone, differently on two
+    devices than on one.
+    """
+    photos, _ = data.load_probe_photos(data.bundled_photos()[:3], 32)
+    a = load_transform_net(run_a / "transform_net.keras")(photos)
+    b = load_transform_net(run_b / "transform_net.keras")(photos)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=atol)
 
 
 @pytest.mark.slow
@@ -109,8 +115,8 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, reference):
     between two checkpoints, and from outside at whatever moment the process is in once
     a checkpoint file appears. Each resume continues at the right step, repeating at
     most the steps after the last checkpoint; nothing flushed before a kill is lost;
-    TensorBoard shows every step once, with the values (and the run ends with the
-    weights) of the run left uninterrupted."""
+    TensorBoard shows every step once, with the values of the run left uninterrupted,
+    and the run ends with the same network."""
     log_dir = tmp_path / "run"
     run = log_dir / "train"
     kills = []  # (steps on disk right after the kill, the step the next process resumed from)
@@ -179,7 +185,7 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, reference):
     assert [s for s, _ in tensorboard_view(run, "epoch_loss")] == [0, 1, 2]
     for tag in ("stylized/probes", "deconvnet/conv1/projections"):  # every 3 steps, epoch ends
         assert image_steps(run, tag) == image_steps(ref_dir / "train", tag) == [3, 4, 6, 8, 9, 12]
-    assert_same_weights(ref_dir, log_dir, rtol=1e-5)
+    assert_same_net(ref_dir, log_dir, atol=1e-3)
 
 
 @pytest.mark.slow
@@ -197,7 +203,7 @@ def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, reference):
     assert got[0][1] == pytest.approx(expected[0][1], rel=1e-6)  # before any update
     assert_same_curve(got, expected, rtol=1e-4)  # 12 Adam steps of rounding apart
     assert image_steps(log_dir / "train", "stylized/probes") == [3, 4, 6, 8, 9, 12]
-    assert_same_weights(ref_dir, log_dir, rtol=1e-3)
+    assert_same_net(ref_dir, log_dir, atol=1.0)
 
 
 @pytest.mark.slow
@@ -236,4 +242,4 @@ def test_multiworker_on_loopback_only_the_chief_writes(tmp_path, reference):
     assert [os.listdir(t) for t in temps] == [[], []]  # the worker's checkpoints deleted
     ref_dir, expected = reference
     assert_same_curve(tensorboard_view(log_dir / "train", "batch_loss"), expected, rtol=1e-4)
-    assert_same_weights(ref_dir, log_dir, rtol=1e-3)
+    assert_same_net(ref_dir, log_dir, atol=1.0)
