@@ -113,8 +113,9 @@ def mark_start(writer, step: int) -> None:
     Call it first thing with a run's writer; a no-op writer writes nothing.
 
     >>> import tempfile
-    >>> w = acquire(tempfile.mkdtemp())
-    >>> mark_start(w, 101)
+    >>> d = tempfile.mkdtemp()
+    >>> mark_start(acquire(d), 101)   # a run resumed from its checkpoint of step 100
+    >>> release(d)
     """
     from tensorboard.compat.proto import event_pb2
 
