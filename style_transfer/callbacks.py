@@ -4,8 +4,11 @@
   photos, as a TensorBoard image summary and as a tbviz dashboard panel.
 * :class:`TrainingProgress` is the progress bar: steps, losses, images/s, and
   the number of unreadable files skipped so far.
+* :class:`NonFiniteLossGuard` stops training at the first NaN or Inf loss and
+  says which term and which step.
 * :class:`Checkpointing` saves a :class:`~style_transfer.checkpoints.TrainingState`
-  every N steps and at each epoch end.
+  every N steps and at each epoch end, after flushing the summaries, and never
+  a non-finite state.
 
 Example:
     >>> import numpy as np
@@ -16,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 
 import keras
@@ -29,10 +33,11 @@ from tbviz.summary import metadata, writers
 def to_uint8(images) -> np.ndarray:
     """Float images in ``[0, 255]`` -> ``uint8`` (rounded, clipped).
 
-    >>> to_uint8(np.array([-3.0, 0.4, 254.6, 300.0])).tolist()
-    [0, 0, 255, 255]
+    >>> to_uint8(np.array([-3.0, 0.4, 254.6, 300.0, np.nan])).tolist()
+    [0, 0, 255, 255, 0]
     """
-    return np.clip(np.round(np.asarray(images, dtype=np.float32)), 0, 255).astype(np.uint8)
+    images = np.nan_to_num(np.asarray(images, dtype=np.float32), nan=0.0)  # NaN has no uint8
+    return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
 class StylizedProbes(VizCallback):
@@ -54,8 +59,17 @@ class StylizedProbes(VizCallback):
         if photos.ndim != 4 or photos.shape[-1] != 3 or photos.shape[0] == 0:
             raise ValueError(f"photos must be an (N, H, W, 3) RGB array in [0, 255], "
                              f"got shape {photos.shape}")
+        if not (np.issubdtype(photos.dtype, np.integer) or np.issubdtype(photos.dtype, np.floating)):
+            raise ValueError(f"photos must be numbers in [0, 255], got dtype {photos.dtype}")
         if not np.all(np.isfinite(photos)):
             raise ValueError("photos contain NaN or Inf values")
+        lo, hi = float(photos.min()), float(photos.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"photos must be in [0, 255] (the style pipeline's range), got values "
+                             f"in [{lo:g}, {hi:g}]")
+        if hi <= 1.0 and photos.dtype != np.uint8:
+            raise ValueError(f"photos look like [0, 1] images (largest value {hi:g}); the style "
+                             "pipeline takes [0, 255]: multiply them by 255")
         self.photos = photos.astype(np.float32)
         self.names = (list(names) if names is not None
                       else [f"photo {i}" for i in range(len(photos))])
@@ -71,9 +85,9 @@ class StylizedProbes(VizCallback):
                              max_outputs=len(self.photos))
 
     def write(self, step, logs):
-        stylized = to_uint8(self.model.stylize(self.photos))
         tiles = [{"label": name, "index": i} for i, name in enumerate(self.names)]
         with self.writer.as_default(step=step):
+            stylized = to_uint8(self.finite(self.tag, self.model.stylize(self.photos)))
             tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
             metadata.write_panel("tbviz/" + self.tag, "stylized",
                                  [metadata.encode_png(img) for img in stylized], tiles=tiles,
@@ -131,24 +145,72 @@ class TrainingProgress(keras.callbacks.Callback):
         self._skipped_steps = steps
 
 
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stop at the first step whose logs hold a NaN or Inf loss; :attr:`failure` says where.
+
+    Put it first among the callbacks: those after it (e.g. :class:`Checkpointing`)
+    see the failure at the same step. The logs are the replicas' reduced values,
+    so under ``tf.distribute`` every worker stops at the same step.
+
+    >>> import math
+    >>> NonFiniteLossGuard.describe(7, {"loss": math.nan, "content_loss": math.nan,
+    ...                                 "tv_loss": 1.0})
+    'non-finite loss at step 7: content_loss = nan (also loss)'
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.failure = None
+
+    @staticmethod
+    def describe(step, logs):
+        """One line naming the step and the first non-finite loss term (parts before totals)."""
+        terms = [k for k in logs if "loss" in k]
+        terms.sort(key=lambda k: (k in ("loss", "style_loss"), k == "loss"))
+        bad = [k for k in terms if not math.isfinite(float(np.asarray(logs[k]).reshape(-1)[0]))]
+        if not bad:
+            return None
+        value = float(np.asarray(logs[bad[0]]).reshape(-1)[0])
+        also = f" (also {', '.join(bad[1:])})" if bad[1:] else ""
+        return f"non-finite loss at step {step}: {bad[0]} = {value}{also}"
+
+    def on_train_begin(self, logs=None):
+        self.failure = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.failure is None and logs:
+            failure = self.describe(int(self.model.optimizer.iterations.numpy()), logs)
+            if failure:
+                self.failure = failure
+                self.model.stop_training = True
+
+
 class Checkpointing(keras.callbacks.Callback):
     """Save ``state`` (a ``TrainingState``) every ``every_n_steps`` steps and at epoch ends.
 
-    ``first_epoch_offset`` is the number of steps of the first epoch already done
-    before this ``fit`` (when resuming in the middle of an epoch).
-    Only the chief saves under ``tf.distribute``.
+    Put it last among the callbacks: it flushes every summary writer before it
+    saves, so whatever a checkpoint covers is on disk in the event files too
+    (a run killed at any moment and resumed repeats at most the steps after the
+    last checkpoint). ``first_epoch_offset`` is the number of steps of the first
+    epoch already done before this ``fit`` (when resuming in the middle of an
+    epoch). Nothing is saved once ``guard`` (a :class:`NonFiniteLossGuard`) has
+    failed, nor when a weight is NaN or Inf (that sets :attr:`failure`): the last
+    checkpoint on disk stays the last good one. Under ``tf.distribute`` every
+    worker saves (the chief into the checkpoint folder, the others into a
+    temporary one, see :class:`~style_transfer.checkpoints.TrainingState`).
     """
 
-    def __init__(self, state, every_n_steps: int | None = None, first_epoch_offset: int = 0):
+    def __init__(self, state, every_n_steps: int | None = None, first_epoch_offset: int = 0,
+                 guard: NonFiniteLossGuard | None = None):
         super().__init__()
         self.state = state
         self.every_n_steps = check_every("every_n_steps", every_n_steps)
         self.first_epoch_offset = int(first_epoch_offset)
+        self.guard = guard
+        self.failure = None
         self._first_epoch = None
-        self.chief = True
 
     def on_train_begin(self, logs=None):
-        self.chief = writers.is_chief(getattr(self.model, "distribute_strategy", None))
         self._first_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -168,6 +230,12 @@ class Checkpointing(keras.callbacks.Callback):
         self._save()
 
     def _save(self):
-        if self.chief:
-            self.state.save()
-            writers.flush_all()  # the logs on disk then match the saved state
+        if self.failure or (self.guard is not None and self.guard.failure):
+            return
+        if not self.state.weights_finite():
+            self.failure = (f"a transform-net weight became NaN or Inf by step "
+                            f"{self.state.global_step}")
+            self.model.stop_training = True
+            return
+        writers.flush_all()  # first, so the logs on disk cover every saved step
+        self.state.save()

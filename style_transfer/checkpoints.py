@@ -10,6 +10,12 @@ name and renames them, and ``CheckpointManager`` then rewrites its small
 ``checkpoint`` index file atomically, so an interrupted save leaves the
 previous checkpoint as the latest one, never a half-written one.
 
+Under ``tf.distribute`` with several workers every worker restores from
+``directory`` (a folder all of them can read) and every worker saves, as
+Keras' own multi-worker checkpointing does, but only the chief saves into
+``directory``: the others write into a temporary folder of their own that is
+deleted when they finish (:meth:`TrainingState.close`).
+
 Example:
     >>> import tempfile, numpy as np, keras
     >>> from style_transfer.model import StyleTransferModel
@@ -25,18 +31,25 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import tensorflow as tf
 
 
 class TrainingState:
-    """A ``tf.train.Checkpoint`` + ``CheckpointManager`` over a compiled StyleTransferModel."""
+    """A ``tf.train.Checkpoint`` + ``CheckpointManager`` over a compiled StyleTransferModel.
 
-    def __init__(self, model, directory, max_to_keep: int = 3):
+    ``chief=False`` (another worker of a multi-worker job): restore from
+    ``directory``, save into a temporary folder instead.
+    """
+
+    def __init__(self, model, directory, max_to_keep: int = 3, chief: bool = True):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("compile the model before creating its TrainingState")
         self.model = model
         self.directory = os.fspath(directory)
+        self.chief = chief
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         # Build the optimizer's slots now, so restoring fills them instead of
@@ -47,12 +60,24 @@ class TrainingState:
             epoch=self.epoch, step_in_epoch=self.step_in_epoch,
             data_position=model.data_position, skipped_files=model.skipped_files,
             skipped_steps=model.skipped_steps)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
-                                                  max_to_keep=max_to_keep)
+        self._scratch = None if chief else tempfile.mkdtemp(prefix="style_transfer_worker_")
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.directory if chief else self._scratch,
+            max_to_keep=max_to_keep if chief else 1)
 
     @property
     def global_step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
+
+    @property
+    def latest(self) -> str | None:
+        """The newest checkpoint in :attr:`directory` (``None`` if there is none)."""
+        return tf.train.latest_checkpoint(self.directory)
+
+    def weights_finite(self) -> bool:
+        """Whether every transform-net weight is finite (a state worth saving)."""
+        return all(bool(tf.reduce_all(tf.math.is_finite(v)))
+                   for v in self.model.transform_net.weights if "float" in str(v.dtype))
 
     def save(self) -> str:
         """Write a checkpoint numbered by the global step; returns its path."""
@@ -60,11 +85,24 @@ class TrainingState:
 
     def restore(self) -> bool:
         """Load the latest checkpoint if there is one; ``True`` when something was restored."""
-        latest = self.manager.latest_checkpoint
+        latest = self.latest
         if latest is None:
             return False
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        status = self.checkpoint.restore(latest)
+        try:
+            status.assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            status.expect_partial()  # no second complaint about it when it is collected
+            raise ValueError(f"checkpoint {latest} does not fit this model ("
+                             f"{str(e).strip().splitlines()[0][:200]}); resume with the options "
+                             "the run was started with, or start afresh in another folder") from None
         return True
+
+    def close(self) -> None:
+        """Delete a non-chief worker's temporary checkpoints."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def describe(self) -> str:
         return (f"global step {self.global_step}, epoch {int(self.epoch.numpy()) + 1} "

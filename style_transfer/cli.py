@@ -12,9 +12,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 #: Transform-net layers whose deconvnet projections are logged by default.
@@ -33,6 +35,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -60,9 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--style-image", required=True, help="the painting")
     t.add_argument("--log-dir", required=True, help="TensorBoard run directory")
     t.add_argument("--epochs", type=_positive, default=2)
-    t.add_argument("--batch-size", type=_positive, default=4)
-    t.add_argument("--image-size", type=_positive, default=256, help="training crop size")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--batch-size", type=_positive, default=4,
+                   help="global batch: split evenly over the replicas of --strategy")
+    t.add_argument("--image-size", type=_positive, default=256,
+                   help="training crop size (a multiple of 4, at least 16)")
+    t.add_argument("--lr", type=_positive_float, default=1e-3,
+                   help="Adam learning rate (the same whatever the number of replicas)")
+    t.add_argument("--strategy", choices=["none", "mirrored", "multiworker"], default="none",
+                   help="tf.distribute: 'mirrored' trains on all GPUs of this machine, "
+                        "'multiworker' on the machines listed in TF_CONFIG (see the README); "
+                        "only the chief writes logs, checkpoints and the model")
+    # Test hooks, not in --help: logical CPU devices to mirror over on machines without
+    # GPUs, and a NaN forced into the content loss at a global step.
+    t.add_argument("--cpu-replicas", type=_positive, default=None, help=argparse.SUPPRESS)
+    t.add_argument("--debug-nan-at-step", type=_positive, default=None, help=argparse.SUPPRESS)
     t.add_argument("--content-weight", type=_nonnegative_float, default=CONTENT_WEIGHT)
     t.add_argument("--style-weight", type=_nonnegative_float, default=STYLE_WEIGHT)
     t.add_argument("--tv-weight", type=_nonnegative_float, default=TV_WEIGHT)
@@ -94,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-viz", action="store_true", help="no tbviz summaries (losses still print)")
     t.add_argument("--output", default=None,
                    help="final transform-net .keras file (default: <log-dir>/transform_net.keras)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial weights, the data order and the crops")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("stylize", help="stylize photos with a trained transform-net",
@@ -162,8 +183,108 @@ def _probe_photos(args):
 def _save_keras_atomically(net, path: str) -> None:
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                        f".{os.path.basename(path)}.{os.getpid()}.tmp.keras")
-    net.save(tmp)
-    os.replace(tmp, path)
+    try:
+        net.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_creatable(path: str, option: str) -> list[str]:
+    """Raise ``ValueError`` unless directory ``path`` exists writable or could be created.
+
+    Creates nothing (an early error must leave nothing behind); returns the
+    directories that creating ``path`` would make, outermost first.
+
+    >>> check_creatable("/proc/no/such/dir", "--log-dir")
+    Traceback (most recent call last):
+    ...
+    ValueError: --log-dir '/proc/no/such/dir': cannot create it in '/proc' (not writable); pass a folder you can write to
+    """
+    missing, head = [], os.path.abspath(path)
+    while not os.path.exists(head):
+        missing.insert(0, head)
+        head = os.path.dirname(head)
+    if not os.path.isdir(head):
+        where = head if not missing else f"inside {head!r}"
+        raise ValueError(f"{option} {path!r}: {where} is a file, not a folder; pass a folder path")
+    probe = None
+    try:  # os.access says yes to root even on read-only mounts: try it for real
+        fd, probe = tempfile.mkstemp(prefix=".style_transfer_write_test_", dir=head)
+        os.close(fd)
+    except OSError:
+        place = f"cannot create it in {head!r}" if missing else "the folder is"
+        raise ValueError(f"{option} {path!r}: {place} (not writable); pass a folder you can "
+                         "write to") from None
+    finally:
+        if probe:
+            os.remove(probe)
+    return missing
+
+
+def _check_train_args(args) -> None:
+    """Every check of the train options that needs neither TensorFlow nor the disk."""
+    from style_transfer.vgg import all_layers, check_layers
+
+    size = args.image_size
+    if size % 4:
+        raise ValueError(f"--image-size {size} is not a multiple of 4 (the transform-net halves "
+                         f"the image twice); use {max(MIN_IMAGE_SIZE, size - size % 4)} or "
+                         f"{size + 4 - size % 4}")
+    for option, value in (("--image-size", size), ("--probe-size", args.probe_size)):
+        if value is not None and value < MIN_IMAGE_SIZE:
+            raise ValueError(f"{option} {value} is too small: VGG19's deepest layers need at "
+                             f"least {MIN_IMAGE_SIZE} px; use {MIN_IMAGE_SIZE} or more "
+                             "(the paper trains at 256)")
+    loss_layers = check_layers([args.content_layer] + list(args.style_layers))
+    names = all_layers()
+    deepest = max(loss_layers, key=names.index)
+    for layer in args.vgg_layers:
+        check_layers([layer])
+        if names.index(layer) > names.index(deepest):
+            raise ValueError(
+                f"--vgg-layers {layer!r}: the loss network stops at {deepest!r} (the deepest of "
+                f"--content-layer and --style-layers); pick from "
+                f"{', '.join(names[:names.index(deepest) + 1])}")
+    if args.output is not None and not args.output.endswith(".keras"):
+        raise ValueError(f"--output {args.output!r} must end in .keras (Keras' model format)")
+    if args.output is not None and os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output!r} is a folder; pass a file path ending in .keras")
+    if args.cpu_replicas and args.strategy == "multiworker":
+        raise ValueError("--cpu-replicas works with --strategy mirrored or none only")
+    if args.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
+        raise ValueError("--strategy multiworker reads the cluster from the TF_CONFIG environment "
+                         "variable, which is not set; set it on every machine (see the README), "
+                         "or use --strategy mirrored on one machine")
+
+
+def make_strategy(name: str, cpu_replicas: int | None = None):
+    """The ``tf.distribute`` strategy of ``--strategy`` (``None`` for ``"none"``).
+
+    ``cpu_replicas`` (tests and benchmarks on machines without GPUs): split the
+    CPU into that many logical devices first, and mirror over them. Must run
+    before TensorFlow executes anything.
+    """
+    import tensorflow as tf
+
+    devices = None
+    if cpu_replicas:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+        except RuntimeError:  # TensorFlow already started: fine if it has the devices
+            pass
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+        if len(devices) < cpu_replicas:
+            raise ValueError(f"--cpu-replicas {cpu_replicas}: TensorFlow already started with "
+                             f"{len(devices)} CPU device(s)")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return None
 
 
 def train(args, vgg=None) -> int:
@@ -178,27 +299,124 @@ def train(args, vgg=None) -> int:
 
 
 def _train(args, vgg=None) -> int:
-    import keras
-
     from style_transfer import data
-    from style_transfer.callbacks import Checkpointing, TrainingProgress
-    from style_transfer.checkpoints import TrainingState
-    from style_transfer.model import StyleTransferModel
-    from tbviz.summary.writers import check_writable
+    from tbviz.summary import writers
 
-    check_writable(args.log_dir)
-    files, ignored = data.list_images(args.content_dir)
+    # 1. Everything a user can get wrong, checked before anything is written.
+    _check_train_args(args)
+    ckpt_dir = args.checkpoint_dir or os.path.join(args.log_dir, "checkpoints")
+    output = args.output or os.path.join(args.log_dir, "transform_net.keras")
+    if not args.resume and _has_checkpoint(ckpt_dir):
+        raise ValueError(f"{ckpt_dir} already holds checkpoints of a run; pass --resume to "
+                         "continue it, or another --log-dir/--checkpoint-dir to start afresh")
+    try:
+        files, ignored = data.list_images(args.content_dir)
+    except ValueError as e:
+        raise ValueError(f"--content-dir: {e}; pass a folder of photos (e.g. COCO's "
+                         "train2017/) or a glob such as 'photos/*.jpg'") from None
+    strategy = make_strategy(args.strategy, args.cpu_replicas)  # before any TensorFlow op
+    chief = writers.is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    if args.batch_size % replicas:
+        raise ValueError(f"--batch-size {args.batch_size} (the global batch) cannot be split "
+                         f"evenly over {replicas} replicas; use a multiple of {replicas}")
+    if strategy is not None:
+        role = "" if args.strategy == "mirrored" else (
+            "; this is the chief, it writes the logs" if chief
+            else "; not the chief: writes nothing into --log-dir")
+        print(f"strategy {args.strategy}: {replicas} replica{'s' * (replicas != 1)}, global "
+              f"batch {args.batch_size} "
+              f"({args.batch_size // replicas} per replica){role}", flush=True)
+    to_create = []
+    if chief:  # other workers write nothing there
+        for path, option in ((args.log_dir, "--log-dir"), (ckpt_dir, "--checkpoint-dir"),
+                             (os.path.dirname(os.path.abspath(output)), "--output")):
+            to_create += check_creatable(path, option)
     print(f"content: {len(files)} image file(s) in {args.content_dir}"
           + (f" ({ignored} other file(s) ignored)" if ignored else ""), flush=True)
-    data.check_readable(files)
-    style = data.read_image(args.style_image)
+    try:
+        data.check_readable(files)
+    except ValueError as e:
+        raise ValueError(f"--content-dir: {e}") from None
+    style = _read("--style-image", data.read_image, args.style_image,
+                  max_size=args.style_size or None)
+    photos, names = _read("--probe-images", _probe_photos, args)
+    scope = strategy.scope() if strategy else contextlib.nullcontext()
+    with scope:
+        model, state = _build(args, style, ckpt_dir, chief, vgg)
+    if args.transform_layers:
+        from tbviz.layers import check_layers
+
+        check_layers(model.transform_net, args.transform_layers)
+
+    # 2. Create the run's folders; if it fails before its first step, remove them again.
+    created = [p for p in dict.fromkeys(to_create) if not os.path.exists(p)]
+    for path in (args.log_dir, ckpt_dir, os.path.dirname(os.path.abspath(output))):
+        if chief:
+            os.makedirs(path, exist_ok=True)
+    first_step = None
+    try:
+        if args.resume and state.restore():
+            print(f"resumed from {state.latest}: {state.describe()}", flush=True)
+        elif args.resume:
+            print(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch", flush=True)
+        first_step = state.global_step
+        with _run_writer(args, chief, first_step + 1):
+            failure = _fit(args, model, state, files, photos, names, strategy)
+    except BaseException:
+        if first_step is None or state.global_step == first_step:
+            for path in reversed(created):  # only folders this run made
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        state.close()
+    if failure:
+        last = state.latest
+        where = (f"the last good checkpoint is {last}" if last else "no checkpoint was written")
+        print(f"style-transfer train: error: {failure}; stopped without saving, {where}. Lower "
+              "--lr or the loss weights, check the data, then --resume", file=sys.stderr,
+              flush=True)
+        return 1
+    if chief:
+        _save_keras_atomically(model.transform_net, output)
+    skipped = int(model.skipped_files.numpy())
+    print((f"saved the transform-net to {output}" if chief else "worker done")
+          + f" (global step {state.global_step}"
+          + (f"; {skipped} unreadable image file(s) skipped" if skipped else "") + ")", flush=True)
+    return 0
+
+
+#: Smallest --image-size / --probe-size: VGG19's block5 sees a 16 px image as 1x1.
+MIN_IMAGE_SIZE = 16
+
+
+def _read(option, read, *args, **kwargs):
+    try:
+        return read(*args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
+def _has_checkpoint(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "checkpoint"))
+
+
+def _build(args, style, ckpt_dir, chief, vgg):
+    """The compiled model and its TrainingState (under the strategy's scope, if any)."""
+    import keras
+
+    from style_transfer.checkpoints import TrainingState
+    from style_transfer.model import StyleTransferModel
+
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(args.seed)  # the same initial weights in every run and worker
     model = StyleTransferModel(
         style, vgg_weights=args.vgg_weights, content_layer=args.content_layer,
         style_layers=args.style_layers, content_weight=args.content_weight,
         style_weight=args.style_weight, tv_weight=args.tv_weight,
         style_size=args.style_size or None, vgg=vgg)
+    model.debug_nan_at_step = args.debug_nan_at_step
     optimizer = keras.optimizers.Adam(args.lr)
     if args.mixed_precision:
         # The perceptual losses are ~1e5..1e7, not ~1 like a classifier's, so their float16
@@ -206,17 +424,33 @@ def _train(args, vgg=None) -> int:
         # would skip the first ~25 steps finding that out. The scale still adapts.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**-8)
     model.compile(optimizer=optimizer, jit_compile=bool(args.jit_compile))
+    return model, TrainingState(model, ckpt_dir, chief=chief)
 
-    ckpt_dir = args.checkpoint_dir or os.path.join(args.log_dir, "checkpoints")
-    state = TrainingState(model, ckpt_dir)
-    if args.resume:
-        if state.restore():
-            print(f"resumed from {state.manager.latest_checkpoint}: {state.describe()}", flush=True)
-        else:
-            print(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch", flush=True)
-    elif state.manager.latest_checkpoint is not None:
-        raise ValueError(f"{ckpt_dir} already holds checkpoints of a run; pass --resume to "
-                         "continue it, or another --log-dir/--checkpoint-dir to start afresh")
+
+@contextlib.contextmanager
+def _run_writer(args, chief, step):
+    """Hold the run's summary writer for the whole command (one event file per process,
+    shared by every fit and callback), marked as a (re)start at ``step``."""
+    from tbviz.summary import writers
+
+    if args.no_viz or not chief:
+        yield
+        return
+    path = os.path.join(args.log_dir, "train")
+    writers.mark_start(writers.acquire(path), step)
+    try:
+        yield
+    finally:
+        writers.release(path)
+
+
+def _fit(args, model, state, files, photos, names, strategy):
+    """Train the epochs that remain; returns why training stopped early, or ``None``."""
+    import tensorflow as tf
+
+    from style_transfer import data
+    from style_transfer.callbacks import (Checkpointing, NonFiniteLossGuard,
+                                          TrainingProgress)
 
     steps = args.steps_per_epoch or max(1, len(files) // args.batch_size)
     epoch, done = int(state.epoch.numpy()), int(state.step_in_epoch.numpy())
@@ -231,24 +465,29 @@ def _train(args, vgg=None) -> int:
     if not phases:
         print(f"nothing to do: {args.epochs} epoch(s) already trained", flush=True)
 
-    photos, names = _probe_photos(args)
-    checkpointing = Checkpointing(state, every_n_steps=args.checkpoint_every)
-    callbacks = [TrainingProgress(args.batch_size, verbose=0 if args.quiet else 1), checkpointing]
+    guard = NonFiniteLossGuard()
+    checkpointing = Checkpointing(state, every_n_steps=args.checkpoint_every, guard=guard)
+    # The guard first, so the others see its verdict at the same step; checkpointing
+    # last, so every summary of a step is written (and flushed) before it is saved.
+    callbacks = [guard, TrainingProgress(args.batch_size, verbose=0 if args.quiet else 1)]
     if not args.no_viz:
         callbacks += tbviz_callbacks(args, model, photos, names)
+    callbacks.append(checkpointing)
     for first, end, n_steps, offset in phases:
         checkpointing.first_epoch_offset = offset
         ds = data.training_dataset(files, args.image_size, args.batch_size, seed=args.seed,
                                    start=int(model.data_position.numpy()))
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Each worker takes its share of every global batch of the one stream.
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = \
+                tf.data.experimental.AutoShardPolicy.DATA
+            ds = ds.with_options(options)
         model.fit(ds, epochs=end, initial_epoch=first, steps_per_epoch=n_steps,
                   callbacks=callbacks, verbose=0, shuffle=False)
-
-    output = args.output or os.path.join(args.log_dir, "transform_net.keras")
-    _save_keras_atomically(model.transform_net, output)
-    skipped = int(model.skipped_files.numpy())
-    print(f"saved the transform-net to {output} (global step {state.global_step}"
-          + (f"; {skipped} unreadable image file(s) skipped" if skipped else "") + ")", flush=True)
-    return 0
+        if guard.failure or checkpointing.failure:
+            return guard.failure or checkpointing.failure
+    return None
 
 
 # -- stylize ----------------------------------------------------------------------------------
@@ -287,16 +526,21 @@ def stylize(args) -> int:
         raise ValueError(f"--model {args.model!r}: no such file (the .keras file train saved)")
     if args.max_size and args.max_size < MIN_SIZE:
         raise ValueError(f"--max-size must be 0 (no limit) or at least {MIN_SIZE}")
+    created = check_creatable(args.output_dir, "--output-dir")
     inputs = []
     for item in args.inputs:
         if os.path.isdir(item):
-            inputs += data.list_images(item)[0]
+            try:
+                inputs += data.list_images(item)[0]
+            except ValueError as e:  # a folder with no images: said, counted, not fatal
+                print(f"skipped {item}: {e}", file=sys.stderr)
+                inputs.append(None)
         elif os.path.isfile(item):
             inputs.append(item)
         else:
             print(f"skipped {item}: no such file or folder", file=sys.stderr)
             inputs.append(None)
-    net = load_transform_net(args.model)
+    net = _read("--model", load_transform_net, args.model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def run(x):
@@ -336,6 +580,9 @@ def stylize(args) -> int:
         _save_image(out, target)
         done += 1
         print(f"{path} -> {target} ({w}x{h}, {time.perf_counter() - t0:.2f} s)", flush=True)
+    if not done:  # leave no empty output folder behind
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
     print(f"stylized {done} image(s)" + (f", {failed} failed" if failed else ""), flush=True)
     return 1 if failed else 0
 

@@ -60,6 +60,8 @@ def list_images(source) -> tuple[list[str], int]:
     (True, 0)
     """
     source = os.fspath(source)
+    if not glob.has_magic(source) and not os.path.exists(source):
+        raise ValueError(f"{source!r}: no such file or folder")
     if os.path.isdir(source):
         candidates = []
         for root, dirs, names in os.walk(source):
@@ -180,26 +182,38 @@ def check_readable(files, tries: int = 32) -> int:
     return ok
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, max_size: int | None = None) -> np.ndarray:
     """Read any image Pillow opens as ``(H, W, 3)`` float32 RGB in ``[0, 255]``.
 
     EXIF orientation is applied (phone photos come out upright), 16-bit
-    images are scaled to 8-bit range, alpha is dropped. Raises ``ValueError``
-    naming the file when it cannot be read.
+    images are scaled to 8-bit range, alpha is dropped. ``max_size``: a caller
+    that only needs that many pixels on the longer side gets a huge image
+    decoded at a reduced size (never below ``2 * max_size``, so a later
+    antialiased resize stays exact), which bounds memory. Raises ``ValueError``
+    naming the file when it cannot be read, or is too large for Pillow to open
+    safely.
 
     >>> read_image(asset_path("photos", "camera.jpg")).shape[-1]
     3
     """
     try:
         with Image.open(path) as im:
+            if max_size and max(im.size) > 2 * max_size:
+                im.draft(im.mode, (2 * max_size, 2 * max_size))  # JPEG: scaled decoding
             im = ImageOps.exif_transpose(im)
+            factor = max(im.size) // (2 * max_size) if max_size else 1
+            if factor >= 2:
+                im = im.reduce(factor)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
                 arr = arr / 257.0 if arr.max(initial=0) > 255 or im.mode.startswith("I;16") else arr
                 arr = np.repeat(arr[..., None], 3, axis=-1)
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {os.fspath(path)!r} is too large to open safely ({e}); "
+                         "downscale it first, e.g. to 4096 px on the longer side") from None
+    except (OSError, ValueError) as e:
         raise ValueError(f"cannot read image {os.fspath(path)!r}: {e}") from None
     return np.clip(arr, 0, 255)
 

@@ -85,11 +85,18 @@ class StyleTransferModel(keras.Model):
         # Constants of the graph: the style never changes during a run.
         self.style_grams = {n: tf.constant(L.gram_matrix(feats[n])[0]) for n in self.style_layers}
 
-        # Where the data stream stands (files consumed) and how many it skipped.
-        self.data_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
-        self.skipped_files = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_files")
-        # Steps whose gradients were not finite and were therefore not applied.
-        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
+        # Where the data stream stands (files consumed) and how many it skipped, and the
+        # steps whose gradients were not finite and were therefore not applied. Every
+        # replica computes the same value (from all-gathered indices), so under a
+        # tf.distribute strategy the first replica's write stands for all.
+        counter = dict(dtype=tf.int64, trainable=False,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.data_position = tf.Variable(0, name="data_position", **counter)
+        self.skipped_files = tf.Variable(0, name="skipped_files", **counter)
+        self.skipped_steps = tf.Variable(0, name="skipped_steps", **counter)
+        #: Test hook (``style-transfer train --debug-nan-at-step N``): the content loss of
+        #: global step N becomes NaN, as a diverging run's would.
+        self.debug_nan_at_step = None
         self._stylize_fn = None
 
     # -- inference -----------------------------------------------------------------------------
@@ -141,17 +148,57 @@ class StyleTransferModel(keras.Model):
     def train_step(self, data):
         images, index, _ = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.transform_net.trainable_variables
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logs = self.compute_losses(images, training=True)
-            scaled = self.optimizer.scale_loss(logs["loss"])
+            if self.debug_nan_at_step:
+                logs = self._poison(logs, int(self.debug_nan_at_step))
+            # Replicas' gradients are summed: each contributes its share of the global
+            # mean, as Keras' own losses do (a no-op on one device).
+            scaled = self.optimizer.scale_loss(logs["loss"] / replicas)
         grads = tape.gradient(scaled, variables)
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             self.optimizer.apply(grads, variables)  # skips non-finite steps itself
         else:
             self._apply_if_finite(grads, variables)
         if index is not None:
-            self._track_stream(index, tf.shape(images, out_type=tf.int64)[0])
+            batch = tf.shape(index, out_type=tf.int64)[0]
+            if replicas > 1:  # the global batch is what the stream position counts
+                index, batch = self._global_batch_extent(index, batch, replicas)
+            self._track_stream(index, batch)
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 averages each log with strategy.reduce(..., axis=0) under this
+            # strategy (tensorflow/tensorflow#72388), which needs an axis to reduce.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
+
+    @staticmethod
+    def _global_batch_extent(index, batch, replicas):
+        """The last stream index and the size of the global batch, from every replica's part.
+
+        Each replica fills its own slot of a vector and an all-reduce sums them (an
+        all-gather by all-reduce: ReplicaContext.all_gather fails under
+        MultiWorkerMirroredStrategy in TF 2.21). float64 holds indices up to 2**53 exactly.
+        """
+        ctx = tf.distribute.get_replica_context()
+        slot = tf.one_hot(ctx.replica_id_in_sync_group, replicas, dtype=tf.float64)
+        mine = tf.stack([tf.cast(tf.reduce_max(index), tf.float64), tf.cast(batch, tf.float64)])
+        both = ctx.all_reduce(tf.distribute.ReduceOp.SUM, slot[:, None] * mine[None, :])
+        return (tf.cast(tf.reduce_max(both[:, 0]), tf.int64)[None],
+                tf.cast(tf.reduce_sum(both[:, 1]), tf.int64))
+
+    def _poison(self, logs, step):
+        nan = tf.where(self.optimizer.iterations + 1 == step, float("nan"), 0.0)
+        return {**logs, "content_loss": logs["content_loss"] + nan, "loss": logs["loss"] + nan}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras 3.15 learns input shapes by reducing the first distributed
+        # batch with strategy.reduce, which fails for an (images, index) tuple under
+        # MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388). This model and its
+        # optimizer are built before fit, so there is nothing to learn.
+        if self.optimizer is not None and self.optimizer.built and self.transform_net.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _apply_if_finite(self, grads, variables):
         # A flat image (all pixels equal) has zero variance at every instance norm,
@@ -170,7 +217,30 @@ class StyleTransferModel(keras.Model):
             self.optimizer.iterations.assign_add(1)
             return tf.constant(1, tf.int64)
 
-        self.skipped_steps.assign_add(tf.cond(finite, apply, skip))
+        if not tf.distribute.has_strategy():
+            self.skipped_steps.assign_add(tf.cond(finite, apply, skip))
+            return
+        # Under a strategy every replica must take the same branch (the update holds
+        # collectives), so the replicas agree first; and a branch may only sync the
+        # replicas where the strategy needs no merge_call, so elsewhere the choice is
+        # made in cross-replica context (as Keras' LossScaleOptimizer does).
+        ctx = tf.distribute.get_replica_context()
+        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+        finite = bad == 0.0
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            self.skipped_steps.assign_add(tf.cond(finite, apply, skip))
+            return
+
+        def cross_replica(strategy, grads, finite):
+            def apply_all():
+                strategy.extended.call_for_each_replica(self.optimizer.apply,
+                                                        args=(grads, variables))
+                return tf.constant(0, tf.int64)
+
+            agreed = strategy.experimental_local_results(finite)[0]
+            self.skipped_steps.assign_add(tf.cond(agreed, apply_all, skip))
+
+        ctx.merge_call(cross_replica, args=(grads, finite))
 
     def test_step(self, data):
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)

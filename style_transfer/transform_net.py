@@ -37,6 +37,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -318,7 +320,22 @@ def load_transform_net(path) -> keras.Model:
     >>> load_transform_net(p).name
     'transform_net'
     """
-    net = keras.saving.load_model(path, compile=False)
+    try:
+        net = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
+        raise ValueError(f"cannot load {os.fspath(path)!r} as a Keras model ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:160]}); pass the .keras file "
+                         "'style-transfer train' saved") from None
+    try:  # Functional and Sequential models declare their shapes; subclassed ones do not
+        shapes = [tuple(net.input_shape), tuple(net.output_shape)]
+    except (AttributeError, ValueError, TypeError):
+        shapes = None
+    if not isinstance(net, keras.Model) or shapes != [(None, None, None, 3)] * 2:
+        what = (f"a model {shapes[0]} -> {shapes[1]}" if shapes
+                else f"a {type(net).__name__} with no declared input (a subclassed model?)")
+        raise ValueError(f"{os.fspath(path)!r} holds {what}, not a transform-net (a Functional "
+                         "model from images (None, None, None, 3) to images); pass the .keras "
+                         "file 'style-transfer train' saved")
     if any(layer.compute_dtype != "float32" for layer in net.layers):
         fresh = build_transform_net(name=net.name)
         fresh.set_weights(net.get_weights())

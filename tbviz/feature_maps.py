@@ -77,7 +77,17 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     maps = _probe.layer_outputs(model, x, layer, _probe.check_max_batch(max_batch))
     if channels is not None:
         maps = maps[..., channels]
-    tiles = np.moveaxis(maps, -1, 1)[..., None]  # (N, C, h, w, 1)
+    return map_grids(maps, scale=scale, cols=cols, pad=pad)
+
+
+def map_grids(maps, scale: int = 1, cols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Layer outputs ``(N, h, w, C)`` as the grids of :func:`feature_maps` (NaN shown black).
+
+    >>> map_grids(np.zeros((2, 4, 4, 4)), pad=0).shape
+    (2, 8, 8, 3)
+    """
+    scale = _check_scale(scale)
+    tiles = np.moveaxis(np.asarray(maps), -1, 1)[..., None]  # (N, C, h, w, 1)
     out = []
     for image_tiles in tiles:
         gray = normalize(image_tiles, per_tile=False)

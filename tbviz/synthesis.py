@@ -78,7 +78,8 @@ def to_uint8(images, value_range=(0.0, 255.0)) -> np.ndarray:
     """
     lo, hi = _check_range(value_range)
     x = (np.asarray(images, np.float64) - lo) / (hi - lo)
-    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+    # NaN (a diverged model) has no uint8 value: show it as the range's low end.
+    return np.clip(np.round(np.nan_to_num(x * 255, nan=0.0)), 0, 255).astype(np.uint8)
 
 
 def _gaussian(sigma: float) -> np.ndarray:

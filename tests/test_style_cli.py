@@ -161,7 +161,7 @@ def test_train_bad_inputs_are_clear_errors(tmp_path, content_dir, capsys):
     assert "missing.jpg" in capsys.readouterr().err
     argv[2] = str(tmp_path / "nothing_here")
     assert cli.main(argv) == 2
-    assert "no images" in capsys.readouterr().err
+    assert "no such file or folder" in capsys.readouterr().err
 
 
 def test_stylize_keeps_sizes_and_names(trained, tmp_path, rng, capsys):

@@ -133,7 +133,9 @@ class AttributionCallback(VizCallback):
         photos = _photos(probes)
         with self.writer.as_default(step=step):
             for method in self.methods:
-                heat = attribution.heatmap(self._attribute(method, probes, target))
+                raw = self.finite(f"attribution/{method}",
+                                  self._attribute(method, probes, target))
+                heat = attribution.heatmap(raw)
                 images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
                 tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
                                  description=f"{method} heatmaps over the probe images")

@@ -22,11 +22,16 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from tbviz.summary import writers
+
+log = logging.getLogger("tbviz")
 
 
 def check_every(name: str, value, allow_none: bool = True):
@@ -56,6 +61,7 @@ class VizCallback(keras.callbacks.Callback):
         self.chief = True
         self._held: list[str] = []
         self._last_step = None
+        self._nonfinite_warned: set = set()
 
     # -- hooks for subclasses ---------------------------------------------------------------
     def setup(self) -> None:
@@ -64,6 +70,27 @@ class VizCallback(keras.callbacks.Callback):
     def write(self, step: int, logs: dict | None) -> None:
         """Write this callback's summaries for global ``step``."""
         raise NotImplementedError
+
+    def finite(self, tag: str, values) -> np.ndarray:
+        """``values`` with NaN and Inf replaced by 0, so images of a diverged model still draw.
+
+        When there were any, their count is logged as the scalar ``nonfinite/<tag>``
+        (call it inside ``self.writer.as_default(step=...)``) and a warning says so,
+        once per tag and callback.
+        """
+        arr = np.asarray(values)
+        if arr.dtype.kind != "f":
+            return arr
+        bad = ~np.isfinite(arr)
+        n = int(bad.sum())
+        if not n:
+            return arr
+        if tag not in self._nonfinite_warned:
+            self._nonfinite_warned.add(tag)
+            log.warning("tbviz.%s: %s has %d NaN or Inf values (non-finite weights?); they are "
+                        "drawn as 0, count under nonfinite/%s", type(self).__name__, tag, n, tag)
+        tf.summary.scalar(f"nonfinite/{tag}", n)
+        return np.where(bad, 0, arr)
 
     # -- writers --------------------------------------------------------------------------------
     def writer_for(self, run: str):
@@ -89,7 +116,10 @@ class VizCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.chief = writers.is_chief(getattr(self.model, "distribute_strategy", None))
+        fresh = []  # folders this call creates: removed again if setup() fails
         if self.chief:
+            fresh = [p for p in (self.log_dir, os.path.join(self.log_dir, self.run))
+                     if not os.path.exists(p)]
             writers.check_writable(self.log_dir)
         self._release()
         self.writer = self.writer_for(self.run)
@@ -97,6 +127,7 @@ class VizCallback(keras.callbacks.Callback):
             self.setup()
         except Exception:
             self._release()
+            writers.remove_unused(fresh)
             raise
 
     def _trigger(self, logs):

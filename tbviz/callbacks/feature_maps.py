@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tbviz import _probe
 from tbviz.callbacks.base import VizCallback
-from tbviz.feature_maps import conv_layers, display_scale, feature_maps, kernel_grid
+from tbviz.feature_maps import conv_layers, display_scale, kernel_grid, map_grids
 from tbviz.layers import check_images, check_layers, get_layer
 
 
@@ -96,13 +96,14 @@ class FeatureMapsCallback(VizCallback):
     def write(self, step, logs):
         with self.writer.as_default(step=step):
             for layer in self.layers:
-                grids = feature_maps(self.model, self._probes, layer, scale=self._scales[layer],
-                                     max_batch=self.max_batch,
-                                     channels=slice(0, self.max_channels))
+                maps = _probe.layer_outputs(self.model, self._probes, layer, self.max_batch)
+                maps = self.finite(f"feature_maps/{layer}", maps[..., :self.max_channels])
+                grids = map_grids(maps, scale=self._scales[layer])
                 tf.summary.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
                                  description=f"channels 0..{self.max_channels - 1} (at most) of "
                                              f"{layer}, one grid per probe image")
             for layer in self.kernel_layers:
+                self.finite(f"kernels/{layer}", get_layer(self.model, layer).kernel)
                 image = kernel_grid(self.model, layer, scale=self._scales["kernels", layer])
                 tf.summary.image(f"kernels/{layer}", image[None],
                                  description=f"the filters of {layer}")

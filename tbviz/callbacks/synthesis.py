@@ -133,18 +133,21 @@ class SynthesisCallback(VizCallback):
             for layer, channels in self._channels.items():
                 images, _ = synthesis.maximize_activation(model, layer, channels,
                                                           **self._kwargs("maximize"))
+                images = self.finite(f"synthesis/{layer}", images)
                 for channel, image in zip(channels, synthesis.to_uint8(images, lo_hi)):
                     tf.summary.image(f"synthesis/{layer}/{channel}", image[None],
                                      description=f"input maximizing channel {channel} of {layer}")
             for layer in self.invert:
                 rec, _ = synthesis.invert_features(model, self._probes, layer,
                                                    **self._kwargs("invert"))
+                rec = self.finite(f"synthesis/inversion/{layer}", rec)
                 tf.summary.image(f"synthesis/inversion/{layer}", synthesis.to_uint8(rec, lo_hi),
                                  max_outputs=len(rec),
                                  description=f"probe images reconstructed from {layer}")
             if self.dream:
                 dreams = synthesis.deepdream(model, self._probes, self.dream,
                                              **self._kwargs("dream"))
+                dreams = self.finite("synthesis/deepdream", dreams)
                 tf.summary.image("synthesis/deepdream", synthesis.to_uint8(dreams, lo_hi),
                                  max_outputs=len(dreams),
                                  description="DeepDream of the probe images on "

@@ -18,6 +18,7 @@ Then ``tensorboard --logdir runs``.
 from __future__ import annotations
 
 import logging
+import os
 
 import keras
 
@@ -26,6 +27,7 @@ from tbviz.callbacks.graph import GraphCallback
 from tbviz.callbacks.histograms import HistogramCallback
 from tbviz.callbacks.losses import LossCallback
 from tbviz.layers import layer_paths
+from tbviz.summary import writers
 
 log = logging.getLogger("tbviz")
 
@@ -149,7 +151,8 @@ class TensorBoardViz(keras.callbacks.Callback):
                 added.append(DeconvnetCallback(self.log_dir, self.probe_images, layers,
                                                **self.deconvnet_options))
             else:
-                log.info("tbviz: no Conv2D layer to project; deconvnet images are off")
+                log.warning("tbviz: model %r has no Conv2D layer to project; deconvnet images "
+                            "are off (pass layers=[...] to project others)", target.name)
         wants_maps = self.feature_maps is True or (
             self.feature_maps == "auto" and self._direct
             and layer_paths(self.model, kind=keras.layers.Conv2D))
@@ -179,6 +182,7 @@ class TensorBoardViz(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._add_model_dependent_parts()
         begun = []
+        fresh = [] if os.path.exists(self.log_dir) else [self.log_dir]
         try:
             for cb in self.callbacks:
                 cb.on_train_begin(logs)
@@ -186,6 +190,7 @@ class TensorBoardViz(keras.callbacks.Callback):
         except Exception:
             for cb in begun:  # do not leave writers of the parts that did start open
                 cb.on_train_end(logs)
+            writers.remove_unused(fresh)  # nor a half-written run folder
             raise
 
     def _each(name):

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
+import time
 
 import tensorflow as tf
 
@@ -100,6 +102,40 @@ def release(path: str) -> None:
         if entry[1] <= 0:
             entry[0].close()
             del _open[path]
+
+
+def mark_start(writer, step: int) -> None:
+    """Tell TensorBoard a run (re)starts at ``step``: it drops what the run logged at
+    ``step`` and later before this point, since a resumed run logs those steps again.
+
+    Writes a ``SessionLog.START`` event, the marker TensorBoard's readers use for
+    restarted jobs (its Rust data server drops re-logged steps per tag by itself).
+    Call it first thing with a run's writer; a no-op writer writes nothing.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> mark_start(acquire(d), 101)   # a run resumed from its checkpoint of step 100
+    >>> release(d)
+    """
+    from tensorboard.compat.proto import event_pb2
+
+    resource = getattr(writer, "_resource", None)  # tf.summary writers expose no event API
+    if resource is None:
+        return
+    event = event_pb2.Event(step=int(step), wall_time=time.time(),
+                            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+    tf.raw_ops.ImportEvent(writer=resource, event=event.SerializeToString())
+
+
+def remove_unused(paths) -> None:
+    """Delete the folders ``paths`` (made by a run that failed before it started) unless
+    an open writer still writes under one of them. Nothing half-written is left behind."""
+    with _lock:
+        held = list(_open)
+    for path in paths:
+        path = os.path.abspath(os.fspath(path))
+        if not any(h == path or h.startswith(path + os.sep) for h in held):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def flush_all() -> None:

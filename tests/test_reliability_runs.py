@@ -1,0 +1,245 @@
+"""``style-transfer train`` as real processes: killed with SIGKILL and resumed, on two
+mirrored replicas, and as a two-worker MultiWorkerMirroredStrategy job on 127.0.0.1.
+
+Every run trains the same tiny setup (12 steps) and is compared with one uninterrupted
+single-device run of it, read back the way TensorBoard reads event files.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+from style_transfer import cli, data
+from style_transfer.transform_net import load_transform_net
+from tbserver import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "workers", "killed_train.py")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+STEPS = 12  # 3 epochs of 4 steps; checkpoints after steps 3, 4, 6, 8, 9, 12
+OPTIONS = ["--vgg-weights", "random", "--epochs", "3", "--steps-per-epoch", "4",
+           "--batch-size", "2", "--image-size", "16", "--style-size", "16", "--probe-size", "16",
+           "--log-every", "3", "--loss-every", "1", "--checkpoint-every", "3",
+           "--content-layer", "block1_conv1", "--style-layers", "block1_conv1",
+           "--transform-layers", "conv1", "--vgg-layers", "", "--quiet"]
+
+
+def argv(log_dir):
+    return ["train", "--content-dir", data.asset_path("photos"), "--log-dir", str(log_dir),
+            "--style-image", data.asset_path("styles", "wave.jpg"), *OPTIONS]
+
+
+def worker(kill_at, args):
+    return [sys.executable, WORKER, str(kill_at), *args]
+
+
+def per_file(run_dir, tag="batch_loss"):
+    """``[[(step, value), ...] per event file]``, in the order TensorBoard reads the files."""
+    files = sorted(f for f in os.listdir(run_dir) if "tfevents" in f)
+    out = []
+    for name in files:
+        values = []
+        for event in event_file_loader.EventFileLoader(os.path.join(run_dir, name)).Load():
+            for v in event.summary.value:
+                if v.tag == tag:
+                    values.append((event.step, float(tf.make_ndarray(v.tensor))))
+        out.append(values)
+    return out
+
+
+def tensorboard_view(run_dir, tag):
+    """``[(step, value)]`` as TensorBoard's server shows the tag (orphaned steps purged)."""
+    acc = pea.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+
+
+def image_steps(run_dir, tag):
+    acc = pea.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return [e.step for e in acc.Tensors(tag)]
+
+
+def resumed_from(stdout):
+    found = re.search(r"resumed from \S*ckpt-(\d+): global step (\d+)", stdout)
+    if found:
+        assert found.group(1) == found.group(2)
+        return int(found.group(1))
+    assert "no checkpoint" in stdout, stdout
+    return 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The run left alone on one device: its run folder and TensorBoard's batch_loss curve."""
+    log_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert cli.main(argv(log_dir)) == 0
+    curve = tensorboard_view(log_dir / "train", "batch_loss")
+    assert [s for s, _ in curve] == list(range(1, STEPS + 1))
+    return log_dir, curve
+
+
+def assert_same_curve(got, expected, rtol):
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=rtol)
+
+
+def assert_same_net(run_a, run_b, atol):
+    """The two runs' transform-nets stylize photos alike, to ``atol`` of 255 levels.
+
+    Weights are not compared: a convolution's bias right before an instance norm has
+    no effect on anything, so Adam moves it by float noise alone, differently on two
+    devices than on one.
+    """
+    photos, _ = data.load_probe_photos(data.bundled_photos()[:3], 32)
+    a = load_transform_net(run_a / "transform_net.keras")(photos)
+    b = load_transform_net(run_b / "transform_net.keras")(photos)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=atol)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume(tmp_path, reference):
+    """Killed during the first epoch before any checkpoint, in the middle of an epoch
+    between two checkpoints, and from outside at whatever moment the process is in once
+    a checkpoint file appears. Each resume continues at the right step, repeating at
+    most the steps after the last checkpoint; nothing flushed before a kill is lost;
+    TensorBoard shows every step once, with the values of the run left uninterrupted,
+    and the run ends with the same network."""
+    log_dir = tmp_path / "run"
+    run = log_dir / "train"
+    kills = []  # (steps on disk right after the kill, the step the next process resumed from)
+
+    # 1. During the first epoch, before any checkpoint.
+    out = subprocess.run(worker(2, argv(log_dir)), capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    assert not os.path.exists(log_dir / "checkpoints" / "checkpoint")
+    on_disk = per_file(run)
+
+    # 2. Resumed (from scratch: there is no checkpoint), killed after step 7: after the
+    #    checkpoint of step 6, in the middle of the second epoch.
+    out = subprocess.run(worker(7, argv(log_dir) + ["--resume"]), capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    kills.append((on_disk, resumed_from(out.stdout)))
+    on_disk = per_file(run)
+
+    # 3. Resumed, killed from outside as soon as the checkpoint of step 9 is on disk,
+    #    wherever the process then is (still saving it, or already some steps further).
+    proc = subprocess.Popen(worker(0, argv(log_dir) + ["--resume"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(log_dir / "checkpoints" / "ckpt-9.index"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "finished before the kill: " + stderr[-2000:]
+    kills.append((on_disk, resumed_from(stdout)))
+    on_disk = per_file(run)
+
+    # 4. Resumed to the end.
+    out = subprocess.run(worker(0, argv(log_dir) + ["--resume"]), capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    kills.append((on_disk, resumed_from(out.stdout)))
+    assert f"global step {STEPS}" in out.stdout
+
+    final = per_file(run)
+    assert len(final) == 4  # one event file per process
+    resumes = [r for _, r in kills]
+    # 8: killed after ckpt-9's files were written but before the index named it.
+    assert resumes[0] == 0 and resumes[1] == 6 and resumes[2] in (8, 9), resumes
+    for k, (before, resumed) in enumerate(kills):
+        steps_before = {s for f in before for s, _ in f}
+        # A checkpoint never runs ahead of the logs: what it covers was on disk already.
+        assert set(range(1, resumed + 1)) <= steps_before, (k, resumed, sorted(steps_before))
+        # Nothing flushed before the kill is lost: every event file is intact.
+        for old, new in zip(before, final):
+            assert new[:len(old)] == old
+        # The next process continues right after the checkpoint: it repeats only the
+        # steps the killed one did after it.
+        nxt = final[k + 1]
+        assert nxt[0][0] == resumed + 1, (k, nxt)
+        assert [s for s, _ in nxt] == list(range(resumed + 1, nxt[-1][0] + 1))
+
+    # TensorBoard shows each step once, and the same curve as the uninterrupted run.
+    ref_dir, expected = reference
+    assert_same_curve(tensorboard_view(run, "batch_loss"), expected, rtol=1e-5)
+    assert [s for s, _ in tensorboard_view(run, "epoch_loss")] == [0, 1, 2]
+    for tag in ("stylized/probes", "deconvnet/conv1/projections"):  # every 3 steps, epoch ends
+        assert image_steps(run, tag) == image_steps(ref_dir / "train", tag) == [3, 4, 6, 8, 9, 12]
+    assert_same_net(ref_dir, log_dir, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, reference):
+    """--batch-size is the global batch: two replicas of one image each make the same
+    steps as one device with both images, up to float rounding."""
+    log_dir = tmp_path / "mirrored"
+    out = subprocess.run(worker(0, argv(log_dir) + ["--strategy", "mirrored",
+                                                    "--cpu-replicas", "2"]),
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 replicas" in out.stdout, out.stdout
+    ref_dir, expected = reference
+    got = tensorboard_view(log_dir / "train", "batch_loss")
+    assert got[0][1] == pytest.approx(expected[0][1], rel=1e-6)  # before any update
+    assert_same_curve(got, expected, rtol=1e-4)  # 12 Adam steps of rounding apart
+    assert image_steps(log_dir / "train", "stylized/probes") == [3, 4, 6, 8, 9, 12]
+    assert_same_net(ref_dir, log_dir, atol=1.0)
+
+
+@pytest.mark.slow
+def test_multiworker_on_loopback_only_the_chief_writes(tmp_path, reference):
+    """Two processes, one CPU each, one TF_CONFIG cluster on 127.0.0.1, the same --log-dir
+    (as on a shared file system): one set of logs, checkpoints and model, all the
+    chief's; the other worker's temporary checkpoints are gone; same curve as one device."""
+    log_dir = tmp_path / "run"
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    procs, temps = [], []
+    for index in range(2):
+        temps.append(tmp_path / f"tmp{index}")
+        temps[-1].mkdir()
+        env = {**ENV, "TMPDIR": str(temps[-1]), "TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(worker(0, argv(log_dir) + ["--strategy", "multiworker"]),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=env))
+    outs = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=300)
+            assert p.returncode == 0, stderr[-3000:]
+            outs.append(stdout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert "saved the transform-net" in outs[0] and "worker done" in outs[1]
+    files = sorted(os.path.relpath(os.path.join(d, f), log_dir)
+                   for d, _, names in os.walk(log_dir) for f in names)
+    events = [f for f in files if "tfevents" in f]
+    assert len(events) == 1 and events[0].startswith("train"), files
+    assert f".{procs[0].pid}." in events[0]  # written by the chief
+    assert "transform_net.keras" in files and "checkpoints/ckpt-12.index" in files
+    assert [os.listdir(t) for t in temps] == [[], []]  # the worker's checkpoints deleted
+    ref_dir, expected = reference
+    assert_same_curve(tensorboard_view(log_dir / "train", "batch_loss"), expected, rtol=1e-4)
+    assert_same_net(ref_dir, log_dir, atol=1.0)
