@@ -9,6 +9,9 @@ trigger). This class decides *when*: every ``every_n_epochs`` epochs and/or ever
 Steps are the optimizer's global step (``model.optimizer.iterations``), so
 curves continue at the right place after a resume and step- and epoch-triggered
 summaries of one tag share one axis, which TensorBoard's step slider needs.
+``every_n_steps`` counts training batches (one optimizer step each, unless a
+loss-scale optimizer skips one); each summary is labelled with the optimizer's
+step at the time.
 
 Example:
     >>> import tensorflow as tf
@@ -123,6 +126,8 @@ class VizCallback(keras.callbacks.Callback):
             writers.check_writable(self.log_dir)
         self._release()
         self.writer = self.writer_for(self.run)
+        # Batches trained so far; the optimizer's count at start (a resumed run continues).
+        self._batches = self._epoch_start = self.global_step
         try:
             self.setup()
         except Exception:
@@ -137,11 +142,17 @@ class VizCallback(keras.callbacks.Callback):
         self._last_step = step
         self.write(step, logs)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._batches
+
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_n_steps and self.writer is not None:
-            step = self.global_step
-            if step % self.every_n_steps == 0:
-                self._trigger(logs)
+        # Counted from Keras' batch index, not read from the optimizer each batch (a device
+        # read per step); the step a trigger is labelled with is read then. Keras reports
+        # the last batch of a multi-step execution, hence "crossed a multiple of n".
+        before, self._batches = self._batches, self._epoch_start + batch + 1
+        n = self.every_n_steps
+        if n and self.writer is not None and self._batches // n > before // n:
+            self._trigger(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_epochs and self.writer is not None and (epoch + 1) % self.every_n_epochs == 0:

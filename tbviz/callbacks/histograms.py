@@ -144,14 +144,14 @@ class HistogramCallback(VizCallback):
 
     # -- update ratio: snapshot the weights just before the step that will be logged --------
     def _next_step_triggers(self, batch):
-        step = self.global_step + 1
-        if self.every_n_steps and step % self.every_n_steps == 0:
+        if self.every_n_steps and (self._batches + 1) % self.every_n_steps == 0:
             return True
         steps = (self.params or {}).get("steps")
         return bool(self.every_n_epochs and steps and batch == steps - 1
                     and (self._epoch + 1) % self.every_n_epochs == 0)
 
     def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
