@@ -565,18 +565,19 @@ def windows(model, image_shape, layer: str, neurons) -> list[tuple[int, int, int
     return projector(model, (layer,)).windows(layer, tuple(image_shape), list(neurons))
 
 
-def support_window(projection, threshold: float = 0.02, margin: int = 2
+def support_window(projection, threshold: float = 0.05, margin: int = 2
                    ) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` around where a projection is not negligible.
+    """``(top, bottom, left, right)`` around the part of a projection that matters.
 
     For units whose receptive field cannot be worked out from the layers (instance
     normalization makes every output depend a little on the whole image, say): the
-    box of the pixels whose magnitude (summed over channels) reaches ``threshold``
-    of the peak, widened by ``margin`` pixels and made square where the image
-    allows, so tiles show the part of the image that matters. An all-zero
-    projection gives the whole image.
+    box of the connected region around the peak where the magnitude (summed over
+    channels) reaches ``threshold`` of the peak, widened by ``margin`` pixels and
+    made square where the image allows. Far-away specks (a normalization's global
+    terms on high-contrast pixels) are not connected to the peak and are left out.
+    An all-zero projection gives the whole image.
 
-    >>> p = np.zeros((10, 10, 1)); p[4, 5] = 1.0; p[0, 0] = 0.001
+    >>> p = np.zeros((10, 10, 1)); p[4, 5] = 1.0; p[0, 0] = 0.5
     >>> support_window(p, margin=1)
     (3, 6, 4, 7)
     """
@@ -585,8 +586,20 @@ def support_window(projection, threshold: float = 0.02, margin: int = 2
     peak = mag.max()
     if not peak > 0:
         return (0, h, 0, w)
-    rows = np.flatnonzero((mag >= threshold * peak).any(axis=1))
-    cols = np.flatnonzero((mag >= threshold * peak).any(axis=0))
+    mask = mag >= threshold * peak
+    region = np.zeros_like(mask)
+    region[np.unravel_index(int(mag.argmax()), mag.shape)] = True
+    while True:  # grow the peak's 8-connected region inside the mask
+        grown = region.copy()
+        grown[1:] |= region[:-1]
+        grown[:-1] |= region[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        grown &= mask
+        if (grown == region).all():
+            break
+        region = grown
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     t, b = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, h)
     lft, r = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)
     side = max(b - t, r - lft)

@@ -590,3 +590,11 @@ def test_support_window_is_square_inside_the_image_and_holds_the_support():
         assert t <= r < b and lft <= c < rt
         assert b - t == min(max(b - t, rt - lft), h) and rt - lft == min(max(b - t, rt - lft), w)
     assert deconvnet.support_window(np.zeros((5, 7, 3))) == (0, 5, 0, 7)
+
+
+def test_support_window_leaves_out_specks_not_connected_to_the_peak():
+    p = np.zeros((40, 40, 3))
+    p[20:23, 10:13] = 1.0          # the unit's own field
+    p[2, 35] = p[38, 1] = 0.5      # global terms of a normalization on two bright pixels
+    t, b, lft, r = deconvnet.support_window(p, margin=0)
+    assert (t, b, lft, r) == (20, 23, 10, 13)
