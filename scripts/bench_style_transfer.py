@@ -134,7 +134,7 @@ def conv_flops(graph) -> float:
             kh, kw, cin, _ = filt.shape.as_list()
             total += 2.0 * grad[0] * grad[1] * grad[2] * grad[3] * kh * kw * cin
         elif op.type in ("MatMul", "BatchMatMulV2"):
-            a, b = op.inputs[0].shape.as_list(), op.inputs[1].shape.as_list()
+            a = op.inputs[0].shape.as_list()
             k = a[-1] if not op.get_attr("adj_x" if op.type != "MatMul" else "transpose_a") \
                 else a[-2]
             out = op.outputs[0].shape.as_list()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from eventfiles import load
-from tbserver import free_port
+from cluster import run_workers
 
 WORKER = os.path.join(os.path.dirname(__file__), "workers", "distributed_fit.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,26 +44,9 @@ def test_mirrored_two_replicas_matches_single_device_and_logs_everything(tmp_pat
 
 @pytest.mark.slow
 def test_multiworker_on_loopback_only_chief_writes(tmp_path):
-    ports = [free_port(), free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     log_dir = tmp_path / "logs"
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = {**ENV, "TF_CONFIG": tf_config}
-        procs.append(subprocess.Popen([sys.executable, WORKER, str(log_dir), "multiworker"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=env))
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err[-3000:]
-            outs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs = [json.loads(out.strip().splitlines()[-1]) for _, out in
+            run_workers([sys.executable, WORKER, str(log_dir), "multiworker"], ENV)]
     assert outs[0]["xent"] == pytest.approx(outs[1]["xent"])  # one job, one model
     files = event_files(log_dir)
     assert len([f for f in files if f.startswith("train")]) == 1, files  # the chief's only

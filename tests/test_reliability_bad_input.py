@@ -7,7 +7,6 @@ Inputs that are merely imperfect (a grayscale or RGBA painting, a few broken pho
 are accepted, or skipped and counted.
 """
 
-import io
 import os
 import shutil
 import subprocess

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,7 +20,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 
 from style_transfer import cli, data
 from style_transfer.transform_net import load_transform_net
-from tbserver import free_port
+from cluster import run_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "killed_train.py")
@@ -212,32 +210,19 @@ def test_multiworker_on_loopback_only_the_chief_writes(tmp_path, reference):
     (as on a shared file system): one set of logs, checkpoints and model, all the
     chief's; the other worker's temporary checkpoints are gone; same curve as one device."""
     log_dir = tmp_path / "run"
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    procs, temps = [], []
-    for index in range(2):
-        temps.append(tmp_path / f"tmp{index}")
-        temps[-1].mkdir()
-        env = {**ENV, "TMPDIR": str(temps[-1]), "TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(worker(0, argv(log_dir) + ["--strategy", "multiworker"]),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=env))
-    outs = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=300)
-            assert p.returncode == 0, stderr[-3000:]
-            outs.append(stdout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    temps = [tmp_path / f"tmp{index}" for index in range(2)]
+    for t in temps:
+        t.mkdir()
+    (chief_pid, chief_out), (_, worker_out) = run_workers(
+        worker(0, argv(log_dir) + ["--strategy", "multiworker"]), ENV,
+        env=lambda index: {"TMPDIR": str(temps[index])})
+    outs = [chief_out, worker_out]
     assert "saved the transform-net" in outs[0] and "worker done" in outs[1]
     files = sorted(os.path.relpath(os.path.join(d, f), log_dir)
                    for d, _, names in os.walk(log_dir) for f in names)
     events = [f for f in files if "tfevents" in f]
     assert len(events) == 1 and events[0].startswith("train"), files
-    assert f".{procs[0].pid}." in events[0]  # written by the chief
+    assert f".{chief_pid}." in events[0]  # written by the chief
     assert "transform_net.keras" in files and "checkpoints/ckpt-12.index" in files
     assert [os.listdir(t) for t in temps] == [[], []]  # the worker's checkpoints deleted
     ref_dir, expected = reference
