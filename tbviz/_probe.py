@@ -52,6 +52,14 @@ def batches(n: int, max_batch: int):
         yield slice(start, min(n, start + max_batch))
 
 
+def _input_of(t, op_type: str):
+    """The input of the ``op_type`` op that made ``t`` (through Identity ops), else ``t``."""
+    op = getattr(t, "op", None)
+    while op is not None and op.type == "Identity":
+        op = op.inputs[0].op
+    return op.inputs[0] if op is not None and op.type == op_type else t
+
+
 def pre_softmax(t):
     """The logits feeding ``t`` when ``t`` is (an identity of) a softmax, else ``t``.
 
@@ -59,12 +67,7 @@ def pre_softmax(t):
     ``t`` can be read. Saliency and Grad-CAM differentiate the class score before
     the softmax: a probability's gradient is dominated by the other classes.
     """
-    op = getattr(t, "op", None)
-    while op is not None and op.type == "Identity":
-        op = op.inputs[0].op
-    if op is not None and op.type == "Softmax":
-        return op.inputs[0]
-    return t
+    return _input_of(t, "Softmax")
 
 
 def pre_relu(t):
@@ -74,12 +77,7 @@ def pre_relu(t):
     a unit that is silent on the starting image has zero gradient after it and
     would never move.
     """
-    op = getattr(t, "op", None)
-    while op is not None and op.type == "Identity":
-        op = op.inputs[0].op
-    if op is not None and op.type == "Relu":
-        return op.inputs[0]
-    return t
+    return _input_of(t, "Relu")
 
 
 def layer_output_shapes(model, image_shape) -> dict:
