@@ -64,7 +64,7 @@ class VizCallback(keras.callbacks.Callback):
         self.chief = True
         self._held: list[str] = []
         self._last_step = None
-        self._nonfinite_warned: set = set()
+        self._warned: set = set()  # keys already warned about, see warn_once()
 
     # -- hooks for subclasses ---------------------------------------------------------------
     def setup(self) -> None:
@@ -73,6 +73,13 @@ class VizCallback(keras.callbacks.Callback):
     def write(self, step: int, logs: dict | None) -> None:
         """Write this callback's summaries for global ``step``."""
         raise NotImplementedError
+
+    def warn_once(self, key, message: str, *args) -> None:
+        """Log ``message % args`` as a warning the first time ``key`` comes up, so a problem
+        that lasts (NaN weights, say) is said once, not at every trigger."""
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
 
     def finite(self, tag: str, values) -> np.ndarray:
         """``values`` with NaN and Inf replaced by 0, so images of a diverged model still draw.
@@ -88,10 +95,9 @@ class VizCallback(keras.callbacks.Callback):
         n = int(bad.sum())
         if not n:
             return arr
-        if tag not in self._nonfinite_warned:
-            self._nonfinite_warned.add(tag)
-            log.warning("tbviz.%s: %s has %d NaN or Inf values (non-finite weights?); they are "
-                        "drawn as 0, count under nonfinite/%s", type(self).__name__, tag, n, tag)
+        self.warn_once(("nonfinite", tag), "tbviz.%s: %s has %d NaN or Inf values (non-finite "
+                       "weights?); they are drawn as 0, count under nonfinite/%s",
+                       type(self).__name__, tag, n, tag)
         tf.summary.scalar(f"nonfinite/{tag}", n)
         return np.where(bad, 0, arr)
 

@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import math
 
 import keras
@@ -47,7 +46,6 @@ from tbviz.relu_rules import check_rule
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
-log = logging.getLogger(__name__)
 
 RAW_PLUGIN = "tbviz_raw"
 #: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows;
@@ -115,7 +113,6 @@ class DeconvnetCallback(VizCallback):
         self._image_shape = None
         self._fixed: dict = {}
         self._layer_index: dict = {}
-        self._warned: set = set()
 
     # -- train begin ----------------------------------------------------------------------------
     def setup(self):
@@ -171,13 +168,16 @@ class DeconvnetCallback(VizCallback):
         except ValueError as err:
             if strict or "NaN or Inf" not in str(err):
                 raise
-            self._warn_once("images", f"probe images contain NaN or Inf ({err}); skipping this "
+            self._say_once("images", f"probe images contain NaN or Inf ({err}); skipping this "
                                       "deconvnet step")
             return None
         if self._image_shape is not None and images.shape[1:] != self._image_shape:
             raise ValueError(f"probe_images changed shape to {images.shape[1:]}; they must keep "
                              f"the shape they had at train begin, {self._image_shape}")
         return images
+
+    def _say_once(self, key, message):
+        self.warn_once(key, "tbviz.DeconvnetCallback: %s", message)
 
     # -- each trigger ---------------------------------------------------------------------------
     def write(self, step, logs):
@@ -191,7 +191,7 @@ class DeconvnetCallback(VizCallback):
         chosen = {}
         for path in self.layers:
             if not np.all(np.isfinite(acts[path])):
-                self._warn_once(("acts", path), f"layer {path!r} has NaN or Inf activations; "
+                self._say_once(("acts", path), f"layer {path!r} has NaN or Inf activations; "
                                 "those units are left out of the deconvnet views")
             top = deconvnet.top_units(acts[path], k=self.top_k, distinct=self.distinct)
             evo = deconvnet.top_units(acts[path], channels=self._fixed[path])
@@ -205,13 +205,13 @@ class DeconvnetCallback(VizCallback):
                 top, evo = chosen[path]
                 units = top + evo
                 if not units:
-                    self._warn_once(("none", path), f"layer {path!r}: no finite activation to "
+                    self._say_once(("none", path), f"layer {path!r}: no finite activation to "
                                     "project; nothing logged for it")
                     continue
                 where = {u: i for i, u in enumerate(unique[path])}
                 raw = projections[path][[where[u] for u in units]]
                 if not np.all(np.isfinite(raw)):
-                    self._warn_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
+                    self._say_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
                                     "projections (non-finite weights?); shown as 0")
                     raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
                 boxes = proj.windows(path, self._image_shape, units)
@@ -281,11 +281,6 @@ class DeconvnetCallback(VizCallback):
         tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
                          metadata=_raw_metadata(about, "one row per raw tile: "
                                                 + ", ".join(UNIT_COLUMNS)))
-
-    def _warn_once(self, key, message):
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("tbviz.DeconvnetCallback: %s", message)
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------

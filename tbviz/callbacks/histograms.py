@@ -20,7 +20,6 @@ and ``dead_units/<layer>`` (ReLU channels that are zero on every probe input).
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 
 import numpy as np
@@ -31,7 +30,6 @@ from tbviz.callbacks.base import VizCallback
 from tbviz.summary import histograms
 from tbviz.layers import capture_outputs, children, get_layer, input_shapes, layer_paths
 
-log = logging.getLogger("tbviz")
 
 
 def split_probe(probe_data):
@@ -76,7 +74,6 @@ class HistogramCallback(VizCallback):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         self.probe_data = probe_data
         self.include_frozen = include_frozen
-        self._warned = set()
         self._epoch = 0
 
     # -- setup ------------------------------------------------------------------------------
@@ -106,7 +103,7 @@ class HistogramCallback(VizCallback):
             self._run_probe()
         except Exception as e:  # noqa: BLE001 - decide below whether it is the user's data
             if self.y is None:
-                self._warn_once("nograd", "tbviz: no gradient histograms: the model's loss needs "
+                self.warn_once("nograd", "tbviz: no gradient histograms: the model's loss needs "
                                 "labels; pass probe_data=(x, y)")
                 self._probe = self._make_probe(with_loss=False)
                 try:
@@ -160,16 +157,11 @@ class HistogramCallback(VizCallback):
                               {k: [v.numpy() for v in vs] for k, vs in self.by_layer.items()})
 
     # -- writing ----------------------------------------------------------------------------
-    def _warn_once(self, key, msg, *args):
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(msg, *args)
-
     def _histogram(self, tag, values):
         values = values.numpy() if hasattr(values, "numpy") else np.asarray(values)
         bad = histograms.write(tag, values)
         if bad:
-            self._warn_once(tag, "tbviz: %s has %d non-finite values; histogram shows the "
+            self.warn_once(tag, "tbviz: %s has %d non-finite values; histogram shows the "
                             "finite ones, count under nonfinite/%s", tag, bad, tag)
             tf.summary.scalar(f"nonfinite/{tag}", bad)
 
