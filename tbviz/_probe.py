@@ -22,6 +22,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, layer_paths
 
 _FUNCS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -41,9 +42,7 @@ def traced(model, key, build):
 
 def check_max_batch(max_batch) -> int:
     """``max_batch`` if it is a positive int, else a ``ValueError``."""
-    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
-    return int(max_batch)
+    return positive_int("max_batch", max_batch)
 
 
 def batches(n: int, max_batch: int):

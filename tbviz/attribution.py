@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe
+from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers, get_layer, layer_paths
 from tbviz.relu_rules import gradients, relu_rule
 
@@ -220,8 +221,7 @@ def smoothgrad(model, images, target, samples: int = 25, noise: float = 0.15,
     (2, 8, 8, 3)
     """
     x, idx, fn, max_batch = _prepare(model, images, target, max_batch)
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    positive_int("samples", samples)
     if not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a fraction of the image's value range >= 0, got {noise!r}")
     axes = tuple(range(1, x.ndim))

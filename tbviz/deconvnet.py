@@ -57,6 +57,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import receptive_field as rf
+from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers
 from tbviz.relu_rules import check_rule, gradients, relu_rule
 
@@ -114,7 +115,7 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
         raise ValueError(f"activations must have shape (N, H, W, C) or (N, C), got {a.shape}")
     a = np.where(np.isfinite(a), a, -np.inf).astype(np.float64)
     if channels is None and distinct:
-        k = _positive_int("k", k)
+        k = positive_int("k", k)
         n, h, w, c = a.shape
         per_map = a.transpose(0, 3, 1, 2).reshape(n, c, h * w)
         where = per_map.argmax(axis=-1)  # first maximum of each (image, map)
@@ -137,7 +138,7 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
                 if unit not in taken:
                     picked.append(unit)
     elif channels is None:
-        k = _positive_int("k", k)
+        k = positive_int("k", k)
         flat = a.reshape(-1)
         order = np.argsort(-flat, kind="stable")[:k]
         picked = [np.unravel_index(i, a.shape) for i in order if np.isfinite(flat[i])]
@@ -165,7 +166,7 @@ def top_channels(activations, k: int = 9) -> list[int]:
     >>> top_channels(a, k=2)  # means: 5/18, 0, 1, 0
     [2, 0]
     """
-    k = _positive_int("k", k)
+    k = positive_int("k", k)
     a = np.asarray(activations, dtype=np.float64)
     a = a.reshape(-1, a.shape[-1])
     finite = np.isfinite(a)
@@ -173,12 +174,6 @@ def top_channels(activations, k: int = 9) -> list[int]:
     mean = np.where(finite, a, 0.0).sum(0) / np.maximum(count, 1)
     mean = np.where(count > 0, mean, -np.inf)
     return [int(c) for c in np.argsort(-mean, kind="stable")[:k]]
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +352,7 @@ class Projector:
         """
         images = self.check_images(images)
         image_shape = images.shape[1:]
-        max_batch = _positive_int("max_batch", max_batch)
+        max_batch = positive_int("max_batch", max_batch)
         unknown = [path for path in units if path not in self.layers]
         if unknown:
             raise ValueError(f"layer(s) {', '.join(map(repr, unknown))} are not among this "

@@ -32,14 +32,9 @@ import math
 import numpy as np
 
 from tbviz import _probe
+from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, get_layer, layer_paths
 from tbviz.summary.images import grid, normalize, to_rgb
-
-
-def _check_scale(scale) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    return int(scale)
 
 
 def display_scale(tile_size: int, at_least: int = 32) -> int:
@@ -72,7 +67,7 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     """
     x = check_images(model, images)
     check_layers(model, [layer])
-    scale = _check_scale(scale)
+    scale = positive_int("scale", scale)
     _probe.check_layer_rank(model, x.shape[1:], layer, {4}, "feature_maps()")
     maps = _probe.layer_outputs(model, x, layer, _probe.check_max_batch(max_batch))
     if channels is not None:
@@ -86,7 +81,7 @@ def map_grids(maps, scale: int = 1, cols: int | None = None, pad: int = 1) -> np
     >>> map_grids(np.zeros((2, 4, 4, 4)), pad=0).shape
     (2, 8, 8, 3)
     """
-    scale = _check_scale(scale)
+    scale = positive_int("scale", scale)
     tiles = np.moveaxis(np.asarray(maps), -1, 1)[..., None]  # (N, C, h, w, 1)
     out = []
     for image_tiles in tiles:
@@ -126,7 +121,7 @@ def kernels(model, layer: str, scale: int = 1) -> np.ndarray:
     (10, 12, 12, 3)
     """
     check_layers(model, [layer])
-    scale = _check_scale(scale)
+    scale = positive_int("scale", scale)
     kernel = getattr(get_layer(model, layer), "kernel", None)
     if kernel is None or len(kernel.shape) != 4:
         raise ValueError(f"layer {layer!r} has no 4-D convolution kernel; layers with one: "

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tbviz.checks import positive_int
 from tbviz.summary import writers
 
 log = logging.getLogger("tbviz")
@@ -39,12 +40,7 @@ log = logging.getLogger("tbviz")
 
 def check_every(name: str, value, allow_none: bool = True):
     """Validate a frequency argument: a positive int, or ``None`` (off) where allowed."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-    return value
+    return positive_int(name, value, allow_none=allow_none)
 
 
 class VizCallback(keras.callbacks.Callback):

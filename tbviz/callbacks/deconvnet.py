@@ -41,6 +41,7 @@ from tensorboard.compat.proto import summary_pb2
 
 from tbviz import deconvnet
 from tbviz.callbacks.base import VizCallback
+from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
 from tbviz.relu_rules import check_rule
 from tbviz.summary import images as tiles_lib
@@ -91,8 +92,8 @@ class DeconvnetCallback(VizCallback):
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
                              f"got {layers!r}")
-        self.top_k = _positive("top_k", top_k)
-        self.max_batch = _positive("max_batch", max_batch)
+        self.top_k = positive_int("top_k", top_k)
+        self.max_batch = positive_int("max_batch", max_batch)
         self.rule = check_rule(rule)
         if not callable(probe_images):
             arr = np.asarray(probe_images)
@@ -284,12 +285,6 @@ class DeconvnetCallback(VizCallback):
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
 
 def _display_images(images):
     """Probe images as uint8 for patches: [0, 255] or [0, 1] kept, anything else stretched."""

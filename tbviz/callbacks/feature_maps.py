@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tbviz import _probe
 from tbviz.callbacks.base import VizCallback
+from tbviz.checks import positive_int
 from tbviz.feature_maps import conv_layers, display_scale, kernel_grid, map_grids
 from tbviz.layers import check_images, check_layers, get_layer
 
@@ -54,9 +55,7 @@ class FeatureMapsCallback(VizCallback):
                  every_n_steps: int | None = None, max_channels: int = 64):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         self.probe_images = probe_images
-        if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
-            raise ValueError(f"max_channels must be a positive integer, got {max_channels!r}")
-        self.max_channels = max_channels
+        self.max_channels = positive_int("max_channels", max_channels)
         self.layers = _paths(layers)
         self.kernel_layers = _paths(kernel_layers)
         if self.layers and probe_images is None:
