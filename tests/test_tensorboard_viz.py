@@ -133,3 +133,9 @@ def test_parts_can_be_switched_off(tmp_path):
     tags = load(tmp_path / "train").Tags()
     assert not tags["graph"] and "conv1/kernel" not in tags["tensors"]
     assert "epoch_loss" in tags["tensors"]
+
+
+def test_empty_layer_list_turns_the_deconvnet_off(tmp_path):
+    model = compile(functional_bn_nested())
+    fit(model, tmp_path, epochs=1, layers=[])
+    assert not any(t.startswith("deconvnet/") for t in load(tmp_path / "train").Tags()["tensors"])

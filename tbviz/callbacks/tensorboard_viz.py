@@ -150,7 +150,7 @@ class TensorBoardViz(keras.callbacks.Callback):
             if layers:
                 added.append(DeconvnetCallback(self.log_dir, self.probe_images, layers,
                                                **self.deconvnet_options))
-            else:
+            elif self.layers is None:  # none to pick (layers=[] asks for none)
                 log.warning("tbviz: model %r has no Conv2D layer to project; deconvnet images "
                             "are off (pass layers=[...] to project others)", target.name)
         wants_maps = self.feature_maps is True or (
