@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from skimage import data, transform  # noqa: E402
 
 from tbviz import attribution, feature_maps, synthesis  # noqa: E402
-from tbviz.summary.images import grid, normalize, overlay  # noqa: E402
+from tbviz.summary.images import grid, normalize, overlay, to_uint8  # noqa: E402
 
 SIZE = 64
 CLASSES = ("cat", "coffee", "astronaut")
@@ -169,11 +169,11 @@ def main(argv=None):
     # (their means are raised by flat colors on this color-driven little network).
     classes, _ = synthesis.maximize_activation(model, "classes", target, size=(SIZE, SIZE),
                                                steps=200, jitter=2, blur_every=4, blur_sigma=0.6)
-    rows, labels = [synthesis.to_uint8(classes)], ["classes"]
+    rows, labels = [to_uint8(classes)], ["classes"]
     for layer in ("conv3", "conv5"):
         units, _ = synthesis.maximize_activation(model, layer, [1, 2, 3], size=(SIZE, SIZE),
                                                  unit="center", steps=200, jitter=1, blur_every=4)
-        rows.append(synthesis.to_uint8(units))
+        rows.append(to_uint8(units))
         labels.append(f"{layer} 1-3")
     save(sheet(rows, labels, "maximize_activation: class logits; center units"), args.out,
          "maximize_activation")
@@ -181,7 +181,7 @@ def main(argv=None):
     rows = [photos]
     for layer in ("conv2", "conv4", "conv5"):
         rec, _ = synthesis.invert_features(model, probes, layer, steps=300, tv_weight=0.05)
-        rows.append(synthesis.to_uint8(rec))
+        rows.append(to_uint8(rec))
     save(sheet(rows, ["input", "from conv2", "from conv4", "from conv5"],
                "invert_features (total-variation prior)"), args.out, "invert_features")
 
@@ -189,7 +189,7 @@ def main(argv=None):
                     for c in range(3)])
     dream = synthesis.deepdream(model, big, ["conv4", "conv5"], octaves=3, octave_scale=1.4,
                                 steps=10, lr=0.003)
-    save(sheet([np.round(big).astype(np.uint8), synthesis.to_uint8(dream)], ["input", "dream"],
+    save(sheet([np.round(big).astype(np.uint8), to_uint8(dream)], ["input", "dream"],
                "deepdream on conv4 + conv5, 3 octaves", factor=1), args.out, "deepdream")
 
     maps = feature_maps.feature_maps(model, probes[:1], "conv2", scale=1, pad=2)[0]

@@ -28,16 +28,7 @@ import tensorflow as tf
 
 from tbviz.callbacks.base import VizCallback, check_every
 from tbviz.summary import metadata, writers
-
-
-def to_uint8(images) -> np.ndarray:
-    """Float images in ``[0, 255]`` -> ``uint8`` (rounded, clipped).
-
-    >>> to_uint8(np.array([-3.0, 0.4, 254.6, 300.0, np.nan])).tolist()
-    [0, 0, 255, 255, 0]
-    """
-    images = np.nan_to_num(np.asarray(images, dtype=np.float32), nan=0.0)  # NaN has no uint8
-    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+from tbviz.summary.images import to_uint8
 
 
 class StylizedProbes(VizCallback):

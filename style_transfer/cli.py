@@ -503,7 +503,7 @@ def _unique_path(directory: str, name: str, taken: set) -> str:
 def _save_image(array, path: str) -> None:
     from PIL import Image
 
-    from style_transfer.callbacks import to_uint8
+    from tbviz.summary.images import to_uint8
 
     image = Image.fromarray(to_uint8(array))
     ext = os.path.splitext(path)[1].lower()

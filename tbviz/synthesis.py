@@ -38,21 +38,12 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe
+from tbviz.checks import value_range as check_value_range
 from tbviz.layers import capture_outputs, check_images, check_layers, image_input_shape
 from tbviz.relu_rules import gradients
 
 
 # -- shared pieces ----------------------------------------------------------------------------
-
-def _check_range(value_range) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"value_range must be (low, high), got {value_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"value_range must be finite with low < high, got {value_range!r}")
-    return lo, hi
-
 
 def _check_count(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -68,18 +59,6 @@ def _check_number(name: str, value, minimum: float = 0.0) -> float:
     if not math.isfinite(v) or v < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
     return v
-
-
-def to_uint8(images, value_range=(0.0, 255.0)) -> np.ndarray:
-    """Map images from ``value_range`` to displayable ``uint8`` (clipped).
-
-    >>> to_uint8(np.array([-1.0, 0.0, 1.0]), (-1, 1)).tolist()
-    [0, 128, 255]
-    """
-    lo, hi = _check_range(value_range)
-    x = (np.asarray(images, np.float64) - lo) / (hi - lo)
-    # NaN (a diverged model) has no uint8 value: show it as the range's low end.
-    return np.clip(np.round(np.nan_to_num(x * 255, nan=0.0)), 0, 255).astype(np.uint8)
 
 
 def _gaussian(sigma: float) -> np.ndarray:
@@ -224,7 +203,7 @@ def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean
     ((2, 8, 8, 3), (5, 2))
     """
     check_layers(model, [layer])
-    lo, hi = _check_range(value_range)
+    lo, hi = check_value_range(value_range)
     steps = _check_count("steps", steps)
     lr, l2 = _check_number("lr", lr), _check_number("l2", l2)
     if l2 >= 1:
@@ -328,7 +307,7 @@ def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02
     single = np.ndim(image) == 3
     x0 = check_images(model, image, "image")
     check_layers(model, [layer])
-    lo, hi = _check_range(value_range)
+    lo, hi = check_value_range(value_range)
     steps = _check_count("steps", steps)
     lr, tv_weight = _check_number("lr", lr), _check_number("tv_weight", tv_weight)
     shape = x0.shape[1:]
@@ -401,7 +380,7 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
     layers = check_layers(model, [layers] if isinstance(layers, str) else list(layers))
     if not layers:
         raise ValueError("deepdream needs at least one layer")
-    lo, hi = _check_range(value_range)
+    lo, hi = check_value_range(value_range)
     octaves, steps = _check_count("octaves", octaves), _check_count("steps", steps)
     octave_scale = _check_number("octave_scale", octave_scale, 1.0)
     lr = _check_number("lr", lr)

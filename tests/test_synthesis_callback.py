@@ -6,6 +6,7 @@ import pytest
 
 from tbviz import synthesis as sy
 from tbviz.callbacks.synthesis import SynthesisCallback
+from tbviz.summary.images import to_uint8
 from eventfiles import images
 
 
@@ -47,14 +48,14 @@ def test_synthesized_images_are_logged_and_track_training(tmp_path):
         assert np.any(a != b)  # the weights changed, so did the image
     # The last step shows what the pure function makes of the trained model.
     want, _ = sy.maximize_activation(model, "conv2", [1, 4], steps=6, jitter=1)
-    np.testing.assert_array_equal(images(run, "synthesis/conv2/4")[-1][1][0], sy.to_uint8(want[1]))
+    np.testing.assert_array_equal(images(run, "synthesis/conv2/4")[-1][1][0], to_uint8(want[1]))
     rec = images(run, "synthesis/inversion/conv1")
     assert [s for s, _ in rec] == [2, 4] and len(rec[-1][1]) == 2
     want, _ = sy.invert_features(model, probes, "conv1", steps=6)
-    np.testing.assert_array_equal(np.stack(rec[-1][1]), sy.to_uint8(want))
+    np.testing.assert_array_equal(np.stack(rec[-1][1]), to_uint8(want))
     dreams = images(run, "synthesis/deepdream")
     want = sy.deepdream(model, probes, ["conv2"], steps=6, octaves=1)  # fixed-size model: 1 octave
-    np.testing.assert_array_equal(np.stack(dreams[-1][1]), sy.to_uint8(want))
+    np.testing.assert_array_equal(np.stack(dreams[-1][1]), to_uint8(want))
 
 
 def test_deepdream_uses_octaves_on_a_model_of_any_size(tmp_path):
@@ -65,7 +66,7 @@ def test_deepdream_uses_octaves_on_a_model_of_any_size(tmp_path):
     model.fit(x, y, epochs=1, batch_size=6, verbose=0, callbacks=[cb])
     want = sy.deepdream(model, x[:1], ["conv1", "conv2"], steps=2, octaves=3, octave_scale=1.2)
     np.testing.assert_array_equal(images(tmp_path / "train", "synthesis/deepdream")[-1][1][0],
-                                  sy.to_uint8(want[0]))
+                                  to_uint8(want[0]))
 
 
 def test_errors_at_construction_or_train_begin(tmp_path):

@@ -32,7 +32,9 @@ import tensorflow as tf
 
 from tbviz import synthesis
 from tbviz.callbacks.base import VizCallback
+from tbviz.checks import value_range as check_value_range
 from tbviz.layers import check_images, check_layers, image_input_shape
+from tbviz.summary.images import to_uint8
 
 _FUNCS = {"maximize": synthesis.maximize_activation, "invert": synthesis.invert_features,
           "dream": synthesis.deepdream}
@@ -89,7 +91,7 @@ class SynthesisCallback(VizCallback):
             raise ValueError("invert and dream work on probe_images; pass some")
         self.probe_images = probe_images
         self.steps = synthesis._check_count("steps", steps)
-        self.value_range = synthesis._check_range(value_range)
+        self.value_range = check_value_range(value_range)
         self.options = {k: dict(v) for k, v in (options or {}).items()}
         for kind, opts in self.options.items():
             if kind not in _FUNCS:
@@ -134,21 +136,21 @@ class SynthesisCallback(VizCallback):
                 images, _ = synthesis.maximize_activation(model, layer, channels,
                                                           **self._kwargs("maximize"))
                 images = self.finite(f"synthesis/{layer}", images)
-                for channel, image in zip(channels, synthesis.to_uint8(images, lo_hi)):
+                for channel, image in zip(channels, to_uint8(images, lo_hi)):
                     tf.summary.image(f"synthesis/{layer}/{channel}", image[None],
                                      description=f"input maximizing channel {channel} of {layer}")
             for layer in self.invert:
                 rec, _ = synthesis.invert_features(model, self._probes, layer,
                                                    **self._kwargs("invert"))
                 rec = self.finite(f"synthesis/inversion/{layer}", rec)
-                tf.summary.image(f"synthesis/inversion/{layer}", synthesis.to_uint8(rec, lo_hi),
+                tf.summary.image(f"synthesis/inversion/{layer}", to_uint8(rec, lo_hi),
                                  max_outputs=len(rec),
                                  description=f"probe images reconstructed from {layer}")
             if self.dream:
                 dreams = synthesis.deepdream(model, self._probes, self.dream,
                                              **self._kwargs("dream"))
                 dreams = self.finite("synthesis/deepdream", dreams)
-                tf.summary.image("synthesis/deepdream", synthesis.to_uint8(dreams, lo_hi),
+                tf.summary.image("synthesis/deepdream", to_uint8(dreams, lo_hi),
                                  max_outputs=len(dreams),
                                  description="DeepDream of the probe images on "
                                              + ", ".join(self.dream))

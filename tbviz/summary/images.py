@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from tbviz.checks import value_range as check_value_range
+
 
 def normalize(tiles, mode: str = "minmax", per_tile: bool = True) -> np.ndarray:
     """Scale float tiles ``(N, H, W, C)`` to ``uint8`` for display.
@@ -50,6 +52,21 @@ def normalize(tiles, mode: str = "minmax", per_tile: bool = True) -> np.ndarray:
     out = np.where(finite, out, 0.0)
     out = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
     return out[0] if squeeze else out
+
+
+def to_uint8(images, value_range=(0.0, 255.0)) -> np.ndarray:
+    """Map images from ``value_range`` to displayable ``uint8`` (rounded, clipped).
+
+    NaN (a diverged model) has no ``uint8`` value: it shows as the range's low end.
+
+    >>> to_uint8(np.array([-1.0, 0.0, 1.0]), (-1, 1)).tolist()
+    [0, 128, 255]
+    >>> to_uint8(np.array([-3.0, 0.4, 254.6, 300.0, np.nan])).tolist()
+    [0, 0, 255, 255, 0]
+    """
+    lo, hi = check_value_range(value_range)
+    x = (np.asarray(images, np.float64) - lo) / (hi - lo)
+    return np.clip(np.round(np.nan_to_num(x * 255, nan=0.0)), 0, 255).astype(np.uint8)
 
 
 def to_rgb(tiles: np.ndarray) -> np.ndarray:
