@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tbviz import attribution
 from tbviz.callbacks.base import VizCallback
-from tbviz.layers import check_images
+from tbviz.layers import check_images, check_layers
 from tbviz.summary.images import normalize, overlay, to_rgb
 from tbviz.summary.metadata import encode_png, write_panel
 
@@ -66,16 +66,20 @@ class AttributionCallback(VizCallback):
             "smoothgrad": {"samples": 16}}``.
         max_batch: most images per forward pass, for every method.
         alpha: opacity of the heatmap over the photo.
+        strict: re-raise a failure of a method instead of switching that method off
+            (see :class:`~tbviz.callbacks.base.VizCallback`).
 
-    Everything is validated at train begin (each method runs once on the first
-    probe image, which also traces its probe); errors name the valid choices.
+    Arguments are validated at train begin; errors name the valid choices. Then each
+    method runs once on the first probe image, which traces its probe: a method that
+    fails there (or later) is switched off with a warning, the others go on.
     """
 
     def __init__(self, log_dir, probe_images, target=None, methods=DEFAULT_METHODS,
                  layer: str | None = None, options: dict | None = None, max_batch: int = 32,
                  alpha: float = 0.6, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 every_n_steps: int | None = None, strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         if probe_images is None or np.size(probe_images) == 0:
             raise ValueError("probe_images must hold at least one image (N, H, W, C)")
         self.probe_images = probe_images
@@ -106,17 +110,22 @@ class AttributionCallback(VizCallback):
         self.alpha = float(alpha)
         self._probes = None
 
-    def setup(self):
+    def check(self):
         self._probes = check_images(self.model, self.probe_images, "probe_images")
+        if self.target is not None:
+            attribution.check_target(self.model, self._probes, self.target)
+        if "layer" in self.options.get("grad_cam", {}):
+            check_layers(self.model, [self.options["grad_cam"]["layer"]])
+
+    def setup(self):
         target = self.target
         if target is None:
             target = attribution.top_classes(self.model, self._probes[:1])
-        else:
-            attribution.check_target(self.model, self._probes, target)
-            if not callable(target):
-                target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
+        elif not callable(target):
+            target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
         for method in self.methods:
-            self._attribute(method, self._probes[:1], target)
+            with self.guard("setup", item=method):
+                self._attribute(method, self._probes[:1], target)
 
     def _attribute(self, method, images, target):
         return getattr(attribution, method)(self.model, images, target, **self.options[method])
@@ -132,15 +141,19 @@ class AttributionCallback(VizCallback):
             labels = [int(t) for t in np.broadcast_to(np.asarray(target), len(probes))]
         photos = _photos(probes)
         with self.writer.as_default(step=step):
-            for method in self.methods:
-                raw = self.finite(f"attribution/{method}",
-                                  self._attribute(method, probes, target))
-                heat = attribution.heatmap(raw)
-                images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
-                tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
-                                 description=f"{method} heatmaps over the probe images")
-                write_panel(f"tbviz/attribution/{method}", "attribution",
-                            [encode_png(im) for im in images],
-                            tiles=[{"method": method, "image_index": i, "target": t}
-                                   for i, t in enumerate(labels)],
-                            method=method)
+            for method in self.live(self.methods):
+                with self.guard(f"step {step}", item=method):
+                    self._write_method(method, probes, target, photos, labels)
+
+    def _write_method(self, method, probes, target, photos, labels):
+        raw = self.finite(f"attribution/{method}",
+                          self._attribute(method, probes, target))
+        heat = attribution.heatmap(raw)
+        images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
+        tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
+                         description=f"{method} heatmaps over the probe images")
+        write_panel(f"tbviz/attribution/{method}", "attribution",
+                    [encode_png(im) for im in images],
+                    tiles=[{"method": method, "image_index": i, "target": t}
+                           for i, t in enumerate(labels)],
+                    method=method)

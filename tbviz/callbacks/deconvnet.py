@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 
-from tbviz import deconvnet
+from tbviz import _probe, deconvnet
 from tbviz.callbacks.base import VizCallback
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
@@ -78,6 +78,7 @@ class DeconvnetCallback(VizCallback):
         channels: feature maps whose evolution to show: a list (for every layer) or
             ``{layer: list}``; by default the ``top_k`` channels with the highest mean
             activation on the probe images at train begin.
+        strict: re-raise a failure instead of switching the deconvnet off.
 
     All arguments are checked here or at train begin, before any training step.
     """
@@ -85,8 +86,10 @@ class DeconvnetCallback(VizCallback):
     def __init__(self, log_dir, probe_images, layers, top_k: int = 9,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
-                 probe_model=None, channels=None, distinct: bool = True):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 probe_model=None, channels=None, distinct: bool = True,
+                 strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         self.distinct = bool(distinct)
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
@@ -116,7 +119,7 @@ class DeconvnetCallback(VizCallback):
         self._layer_index: dict = {}
 
     # -- train begin ----------------------------------------------------------------------------
-    def setup(self):
+    def check(self):
         probe = self._resolve_probe_model()
         check_layers(probe, self.layers)
         if self.channels is not None:
@@ -130,24 +133,29 @@ class DeconvnetCallback(VizCallback):
         self._layer_index = {p: paths.index(p) for p in self.layers}
         images = self._images(probe, strict=True)
         self._image_shape = images.shape[1:]
+        shapes = _check_projectable(probe, self._image_shape, self.layers)
+        for path, chosen in (self.channels or {}).items():
+            if path not in shapes:
+                continue  # a layer that never runs: the projector says so at setup
+            n_ch = shapes[path][-1]
+            bad = [c for c in chosen if isinstance(c, bool)
+                   or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch]
+            if bad or not list(chosen):
+                raise ValueError(f"channels {bad or list(chosen)!r} for layer {path!r}: it has "
+                                 f"{n_ch} channels, choose from 0..{n_ch - 1}")
+        self._checked = probe, images
+
+    def setup(self):
+        probe, images = self._checked
         self._projector = deconvnet.projector(probe, self.layers, self.rule)
         self._projector.prepare(self._image_shape)  # every trace happens now, never later
-        shapes = self._projector.output_shapes(self._image_shape)
         acts = self._projector.activations(images)
         for path in self.layers:
-            n_ch = shapes[path][-1]
             chosen = (self.channels or {}).get(path)
             if chosen is None:
                 if path in self._fixed:  # a later fit() of the same run keeps the same maps
                     continue
                 chosen = deconvnet.top_channels(acts[path], k=self.top_k)
-            else:
-                chosen = list(chosen)
-                bad = [c for c in chosen if isinstance(c, bool)
-                       or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch]
-                if bad or not chosen:
-                    raise ValueError(f"channels {bad or chosen!r} for layer {path!r}: it has "
-                                     f"{n_ch} channels, choose from 0..{n_ch - 1}")
             self._fixed[path] = [int(c) for c in chosen]
 
     def _resolve_probe_model(self):
@@ -282,6 +290,23 @@ class DeconvnetCallback(VizCallback):
         tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
                          metadata=_raw_metadata(about, "one row per raw tile: "
                                                 + ", ".join(UNIT_COLUMNS)))
+
+
+def _check_projectable(model, image_shape, layers) -> dict:
+    """``{layer: output shape}``; a ``ValueError`` for a layer the deconvnet cannot project
+    (a transformer's token sequence, say), naming the layers it can."""
+    shapes = _probe.layer_output_shapes(model, image_shape)
+    for path in layers:
+        shape = shapes.get(path)
+        if shape is not None and len(shape) not in (2, 4):
+            fitting = [p for p, s in shapes.items() if len(s) == 4]
+            kind = "tokens (a vision transformer's?)" if len(shape) == 3 else "values"
+            raise ValueError(
+                f"layer {path!r} outputs {kind} of shape (N,) + {shape[1:]}; the deconvnet "
+                "projects units of a spatial feature map (N, H, W, C) or of a flat (N, features) "
+                "layer back through the layers before it. Spatial layers of this model: "
+                f"{', '.join(fitting) or '(none)'}")
+    return shapes
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------

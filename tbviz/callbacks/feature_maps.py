@@ -48,12 +48,15 @@ class FeatureMapsCallback(VizCallback):
         max_batch: most images per forward pass.
         max_channels: show at most this many channels of a layer (the first ones);
             a 1280-channel layer would give an unreadable, slow 36x36 grid.
+        strict: re-raise a failure instead of switching that layer off.
     """
 
     def __init__(self, log_dir, probe_images=None, layers=None, kernel_layers=None,
                  scale: int | None = None, max_batch: int = 32, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None, max_channels: int = 64):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 every_n_steps: int | None = None, max_channels: int = 64,
+                 strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         self.probe_images = probe_images
         self.max_channels = positive_int("max_channels", max_channels)
         self.layers = _paths(layers)
@@ -69,7 +72,7 @@ class FeatureMapsCallback(VizCallback):
         self._probes = None
         self._scales = {}
 
-    def setup(self):
+    def check(self):
         model = self.model
         convs = conv_layers(model)
         if self.layers is None:  # the first and the last conv layer (once if they are one)
@@ -94,15 +97,22 @@ class FeatureMapsCallback(VizCallback):
 
     def write(self, step, logs):
         with self.writer.as_default(step=step):
-            for layer in self.layers:
-                maps = _probe.layer_outputs(self.model, self._probes, layer, self.max_batch)
-                maps = self.finite(f"feature_maps/{layer}", maps[..., :self.max_channels])
-                grids = map_grids(maps, scale=self._scales[layer])
-                tf.summary.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
-                                 description=f"channels 0..{self.max_channels - 1} (at most) of "
-                                             f"{layer}, one grid per probe image")
-            for layer in self.kernel_layers:
-                self.finite(f"kernels/{layer}", get_layer(self.model, layer).kernel)
-                image = kernel_grid(self.model, layer, scale=self._scales["kernels", layer])
-                tf.summary.image(f"kernels/{layer}", image[None],
-                                 description=f"the filters of {layer}")
+            for layer in self.live(self.layers):
+                with self.guard(f"step {step}", item=layer, layer=layer):
+                    self._write_maps(layer)
+            for item in self.live(("kernels", layer) for layer in self.kernel_layers):
+                with self.guard(f"step {step}", item=item, layer=item[1]):
+                    self._write_kernels(item[1])
+
+    def _write_maps(self, layer):
+        maps = _probe.layer_outputs(self.model, self._probes, layer, self.max_batch)
+        maps = self.finite(f"feature_maps/{layer}", maps[..., :self.max_channels])
+        grids = map_grids(maps, scale=self._scales[layer])
+        tf.summary.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
+                         description=f"channels 0..{self.max_channels - 1} (at most) of "
+                                     f"{layer}, one grid per probe image")
+
+    def _write_kernels(self, layer):
+        self.finite(f"kernels/{layer}", get_layer(self.model, layer).kernel)
+        image = kernel_grid(self.model, layer, scale=self._scales["kernels", layer])
+        tf.summary.image(f"kernels/{layer}", image[None], description=f"the filters of {layer}")

@@ -76,6 +76,8 @@ class TensorBoardViz(keras.callbacks.Callback):
             "occlusion"]``; ``attribution_target`` is the class (default: predicted).
         synthesis: keyword arguments of :class:`~tbviz.SynthesisCallback`, e.g.
             ``{"maximize": {"conv3": 4}, "invert": ["conv2"]}``.
+        strict: every part re-raises its failures instead of switching itself off
+            (see :class:`~tbviz.callbacks.base.VizCallback`); for tests and debugging.
 
     The attribution, synthesis and feature-map parts look at the trained model
     itself; with ``probe_model`` they are off.
@@ -87,8 +89,9 @@ class TensorBoardViz(keras.callbacks.Callback):
                  loss_groups=None, graph_fn=None, input_spec=None,
                  top_k=9, rule="deconvnet", probe_model=None, max_batch=64,
                  include_frozen=False, feature_maps="auto", attribution=None,
-                 attribution_target=None, synthesis=None):
+                 attribution_target=None, synthesis=None, strict=False):
         super().__init__()
+        self.strict = strict
         self.log_dir = log_dir
         every = dict(every_n_epochs=check_every("every_n_epochs", every_n_epochs),
                      every_n_steps=check_every("every_n_steps", every_n_steps))
@@ -181,6 +184,8 @@ class TensorBoardViz(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._add_model_dependent_parts()
+        for cb in self.callbacks:
+            cb.strict = self.strict
         begun = []
         fresh = [] if os.path.exists(self.log_dir) else [self.log_dir]
         try:
