@@ -164,6 +164,45 @@ def _shift(rng, jitter: int) -> np.ndarray:
 
 # -- activation maximization ------------------------------------------------------------------
 
+def check_channels(model, layer: str, channel, size=None) -> np.ndarray:
+    """``channel`` (an int or a list) as int32 indices of ``layer``'s channels, or a
+    ``ValueError`` naming the valid range.
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c")])
+    >>> check_channels(m, "c", [0, 3]).tolist()
+    [0, 3]
+    """
+    shape = _synthesis_shape(model, size)
+    out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
+    channels = np.atleast_1d(np.asarray(channel))
+    integers = channels.dtype != bool and np.issubdtype(channels.dtype, np.integer)
+    if not integers or channels.ndim != 1 or channels.size == 0:
+        raise ValueError(f"channel must be an int or a list of ints, got {channel!r}")
+    bad = channels[(channels < 0) | (channels >= out[-1])]
+    if bad.size:
+        raise ValueError(f"channel {int(bad[0])} is out of range: layer {layer!r} has {out[-1]} "
+                         f"channels (0..{out[-1] - 1})")
+    return channels.astype(np.int32)
+
+
+def check_octaves(model, octaves) -> int:
+    """``octaves`` if the model can take the smaller images that many octaves need, else a
+    ``ValueError`` saying what to do.
+
+    >>> import keras
+    >>> check_octaves(keras.Sequential([keras.Input((None, None, 3))]), 3)
+    3
+    """
+    octaves = _check_count("octaves", octaves)
+    want = image_input_shape(model)
+    if octaves > 1 and (want[0] is not None or want[1] is not None):
+        raise ValueError(f"octaves={octaves} dreams at smaller sizes, but model {model.name!r} "
+                         f"only takes {want[:2]} images; use octaves=1 or a model built with "
+                         "keras.Input((None, None, channels))")
+    return octaves
+
+
 def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean",
                         steps: int = 128, lr: float = 0.02, l2: float = 1e-3,
                         blur_every: int | None = 4, blur_sigma: float = 0.5, jitter: int = 2,
@@ -217,17 +256,8 @@ def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean
     if clip >= 100:
         raise ValueError(f"clip_grad is a percentile of pixels and must be < 100, got {clip_grad}")
     shape = _synthesis_shape(model, size)
-    out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
     single = np.ndim(channel) == 0
-    channels = np.atleast_1d(np.asarray(channel))
-    integers = channels.dtype != bool and np.issubdtype(channels.dtype, np.integer)
-    if not integers or channels.ndim != 1 or channels.size == 0:
-        raise ValueError(f"channel must be an int or a list of ints, got {channel!r}")
-    bad = channels[(channels < 0) | (channels >= out[-1])]
-    if bad.size:
-        raise ValueError(f"channel {int(bad[0])} is out of range: layer {layer!r} has {out[-1]} "
-                         f"channels (0..{out[-1] - 1})")
-    channels = channels.astype(np.int32)
+    channels = check_channels(model, layer, channel, size)
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
     kernel = _gaussian(blur_sigma) if blur_every else np.ones(1, np.float32)
@@ -381,16 +411,11 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
     if not layers:
         raise ValueError("deepdream needs at least one layer")
     lo, hi = check_value_range(value_range)
-    octaves, steps = _check_count("octaves", octaves), _check_count("steps", steps)
+    octaves, steps = check_octaves(model, octaves), _check_count("steps", steps)
     octave_scale = _check_number("octave_scale", octave_scale, 1.0)
     lr = _check_number("lr", lr)
     jitter = _check_count("jitter", jitter, 0) if jitter else 0
-    want = image_input_shape(model)
     n, h, w, c = x0.shape
-    if octaves > 1 and (want[0] is not None or want[1] is not None):
-        raise ValueError(f"octaves={octaves} dreams at smaller sizes, but model {model.name!r} "
-                         f"only takes {want[:2]} images; use octaves=1 or a model built with "
-                         "keras.Input((None, None, channels))")
     sizes = [(max(1, round(h / octave_scale ** k)), max(1, round(w / octave_scale ** k)))
              for k in reversed(range(octaves))]
     for path in layers:

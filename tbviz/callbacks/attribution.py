@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tbviz import attribution
 from tbviz.callbacks.base import VizCallback
-from tbviz.layers import check_images, check_layers
+from tbviz.layers import check_images
 from tbviz.summary.images import normalize, overlay, to_rgb
 from tbviz.summary.metadata import encode_png, write_panel
 
@@ -114,8 +114,10 @@ class AttributionCallback(VizCallback):
         self._probes = check_images(self.model, self.probe_images, "probe_images")
         if self.target is not None:
             attribution.check_target(self.model, self._probes, self.target)
-        if "layer" in self.options.get("grad_cam", {}):
-            check_layers(self.model, [self.options["grad_cam"]["layer"]])
+        given = self.options.get("grad_cam", {})
+        if any(k in given for k in ("layer", "token_grid", "class_token")):
+            attribution.grad_cam_layer(self.model, self._probes.shape[1:], given.get("layer"),
+                                       given.get("token_grid"), given.get("class_token"))
 
     def setup(self):
         target = self.target

@@ -89,13 +89,22 @@ def advice(err: BaseException) -> str:
     if isinstance(err, (MemoryError, tf.errors.ResourceExhaustedError)) or "OOM" in text:
         return "lower max_batch or pass fewer probe images"
     if isinstance(err, LookupError) or "gradient" in text.lower():
-        return ("an op on the way back to the input has no gradient: choose layers before it, "
-                "or leave this part off")
+        return ("an op in the model's inference pass has no gradient, so nothing can be "
+                "differentiated through it: where the part takes layers, choose ones before it")
     if isinstance(err, (OSError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
                         tf.errors.FailedPreconditionError)):
         return ("the log directory cannot be written any more (deleted, full or read-only?); "
                 "the next run logs again once it can")
     return "pass strict=True to raise it with its traceback, and report it with the model summary"
+
+
+def _cause(err: BaseException) -> str:
+    """``"Type: message"`` in one line; for an error raised while tracing, the original one
+    (TensorFlow puts it last, under the user-code traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    cause = named[-1] if named else f"{type(err).__name__}: {lines[0] if lines else '?'}"
+    return cause.split(". ")[0].rstrip(".")  # the first sentence; the rest is TF's essay
 
 
 def failing_layer(err: BaseException, model) -> str | None:
@@ -210,9 +219,9 @@ class VizCallback(keras.callbacks.Callback):
 
     def _switch_off(self, stage, item, layer, err):
         where = f"layer {layer!r}" if layer else "the model"
-        what = ("this part" if item is None else item if isinstance(item, str)
-                else " ".join(map(str, item)))
-        cause = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+        what = ("this part" if item is None else repr(item) if isinstance(item, str)
+                else repr(" ".join(map(str, item))))
+        cause = _cause(err)
         message = (f"tbviz: {self.part} failed at {stage} on {where} ({cause}); {what} is off "
                    f"for the rest of this run, training goes on. What to do: {advice(err)}.")
         self.failed[item] = message

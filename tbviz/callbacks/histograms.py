@@ -57,7 +57,7 @@ def check_fits(model, x, name="probe_data"):
 
 
 #: The guarded item of the gradient and activation histograms (one traced probe for both).
-PROBE = "the gradient and activation histograms"
+PROBE = "gradient and activation histograms"
 
 
 class HistogramCallback(VizCallback):
@@ -77,6 +77,8 @@ class HistogramCallback(VizCallback):
     A probe that fails (an op without a gradient, say) switches off the gradient and
     activation histograms only; weight histograms go on.
     """
+
+    part = "histograms"  # as TensorBoardViz calls it
 
     def __init__(self, log_dir, every_n_epochs=1, every_n_steps=None, probe_data=None,
                  include_frozen=False, strict=False):

@@ -94,6 +94,8 @@ class LossCallback(VizCallback):
         strict: re-raise a failure to write instead of switching the scalars off.
     """
 
+    part = "losses"  # as TensorBoardViz calls it
+
     def __init__(self, log_dir, groups=None, every_n_steps: int | None = 10,
                  strict: bool = False):
         super().__init__(log_dir, every_n_epochs=1, every_n_steps=check_every(

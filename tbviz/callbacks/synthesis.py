@@ -117,9 +117,12 @@ class SynthesisCallback(VizCallback):
         if self.dream and "octaves" not in self.options.get("dream", {}):
             flexible = image_input_shape(model)[:2] == (None, None)
             self.options.setdefault("dream", {})["octaves"] = 3 if flexible else 1
+        if self.dream:
+            synthesis.check_octaves(model, self.options["dream"]["octaves"])
+        size = self.options.get("maximize", {}).get("size")
         for layer, channels in self.maximize.items():
-            self._channels[layer] = (list(range(int(channels))) if np.ndim(channels) == 0
-                                     else [int(c) for c in channels])
+            chosen = list(range(int(channels))) if np.ndim(channels) == 0 else channels
+            self._channels[layer] = synthesis.check_channels(model, layer, chosen, size).tolist()
 
     def setup(self):
         # One step of each, which tries every argument on the model and traces the
