@@ -129,8 +129,10 @@ def vit(input_shape=(32, 32, 3), patch=8, dim=16, heads=2, blocks=2, classes=3,
     """A small vision transformer (Dosovitskiy et al. 2021) from Keras layers: patch
     embedding (Conv2D, stride = patch), class token, position embedding, pre-norm blocks
     of MultiHeadAttention and a GELU MLP, a head on the class token (or on the mean token
-    without one). Its token layers are ``block<i>_out`` and ``final_norm``."""
-    h, w = input_shape[0] // patch, input_shape[1] // patch
+    without one). Its token layers are ``block<i>_out`` and ``final_norm``; ``patch`` may
+    be ``(height, width)``."""
+    ph, pw = (patch, patch) if np.ndim(patch) == 0 else patch
+    h, w = input_shape[0] // ph, input_shape[1] // pw
     inp = keras.Input(input_shape, name="image")
     x = keras.layers.Conv2D(dim, patch, strides=patch, name="patch_embed")(inp)
     x = keras.layers.Reshape((h * w, dim), name="tokens")(x)
