@@ -191,7 +191,8 @@ def check_octaves(model, octaves) -> int:
     ``ValueError`` saying what to do.
 
     >>> import keras
-    >>> check_octaves(keras.Sequential([keras.Input((None, None, 3))]), 3)
+    >>> any_size = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3)])
+    >>> check_octaves(any_size, 3)
     3
     """
     octaves = _check_count("octaves", octaves)

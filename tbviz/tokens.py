@@ -55,9 +55,9 @@ def token_grid(shape, image_shape, grid=None, class_token=None):
     ``grid`` ``(h, w)`` and ``class_token`` (``True``: one leading token to drop,
     ``False``: none) say it explicitly; a ``ValueError`` when they do not match ``shape``.
 
-    >>> token_grid((1, 65, 192), (64, 128, 3))   # a 4x8 grid of 16-pixel patches + class
+    >>> token_grid((1, 33, 192), (64, 128, 3))   # a 4x8 grid of 16-pixel patches + class
     (4, 8, 1)
-    >>> token_grid((1, 10, 4), (32, 32, 3)) is None
+    >>> token_grid((1, 7, 4), (32, 32, 3)) is None      # 7 or 6 tokens: no square grid
     True
     >>> token_grid((1, 10, 4), (32, 32, 3), grid=(3, 3), class_token=True)
     (3, 3, 1)
