@@ -119,7 +119,7 @@ def _unit_objective(a, channels, unit: str):
     """Channel ``channels[i]`` of row ``i`` of layer output ``a``, read before a final
     softmax or ReLU (see :func:`tbviz._probe.pre_relu`): its mean over positions, or
     its unit at the center position."""
-    a = _probe.pre_relu(_probe.pre_softmax(a))
+    a = tf.cast(_probe.pre_relu(_probe.pre_softmax(a)), tf.float32)  # float16 layers too
     if a.shape.rank == 4:
         if unit == "center":
             a = a[:, a.shape[1] // 2, a.shape[2] // 2]
@@ -355,7 +355,7 @@ def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02
             with capture_outputs(ref(), [layer]) as seen:
                 ref()(x, training=False)
             axes = list(range(1, phi0.shape.rank))
-            d = tf.reduce_sum(tf.square(seen[layer] - phi0), axis=axes)
+            d = tf.reduce_sum(tf.square(tf.cast(seen[layer], tf.float32) - phi0), axis=axes)
             return d / tf.maximum(tf.reduce_sum(tf.square(phi0), axis=axes), 1e-12)
 
         @tf.function(input_signature=[img, img, img, num, feat, num, num])
@@ -431,7 +431,8 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
             with capture_outputs(ref(), layers) as seen:
                 ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
             energy = tf.add_n([
-                tf.reduce_mean(tf.square(seen[p]), axis=list(range(1, seen[p].shape.rank)))
+                tf.reduce_mean(tf.square(tf.cast(seen[p], tf.float32)),
+                               axis=list(range(1, seen[p].shape.rank)))
                 for p in layers])
             g = _normalized(gradients(tf.reduce_sum(energy), x))
             return tf.clip_by_value(x + lr_t * span * g, lo, hi)
