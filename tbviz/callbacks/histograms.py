@@ -106,8 +106,16 @@ class HistogramCallback(VizCallback):
         if self.probe_data is None:
             return
         x, y = split_probe(self.probe_data)
-        self.x = tf.convert_to_tensor(np.asarray(x, dtype=np.float32) if np.issubdtype(
-            np.asarray(x).dtype, np.number) else x)
+        try:
+            several = len(input_shapes(model)) > 1
+        except ValueError:  # a subclassed model known only by calling it: one input
+            several = False
+        if not several:
+            x = np.asarray(x)  # a list of images is one batch
+        # One tensor per model input (a list for a model with several), float32 where numeric.
+        self.x = tf.nest.map_structure(lambda a: tf.convert_to_tensor(
+            np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.number) else a),
+            x)
         self.y = None if y is None else tf.convert_to_tensor(np.asarray(y))
         leaves = [p for p in layer_paths(model) if not children(get_layer(model, p))]
         self.act_paths = leaves

@@ -1,0 +1,155 @@
+"""A model sweep: every architecture family fits with every dashboard logged.
+
+Each model trains one short epoch with ``TensorBoardViz(strict=True,
+attribution=["saliency", "grad_cam"])`` (strict: any part that fails ends the
+test instead of switching itself off), and every dashboard is read back with
+TensorBoard's readers: scalars, the op graph, weight/gradient/activation
+histograms, attribution heatmaps, deconvnet projections, feature maps, and the
+tbviz panels.
+
+The keras.applications families are marked ``zoo`` (minutes on two cores; not
+in the default run): ``./scripts/test.sh -m zoo``. The ViT, the subclassed, the
+two-input and the mixed-precision models are only ``slow``.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import tbviz
+from tests import eventfiles, models
+from tests.test_mixed_precision import mixed_float16
+
+N, BATCH = 8, 4
+STEP = N // BATCH  # one epoch: the log is at this global step (without loss scaling)
+
+# (family, constructor, the smallest input it takes with weights=None)
+APPLICATIONS = [
+    ("ResNet50", 32), ("ResNet50V2", 32), ("MobileNet", 32), ("MobileNetV2", 32),
+    ("MobileNetV3Small", 32), ("EfficientNetB0", 32), ("EfficientNetV2B0", 32),
+    ("DenseNet121", 32), ("InceptionV3", 75), ("InceptionResNetV2", 75), ("Xception", 71),
+    ("NASNetMobile", 32), ("VGG16", 32), ("ConvNeXtTiny", 32), ("RegNetX002", 32),
+]
+GROUPED_CONV = pytest.mark.xfail(
+    strict=False, reason="grouped convolution backward on CPU (issue 12, point 2: another "
+                         "helper's fix; re-enable once merged)")
+
+
+def _fit_and_read(model, x, y, log_dir, **viz_options):
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=not _ends_in_softmax(model)))
+    viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:2], probe_labels=y[:2], top_k=2,
+                               attribution=["saliency", "grad_cam"], strict=True,
+                               **viz_options)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[viz])
+    return viz, eventfiles.load(log_dir / "train")
+
+
+def _ends_in_softmax(model):
+    act = getattr(model.layers[-1], "activation", None)
+    return getattr(act, "__name__", "") == "softmax"
+
+
+def _check_dashboards(viz, acc, image_shape):
+    # The log's step is the optimizer's: a loss-scale optimizer (mixed precision) skips the
+    # first steps whose float16 gradients overflow, so read it rather than assume it.
+    step_now = int(viz.model.optimizer.iterations.numpy())
+    tags = eventfiles.tags(acc)
+    assert "tbviz/errors" not in tags
+    assert acc.Tags()["graph"]  # Graphs dashboard
+    assert [s for s, _ in eventfiles.scalars(acc, "epoch_loss")] == [0]
+    weights = [t for t in tags if t.endswith("/kernel") and not t.startswith(
+        ("gradients/", "activations/"))]
+    assert weights and eventfiles.histogram_steps(acc, weights[0]) == [step_now]
+    grads = [t for t in tags if t.startswith("gradients/")]
+    acts = [t for t in tags if t.startswith("activations/")]
+    assert grads and acts and eventfiles.histogram_steps(acc, grads[-1]) == [step_now]
+    for method in ("saliency", "grad_cam"):
+        (step, images), = eventfiles.images(acc, f"attribution/{method}")
+        assert step == step_now and len(images) == 2 and images[0].shape == image_shape[:2] + (3,)
+        content, steps = eventfiles.panels(acc, f"tbviz/attribution/{method}")
+        assert content["method"] == method and steps[0][0] == step_now and len(steps[0][2]) == 2
+    deconv = [cb for cb in viz.callbacks if type(cb).__name__ == "DeconvnetCallback"]
+    assert deconv, [type(cb).__name__ for cb in viz.callbacks]
+    for layer in deconv[0].layers:
+        (step, grid), = eventfiles.images(acc, f"deconvnet/{layer}/projections")
+        assert step == step_now and grid[0].std() > 0, layer
+        _, panel = eventfiles.panels(acc, f"tbviz/deconvnet/{layer}/topk")
+        assert len(panel[0][2]) == 4  # top 2 projections and their 2 patches
+    maps = [t for t in tags if t.startswith("feature_maps/")]
+    assert maps and all(eventfiles.images(acc, t)[-1][0] == step_now for t in maps)
+
+
+@pytest.mark.slow
+@pytest.mark.zoo
+@pytest.mark.parametrize("name,size", [
+    pytest.param(n, s, marks=[GROUPED_CONV] if n == "ConvNeXtTiny" else [])
+    for n, s in APPLICATIONS], ids=[n for n, _ in APPLICATIONS])
+def test_every_keras_applications_family_fits_with_every_dashboard(tmp_path, name, size):
+    shape = (size, size, 3)
+    x, y = models.data(N, shape, classes=4)
+    x = x * 255
+    model = getattr(keras.applications, name)(weights=None, input_shape=shape, classes=4)
+    viz, acc = _fit_and_read(model, x, y, tmp_path)
+    _check_dashboards(viz, acc, shape)
+
+
+@pytest.mark.slow
+def test_a_vision_transformer_fits_with_every_dashboard(tmp_path):
+    shape = (32, 32, 3)
+    x, y = models.data(N, shape)
+    viz, acc = _fit_and_read(models.vit(shape), x, y, tmp_path)
+    _check_dashboards(viz, acc, shape)
+    assert eventfiles.images(acc, "feature_maps/final_norm")  # the tokens, on their grid
+
+
+@pytest.mark.slow
+def test_a_subclassed_model_fits_with_every_dashboard(tmp_path):
+    shape = (12, 12, 3)
+    x, y = models.data(N, shape)
+    model = models.Subclassed()
+    model(x[:1])  # a subclassed model knows its input once called, as tbviz's error says
+    viz, acc = _fit_and_read(model, x, y, tmp_path)
+    _check_dashboards(viz, acc, shape)
+
+
+@pytest.mark.slow
+def test_a_mixed_precision_model_fits_with_every_dashboard(tmp_path):
+    shape = (32, 32, 3)
+    x, y = models.data(N, shape)
+    with mixed_float16():
+        model = models.with_application(shape)
+        viz, acc = _fit_and_read(model, x, y, tmp_path)
+    _check_dashboards(viz, acc, shape)
+
+
+def _two_image_model(shape=(12, 12, 3), classes=3):
+    """Two photos (say, two views of one object), one conv tower each, one head."""
+    left, right = keras.Input(shape, name="left"), keras.Input(shape, name="right")
+    towers = []
+    for inp in (left, right):
+        t = keras.layers.Conv2D(4, 3, activation="relu", name=f"{inp.name}_conv")(inp)
+        towers.append(keras.layers.GlobalAveragePooling2D(name=f"{inp.name}_gap")(t))
+    out = keras.layers.Dense(classes, name="head")(keras.layers.Concatenate(name="both")(towers))
+    return keras.Model([left, right], out, name="two_views")
+
+
+@pytest.mark.slow
+def test_a_two_image_input_model_logs_what_does_not_need_one_image_input(tmp_path):
+    x1, y = models.data(N)
+    x2, _ = models.data(N, seed=1)
+    model = models.compile(_two_image_model())
+    # Histograms take the model's own inputs; graph and losses need none.
+    parts = [tbviz.GraphCallback(tmp_path, strict=True), tbviz.LossCallback(tmp_path, strict=True),
+             tbviz.HistogramCallback(tmp_path, probe_data=([x1[:2], x2[:2]], y[:2]),
+                                     strict=True)]
+    model.fit([x1, x2], y, batch_size=BATCH, epochs=1, verbose=0, callbacks=parts)
+    acc = eventfiles.load(tmp_path / "train")
+    assert acc.Tags()["graph"] and "tbviz/errors" not in eventfiles.tags(acc)
+    for tag in ("left_conv/kernel", "gradients/right_conv/kernel", "activations/right_conv"):
+        assert eventfiles.histogram_steps(acc, tag) == [STEP], tag
+    # Image probes need one image input; asking for them says so at train begin.
+    viz = tbviz.TensorBoardViz(tmp_path / "attr", probe_images=x1[:2], histograms=False,
+                               attribution=["saliency"], strict=True)
+    with pytest.raises(ValueError, match="2 inputs; tbviz probes need one image input"):
+        model.fit([x1, x2], y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[viz])
