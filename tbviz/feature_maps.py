@@ -58,8 +58,9 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     ``layer`` must have a 4-D ``(N, h, w, C)`` output, or be a vision transformer's
     ``(N, T, D)`` patch tokens, shown on their ``h x w`` grid without the class token
     (found by :mod:`tbviz.tokens`, or given as ``token_grid=(h, w)`` and ``class_token``);
-    ``channels`` picks some of its channels (a slice or a list of indices; default all). Each image's maps share one
-    min-max scale (black = the image's lowest value in any channel). Returns
+    ``channels`` picks some of its channels (a slice or a list of indices; default all).
+    Each image's maps share one min-max scale (black = the image's lowest value in any
+    channel). Returns
     ``(N, rows*(h*scale+pad)-pad, cols*(w*scale+pad)-pad, 3)``; ``cols`` defaults
     to ``ceil(sqrt(C))``; padding is white.
 

@@ -13,7 +13,6 @@ two-input and the mixed-precision models are only ``slow``.
 """
 
 import keras
-import numpy as np
 import pytest
 
 import tbviz
@@ -35,12 +34,20 @@ GROUPED_CONV = pytest.mark.xfail(
                          "helper's fix; re-enable once merged)")
 
 
-def _fit_and_read(model, x, y, log_dir, **viz_options):
+def _fits_with_every_dashboard(model, shape, log_dir, classes=3, pixels=1.0):
+    """Fit ``model`` on random images of ``shape`` (values in [0, pixels]) and labels of
+    ``classes`` classes, check every dashboard; returns the run's reader."""
+    x, y = models.data(N, shape, classes=classes)
+    viz, acc = _fit_and_read(model, x * pixels, y, log_dir)
+    _check_dashboards(viz, acc, shape)
+    return acc
+
+
+def _fit_and_read(model, x, y, log_dir):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
         from_logits=not _ends_in_softmax(model)))
     viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:2], probe_labels=y[:2], top_k=2,
-                               attribution=["saliency", "grad_cam"], strict=True,
-                               **viz_options)
+                               attribution=["saliency", "grad_cam"], strict=True)
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[viz])
     return viz, eventfiles.load(log_dir / "train")
 
@@ -87,40 +94,27 @@ def _check_dashboards(viz, acc, image_shape):
     for n, s in APPLICATIONS], ids=[n for n, _ in APPLICATIONS])
 def test_every_keras_applications_family_fits_with_every_dashboard(tmp_path, name, size):
     shape = (size, size, 3)
-    x, y = models.data(N, shape, classes=4)
-    x = x * 255
     model = getattr(keras.applications, name)(weights=None, input_shape=shape, classes=4)
-    viz, acc = _fit_and_read(model, x, y, tmp_path)
-    _check_dashboards(viz, acc, shape)
+    _fits_with_every_dashboard(model, shape, tmp_path, classes=4, pixels=255.0)
 
 
 @pytest.mark.slow
 def test_a_vision_transformer_fits_with_every_dashboard(tmp_path):
-    shape = (32, 32, 3)
-    x, y = models.data(N, shape)
-    viz, acc = _fit_and_read(models.vit(shape), x, y, tmp_path)
-    _check_dashboards(viz, acc, shape)
+    acc = _fits_with_every_dashboard(models.vit((32, 32, 3)), (32, 32, 3), tmp_path)
     assert eventfiles.images(acc, "feature_maps/final_norm")  # the tokens, on their grid
 
 
 @pytest.mark.slow
 def test_a_subclassed_model_fits_with_every_dashboard(tmp_path):
-    shape = (12, 12, 3)
-    x, y = models.data(N, shape)
     model = models.Subclassed()
-    model(x[:1])  # a subclassed model knows its input once called, as tbviz's error says
-    viz, acc = _fit_and_read(model, x, y, tmp_path)
-    _check_dashboards(viz, acc, shape)
+    model(models.data(1)[0])  # a subclassed model knows its input once called, as tbviz says
+    _fits_with_every_dashboard(model, (12, 12, 3), tmp_path)
 
 
 @pytest.mark.slow
 def test_a_mixed_precision_model_fits_with_every_dashboard(tmp_path):
-    shape = (32, 32, 3)
-    x, y = models.data(N, shape)
     with mixed_float16():
-        model = models.with_application(shape)
-        viz, acc = _fit_and_read(model, x, y, tmp_path)
-    _check_dashboards(viz, acc, shape)
+        _fits_with_every_dashboard(models.with_application((32, 32, 3)), (32, 32, 3), tmp_path)
 
 
 def _two_image_model(shape=(12, 12, 3), classes=3):
