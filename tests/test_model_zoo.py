@@ -9,7 +9,7 @@ tbviz panels.
 
 The keras.applications families are marked ``zoo`` (minutes on two cores; not
 in the default run): ``./scripts/test.sh -m zoo``. The ViT, the subclassed, the
-two-input and the mixed-precision models are only ``slow``.
+two-input and a small mixed-precision model are only ``slow``.
 """
 
 import keras
@@ -89,6 +89,7 @@ def _check_dashboards(viz, acc, image_shape):
 
 @pytest.mark.slow
 @pytest.mark.zoo
+@pytest.mark.timeout(1800)  # the largest take minutes on a loaded 2-core machine
 @pytest.mark.parametrize("name,size", [
     pytest.param(n, s, marks=[GROUPED_CONV] if n == "ConvNeXtTiny" else [])
     for n, s in APPLICATIONS], ids=[n for n, _ in APPLICATIONS])
@@ -113,6 +114,14 @@ def test_a_subclassed_model_fits_with_every_dashboard(tmp_path):
 
 @pytest.mark.slow
 def test_a_mixed_precision_model_fits_with_every_dashboard(tmp_path):
+    with mixed_float16():
+        _fits_with_every_dashboard(models.functional_bn_nested(), (12, 12, 3), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.zoo
+@pytest.mark.timeout(1800)
+def test_a_mixed_precision_keras_application_fits_with_every_dashboard(tmp_path):
     with mixed_float16():
         _fits_with_every_dashboard(models.with_application((32, 32, 3)), (32, 32, 3), tmp_path)
 
