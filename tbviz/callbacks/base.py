@@ -193,11 +193,6 @@ class VizCallback(keras.callbacks.Callback):
         return np.where(bad, 0, arr)
 
     # -- the guard ------------------------------------------------------------------------------
-    @property
-    def off(self) -> bool:
-        """True once this part is switched off for the run (a failure, or nothing to write)."""
-        return None in self.failed
-
     def live(self, items) -> list:
         """``items`` (layers, methods) not switched off by an earlier failure."""
         return [i for i in items if i not in self.failed]
@@ -215,7 +210,11 @@ class VizCallback(keras.callbacks.Callback):
         except Exception as err:  # noqa: BLE001 - a guest never ends the run; strict re-raises
             if self.strict:
                 raise
-            self._switch_off(stage, item, layer or failing_layer(err, self.model), err)
+            try:
+                layer = layer or failing_layer(err, self.model)
+            except Exception:  # noqa: BLE001 - naming the layer is a courtesy, never a new error
+                layer = None
+            self._switch_off(stage, item, layer, err)
 
     def _switch_off(self, stage, item, layer, err):
         where = f"layer {layer!r}" if layer else "the model"
@@ -233,11 +232,11 @@ class VizCallback(keras.callbacks.Callback):
 
     def _write_error(self, message):
         writer = self.writer
-        if writer is None:
+        if writer is None or not self.chief:
             return
-        lines = _ERRORS.setdefault(writer, [])
-        lines.append("* " + message)
         try:
+            lines = _ERRORS.setdefault(writer, [])
+            lines.append("* " + message)
             with writer.as_default(step=self._last_step or self.global_step):
                 tf.summary.text("tbviz/errors", "\n".join(lines),
                                 description="tbviz parts switched off in this run, and why")
