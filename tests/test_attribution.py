@@ -149,9 +149,16 @@ def test_occlusion_peaks_in_the_quadrant_the_model_looks_at(rng):
     x = rng.uniform(0.1, 1, (3, 16, 16, 3)).astype("float32")
     heat = at.occlusion(model, x, target=0, patch=4, stride=2, max_batch=7)
     assert heat.shape == (3, 16, 16)
-    # Patches that cannot reach the quadrant change nothing.
-    assert np.all(heat[:, :4, :] == 0) and np.all(heat[:, :, :4] == 0)
-    assert np.all(heat[:, 8:, 8:] > 0)
+    # Patches that cannot reach the quadrant change nothing, up to float32 rounding: the
+    # occluded and the plain image are scored in different rows and batches of the probe,
+    # which a kernel may sum in another order. Every weight and input is positive, so the
+    # score is a sum of positive terms and each of its float32 evaluations is within
+    # n * eps/2 of exact, n = 27 (conv) + 36 (average pool) + 1 (its division) + 4 (dense)
+    # roundings in a row; a drop is the difference of two of them, hence n * eps * score.
+    score = model(x, training=False).numpy()[:, 0]
+    noise = (27 + 36 + 1 + 4) * np.finfo(np.float32).eps * score[:, None, None]
+    assert np.all(np.abs(heat[:, :4, :]) <= noise) and np.all(np.abs(heat[:, :, :4]) <= noise)
+    assert np.all(heat[:, 8:, 8:] > noise)
     for h in heat:
         r, c = np.unravel_index(h.argmax(), h.shape)
         assert r >= 8 and c >= 8
