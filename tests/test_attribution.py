@@ -9,6 +9,10 @@ import tensorflow as tf
 
 from tbviz import attribution as at
 
+# Float results of different computations: ./scripts/test.sh --numerics runs these under
+# other kernels and thread counts.
+pytestmark = pytest.mark.numerics
+
 
 # -- models -----------------------------------------------------------------------------------
 

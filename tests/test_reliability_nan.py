@@ -8,6 +8,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tbviz
@@ -123,6 +124,7 @@ def poison(layer):
     layer.kernel.assign(kernel)
 
 
+@pytest.mark.numerics
 def test_every_tbviz_callback_tolerates_nan_and_inf_weights(tmp_path, caplog):
     x, y = data(8)
     model = compile(sequential())
