@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from tbviz.layers import children, layer_paths, get_layer
+from tbviz.similarity import cka  # noqa: F401 - tbviz.stats.cka, documented in tbviz.similarity
 
 
 def own_weights(layer) -> list:
