@@ -120,7 +120,7 @@ def test_conv_reductions():
     # is no one permutation of the features, to which both are blind) is invisible to it.
     shuffled = np.stack([np.roll(im, i, axis=(0, 1)) for i, im in enumerate(a)])
     assert cka(a, shuffled, reduce="pool") == pytest.approx(1.0, abs=TOL)
-    assert cka(a, shuffled) < 0.9
+    assert cka(a, shuffled, debiased=True) < 0.5  # flattened, it sees the moves
 
 
 def test_gram_is_all_a_layer_needs():
