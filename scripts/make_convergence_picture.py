@@ -1,4 +1,4 @@
-"""Do lower layers settle first? Train a small convnet with ConvergenceCallback, draw docs/convergence.png.
+"""Do lower layers settle first? Train a small convnet with ConvergenceCallback; draw the curves.
 
 Task (``--task photos``, default): which of 12 scikit-image photographs (bundled,
 no download) a small gray crop comes from: a random square of 12-40% of the
@@ -73,23 +73,6 @@ def crops(stack, n, seed):
     return draw
 
 
-def photo_model():
-    conv = dict(padding="same", activation="relu")
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 1)),
-        keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale"),
-        keras.layers.Conv2D(16, 3, name="conv1", **conv),
-        keras.layers.Conv2D(16, 3, name="conv2", **conv),
-        keras.layers.MaxPooling2D(name="pool1"),
-        keras.layers.Conv2D(32, 3, name="conv3", **conv),
-        keras.layers.Conv2D(32, 3, name="conv4", **conv),
-        keras.layers.MaxPooling2D(name="pool2"),
-        keras.layers.Conv2D(64, 3, name="conv5", **conv),
-        keras.layers.GlobalAveragePooling2D(name="gap"),
-        keras.layers.Dense(len(PHOTOS), name="logits"),
-    ], name="which_photo")
-
-
 def photo_task(args):
     stack = tf.constant(photos())
     seed = 10 * args.seed
@@ -97,7 +80,8 @@ def photo_task(args):
              .prefetch(2).repeat())
     probes, _ = crops(stack, 16, 2)(0)  # the same probes whatever the seed
     val = crops(stack, 600, 3)(0)
-    model = photo_model()
+    # The method pictures' network: five 3x3 conv layers -> global average pooling -> dense.
+    model = objects_task.build_model(len(PHOTOS), channels=1, softmax=False)
     model.compile(keras.optimizers.SGD(0.02, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

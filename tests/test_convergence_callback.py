@@ -34,7 +34,8 @@ class Recorder(keras.callbacks.Callback):
         self.x, self.layers, self.every, self.seen = x, layers, every, []
 
     def _record(self):
-        sub = keras.Model(self.model.inputs[0], [self.model.get_layer(p).output for p in self.layers])
+        sub = keras.Model(self.model.inputs[0],
+                          [self.model.get_layer(p).output for p in self.layers])
         outs = sub(self.x, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         step = int(self.model.optimizer.iterations.numpy())
