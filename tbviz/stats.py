@@ -1,6 +1,7 @@
 """What the histogram callback measures: weights by layer, gradients, activations, dead ReLUs.
 
-Pure functions over a model and arrays; no TensorBoard.
+Pure functions over a model and arrays; no TensorBoard. ``cka`` (how alike two
+representations are, for the convergence callback) lives in :mod:`tbviz.similarity`.
 
 Example:
     >>> import numpy as np, keras
