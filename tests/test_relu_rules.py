@@ -7,6 +7,10 @@ import tensorflow as tf
 
 from tbviz.relu_rules import gradients, relu_rule
 
+# Float results of different computations: ./scripts/test.sh --numerics runs these under
+# other kernels and thread counts.
+pytestmark = pytest.mark.numerics
+
 
 def net(activation):
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="d1"),
