@@ -43,7 +43,7 @@ from tbviz import deconvnet
 from tbviz.callbacks.base import VizCallback
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
-from tbviz.relu_rules import check_rule
+from tbviz.backward_rules import check_rule
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
