@@ -53,9 +53,9 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe
+from tbviz.backward_rules import backward_rule, gradients
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers, get_layer, layer_paths
-from tbviz.backward_rules import backward_rule, gradients
 
 METHODS = ("saliency", "smoothgrad", "guided_backprop", "occlusion", "cam", "grad_cam")
 

@@ -93,7 +93,8 @@ import tensorflow as tf
 
 from tbviz.layers import _walk
 
-__all__ = ["RULES", "RECTIFIERS", "check_rule", "backward_rule", "rule_sites", "gradients"]
+__all__ = ["RULES", "RECTIFIERS", "check_rule", "backward_rule", "rule_sites",
+           "plain_gradient_note", "gradients"]
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,28 @@ def rule_sites(model, rule: str) -> tuple[str, ...] | None:
     """
     found = _SITES.get(model, {}).get(check_rule(rule))
     return None if found is None else tuple(found)
+
+
+def plain_gradient_note(model, rule: str) -> str | None:
+    """A sentence for captions when ``rule`` met no activation in ``model``'s probes, else None.
+
+    Then the "deconvnet" or "guided" result is the plain gradient, and a panel
+    must say so rather than show it under the rule's name.
+
+    >>> import numpy as np, keras, tensorflow as tf
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)], name="linear_net")
+    >>> @tf.function
+    ... def probe(x):
+    ...     with backward_rule("deconvnet", m):
+    ...         return gradients(tf.reduce_sum(m(x)), x)
+    >>> _ = probe(tf.ones((1, 2)))
+    >>> print(plain_gradient_note(m, "deconvnet"))
+    model 'linear_net' has no activation the rule 'deconvnet' acts on (...), so ... plain gradient
+    """
+    if rule == "gradient" or rule_sites(model, rule) != ():
+        return None
+    return (f"model {model.name!r} has no activation the rule {rule!r} acts on (no ReLU, GELU, "
+            f"SiLU, ELU or other rectifier), so its {rule} result is the plain gradient")
 
 
 def _swap(layer, name: str, value, swapped: list):

@@ -57,9 +57,9 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import receptive_field as rf
+from tbviz.backward_rules import backward_rule, check_rule, gradients
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers
-from tbviz.backward_rules import backward_rule, check_rule, gradients
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels", "project",
            "patches", "windows"]

@@ -7,6 +7,7 @@ activation's formula, independently of TensorFlow's autodiff; the ``gradient`` r
 checks them against it, and the other two rules check tbviz's definitions.
 """
 
+import doctest
 import functools
 import math
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tbviz import backward_rules, relu_rules
 from tbviz.backward_rules import backward_rule, gradients, rule_sites
 
 L = keras.layers
@@ -212,5 +214,10 @@ def test_unknown_rule_lists_the_rules():
 
 
 def test_the_former_module_name_still_works():
-    from tbviz import relu_rules
     assert relu_rules.relu_rule is backward_rule
+
+
+@pytest.mark.parametrize("module", [backward_rules, relu_rules])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
