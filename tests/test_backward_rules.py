@@ -221,3 +221,32 @@ def test_the_former_module_name_still_works():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.slow  # about 30 s on 2 cores: XLA-compiled grouped convolutions and two fits
+def test_training_after_probes_under_every_rule_is_bit_identical():
+    from tbviz import attribution, deconvnet
+
+    def make():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([
+            keras.Input((8, 8, 4)),
+            L.Conv2D(4, 3, groups=2, padding="same", activation="gelu", name="grouped"),
+            L.PReLU(name="prelu"), L.Conv2D(4, 3, groups=4, name="depthwise"),
+            L.Activation("swish", name="swish"), L.ELU(name="elu"),
+            L.GlobalAveragePooling2D(), L.Dense(2, name="head")])
+        m.compile(keras.optimizers.SGD(0.1), "mse")
+        return m
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (8, 8, 8, 4)).astype("float32")
+    y = rng.normal(size=(8, 2)).astype("float32")
+    probed, plain = make(), make()
+    for rule in ("deconvnet", "guided", "gradient"):
+        units = deconvnet.strongest(probed, x[:2], "elu", k=3)
+        deconvnet.project(probed, x[:2], "elu", units, rule=rule)
+    attribution.guided_backprop(probed, x[:2], target=0)
+    for m in (probed, plain):
+        m.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(probed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
