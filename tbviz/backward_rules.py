@@ -219,17 +219,22 @@ def _grouped_as_dense(layer, x, kernel):
                       for xg, kg in zip(xs, ks)], axis=axis)
 
 
-_TOLD: "weakref.WeakSet" = weakref.WeakSet()
+_TOLD: "weakref.WeakSet" = weakref.WeakSet()  # models whose grouped convolutions were named
 
 
-def _grouped_conv(layer, path: str):
+def _tell_grouped(model, paths):
+    if paths and model not in _TOLD:
+        _TOLD.add(model)
+        log.info("tbviz: model %r has %d grouped convolution(s) (%s); probes take their "
+                 "gradient through the same convolutions written per group (exact), because "
+                 "TensorFlow's own works only through XLA and fails when vectorized on a CPU "
+                 "without oneDNN", model.name, len(paths),
+                 ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else ""))
+
+
+def _grouped_conv(layer):
     """``layer.convolution_op`` with the exact gradient of :func:`_grouped_as_dense`."""
     original = layer.convolution_op
-    if layer not in _TOLD:
-        _TOLD.add(layer)
-        log.info("tbviz: layer %r is a grouped convolution (groups=%d); probes take its "
-                 "gradient through the same convolution written per group (exact), since "
-                 "TensorFlow has no vectorizable CPU gradient for it", path, layer.groups)
 
     def convolution_op(inputs, kernel):
         @tf.custom_gradient
@@ -329,7 +334,7 @@ def backward_rule(rule: str, model=None):
     sites: list = []
     swapped: list = []
     try:
-        seen = set()
+        seen, grouped = set(), []
         for path, layer in (_walk(model) if model is not None else ()):
             # An unbuilt layer may create sub-layers from its activation during the trace;
             # they would keep the swapped function, so it is left to the raw-op rule.
@@ -337,7 +342,8 @@ def backward_rule(rule: str, model=None):
                 continue
             seen.add(id(layer))
             if _is_grouped(layer):
-                _swap(layer, "convolution_op", _grouped_conv(layer, path), swapped)
+                _swap(layer, "convolution_op", _grouped_conv(layer), swapped)
+                grouped.append(path)
             if rule == "gradient":
                 continue
             if isinstance(layer, RECTIFIER_LAYERS):
@@ -347,6 +353,7 @@ def backward_rule(rule: str, model=None):
             if name is not None:
                 _swap(layer, "activation", _counted(_ruled(layer.activation, rule), sites,
                                                     f"{path} ({name})"), swapped)
+        _tell_grouped(model, grouped)
         if rule == "gradient":
             yield sites
         else:

@@ -5,6 +5,7 @@ Conv2D whose kernel is block-diagonal (zero between groups): the same function, 
 gradient TensorFlow computes with its ordinary dense kernels.
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -104,3 +105,14 @@ def test_grouped_projection_without_onednn_does_not_fail():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "matched" in out.stdout, out.stderr[-3000:]
+
+
+def test_the_per_group_backward_is_said_once_per_model(caplog):
+    grouped, _ = grouped_and_dense(2)
+    x = images()
+    with caplog.at_level(logging.INFO, logger="tbviz.backward_rules"):
+        for rule in ("deconvnet", "guided"):
+            deconvnet.project(grouped, x, "c1", [(0, 1, 1, 0)], rule=rule)
+        attribution.saliency(grouped, x, target=0)
+    said = [r.getMessage() for r in caplog.records if "grouped convolution" in r.getMessage()]
+    assert len(said) == 1 and "(g)" in said[0]
