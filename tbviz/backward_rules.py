@@ -69,7 +69,8 @@ Keras' own.
 Example:
     >>> import numpy as np, tensorflow as tf, keras
     >>> from tbviz.backward_rules import backward_rule, gradients
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="gelu", name="mlp")])
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...                           keras.layers.Dense(3, activation="gelu", name="mlp")])
     >>> @tf.function
     ... def backward(x):
     ...     with backward_rule("deconvnet", model):
@@ -136,18 +137,26 @@ def _rectifier_name(fn) -> str | None:
 
 # -- the rules ----------------------------------------------------------------------------------
 
-def _rule_backward(rule: str, dy, f, x):
-    """The signal ``rule`` sends back through the pointwise activation ``f`` at input ``x``."""
-    if rule == "deconvnet":
-        return tf.nn.relu(dy)
-    # f'(x) as TensorFlow differentiates f (exact or tanh GELU as it was lowered): f is
-    # pointwise, so the gradient of sum(f(x)) is its derivative. The tape looks gradients up
-    # by op type, so no rule of an enclosing trace leaks in.
-    with tf.GradientTape() as tape:
+def _forward(f, x):
+    """``(f(x), slope)``: ``slope()`` is ``f'(x)`` as TensorFlow differentiates ``f``.
+
+    ``f`` is pointwise, so the gradient of ``sum(f(x))`` is its derivative (the exact or
+    tanh GELU, as the model lowered it). The tape records the forward pass where it runs
+    (inside a layer's autocast scope, under mixed precision), and looks gradients up by op
+    type, so no rule of the enclosing trace leaks in. Persistent: a traced forward pass
+    may be differentiated more than once.
+    """
+    with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         y = f(x)
-    slope = tape.gradient(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return tf.nn.relu(dy) * tf.nn.relu(slope)
+    return y, lambda: tape.gradient(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _rule_backward(rule: str, dy, slope):
+    """The signal ``rule`` sends back through an activation whose derivative is ``slope()``."""
+    if rule == "deconvnet":
+        return tf.nn.relu(dy)
+    return tf.nn.relu(dy) * tf.nn.relu(slope())
 
 
 def _ruled(fn, rule: str):
@@ -158,11 +167,14 @@ def _ruled(fn, rule: str):
         @tf.custom_gradient
         def apply(t):
             with tf.name_scope(_SCOPE):
-                y = fn(t, *args, **kwargs)
+                if rule == "deconvnet":  # needs no derivative
+                    y, slope = fn(t, *args, **kwargs), None
+                else:
+                    y, slope = _forward(lambda u: fn(u, *args, **kwargs), t)
 
             # ``variables``: a PReLU reads its slope inside; it gets no gradient from a rule.
             def backward(dy, variables=None):
-                dx = _rule_backward(rule, dy, lambda u: fn(u, *args, **kwargs), t)
+                dx = _rule_backward(rule, dy, slope)
                 return (dx, [None] * len(variables)) if variables else dx
             return y, backward
         return apply(x)
@@ -184,7 +196,8 @@ def _register_raw(rule: str, op_type: str) -> str:
 
     @tf.RegisterGradient(name)
     def _grad(op, dy):
-        return _rule_backward(rule, dy, _RAW_OPS[op_type](op), op.inputs[0])
+        return _rule_backward(rule, dy,
+                              lambda: _forward(_RAW_OPS[op_type](op), op.inputs[0])[1]())
     return name
 
 
@@ -364,7 +377,8 @@ def backward_rule(rule: str, model=None):
                                                       for part in op.name.split("/"))]
             sites.extend(f"{t} op" for t in dict.fromkeys(raw))
         if model is not None:
-            _SITES.setdefault(model, {}).setdefault(rule, set()).update(sites)
+            found = _SITES.setdefault(model, {}).setdefault(rule, {})  # a dict keeps the order
+            found.update(dict.fromkeys(sites))
     finally:
         for layer, name, original, had_own in reversed(swapped):
             if had_own:

@@ -250,3 +250,21 @@ def test_training_after_probes_under_every_rule_is_bit_identical():
         m.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(probed.get_weights(), plain.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_rules_under_mixed_precision_match_float32(rule):
+    def build():
+        model, _ = net(L.PReLU(), nested=True)
+        return model
+
+    reference = build()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = build()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = inputs()
+    got, want = backward(mixed, x, rule), backward(reference, x, rule)
+    # float16 forward and backward: 11-bit mantissas, a few roundings on values of order 10.
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
