@@ -6,8 +6,8 @@ For ConvNeXtTiny (GELU, depthwise-as-grouped ``Conv2D(groups=C)``), EfficientNet
 with each rule and prints, side by side in one process:
 
 * how far each rule's projections are from the plain gradient's
-  (``|P_rule - P_gradient| / |P_gradient|``; 0 would mean the rule did nothing,
-  as before tbviz knew these activations),
+  (``|P_rule - P_gradient| / |P_gradient|``, L1; 0 would mean the rule did nothing,
+  as before tbviz knew these activations) and how large they are (``|P| / |P_gradient|``),
 * the time of one projection call with each rule once traced, and its ratio to
   the gradient's (a rule adds elementwise work at every activation),
 * the time of saliency and Grad-CAM on the same images (first call, tracing
@@ -108,10 +108,12 @@ def main():
               "sites")
         for rule in backward_rules.RULES:
             p, t_first = first[rule]
+            size = np.abs(p).sum() / max(np.abs(grad).sum(), 1e-30)
             diff = np.abs(p - grad).sum() / max(np.abs(grad).sum(), 1e-30)
             t = statistics.median(runs[rule])
             ratio = t / statistics.median(runs["gradient"])
-            print(f"  {rule:9s} |P - P_gradient| / |P_gradient| = {diff:8.3g}   first call "
+            print(f"  {rule:9s} |P - P_gradient| / |P_gradient| = {diff:8.3g}  |P| / |P_gradient| = "
+                  f"{size:8.3g}   first call "
                   f"{t_first:6.1f} s   traced {t:6.2f} s  ({ratio:4.2f}x the gradient)")
         for method in ("saliency", "grad_cam"):
             fn = getattr(attribution, method)
