@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import attribution
+from tbviz.backward_rules import plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.layers import check_images
 from tbviz.summary.images import normalize, overlay, to_rgb
@@ -113,6 +114,7 @@ class AttributionCallback(VizCallback):
         self.alpha = float(alpha)
         self.sanity = bool(sanity)
         self._probes = self._randomized = None
+        self._plain_note = None
 
     def setup(self):
         self._probes = check_images(self.model, self.probe_images, "probe_images")
@@ -125,6 +127,12 @@ class AttributionCallback(VizCallback):
                 target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
         for method in self.methods:
             self._attribute(method, self._probes[:1], target)
+        # Guided backprop on a model without a rectifier is the saliency gradient: say so.
+        if "guided_backprop" in self.methods:
+            self._plain_note = plain_gradient_note(self.model, "guided")
+            if self._plain_note:
+                self.warn_once("plain", "tbviz.AttributionCallback: guided_backprop: %s",
+                               self._plain_note)
         if self.sanity:
             from tbviz.sanity import RandomizedCopy
 
@@ -149,13 +157,16 @@ class AttributionCallback(VizCallback):
                                   self._attribute(method, probes, target))
                 heat = attribution.heatmap(raw)
                 images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
+                about = f"{method} heatmaps over the probe images"
+                if method == "guided_backprop" and self._plain_note:
+                    about += f" (the same as saliency: {self._plain_note})"
                 tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
-                                 description=f"{method} heatmaps over the probe images")
+                                 description=about)
                 write_panel(f"tbviz/attribution/{method}", "attribution",
                             [encode_png(im) for im in images],
                             tiles=[{"method": method, "image_index": i, "target": t}
                                    for i, t in enumerate(labels)],
-                            method=method)
+                            description=about, method=method)
                 if self._randomized is not None:
                     self._write_sanity(method, probes, target)
 

@@ -40,10 +40,10 @@ import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 
 from tbviz import deconvnet
+from tbviz.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
-from tbviz.relu_rules import check_rule
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
@@ -114,6 +114,7 @@ class DeconvnetCallback(VizCallback):
         self._image_shape = None
         self._fixed: dict = {}
         self._layer_index: dict = {}
+        self._plain_note = None
 
     # -- train begin ----------------------------------------------------------------------------
     def setup(self):
@@ -132,6 +133,10 @@ class DeconvnetCallback(VizCallback):
         self._image_shape = images.shape[1:]
         self._projector = deconvnet.projector(probe, self.layers, self.rule)
         self._projector.prepare(self._image_shape)  # every trace happens now, never later
+        # A rule that met no activation computed the plain gradient: label it so.
+        self._plain_note = plain_gradient_note(probe, self.rule)
+        if self._plain_note:
+            self._say_once("plain", self._plain_note)
         shapes = self._projector.output_shapes(self._image_shape)
         acts = self._projector.activations(images)
         for path in self.layers:
@@ -222,14 +227,20 @@ class DeconvnetCallback(VizCallback):
                     boxes = [deconvnet.support_window(r) for r in raw]
                 self._write_layer(path, top, evo, raw, boxes, display)
 
+    def _computed_rule(self):
+        """The rule the projections follow: the plain gradient where the rule met no activation."""
+        return "gradient" if self._plain_note else self.rule
+
     def _write_layer(self, path, top, evo, raw, boxes, display):
         k = len(top)
+        rule = self._computed_rule()
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
         patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
                        for u, b in zip(top + evo, boxes)]
-        note = (f"{self.rule} projections of the strongest activations of {path} over the probe "
-                "images; contrast normalized per tile")
+        note = (f"{rule} projections of the strongest activations of {path} over the probe "
+                "images; contrast normalized per tile"
+                + (f" ({self._plain_note})" if self._plain_note else ""))
         if k:
             tf.summary.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
@@ -245,7 +256,7 @@ class DeconvnetCallback(VizCallback):
                                          + ", ".join(str(u.channel) for u in evo))
         # "model" lets the dashboard group layers when two networks log into one run
         # (the style pipeline's transform-net and VGG19).
-        content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
+        content = {"layer": path, "layer_index": self._layer_index[path], "rule": rule,
                    "k": self.top_k, "model": self._projector.model.name}
         pngs = [metadata.encode_png(t) for t in proj_tiles]
         patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
@@ -273,7 +284,7 @@ class DeconvnetCallback(VizCallback):
         table = np.array([(0 if i < len(top) else 1, u.image_index, u.row, u.col, u.channel,
                            u.value) + tuple(box)
                           for i, (u, box) in enumerate(zip(top + evo, boxes))], np.float64)
-        about = {"layer": path, "rule": self.rule, "columns": list(UNIT_COLUMNS)}
+        about = {"layer": path, "rule": self._computed_rule(), "columns": list(UNIT_COLUMNS)}
         tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
                          metadata=_raw_metadata(about, "raw projections (float16, clipped to "
                                                 "the float16 range), each cut to its unit's "
