@@ -395,8 +395,9 @@ def test_receptive_field_crops_give_the_whole_image_result(rule, size):
     units = {layer: all_units(shapes[layer], 2, step=29 if layer == "c1" else 7)
              + deconvnet.top_units(acts[layer], k=4) for layer in layers}
     for layer in layers:  # units alone are projected from crops, else this proves nothing
-        table = proj._units(layer, images.shape[1:], units[layer], n_images=2)
-        boxes = np.concatenate([proj._boxes(layer, images.shape[1:], table[k:k + 1])
+        table = proj.unit_table(layer, images.shape[1:], units[layer], n_images=2)
+        field = proj.field(layer, images.shape[1:])
+        boxes = np.concatenate([deconvnet.crops(table[k:k + 1], field, size)[0]
                                 for k in range(len(table))])
         assert ((boxes[:, 1] < size[0]) | (boxes[:, 3] < size[1])).mean() >= 0.5, layer
     cropped = proj.project(images, units)
@@ -497,7 +498,7 @@ def test_errors_name_the_choices(images):
         deconvnet.project(model, images, "block2", [(0, 2, 0, 0)])
     with pytest.raises(ValueError, match=r"image_index 3 out of range 0..2"):
         deconvnet.patches(model, images, "block2", [(3, 0, 0, 0)])
-    with pytest.raises(ValueError, match=r"channel 4 out of range"):
+    with pytest.raises(ValueError, match=r"channel 4 is out of range"):
         deconvnet.strongest(model, images, "block2", channels=[4])
     with pytest.raises(ValueError, match=r"integer tuple \(image_index, row, col, channel\)"):
         deconvnet.project(model, images, "block2", [(0, 1)])
@@ -548,7 +549,7 @@ def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images):
     model = keras.Model(x, L.Dense(2)(flat))
     model.get_layer("c1").set_weights([v.astype("float32") for v in weights()["c1"]])
     proj = deconvnet.Projector(model, ["c1"]).prepare(images.shape[1:])
-    assert ("c1", images.shape[1:]) in proj._no_crop
+    assert ("c1", images.shape[1:]) in proj._whole
     units = deconvnet.top_units(proj.activations(images)["c1"], k=5)
     got = proj.project(images, {"c1": units})["c1"]
     ref = small_reference(weights())

@@ -69,6 +69,28 @@ def to_uint8(images, value_range=(0.0, 255.0)) -> np.ndarray:
     return np.clip(np.round(np.nan_to_num(x * 255, nan=0.0)), 0, 255).astype(np.uint8)
 
 
+def for_display(images) -> np.ndarray:
+    """Input images ``(N, H, W, C)`` as ``uint8`` RGB, to show beside what was computed from them.
+
+    Images in [0, 255] are kept as they are and images in [0, 1] scaled up; any
+    other range (mean-subtracted inputs, say) is stretched per image.
+
+    >>> for_display(np.full((1, 1, 1, 1), 0.5)).tolist()  # [0, 1] gray, made RGB
+    [[[[128, 128, 128]]]]
+    >>> for_display(np.array([[[[-1.0, 0.0, 3.0]]]])).tolist()  # any other range: stretched
+    [[[[0, 64, 255]]]]
+    """
+    x = np.asarray(images)
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1:
+        out = to_uint8(x, (0.0, 1.0))
+    elif lo >= 0 and hi <= 255:
+        out = to_uint8(x)
+    else:
+        out = normalize(x)
+    return to_rgb(out)
+
+
 def to_rgb(tiles: np.ndarray) -> np.ndarray:
     """Make ``(N, H, W, C)`` tiles 3-channel: gray is repeated, 4+ channels keep the first 3."""
     c = tiles.shape[-1]
