@@ -497,6 +497,11 @@ def projector(model, layers: Iterable[str], rule: str = "deconvnet") -> Projecto
 
     Repeated calls with the same arguments return the same object, so its
     traced functions are reused (no retracing across epochs or calls).
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
+    >>> projector(m, ["c"]) is projector(m, ("c",)), projector(m, "c", "guided").rule
+    (True, 'guided')
     """
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
     per_model = _CACHE.setdefault(model, {})

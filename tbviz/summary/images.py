@@ -31,6 +31,11 @@ def normalize(tiles, mode: str = "minmax", per_tile: bool = True) -> np.ndarray:
     0 to mid-gray and the largest magnitude to 0 or 255 (for signed maps where
     the sign matters). Non-finite values are shown as 0 (black) rather than
     poisoning the scale. A constant tile becomes mid-gray.
+
+    >>> normalize(np.array([[[[-2.0], [0.0], [2.0]]]])).ravel().tolist()
+    [0, 128, 255]
+    >>> normalize(np.array([[[[-1.0], [0.0], [4.0]]]]), mode="symmetric").ravel().tolist()
+    [96, 128, 255]
     """
     if mode not in ("minmax", "symmetric"):
         raise ValueError(f"unknown mode {mode!r}; choose 'minmax' or 'symmetric'")
@@ -92,7 +97,11 @@ def for_display(images) -> np.ndarray:
 
 
 def to_rgb(tiles: np.ndarray) -> np.ndarray:
-    """Make ``(N, H, W, C)`` tiles 3-channel: gray is repeated, 4+ channels keep the first 3."""
+    """Make ``(N, H, W, C)`` tiles 3-channel: gray is repeated, 4+ channels keep the first 3.
+
+    >>> to_rgb(np.full((1, 2, 2, 1), 7, np.uint8))[0, 0, 0].tolist()
+    [7, 7, 7]
+    """
     c = tiles.shape[-1]
     if c == 3:
         return tiles
@@ -109,6 +118,13 @@ def grid(tiles, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> 
     ``cols`` defaults to ``ceil(sqrt(N))`` (9 tiles -> the paper's 3x3 view).
     Tiles of different sizes (patches at image borders) are centred in the
     largest tile's cell.
+
+    >>> grid(np.zeros((9, 4, 4, 3), np.uint8)).shape  # 3x3 tiles of 4 px, 2 px apart
+    (16, 16, 3)
+    >>> grid([np.zeros((3, 3, 1), np.uint8), np.zeros((1, 1, 1), np.uint8)], pad=1)[..., 0]
+    array([[  0,   0,   0, 255, 255, 255, 255],
+           [  0,   0,   0, 255, 255,   0, 255],
+           [  0,   0,   0, 255, 255, 255, 255]], dtype=uint8)
     """
     tiles = list(tiles) if not isinstance(tiles, np.ndarray) else list(tiles)
     if not tiles:
@@ -138,7 +154,11 @@ _CMAP_ANCHORS = np.array([
 
 
 def colorize(values, lo=None, hi=None) -> np.ndarray:
-    """Map a 2-D (or batch of 2-D) float array to ``uint8`` RGB with a viridis-like colormap."""
+    """Map a 2-D (or batch of 2-D) float array to ``uint8`` RGB with a viridis-like colormap.
+
+    >>> colorize(np.array([[0.0, 1.0]])).tolist()  # dark blue to yellow
+    [[[68, 1, 84], [253, 231, 37]]]
+    """
     v = np.asarray(values, dtype=np.float64)
     v = np.where(np.isfinite(v), v, 0.0)
     lo = v.min() if lo is None else lo
