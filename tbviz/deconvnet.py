@@ -17,17 +17,21 @@ activation, so values are raw (not normalized) and scale with the activation.
 
 All requested units are projected in batches by ``tf.function`` s traced once
 per :class:`Projector`; projectors are cached per model, so repeated calls
-(every epoch, say) never trace again. Two things keep the work small:
+(every epoch, say) never trace again. Three things keep the work small:
 
 * one row per unit, a batch of rows per call (at most ``max_batch``), the
-  forward pass stopping at the unit's layer and one batched backward pass
-  giving every row's projection;
+  forward pass stopping at the unit's layer;
 * a unit only depends on the input under its receptive field, so where the
   field is known (see :mod:`tbviz.receptive_field`) its row is a crop of the
   image aligned to the layer's total stride, with the image's own padding at
   real borders, and the result is pasted back into a zero canvas: the same
-  numbers for a fraction of the work. Which crop each unit gets is
-  :func:`crops`, pure NumPy like :func:`top_units` and :func:`unit_table`.
+  numbers for a fraction of the work;
+* units that read the same row (same image and crop) share one forward pass,
+  and their backward passes run as one vectorized batch, where pfor can
+  vectorize every op (else they go one row each: no slow while-loop fallback).
+
+Which crop each unit gets and which units go into which call are pure NumPy
+functions, :func:`crops` and :func:`batch_plan`, like :func:`top_units`.
 
 Example:
     >>> import numpy as np, keras
@@ -57,14 +61,13 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import receptive_field as rf
-from tbviz._probe import batches
 from tbviz.checks import channels as check_channels
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers
 from tbviz.relu_rules import check_rule, gradients, relu_rule
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels",
-           "unit_table", "crops", "project", "patches", "windows", "support_window"]
+           "unit_table", "crops", "batch_plan", "project", "patches", "windows", "support_window"]
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +232,12 @@ def crops(table, field, image_size) -> tuple[np.ndarray, np.ndarray]:
     ``positions`` ``(K, 3)``: the unit's row, col and channel in the layer output
     computed from its crop.
 
-    All crops have one size, so that the units go through the network as rows of
-    one batch: along an axis where one crop length reproduces any unit exactly
-    (:func:`~tbviz.receptive_field.crop_plan`) that length, else the longest crop
-    that any of the units needs (:func:`~tbviz.receptive_field.unit_crop`, at most
-    the whole axis). Crops start at multiples of the layer's stride.
+    Along an axis where one crop length reproduces any unit exactly
+    (:func:`~tbviz.receptive_field.crop_plan`) every unit gets that length, so
+    units batch together. Where the field is about as large as the image, units
+    of one image get the union of their own crops
+    (:func:`~tbviz.receptive_field.unit_crop`), so that they share one forward
+    pass (see :func:`batch_plan`). Crops start at multiples of the layer's stride.
 
     >>> from tbviz.receptive_field import Axis
     >>> axis = Axis(size=5, jump=1, start=-2, length=16, image_length=16)  # two 'same' 3x3
@@ -251,12 +255,51 @@ def crops(table, field, image_size) -> tuple[np.ndarray, np.ndarray]:
     boxes = np.zeros((len(table), 4), np.int64)
     for a, (axis, units) in enumerate(zip(field, (table[:, 1], table[:, 2]))):
         length = rf.crop_plan(axis)
-        if length is None:  # a field about as large as the image
-            length = max((rf.unit_crop(axis, i)[1] for i in units), default=axis.image_length)
-        starts = np.array([rf.crop_start(axis, i, length) for i in units], np.int64)
-        boxes[:, 2 * a], boxes[:, 2 * a + 1] = starts, length
+        if length is not None:
+            starts = np.array([rf.crop_start(axis, i, length) for i in units], np.int64)
+            ends = starts + length
+        else:  # a field about as large as the image: one crop per image, the union
+            own = np.array([rf.unit_crop(axis, i) for i in units], np.int64).reshape(-1, 2)
+            starts, ends = own[:, 0], own[:, 0] + own[:, 1]
+            for image in np.unique(table[:, 0]):
+                rows = table[:, 0] == image
+                starts[rows], ends[rows] = starts[rows].min(), ends[rows].max()
+        boxes[:, 2 * a], boxes[:, 2 * a + 1] = starts, ends - starts
         positions[:, a] -= starts // axis.jump
     return boxes, positions
+
+
+def batch_plan(table, boxes, max_batch: int, share: bool = True) -> list[tuple[bool, np.ndarray]]:
+    """Which units go into which call: ``[(shared, indices), ...]``, each unit once.
+
+    Units that read the same input (image and crop box of :func:`crops`) share one
+    forward pass: with ``share``, each such group, cut into runs of ``max_batch``,
+    is one call on one row whose backward passes are vectorized (``shared=True``).
+    Every other unit is a row of its own, and rows of one crop size are batched,
+    at most ``max_batch`` to a call.
+
+    >>> table = [(0, 1, 1, 0), (1, 1, 1, 0), (0, 2, 2, 1)]
+    >>> boxes = [(0, 8, 0, 8)] * 3
+    >>> [(shared, ks.tolist()) for shared, ks in batch_plan(table, boxes, max_batch=32)]
+    [(True, [0, 2]), (False, [1])]
+    >>> [(shared, ks.tolist()) for shared, ks in batch_plan(table, boxes, 2, share=False)]
+    [(False, [0, 2]), (False, [1])]
+    """
+    table = np.asarray(table, np.int64).reshape(-1, 4)
+    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+    max_batch = positive_int("max_batch", max_batch)
+    same_input: dict = {}
+    for k, (image, box) in enumerate(zip(table[:, 0], boxes)):
+        same_input.setdefault((int(image),) + tuple(int(v) for v in box), []).append(k)
+    plan, by_size = [], {}
+    for (_, _, height, _, width), ks in same_input.items():
+        if share and len(ks) > 1:
+            plan += [(True, np.array(ks[i:i + max_batch])) for i in range(0, len(ks), max_batch)]
+        else:
+            by_size.setdefault((height, width), []).extend(ks)
+    for ks in by_size.values():
+        plan += [(False, np.array(ks[i:i + max_batch])) for i in range(0, len(ks), max_batch)]
+    return plan
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,11 +309,13 @@ def crops(table, field, image_size) -> tuple[np.ndarray, np.ndarray]:
 class Projector:
     """The traced functions that find and project units of ``layers`` of ``model``.
 
-    Per image shape, one ``tf.function`` gives all layers' activations, and per
-    layer one projects a batch of rows, one unit each, from receptive-field crops
-    of any size or from whole images (the plan is :func:`crops`). The graphs read
-    the live weights, so one projector serves a whole training run;
-    :meth:`prepare` traces everything up front and ``trace_count`` counts traces.
+    Per image shape, one ``tf.function`` gives all layers' activations; per layer
+    one projects a batch of rows, one unit each, and one several units of a single
+    row (their forward pass shared, their backward passes vectorized), each from
+    receptive-field crops of any size or from whole images. What goes where is
+    planned by :func:`crops` and :func:`batch_plan`. The graphs read the live
+    weights, so one projector serves a whole training run; :meth:`prepare` traces
+    everything up front and ``trace_count`` counts the traces.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 1)),
@@ -292,10 +337,11 @@ class Projector:
         self.rule = check_rule(rule)
         self.trace_count = 0
         self._acts: dict = {}     # image shape -> tf.function
-        self._project: dict = {}  # (layer, image shape, or None for crops) -> tf.function
+        self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
         self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
         self._whole: set = set()  # (layer, image shape) the model cannot crop
         self._cropped: set = set()  # ... and those whose crops have run once
+        self._unshared: set = set()  # keys of _project whose backward pfor cannot vectorize
 
     @property
     def model(self):
@@ -376,13 +422,14 @@ class Projector:
         return [f[0].window(r, clip=True) + f[1].window(c, clip=True) for _, r, c, _ in table]
 
     # -- projections ----------------------------------------------------------------------------
-    def _project_fn(self, layer, image_shape, crop: bool):
-        """Traced projection of a batch of rows, each from its one unit at ``pos``."""
-        key = (layer, None if crop else image_shape)
+    def _project_fn(self, layer, image_shape, crop: bool, shared: bool = False):
+        """Traced projection of a batch of rows (``shared``: of several units of one row)."""
+        key = (layer, None if crop else image_shape, shared)
         fn = self._project.get(key)
         if fn is None:
             spatial = (None, None) if crop else image_shape[:2]
-            signature = [tf.TensorSpec((None,) + spatial + image_shape[2:], tf.float32),
+            signature = [tf.TensorSpec((1 if shared else None,) + spatial + image_shape[2:],
+                                       tf.float32),
                          tf.TensorSpec((None, 3), tf.int32)]
 
             @tf.function(input_signature=signature)
@@ -391,7 +438,14 @@ class Projector:
                 model = self.model
                 with relu_rule(self.rule), capture_outputs(model, [layer]) as seen:
                     model(x, training=False)
-                return _backward(seen[layer], x, pos)
+                out = seen[layer]
+                if not shared:
+                    return _backward(out, x, pos)
+                # pfor turns the units' backward passes into one batched pass after one
+                # forward pass. Where an op has no pfor rule (MirrorPadGrad, say) its
+                # fallback is a slow while-loop: refused here, and rows are used instead.
+                return tf.vectorized_map(lambda p: _backward(out, x, p[None])[0], pos,
+                                         fallback_to_while_loop=False)
 
             self._project[key] = fn
         return fn
@@ -405,6 +459,21 @@ class Projector:
             self._project_fn(layer, image_shape, crop=True).get_concrete_function()
         except Exception as err:  # e.g. a layer that needs a fixed input size
             self._fall_back(layer, image_shape, err)
+            return False
+        return True
+
+    def _shares(self, layer, image_shape, crop: bool) -> bool:
+        """Whether units of one row share a forward pass: pfor vectorizes every op of the
+        backward pass (traced here if not done yet)."""
+        key = (layer, None if crop else image_shape, True)
+        if key in self._unshared:
+            return False
+        try:
+            self._project_fn(layer, image_shape, crop, shared=True).get_concrete_function()
+        except Exception as err:
+            log.info("tbviz.deconvnet: layer %r: units of one image are projected one row each "
+                     "(%s)", layer, err)
+            self._unshared.add(key)
             return False
         return True
 
@@ -423,8 +492,9 @@ class Projector:
         image_shape = tuple(int(d) for d in image_shape)
         self.output_shapes(image_shape)
         for layer in self.layers:
-            self._crops_work(layer, image_shape)
-            self._project_fn(layer, image_shape, crop=False).get_concrete_function()
+            crop = self._crops_work(layer, image_shape)
+            self._project_fn(layer, image_shape, crop).get_concrete_function()
+            self._shares(layer, image_shape, crop)
         return self
 
     def project(self, images, units: Mapping[str, Sequence], max_batch: int = DEFAULT_MAX_BATCH,
@@ -450,14 +520,18 @@ class Projector:
         shape = images.shape[1:]
         crop = crop and self._crops_work(layer, shape)
         boxes, positions = crops(table, self.field(layer, shape) if crop else None, shape)
-        fn = self._project_fn(layer, shape, crop)
+        plan = batch_plan(table, boxes, max_batch)
+        if any(shared for shared, _ in plan) and not self._shares(layer, shape, crop):
+            plan = batch_plan(table, boxes, max_batch, share=False)
         canvas = np.zeros((len(table),) + shape, np.float32)
         try:
-            for rows in batches(len(table), max_batch):
-                x = np.stack([images[i, t:t + h, lft:lft + w]
-                              for i, (t, h, lft, w) in zip(table[rows, 0], boxes[rows])])
-                grads = fn(x, positions[rows].astype(np.int32)).numpy()
-                for k, (t, h, lft, w), g in zip(range(rows.start, rows.stop), boxes[rows], grads):
+            for shared, ks in plan:
+                fn = self._project_fn(layer, shape, crop, shared)
+                x = np.stack([images[table[k, 0], t:t + h, lft:lft + w]
+                              for k in (ks[:1] if shared else ks) for t, h, lft, w in [boxes[k]]])
+                grads = fn(x, positions[ks].astype(np.int32)).numpy()
+                for k, g in zip(ks, grads):
+                    t, h, lft, w = boxes[k]
                     canvas[k, t:t + h, lft:lft + w] = g
         except Exception as err:
             # Traced on crops but failing on one (a size check at run time): whole images.
