@@ -53,6 +53,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from typing import Iterable, Mapping, NamedTuple, Sequence
@@ -469,10 +470,11 @@ class Projector:
         if key in self._unshared:
             return False
         try:
-            self._project_fn(layer, image_shape, crop, shared=True).get_concrete_function()
+            with _pfor_quiet():
+                self._project_fn(layer, image_shape, crop, shared=True).get_concrete_function()
         except Exception as err:
             log.info("tbviz.deconvnet: layer %r: units of one image are projected one row each "
-                     "(%s)", layer, err)
+                     "(%s)", layer, str(err).strip().splitlines()[-1])
             self._unshared.add(key)
             return False
         return True
@@ -542,6 +544,23 @@ class Projector:
         if crop:
             self._cropped.add((layer, shape))
         return canvas
+
+
+def _drop_pfor_records(record) -> bool:
+    return "parallel_for" not in record.pathname
+
+
+@contextlib.contextmanager
+def _pfor_quiet():
+    """Hold back pfor's own log while trying to vectorize: it logs every op it cannot
+    convert at ERROR level (with the op's creation trace) before raising, and that
+    failure is expected and handled (units then go one row each)."""
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(_drop_pfor_records)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_drop_pfor_records)
 
 
 def _backward(out, x, pos):
