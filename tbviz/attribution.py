@@ -274,7 +274,8 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
     ph, pw = positive_pair("patch", patch)
     if ph > h or pw > w:
         raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}, {w})")
-    sh, sw = positive_pair("stride", stride if stride is not None else (max(1, ph // 2), max(1, pw // 2)))
+    sh, sw = positive_pair("stride", (max(1, ph // 2), max(1, pw // 2)) if stride is None
+                           else stride)
     try:
         base = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
     except ValueError:
