@@ -5,8 +5,8 @@ a dict of that callback's own keyword arguments, checked here against its
 signature. The shared ones (``log_dir``, ``probe_images`` and ``probe_labels``,
 ``every_n_epochs`` and ``every_n_steps``, ``strict``) are given once. On by
 default: ``graph``, ``losses``, ``histograms``, and with probe images
-``deconvnet`` and ``feature_maps`` (on conv layers); off: ``attribution`` and
-``synthesis``.
+``deconvnet``, ``feature_maps`` (on conv layers) and ``convergence`` (with at
+least 4 of them); off: ``attribution`` and ``synthesis``.
 
 Example:
     >>> import numpy as np, keras, tbviz
@@ -52,6 +52,7 @@ PARTS = {
     "feature_maps": ("tbviz.callbacks.feature_maps", "FeatureMapsCallback"),
     "attribution": ("tbviz.callbacks.attribution", "AttributionCallback"),
     "synthesis": ("tbviz.callbacks.synthesis", "SynthesisCallback"),
+    "convergence": ("tbviz.callbacks.convergence", "ConvergenceCallback"),
 }
 
 
@@ -133,21 +134,22 @@ class TensorBoardViz(keras.callbacks.Callback):
             own ``every_n_...`` in its dict wins). Losses are logged every epoch and
             every ``losses={"every_n_steps": n}`` steps (default 10).
         strict: passed to every part that takes it (see :class:`~tbviz.callbacks.base.VizCallback`).
-        graph / losses / histograms / deconvnet / feature_maps / attribution / synthesis:
+        graph, losses, histograms, deconvnet, feature_maps, attribution, synthesis, convergence:
             ``True``, ``False`` or a dict of keyword arguments of the part's callback (see
             the module doc), e.g. ``deconvnet={"distinct": False, "channels": [0, 3]}``,
             ``attribution={"methods": ["grad_cam"], "layer": "conv4", "target": 3}``,
             ``synthesis={"maximize": {"conv3": 4}, "invert": ["conv2"]}``,
             ``graph={"graph_fn": model.compute_losses, "input_spec": spec}``. An unknown
             key is an error listing the keys the callback takes. ``feature_maps="auto"``
-            (default) is on when the trained model takes the probe images and has conv layers.
+            (default) is on when the trained model takes the probe images and has conv layers;
+            ``convergence=True`` (default) when it takes at least 4 (debiased CKA needs 4).
         layers, top_k: short for ``deconvnet={"layers": ..., "top_k": ...}``: the layers
             (paths like ``"vgg19/block3_conv1"``; default: up to four conv layers spread
             through the network, ``[]`` for none) and the units per layer.
 
     ``attribution`` also takes a list of methods, e.g. ``["saliency", "grad_cam"]``.
-    The histograms, feature-map, attribution and synthesis parts probe the trained model
-    itself: with a callable ``probe_images`` or a deconvnet ``probe_model`` they get no
+    The histograms, feature-map, attribution, synthesis and convergence parts probe the model
+    being trained: with a callable ``probe_images`` or a deconvnet ``probe_model`` they get no
     probe images (give another network's probes as ``deconvnet={"probe_images": ...,
     "probe_model": ...}``). Keras' hooks are forwarded to every part; the parts use the
     training hooks only, so those are the ones forwarded.
@@ -156,7 +158,7 @@ class TensorBoardViz(keras.callbacks.Callback):
     def __init__(self, log_dir, probe_images=None, probe_labels=None, layers=None, *,
                  every_n_epochs=1, every_n_steps=None, strict=False, top_k=None,
                  graph=True, losses=True, histograms=True, deconvnet=True,
-                 feature_maps="auto", attribution=None, synthesis=None):
+                 feature_maps="auto", attribution=None, synthesis=None, convergence=True):
         super().__init__()
         self.log_dir = log_dir
         self.probe_images = probe_images
@@ -172,6 +174,7 @@ class TensorBoardViz(keras.callbacks.Callback):
         options = {part: part_options(part, value) for part, value in (
             ("graph", graph), ("losses", losses), ("histograms", histograms),
             ("deconvnet", deconvnet), ("attribution", attribution), ("synthesis", synthesis),
+            ("convergence", convergence),
             ("feature_maps", {} if self._auto_maps else feature_maps))}
         if options["deconvnet"] is not None:
             for key, value in (("layers", layers), ("top_k", top_k)):
@@ -189,11 +192,16 @@ class TensorBoardViz(keras.callbacks.Callback):
         probe_data = None
         if self.direct:
             probe_data = probe_images if probe_labels is None else (probe_images, probe_labels)
-        if options["attribution"] is not None and not self.direct \
-                and "probe_images" not in options["attribution"]:
-            raise ValueError("attribution needs probe_images as an array for the trained model "
-                             "(no callable, no deconvnet probe_model), or "
-                             "attribution={'probe_images': ...}")
+        for part in ("attribution", "convergence"):
+            if options[part] and not self.direct and "probe_images" not in options[part]:
+                raise ValueError(f"{part} needs probe_images as an array for the trained model "
+                                 f"(no callable, no deconvnet probe_model), or "
+                                 f"{part}={{'probe_images': ...}}")
+        if convergence is True and (not self.direct or len(probe_images) < 4):
+            if self.direct:
+                log.warning("tbviz: convergence scalars are off: they need at least 4 probe "
+                            "images, got %d", len(probe_images))
+            options["convergence"] = None
         # What each part gets from the shared arguments; its own dict wins.
         mine = probe_images if self.direct else None
         self.shared = {
@@ -202,12 +210,14 @@ class TensorBoardViz(keras.callbacks.Callback):
             "histograms": dict(probe_data=probe_data, **self.every),
             "attribution": dict(probe_images=mine, **self.every),
             "synthesis": dict(probe_images=mine, **self.every),
+            "convergence": dict(probe_images=mine, **self.every),
             "deconvnet": dict(probe_images=probe_images, **self.every),
             "feature_maps": dict(probe_images=None if mine is None
                                  else mine[:FEATURE_MAP_IMAGES], **self.every),
         }
         self.callbacks = [self._part(part) for part in
-                          ("graph", "losses", "histograms", "attribution", "synthesis")
+                          ("graph", "losses", "histograms", "attribution", "synthesis",
+                           "convergence")
                           if options[part] is not None]
         self._model_dependent_added = False
 
