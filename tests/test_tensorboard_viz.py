@@ -182,6 +182,7 @@ def test_every_option_of_every_part_is_reachable(tmp_path):
     ({"every_n_steps": 0}, r"every_n_steps must be a positive integer or None"),
     ({"probe_images": lambda m: m, "attribution": True}, r"attribution needs probe_images as an "
                                                          r"array"),
+    ({"convergence": {"threshold": 0.5}}, r"convergence needs probe_images as an array"),
 ])
 def test_bad_part_options_fail_at_construction_naming_the_choices(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

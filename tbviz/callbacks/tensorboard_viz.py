@@ -192,8 +192,11 @@ class TensorBoardViz(keras.callbacks.Callback):
         probe_data = None
         if self.direct:
             probe_data = probe_images if probe_labels is None else (probe_images, probe_labels)
-        for part in ("attribution", "convergence"):
-            if options[part] and not self.direct and "probe_images" not in options[part]:
+        # Asked for explicitly, these need probes of the trained model (convergence=True,
+        # the default, is just off without them).
+        for part, asked in (("attribution", options["attribution"] is not None),
+                            ("convergence", isinstance(convergence, dict))):
+            if asked and not self.direct and "probe_images" not in options[part]:
                 raise ValueError(f"{part} needs probe_images as an array for the trained model "
                                  f"(no callable, no deconvnet probe_model), or "
                                  f"{part}={{'probe_images': ...}}")
