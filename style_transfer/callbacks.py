@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbviz.callbacks.base import VizCallback, check_every
+from tbviz.callbacks.base import VizCallback
+from tbviz.checks import positive_int
 from tbviz.summary import metadata, writers
 from tbviz.summary.images import to_uint8
 
@@ -94,7 +95,7 @@ class TrainingProgress(keras.callbacks.Callback):
     def __init__(self, batch_size: int, keys=("loss", "content_loss", "style_loss", "tv_loss"),
                  verbose: int = 1):
         super().__init__()
-        self.batch_size = check_every("batch_size", batch_size, allow_none=False)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.keys = tuple(keys)
         self.verbose = verbose
         self._skipped = self._skipped_steps = 0
@@ -195,7 +196,7 @@ class Checkpointing(keras.callbacks.Callback):
                  guard: NonFiniteLossGuard | None = None):
         super().__init__()
         self.state = state
-        self.every_n_steps = check_every("every_n_steps", every_n_steps)
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps, allow_none=True)
         self.first_epoch_offset = int(first_epoch_offset)
         self.guard = guard
         self.failure = None

@@ -160,11 +160,13 @@ def tbviz_callbacks(args, model, photos, names) -> list:
 
     every = dict(every_n_epochs=1, every_n_steps=args.log_every)
     callbacks = [StylizedProbes(args.log_dir, photos, names, **every)]
+    transform = {"probe_images": photos, "layers": list(args.transform_layers),
+                 "probe_model": lambda m: m.transform_net}
     callbacks.append(tbviz.TensorBoardViz(
-        args.log_dir, probe_images=photos, layers=list(args.transform_layers) or None,
-        probe_model=lambda m: m.transform_net, deconvnet=bool(args.transform_layers),
-        graph_fn=model.compute_losses, input_spec=tf.TensorSpec([None, None, None, 3], tf.float32),
-        loss_every_n_steps=args.loss_every, **every))
+        args.log_dir, **every, deconvnet=transform if args.transform_layers else False,
+        graph={"graph_fn": model.compute_losses,
+               "input_spec": tf.TensorSpec([None, None, None, 3], tf.float32)},
+        losses={"every_n_steps": args.loss_every}))
     if args.vgg_layers:
         callbacks.append(tbviz.DeconvnetCallback(
             args.log_dir, lambda m: m.stylize(photos), list(args.vgg_layers),

@@ -42,6 +42,7 @@ from tensorboard.compat.proto import summary_pb2
 from tbviz import deconvnet
 from tbviz.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
+from tbviz.checks import channels as check_channels
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
 from tbviz.summary import images as tiles_lib
@@ -140,20 +141,12 @@ class DeconvnetCallback(VizCallback):
         shapes = self._projector.output_shapes(self._image_shape)
         acts = self._projector.activations(images)
         for path in self.layers:
-            n_ch = shapes[path][-1]
             chosen = (self.channels or {}).get(path)
             if chosen is None:
                 if path in self._fixed:  # a later fit() of the same run keeps the same maps
                     continue
                 chosen = deconvnet.top_channels(acts[path], k=self.top_k)
-            else:
-                chosen = list(chosen)
-                bad = [c for c in chosen if isinstance(c, bool)
-                       or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch]
-                if bad or not chosen:
-                    raise ValueError(f"channels {bad or chosen!r} for layer {path!r}: it has "
-                                     f"{n_ch} channels, choose from 0..{n_ch - 1}")
-            self._fixed[path] = [int(c) for c in chosen]
+            self._fixed[path] = check_channels(chosen, shapes[path][-1], path)
 
     def _resolve_probe_model(self):
         if self.probe_model is None:
@@ -205,7 +198,7 @@ class DeconvnetCallback(VizCallback):
         # A unit both in the top-k and strongest of its map is projected once.
         unique = {p: list(dict.fromkeys(t + e)) for p, (t, e) in chosen.items()}
         projections = proj.project(images, unique, max_batch=self.max_batch)
-        display = _display_images(images)
+        display = tiles_lib.for_display(images)
         with self.writer.as_default(step=step):
             for path in self.layers:
                 top, evo = chosen[path]
@@ -296,16 +289,6 @@ class DeconvnetCallback(VizCallback):
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------
-
-def _display_images(images):
-    """Probe images as uint8 for patches: [0, 255] or [0, 1] kept, anything else stretched."""
-    lo, hi = float(images.min()), float(images.max())
-    if lo >= 0 and hi <= 1:
-        return tiles_lib.to_rgb(np.round(images * 255).astype(np.uint8))
-    if lo >= 0 and hi <= 255:
-        return tiles_lib.to_rgb(np.round(images).astype(np.uint8))
-    return tiles_lib.to_rgb(tiles_lib.normalize(images))
-
 
 def _cut(image, box):
     t, b, lft, r = box

@@ -98,7 +98,7 @@ ds = tf.data.Dataset.from_tensor_slices(x).batch(GLOBAL_BATCH)
 options = tf.data.Options()
 options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
 ds = ds.with_options(options)  # every worker sees the same global batches, split per replica
-viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:4], loss_every_n_steps=1,
+viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:4], losses={"every_n_steps": 1},
                            attribution=["saliency", "grad_cam"])
 first = FirstStep()
 hist = model.fit(ds, epochs=2, verbose=0, callbacks=[first, viz])
