@@ -60,7 +60,7 @@ def panels(run_dir, tag):
     acc = load(run_dir)
     md = acc.SummaryMetadata(tag)
     assert md.plugin_data.plugin_name == metadata.PLUGIN_NAME
-    content = metadata.parse_content(md.plugin_data.content)
+    content = metadata.parse_panel_metadata(md.plugin_data.content)
     steps = []
     for event in acc.Tensors(tag):
         blobs = tf.make_ndarray(event.tensor_proto)

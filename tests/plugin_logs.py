@@ -27,10 +27,11 @@ def photo(seed: int, size: int = 64) -> np.ndarray:
 
 
 def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: int = 8,
-                        attribution: bool = False):
+                        attribution: bool = False, extras: bool = False):
     """Fit ``model`` (one step per epoch) with the real :class:`tbviz.DeconvnetCallback`
     (and :class:`tbviz.AttributionCallback`, Grad-CAM of the true class of 3 probe images,
-    if ``attribution``); returns the run directory ``<log_dir>/train``."""
+    if ``attribution``; with its opt-in Images-dashboard grids and raw tensors if ``extras``);
+    returns the run directory ``<log_dir>/train``."""
     import keras
 
     import tbviz
@@ -40,7 +41,7 @@ def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: 
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callbacks = [tbviz.DeconvnetCallback(log_dir, probe_images=x[:4], layers=layers,
-                                         top_k=top_k)]
+                                         top_k=top_k, image_grids=extras, raw=extras)]
     if attribution:
         callbacks.append(tbviz.AttributionCallback(log_dir, probe_images=x[:3], target=y[:3],
                                                    methods=["grad_cam"]))
@@ -74,10 +75,11 @@ def write_stylized(run_dir, steps, n: int = 3):
 
 def write_dashboard_logs(root):
     """Three runs: ``cnn/train`` (deconvnet on a functional model with a nested block,
-    and Grad-CAM; 5 epochs), ``long/train`` (deconvnet on conv1 of a small Sequential,
+    with the opt-in grids and raw tensors beside its panels, and Grad-CAM; 5 epochs), ``long/train`` (deconvnet on conv1 of a small Sequential,
     50 epochs, top 4) and ``style/train`` (stylized probes). Returns ``{run: run_dir}``."""
     cnn = train_deconvnet_run(os.path.join(root, "cnn"), models.functional_bn_nested(),
-                              ["conv1", "block/inner_conv"], epochs=5, attribution=True)
+                              ["conv1", "block/inner_conv"], epochs=5, attribution=True,
+                              extras=True)
     long = train_deconvnet_run(os.path.join(root, "long"), models.sequential(), ["conv1"],
                                epochs=50, top_k=4)
     style = os.path.join(root, "style", "train")

@@ -83,7 +83,7 @@ def test_summaries_read_back(tmp_path, data):
     step, header, tiles = panels(acc, f"tbviz/deconvnet/{layer}/topk")[1][-1]
     md = acc.SummaryMetadata(f"tbviz/deconvnet/{layer}/topk")
     assert md.plugin_data.plugin_name == "tbviz"
-    content = metadata.parse_content(md.plugin_data.content)
+    content = metadata.parse_panel_metadata(md.plugin_data.content)
     assert content == {"version": 1, "kind": "topk", "layer": layer, "rule": "deconvnet",
                        "k": 4, "layer_index": layer_paths(model).index(layer),
                        "model": model.name}

@@ -62,12 +62,19 @@ def broken(tmp_path_factory):
     header) beside a good one."""
     root = tmp_path_factory.mktemp("broken_logs")
     with tf.summary.create_file_writer(os.path.join(root, "broken", "train")).as_default(step=3):
-        md = metadata.panel_metadata("topk", layer="x", layer_index=0)
+        md = metadata.create_panel_metadata("topk", layer="x", layer_index=0)
         md.plugin_data.content = b"{not json"
         tf.summary.write("tbviz/deconvnet/x/topk", tf.constant([b"{}"]), metadata=md)
-        md = metadata.panel_metadata("stylized", name="probes")
+        md = metadata.create_panel_metadata("stylized", name="probes")
         png = metadata.encode_png(np.zeros((2, 2, 3), np.uint8))
         tf.summary.write("tbviz/stylized/probes", tf.constant([b"\xff garbage", png]), metadata=md)
+        # Written by a future tbviz: a newer panel version, and a kind this build does not know.
+        for tag, change in (("tbviz/future/topk", {"version": metadata.VERSION + 1}),
+                            ("tbviz/future/hologram", {"kind": "hologram"})):
+            md = metadata.create_panel_metadata(metadata.TOPK, layer="x", layer_index=0)
+            content = json.loads(md.plugin_data.content)
+            md.plugin_data.content = json.dumps({**content, **change}).encode()
+            tf.summary.write(tag, tf.constant([b'{"tiles": [{}]}', png]), metadata=md)
     plugin_logs.write_attribution(os.path.join(root, "broken", "train"), [1], n=1)
     return make_client(root)
 
@@ -118,11 +125,18 @@ def test_panels_list_every_run_with_its_contract(client):
     assert all(item["skipped"] == 0 for item in page["items"])
 
 
-def test_unreadable_panels_are_skipped_and_counted(broken):
+def test_unreadable_panels_are_not_served_and_say_why(broken):
     [item] = get_json(broken, "/panels")["items"]
-    assert item["run"] == "broken/train" and item["skipped"] == 1
+    assert item["run"] == "broken/train" and item["skipped"] == 3
     assert [p["tag"] for p in item["panels"]] == ["tbviz/attribution/grad_cam",
                                                   "tbviz/stylized/probes"]
+    why = {p["tag"]: p["error"] for p in item["problems"]}
+    assert why == {
+        "tbviz/deconvnet/x/topk": "unreadable panel metadata (not JSON)",
+        "tbviz/future/topk": f"panel format version {metadata.VERSION + 1} is newer than this "
+                             f"tbviz reads ({metadata.VERSION}); upgrade tbviz to see it",
+        "tbviz/future/hologram": "unknown panel kind 'hologram' (this tbviz knows topk, "
+                                 "evolution, stylized, attribution); upgrade tbviz to see it"}
     [f] = get_json(broken, "/frames", run="broken/train", tag="tbviz/stylized/probes",
                    steps="3")["frames"]
     assert f["tiles"] == [] and f["images"] == 1 and "unreadable" in f["error"]

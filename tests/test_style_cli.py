@@ -90,7 +90,7 @@ def test_train_logs_stylized_probes_as_images_and_tbviz_panel(trained):
     assert [e.step for e in panel] == [2, 3, 4, 6]
     content = acc.SummaryMetadata("tbviz/stylized/probes").plugin_data
     assert content.plugin_name == metadata.PLUGIN_NAME
-    assert metadata.parse_content(content.content)["kind"] == "stylized"
+    assert metadata.parse_panel_metadata(content.content)["kind"] == "stylized"
     step_blobs = tf.make_ndarray(panel[-1].tensor_proto)
     header = metadata.parse_header(step_blobs[0])
     assert [t["label"] for t in header["tiles"]] == ["coffee", "wide"]

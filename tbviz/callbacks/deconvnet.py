@@ -1,19 +1,22 @@
 """Per-epoch deconvnet views of chosen layers (Zeiler & Fergus 2013) in TensorBoard.
 
 At each trigger, for every layer, :class:`DeconvnetCallback` projects the
-strongest activations over the probe images back to pixel space and writes:
+strongest activations over the probe images back to pixel space and writes
+the tbviz tab's panels (see :mod:`tbviz.summary.metadata`):
+``tbviz/deconvnet/<layer>/topk`` (the top-k projections beside the input
+patches under them) and ``tbviz/deconvnet/<layer>/evolution`` (the strongest
+unit of each of a fixed set of feature maps, chosen at train begin, so the
+step slider shows how they change). Contrast is normalized per tile, as in
+the paper. Each tile is stored once; two opt-in extras would each about double
+the event data (README, "A light run"):
 
-* Images dashboard: ``deconvnet/<layer>/projections`` (the top-k projections,
-  a 3x3 grid for k=9), ``deconvnet/<layer>/patches`` (the input patches under
-  them, same order) and ``deconvnet/<layer>/evolution`` (the strongest unit of
-  each of a fixed set of feature maps, chosen at train begin, so the step
-  slider shows how they change). Contrast is normalized per tile, as in the paper.
-* tbviz dashboard panels ``tbviz/deconvnet/<layer>/topk`` and
-  ``tbviz/deconvnet/<layer>/evolution`` (see :mod:`tbviz.summary.metadata`).
-* Raw data for later tools (plugin name ``tbviz_raw``, tensor summaries):
-  ``deconvnet/<layer>/raw`` (float16 projections cut to each unit's receptive
-  field) and ``deconvnet/<layer>/units`` (one row per raw tile, columns in
-  :data:`UNIT_COLUMNS`).
+* ``image_grids=True``: the same tiles as grids for the stock Images dashboard,
+  ``deconvnet/<layer>/projections`` (a 3x3 grid for k=9),
+  ``deconvnet/<layer>/patches`` (same order) and ``deconvnet/<layer>/evolution``;
+* ``raw=True``: raw data for later tools (plugin ``metadata.RAW_PLUGIN_NAME``,
+  tensor summaries): ``deconvnet/<layer>/raw`` (float16 projections cut to each
+  unit's receptive field) and ``deconvnet/<layer>/units`` (one row per raw
+  tile, columns in :data:`UNIT_COLUMNS`).
 
 Example:
     >>> import numpy as np, keras, tbviz
@@ -31,14 +34,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import summary_pb2
-
 from tbviz import deconvnet
 from tbviz.callbacks.base import VizCallback
 from tbviz.checks import positive_int
@@ -48,7 +48,6 @@ from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
 
-RAW_PLUGIN = "tbviz_raw"
 #: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows;
 #: ``top, bottom, left, right`` is the receptive field (clipped to the image) the raw tile
 #: covers, from its top-left corner.
@@ -78,6 +77,9 @@ class DeconvnetCallback(VizCallback):
         channels: feature maps whose evolution to show: a list (for every layer) or
             ``{layer: list}``; by default the ``top_k`` channels with the highest mean
             activation on the probe images at train begin.
+        image_grids: also write the tiles as grids for the stock Images dashboard (a second
+            copy of what the tbviz tab shows; for TensorBoard without tbviz installed).
+        raw: also write the float16 projections and the unit table for later tools.
 
     All arguments are checked here or at train begin, before any training step.
     """
@@ -85,9 +87,11 @@ class DeconvnetCallback(VizCallback):
     def __init__(self, log_dir, probe_images, layers, top_k: int = 9,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
-                 probe_model=None, channels=None, distinct: bool = True):
+                 probe_model=None, channels=None, distinct: bool = True,
+                 image_grids: bool = False, raw: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         self.distinct = bool(distinct)
+        self.image_grids, self.raw = bool(image_grids), bool(raw)
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
@@ -230,7 +234,7 @@ class DeconvnetCallback(VizCallback):
                        for u, b in zip(top + evo, boxes)]
         note = (f"{self.rule} projections of the strongest activations of {path} over the probe "
                 "images; contrast normalized per tile")
-        if k:
+        if k and self.image_grids:
             tf.summary.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
                              description=note + f"; top {k}, strongest first")
@@ -238,7 +242,7 @@ class DeconvnetCallback(VizCallback):
                              tiles_lib.grid(patch_tiles[:k])[None], max_outputs=1,
                              description=f"input patches under the receptive fields of the top "
                                          f"{k} units of {path}, same order as projections")
-        if evo:
+        if evo and self.image_grids:
             tf.summary.image(f"deconvnet/{path}/evolution",
                              tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
                              description=note + "; one fixed feature map per tile, channels "
@@ -252,17 +256,18 @@ class DeconvnetCallback(VizCallback):
         if k:
             tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
                      + [dict(_unit_json(u), role="patch", unit=i) for i, u in enumerate(top)])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", "topk",
+            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK,
                                  pngs[:k] + patch_pngs[:k], tiles,
                                  description=note, **content)
         if evo:
             tiles = ([dict(_unit_json(u), role="projection") for u in evo]
                      + [dict(_unit_json(u), role="patch") for u in evo])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", "evolution",
+            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
                                  pngs[k:] + patch_pngs[k:], tiles,
                                  description="strongest unit of each fixed feature map of "
                                              + path, **content)
-        self._write_raw(path, top, evo, raw, boxes)
+        if self.raw:
+            self._write_raw(path, top, evo, raw, boxes)
 
     def _write_raw(self, path, top, evo, raw, boxes):
         h, w = max(b[1] - b[0] for b in boxes), max(b[3] - b[2] for b in boxes)
@@ -275,13 +280,13 @@ class DeconvnetCallback(VizCallback):
                           for i, (u, box) in enumerate(zip(top + evo, boxes))], np.float64)
         about = {"layer": path, "rule": self.rule, "columns": list(UNIT_COLUMNS)}
         tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
-                         metadata=_raw_metadata(about, "raw projections (float16, clipped to "
-                                                "the float16 range), each cut to its unit's "
-                                                "receptive field from the top-left corner; "
-                                                f"rows match deconvnet/{path}/units"))
+                         metadata=metadata.create_raw_metadata(
+                             "raw projections (float16, clipped to the float16 range), each cut "
+                             "to its unit's receptive field from the top-left corner; rows match "
+                             f"deconvnet/{path}/units", **about))
         tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
-                         metadata=_raw_metadata(about, "one row per raw tile: "
-                                                + ", ".join(UNIT_COLUMNS)))
+                         metadata=metadata.create_raw_metadata(
+                             "one row per raw tile: " + ", ".join(UNIT_COLUMNS), **about))
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------
@@ -319,10 +324,3 @@ def _unit_json(u):
     return {"image_index": int(u.image_index), "row": int(u.row), "col": int(u.col),
             "channel": int(u.channel), "value": value if math.isfinite(value) else None}
 
-
-def _raw_metadata(content, description):
-    md = summary_pb2.SummaryMetadata(summary_description=description,
-                                     data_class=summary_pb2.DATA_CLASS_TENSOR)
-    md.plugin_data.plugin_name = RAW_PLUGIN
-    md.plugin_data.content = json.dumps(content, sort_keys=True).encode("utf-8")
-    return md

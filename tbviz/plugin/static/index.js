@@ -3,12 +3,21 @@
 // plugin's routes (see tbviz_plugin.py). Only what is on screen is fetched: one frame per
 // chosen step, images lazily.
 
+// The views, one row per panel kind (tbviz/summary/metadata.py names the kinds). Adding a
+// kind is its constant there and its row here:
+//   kind     the panel kind the view draws
+//   label    its tab
+//   layered  true: one panel per layer, the one picked in the layer list; false: all at once
+//   steps    stepSlider (one logged step at a time) or stepChips (chosen steps side by side)
+//   draw     (run, tag) => a function of the frame (stepSlider) or frames (stepChips)
+//            returning the element that shows them
 const VIEWS = [
-  { kind: "topk", label: "Top-k", layered: true, many: false },
-  { kind: "evolution", label: "Evolution", layered: true, many: true },
-  { kind: "stylized", label: "Stylized probes", layered: false, many: true },
-  { kind: "attribution", label: "Attribution", layered: false, many: false },
+  { kind: "topk", label: "Top-k", layered: true, steps: stepSlider, draw: topkView },
+  { kind: "evolution", label: "Evolution", layered: true, steps: stepChips, draw: evolutionView },
+  { kind: "stylized", label: "Stylized probes", layered: false, steps: stepChips, draw: stylizedView },
+  { kind: "attribution", label: "Attribution", layered: false, steps: stepSlider, draw: attributionView },
 ];
+const viewOf = (kind) => VIEWS.find((v) => v.kind === kind);
 const MAX_FRAMES = 50; // the server's per-request cap on /frames
 
 const state = {
@@ -363,7 +372,7 @@ const fail = (where) => (err) =>
   where.replaceChildren(h("p", { class: "error" }, String(err.message ?? err)));
 
 async function drawRun(col, entry) {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const ofView = entry.panels.filter((p) => p.kind === view.kind);
   let panels = ofView.filter((p) => !view.layered || layerKey(p) === state.layer);
   if (view.layered && !panels.length) {
@@ -391,15 +400,7 @@ async function drawRun(col, entry) {
     );
     if (p.description) sub.append(h("p", { class: "note" }, p.description));
     col.append(sub);
-    const make = {
-      topk: topkView,
-      evolution: evolutionView,
-      stylized: stylizedView,
-      attribution: attributionView,
-    }[p.kind];
-    await (view.many ? stepChips : stepSlider)(sub, entry.run, p.tag, make(entry.run, p.tag)).catch(
-      fail(sub),
-    );
+    await view.steps(sub, entry.run, p.tag, view.draw(entry.run, p.tag)).catch(fail(sub));
   }
 }
 
@@ -413,7 +414,7 @@ function layers() {
   for (const e of state.runs)
     if (state.selected.has(e.run))
       for (const p of e.panels)
-        if (p.layer != null && (p.kind === "topk" || p.kind === "evolution")) {
+        if (p.layer != null && viewOf(p.kind)?.layered) {
           const k = layerKey(p);
           const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
           index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
@@ -424,7 +425,7 @@ function layers() {
 }
 
 function drawLayers() {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const all = view.layered ? layers() : [];
   if (!all.some((l) => l.key === state.layer)) state.layer = all[0]?.key ?? null;
   const items = all.flatMap((l, n) => [
@@ -471,7 +472,7 @@ function layerKeys(e) {
 }
 
 function drawMain() {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const selected = state.runs.filter((e) => state.selected.has(e.run));
   // Runs without this view's panels get a line, not an empty column.
   const shown = selected.filter((e) => e.panels.some((p) => p.kind === view.kind));
@@ -483,8 +484,6 @@ function drawMain() {
   ui.main.replaceChildren(
     ...shown.map((e) => {
       const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
-      if (e.skipped)
-        col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
       drawRun(col, e).catch(fail(col));
       return col;
     }),
@@ -494,6 +493,16 @@ function drawMain() {
     ui.main.append(
       h("p", { class: "note wide" }, `No ${view.label} panels in ${others.join(", ")}.`),
     );
+  // Panels the server could not read (e.g. written by a newer tbviz) or that no view draws
+  // are said, never drawn as something else.
+  const undrawn = selected.flatMap((e) => [
+    ...(e.problems ?? []).map((p) => `${e.run}: ${p.tag} not shown: ${p.error}`),
+    ...e.panels
+      .filter((p) => !viewOf(p.kind))
+      .map((p) => `${e.run}: ${p.tag} not shown: no view of kind ${p.kind} in this dashboard`),
+  ]);
+  if (undrawn.length)
+    ui.main.append(h("ul", { class: "error wide problems" }, undrawn.map((m) => h("li", {}, m))));
 }
 
 function drawToolbar() {
@@ -590,7 +599,7 @@ function setTile(px) {
 function pickView(kind) {
   state.view = kind;
   for (const tab of ui.toolbar.querySelectorAll("[role=tab]")) {
-    const on = tab.textContent === VIEWS.find((v) => v.kind === kind).label;
+    const on = tab.textContent === viewOf(kind).label;
     tab.setAttribute("aria-selected", String(on));
     tab.tabIndex = on ? 0 : -1;
   }
