@@ -67,9 +67,11 @@ def fit_logged(tmp_path, data, **options):
 
 def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
     model, probes, expected_channels, acc = fit_logged(tmp_path, data)
-    # Only the tbviz tab's panels: no Images-dashboard copy, no raw tensors (both opt-in).
-    assert acc.Tags()["tensors"] == [f"tbviz/deconvnet/{layer}/{kind}" for layer in
-                                     ("conv1", "relu2") for kind in ("topk", "evolution")]
+    # Only the tbviz tab's panels and the probe images their patches are cut from: no
+    # Images-dashboard copy, no raw tensors (both opt-in).
+    assert sorted(acc.Tags()["tensors"]) == sorted(
+        [f"tbviz/deconvnet/{layer}/{kind}" for layer in ("conv1", "relu2")
+         for kind in ("topk", "evolution")] + [f"tbviz/deconvnet/{model.name}/probes"])
     for tag in acc.Tags()["tensors"]:
         assert [e.step for e in acc.Tensors(tag)] == [2, 4]
 
@@ -88,9 +90,10 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
     md = acc.SummaryMetadata(f"tbviz/deconvnet/{layer}/topk")
     assert md.plugin_data.plugin_name == "tbviz"
     content = metadata.parse_panel_metadata(md.plugin_data.content)
-    assert content == {"version": 1, "kind": "topk", "layer": layer, "rule": "deconvnet",
-                       "k": 4, "layer_index": layer_paths(model).index(layer),
-                       "model": model.name}
+    probes_tag = f"tbviz/deconvnet/{model.name}/probes"
+    assert content == {"version": metadata.VERSION, "kind": "topk", "layer": layer,
+                       "rule": "deconvnet", "k": 4, "layer_index": layer_paths(model).index(layer),
+                       "model": model.name, "sources": probes_tag, "source_size": [12, 12]}
     assert step == 4 and len(tiles) == 8
     assert [t["role"] for t in header["tiles"]] == ["projection"] * 4 + ["patch"] * 4
     for i, (u, t) in enumerate(zip(units + units, header["tiles"])):
@@ -101,9 +104,13 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
         t, b, lft, r = box
         want = tiles_lib.to_rgb(tiles_lib.normalize(p[None, t:b, lft:r]))[0]
         np.testing.assert_array_equal(tiles[i], enlarge(want, side))
-        patch = np.round(patches[i]).astype(np.uint8)
-        np.testing.assert_array_equal(tiles[4 + i], enlarge(patch, side))
-    assert max(t.shape[0] for t in tiles) >= 64  # an 8x8 field is enlarged to be seen
+        # The patch is cut by the dashboard from the probe image, stored once per step.
+        assert header["tiles"][4 + i]["crop"] == list(box)
+        np.testing.assert_array_equal(tiles[4 + i], np.round(patches[i]).astype(np.uint8))
+    assert max(t.shape[0] for t in tiles[:4]) >= 64  # an 8x8 field is enlarged to be seen
+    probe_steps = panels(acc, probes_tag)[1]
+    assert [step for step, _, _ in probe_steps] == [2, 4]
+    np.testing.assert_array_equal(probe_steps[-1][2], np.round(probes).astype(np.uint8))
 
     # Evolution: the same fixed channels at every step, each its strongest unit.
     evo = panels(acc, f"tbviz/deconvnet/{layer}/evolution")[1]
@@ -128,8 +135,12 @@ def test_opt_in_grids_and_raw_tensors_hold_what_the_panels_show(tmp_path, data):
     layer = "relu2"
     _, _, tiles = panels(acc, f"tbviz/deconvnet/{layer}/topk")[1][-1]
     _, _, evo_tiles = panels(acc, f"tbviz/deconvnet/{layer}/evolution")[1][-1]
-    # Images-dashboard grids: the panels' tiles, one grid of k each (2x2 for k=4).
-    for name, grid_tiles in (("projections", tiles[:4]), ("patches", tiles[4:]),
+    # Images-dashboard grids: the panels' tiles, one grid of k each (2x2 for k=4). That
+    # dashboard shows images at their own size, so its patches are enlarged like the
+    # projections (the tbviz tab scales its crops in the browser).
+    scale = tiles[0].shape[0] // tiles[4].shape[0]  # unit 0's projection and its patch
+    patches = [np.repeat(np.repeat(t, scale, 0), scale, 1) for t in tiles[4:]]
+    for name, grid_tiles in (("projections", tiles[:4]), ("patches", patches),
                              ("evolution", evo_tiles[:4])):
         grid = image_steps(acc.Tensors(f"deconvnet/{layer}/{name}")[-1])[0]
         th, tw = max(t.shape[0] for t in grid_tiles), max(t.shape[1] for t in grid_tiles)
@@ -191,11 +202,8 @@ def test_probe_model_and_images_as_callables(tmp_path):
     assert [(t["image_index"], t["row"], t["col"], t["channel"])
             for t in header["tiles"][:3]] == [tuple(u[:4]) for u in units]
     patches = deconvnet.patches(loss_net, seen[-1], "vgg/b2", units)
-    evo_units = deconvnet.strongest(loss_net, seen[-1], "vgg/b2", channels=[0, 2])
-    side = max(max(p.shape[:2]) for p in
-               deconvnet.patches(loss_net, seen[-1], "vgg/b2", units + evo_units))
-    for tile, p in zip(tiles[3:], patches):
-        np.testing.assert_array_equal(tile, enlarge(np.round(p).astype(np.uint8), side))
+    for tile, p in zip(tiles[3:], patches):  # cut from the stylized photos of that step
+        np.testing.assert_array_equal(tile, np.round(p).astype(np.uint8))
     evo = panels(acc, "tbviz/deconvnet/vgg/b2/evolution")[1][-1][1]
     assert [t["channel"] for t in evo["tiles"]] == [0, 2, 0, 2]
 

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import tbviz
-from eventfiles import images, load, scalars
+from eventfiles import images, load, panels, scalars
 from models import compile, data, sequential
 from style_transfer import cli
 from style_transfer.callbacks import Checkpointing, NonFiniteLossGuard, StylizedProbes
@@ -151,7 +151,9 @@ def test_every_tbviz_callback_tolerates_nan_and_inf_weights(tmp_path, caplog):
         said = [m for m in messages if needle in m]
         assert len(said) == 1, (needle, messages)  # said, once, over two epochs
     # Every image still draws: two steps each, decodable, finite pixels only.
-    for tag in ("deconvnet/conv1/projections", "attribution/saliency", "attribution/grad_cam",
+    deconvnet = panels(tmp_path / "train", "tbviz/deconvnet/conv1/topk")[1]
+    assert len(deconvnet) == 2 and all(p.dtype == np.uint8 for _, _, ps in deconvnet for p in ps)
+    for tag in ("attribution/saliency", "attribution/grad_cam",
                 "feature_maps/conv2", "kernels/conv1", "synthesis/conv2/0",
                 "synthesis/inversion/conv1", "stylized/probes"):
         logged = images(tmp_path / "train", tag)

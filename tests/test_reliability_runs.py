@@ -181,7 +181,7 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, reference):
     ref_dir, expected = reference
     assert_same_curve(tensorboard_view(run, "batch_loss"), expected, rtol=1e-5)
     assert [s for s, _ in tensorboard_view(run, "epoch_loss")] == [0, 1, 2]
-    for tag in ("stylized/probes", "deconvnet/conv1/projections"):  # every 3 steps, epoch ends
+    for tag in ("stylized/probes", "tbviz/deconvnet/conv1/topk"):  # every 3 steps, epoch ends
         assert image_steps(run, tag) == image_steps(ref_dir / "train", tag) == [3, 4, 6, 8, 9, 12]
     assert_same_net(ref_dir, log_dir, atol=1e-3)
 

@@ -118,13 +118,17 @@ def test_train_logs_deconvnet_of_transform_net_and_of_vgg_through_the_stylized_o
     acc = eventfiles.load(trained["log_dir"] / "train")
     tags = acc.Tags()["tensors"]
     for layer in ("conv1", "block1_conv1"):  # --transform-layers conv1 --vgg-layers block1_conv1
-        for kind in ("projections", "patches"):
-            assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/{kind}")] == [2, 3, 4, 6]
-        assert f"tbviz/deconvnet/{layer}/topk" in tags
+        for kind in ("topk", "evolution"):
+            assert [e.step for e in acc.Tensors(f"tbviz/deconvnet/{layer}/{kind}")] == [2, 3, 4, 6]
+    # Each tile once: no Images-dashboard copies nor raw tensors at the defaults.
+    assert not [t for t in tags if t.startswith("deconvnet/")]
     # VGG19 looks at the stylized probes: its input patches change as the net learns.
-    patches = acc.Tensors("deconvnet/block1_conv1/patches")
-    first, last = (tf.make_ndarray(e.tensor_proto)[2:].tolist() for e in (patches[0], patches[-1]))
-    assert first != last
+    steps = eventfiles.panels(acc, "tbviz/deconvnet/block1_conv1/topk")[1]
+    (_, first_header, first), (_, last_header, last) = steps[0], steps[-1]
+    patch = [i for i, t in enumerate(last_header["tiles"]) if t["role"] == "patch"]
+    assert [t["role"] for t in first_header["tiles"]] == [t["role"] for t in last_header["tiles"]]
+    assert any(first[i].shape != last[i].shape or not np.array_equal(first[i], last[i])
+               for i in patch)
 
 
 def test_resume_mid_epoch_continues_exactly(trained, tmp_path, content_dir):

@@ -7,8 +7,10 @@ the tbviz tab's panels (see :mod:`tbviz.summary.metadata`):
 patches under them) and ``tbviz/deconvnet/<layer>/evolution`` (the strongest
 unit of each of a fixed set of feature maps, chosen at train begin, so the
 step slider shows how they change). Contrast is normalized per tile, as in
-the paper. Each tile is stored once; two opt-in extras would each about double
-the event data (README, "A light run"):
+the paper. The input patches are crops of the probe images, which are written
+once per trigger as ``tbviz/deconvnet/<model>/probes``. Each image is stored
+once; two opt-in extras would each about double the event data (README,
+"A light run"):
 
 * ``image_grids=True``: the same tiles as grids for the stock Images dashboard,
   ``deconvnet/<layer>/projections`` (a 3x3 grid for k=9),
@@ -206,6 +208,7 @@ class DeconvnetCallback(VizCallback):
         projections = proj.project(images, unique, max_batch=self.max_batch)
         display = _display_images(images)
         with self.writer.as_default(step=step):
+            self._write_probes(display)
             for path in self.layers:
                 top, evo = chosen[path]
                 units = top + evo
@@ -226,15 +229,58 @@ class DeconvnetCallback(VizCallback):
                     boxes = [deconvnet.support_window(r) for r in raw]
                 self._write_layer(path, top, evo, raw, boxes, display)
 
+    @property
+    def probes_tag(self) -> str:
+        """Tag of the probe images the patches are cut from (one per probe model and run)."""
+        return f"tbviz/deconvnet/{self._projector.model.name}/probes"
+
+    def _write_probes(self, display):
+        """The probe images of this step, once: every layer's patches are crops of them."""
+        metadata.write_panel(
+            self.probes_tag, metadata.PROBES, [metadata.encode_png(im) for im in display],
+            tiles=[{"label": f"image {i}", "index": i} for i in range(len(display))],
+            description=f"the probe images the deconvnet of {self._projector.model.name} looked "
+                        "at; the input patches of its panels are cut from them",
+            model=self._projector.model.name)
+
     def _write_layer(self, path, top, evo, raw, boxes, display):
         k = len(top)
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
-        patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
-                       for u, b in zip(top + evo, boxes)]
         note = (f"{self.rule} projections of the strongest activations of {path} over the probe "
                 "images; contrast normalized per tile")
-        if k and self.image_grids:
+        if self.image_grids:
+            patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
+                           for u, b in zip(top + evo, boxes)]
+            self._write_grids(path, top, evo, proj_tiles, patch_tiles, note)
+        # "model" lets the dashboard group layers when two networks log into one run
+        # (the style pipeline's transform-net and VGG19).
+        content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
+                   "k": self.top_k, "model": self._projector.model.name,
+                   "sources": self.probes_tag, "source_size": list(display.shape[1:3])}
+        pngs = [metadata.encode_png(t) for t in proj_tiles]
+        # A patch is its probe image cut to the unit's receptive field: stored once, in the
+        # probes panel, and cut out by the dashboard.
+        patches = [dict(_unit_json(u), role="patch", source=int(u.image_index),
+                        crop=[int(v) for v in b]) for u, b in zip(top + evo, boxes)]
+        if k:
+            tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
+                     + [dict(t, unit=i) for i, t in enumerate(patches[:k])])
+            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK, pngs[:k],
+                                 tiles, description=note, **content)
+        if evo:
+            tiles = [dict(_unit_json(u), role="projection") for u in evo] + patches[k:]
+            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
+                                 pngs[k:], tiles,
+                                 description="strongest unit of each fixed feature map of "
+                                             + path, **content)
+        if self.raw:
+            self._write_raw(path, top, evo, raw, boxes)
+
+    def _write_grids(self, path, top, evo, proj_tiles, patch_tiles, note):
+        """The opt-in copy of the tiles as grids for the stock Images dashboard."""
+        k = len(top)
+        if k:
             tf.summary.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
                              description=note + f"; top {k}, strongest first")
@@ -242,32 +288,11 @@ class DeconvnetCallback(VizCallback):
                              tiles_lib.grid(patch_tiles[:k])[None], max_outputs=1,
                              description=f"input patches under the receptive fields of the top "
                                          f"{k} units of {path}, same order as projections")
-        if evo and self.image_grids:
+        if evo:
             tf.summary.image(f"deconvnet/{path}/evolution",
                              tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
                              description=note + "; one fixed feature map per tile, channels "
                                          + ", ".join(str(u.channel) for u in evo))
-        # "model" lets the dashboard group layers when two networks log into one run
-        # (the style pipeline's transform-net and VGG19).
-        content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
-                   "k": self.top_k, "model": self._projector.model.name}
-        pngs = [metadata.encode_png(t) for t in proj_tiles]
-        patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
-        if k:
-            tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
-                     + [dict(_unit_json(u), role="patch", unit=i) for i, u in enumerate(top)])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK,
-                                 pngs[:k] + patch_pngs[:k], tiles,
-                                 description=note, **content)
-        if evo:
-            tiles = ([dict(_unit_json(u), role="projection") for u in evo]
-                     + [dict(_unit_json(u), role="patch") for u in evo])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
-                                 pngs[k:] + patch_pngs[k:], tiles,
-                                 description="strongest unit of each fixed feature map of "
-                                             + path, **content)
-        if self.raw:
-            self._write_raw(path, top, evo, raw, boxes)
 
     def _write_raw(self, path, top, evo, raw, boxes):
         h, w = max(b[1] - b[0] for b in boxes), max(b[3] - b[2] for b in boxes)

@@ -222,9 +222,13 @@ def _header(blob: bytes, n_images: int) -> dict:
     except (ValueError, KeyError, TypeError):
         return {"tiles": [], "groups": [], "images": n_images, "error": "unreadable header"}
     extra = {k: v for k, v in header.items() if k not in ("tiles", "groups")}
-    out = {**extra, "tiles": tiles[:n_images], "groups": groups, "images": n_images}
-    if len(tiles) != n_images:
-        out["error"] = f"header lists {len(tiles)} tiles for {n_images} images"
+    out = {**extra, "tiles": tiles, "groups": groups, "images": n_images}
+    # Tiles with a crop are cut from the panel's sources; the others are its images, in order.
+    own = [i for i, t in enumerate(tiles) if not (isinstance(t, dict) and "crop" in t)]
+    if len(own) != n_images:
+        out["error"] = f"header lists {len(own)} tiles with images for {n_images} images"
+        if len(own) > n_images:
+            out["tiles"] = tiles[:own[n_images]]
     return out
 
 

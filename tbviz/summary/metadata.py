@@ -22,7 +22,13 @@ A panel summary is written with
   in one run, e.g. a transform-net and VGG19, are listed apart),
 * a 1-D string tensor per step: ``[json_bytes, png_1, ..., png_n]``. Blob 0 is
   JSON describing this step's tiles (``{"tiles": [{...}, ...], "groups": [...]}``);
-  blobs 1..n are PNG images in the order the JSON lists them.
+  blobs 1..n are PNG images of the tiles, in the order the JSON lists them, except
+  the tiles that carry a ``crop`` (version 2): those have no image of their own, the
+  dashboard cuts them out of image ``source`` of the panel named by the content's
+  ``sources`` tag (a PROBES panel, blob ``source + 1``) at the same step:
+  ``"crop": [top, bottom, left, right]`` in the pixels of that image, whose size is
+  the content's ``source_size``, ``[height, width]``. So an input patch is stored
+  once, as part of its probe image, however many units and layers show it.
 
 Kinds written today (tags under ``tbviz/``):
 
@@ -33,6 +39,7 @@ TOPK          ``tbviz/deconvnet/<layer>/topk``           k projections then k pa
 EVOLUTION     ``tbviz/deconvnet/<layer>/evolution``      fixed feature maps' strongest
 STYLIZED      ``tbviz/stylized/<name>``                  stylized probe photos
 ATTRIBUTION   ``tbviz/attribution/<method>``             heatmaps over the probe images
+PROBES        ``tbviz/deconvnet/<model>/probes``         the images a deconvnet looked at
 ============= ========================================== ===============================
 
 **Adding a kind** takes two lines: a constant here (``SALIENCY_GRID = "saliency_grid"``,
@@ -72,15 +79,17 @@ from tensorboard.compat.proto import summary_pb2
 PLUGIN_NAME = "tbviz"
 #: Plugin name of raw tensors for later tools (no dashboard draws them).
 RAW_PLUGIN_NAME = "tbviz_raw"
-#: Version of the panel format this build writes, and the newest it reads.
-VERSION = 1
+#: Version of the panel format this build writes, and the newest it reads. 2: tiles may
+#: be crops of a PROBES panel's images instead of images of their own.
+VERSION = 2
 
 #: Panel kinds: one constant each, and one row in ``VIEWS`` of ``static/index.js``.
 TOPK = "topk"
 EVOLUTION = "evolution"
 STYLIZED = "stylized"
 ATTRIBUTION = "attribution"
-KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION)
+PROBES = "probes"
+KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES)
 
 
 #: zlib level of the tiles' PNGs. 6 (PNG's usual) is 9% smaller than 1 on the style
@@ -115,7 +124,7 @@ def create_panel_metadata(kind: str, description: str = "",
     >>> create_panel_metadata("histogram")
     Traceback (most recent call last):
     ...
-    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution
+    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution, probes
     """
     if kind not in KINDS:
         raise ValueError(f"unknown panel kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -132,7 +141,7 @@ def parse_panel_metadata(content: bytes) -> dict:
     >>> parse_panel_metadata(b'{"version": 9, "kind": "topk"}')
     Traceback (most recent call last):
     ...
-    tbviz.summary.metadata.PanelError: panel format version 9 is newer than this tbviz reads (1); upgrade tbviz to see it
+    tbviz.summary.metadata.PanelError: panel format version 9 is newer than this tbviz reads (2); upgrade tbviz to see it
     """
     try:
         data = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
@@ -159,7 +168,8 @@ def parse_header(blob: bytes) -> dict:
 
 def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = "",
                 groups=None, **content):
-    """Write one panel step: ``tiles`` (list of dicts) describe ``pngs`` one to one.
+    """Write one panel step: ``tiles`` (list of dicts) describe ``pngs`` one to one, except
+    tiles with a ``crop``, which are cut from the ``sources`` panel (see above).
 
     Must run under a default writer (``with writer.as_default(step=...)``).
     Returns what ``tf.summary.write`` returns (False without a default writer).
@@ -169,8 +179,12 @@ def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = 
     import tensorflow as tf
 
     pngs = list(pngs)
-    if len(pngs) != len(tiles):
-        raise ValueError(f"{len(pngs)} images but {len(tiles)} tile descriptions")
+    own = [t for t in tiles if "crop" not in t]
+    if len(pngs) != len(own):
+        raise ValueError(f"{len(pngs)} images but {len(own)} tile descriptions without a crop")
+    if len(own) < len(tiles) and "sources" not in content:
+        raise ValueError("tiles with a crop need the sources tag they are cut from "
+                         "(sources=..., source_size=[height, width])")
     header = json.dumps({"tiles": list(tiles), "groups": groups or []}, default=_jsonable)
     blobs = tf.constant([header.encode("utf-8")] + pngs, dtype=tf.string)
     return tf.summary.write(tag, blobs, step=step,
