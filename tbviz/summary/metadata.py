@@ -46,7 +46,7 @@ PROBES        ``tbviz/deconvnet/<model>/probes``         the images a deconvnet 
 added to :data:`KINDS`), and one row in ``VIEWS`` of ``tbviz/plugin/static/index.js``
 (``{kind: "saliency_grid", label: ..., layered: ..., steps: ..., draw: ...}``) naming
 its renderer and whether it is per layer. The callback then writes it with
-:func:`write_panel`. A kind without a row is listed by the tab as "not drawn here".
+:func:`write_panel`. A panel of a kind without a row is listed by the tab as not shown.
 
 **The version** is that of the panel format (content and blob layout), not of tbviz.
 Bump :data:`VERSION` only when an older dashboard would mis-draw the new panels; the
@@ -138,10 +138,11 @@ def parse_panel_metadata(content: bytes) -> dict:
     Raises :class:`PanelError` saying why when the content is not JSON, names no
     known kind, or carries a version this build does not read (a newer tbviz wrote it).
 
-    >>> parse_panel_metadata(b'{"version": 9, "kind": "topk"}')
-    Traceback (most recent call last):
-    ...
-    tbviz.summary.metadata.PanelError: panel format version 9 is newer than this tbviz reads (2); upgrade tbviz to see it
+    >>> try:
+    ...     parse_panel_metadata(b'{"version": 9, "kind": "topk"}')
+    ... except PanelError as err:
+    ...     print(err)
+    panel format version 9 is newer than this tbviz reads (2); upgrade tbviz to see it
     """
     try:
         data = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
