@@ -32,7 +32,6 @@ import collections
 import contextlib
 import glob
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -167,29 +166,21 @@ def rss_of_tree(pid):
 
 
 def serve_rss(logdir, logs, timeout):
-    """RSS of ``tensorboard --logdir`` (default fast loading) once it has loaded step ``logs``."""
-    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    port = tbserver.free_port()
-    proc = subprocess.Popen([exe, "--logdir", logdir, "--port", str(port), "--host",
-                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=train&tag={LOADED_TAG}"
-    t0 = time.perf_counter()
-    try:
+    """RSS of ``tensorboard --logdir`` (default fast loading) once it has loaded step ``logs``,
+    and the seconds it took."""
+    with tbserver.tensorboard_process(logdir) as (url, proc):
+        t0 = time.perf_counter()
+        scalars = f"{url}/data/plugin/scalars/scalars?run=train&tag={LOADED_TAG}"
+
         def loaded():
             with contextlib.suppress(OSError, ValueError, TypeError, IndexError):
-                return tbserver.get(url, timeout=10)[-1][1] == logs
+                return tbserver.get(scalars, timeout=10)[-1][1] == logs
             return False
 
         tbserver.wait_for(loaded, timeout=timeout, interval=1)
         seconds = time.perf_counter() - t0
         time.sleep(2)  # let the data server settle after its last read
         return rss_of_tree(proc.pid), seconds
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main():

@@ -104,6 +104,19 @@ def write_two_networks(run_dir):
     return layers
 
 
+def write_from_the_future(run_dir, step: int = 1):
+    """Two panels a newer tbviz could write: ``tbviz/future/topk`` with the next panel format
+    version and ``tbviz/future/hologram`` of a kind this build does not know."""
+    png = metadata.encode_png(photo(0, 16))
+    with tf.summary.create_file_writer(str(run_dir)).as_default(step=step):
+        for tag, change in (("tbviz/future/topk", {"version": metadata.VERSION + 1}),
+                            ("tbviz/future/hologram", {"kind": "hologram"})):
+            md = metadata.create_panel_metadata(metadata.TOPK, layer="x", layer_index=0)
+            content = json.loads(md.plugin_data.content)
+            md.plugin_data.content = json.dumps({**content, **change}).encode()
+            tf.summary.write(tag, tf.constant([b'{"tiles": [{}]}', png]), metadata=md)
+
+
 _BUILT = {}
 
 

@@ -21,6 +21,7 @@ import pytest
 import plugin_logs
 import tbserver
 from tbviz.plugin import tbviz_plugin
+from tbviz.summary import metadata
 
 pytestmark = pytest.mark.browser
 
@@ -68,6 +69,7 @@ def server(browser, tmp_path_factory):
     shutil.copytree(shared, logdir)
     runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
     plugin_logs.write_two_networks(logdir / "two_nets" / "train")
+    plugin_logs.write_from_the_future(logdir / "future" / "train")
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
     log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed in finally)
@@ -245,6 +247,18 @@ def test_runs_side_by_side_stylized_and_attribution(tab, server, tmp_path):
     assert texts(frame, ".grid.wide figcaption") == [
         f"image {t['image_index']}\ntarget {t['target']}" for t in tiles]
     assert len(tiles) == 3 and all_decoded(frame, 3) == 3
+
+
+def test_panels_of_a_newer_tbviz_are_said_not_drawn(tab):
+    page, frame, _ = tab
+    frame.get_by_role("checkbox", name="future/train", exact=True).check()
+    frame.wait_for_selector(".problems li")
+    assert sorted(texts(frame, ".problems li")) == [
+        "future/train: tbviz/future/hologram not shown: unknown panel kind 'hologram' (this "
+        f"tbviz knows {', '.join(metadata.KINDS)}); upgrade tbviz to see it",
+        f"future/train: tbviz/future/topk not shown: panel format version {metadata.VERSION + 1}"
+        f" is newer than this tbviz reads ({metadata.VERSION}); upgrade tbviz to see it"]
+    assert texts(frame, ".run h2") == ["cnn/train"]  # no column, no tile for it
 
 
 def test_entry_point_registers_the_tab():

@@ -68,13 +68,7 @@ def broken(tmp_path_factory):
         md = metadata.create_panel_metadata("stylized", name="probes")
         png = metadata.encode_png(np.zeros((2, 2, 3), np.uint8))
         tf.summary.write("tbviz/stylized/probes", tf.constant([b"\xff garbage", png]), metadata=md)
-        # Written by a future tbviz: a newer panel version, and a kind this build does not know.
-        for tag, change in (("tbviz/future/topk", {"version": metadata.VERSION + 1}),
-                            ("tbviz/future/hologram", {"kind": "hologram"})):
-            md = metadata.create_panel_metadata(metadata.TOPK, layer="x", layer_index=0)
-            content = json.loads(md.plugin_data.content)
-            md.plugin_data.content = json.dumps({**content, **change}).encode()
-            tf.summary.write(tag, tf.constant([b'{"tiles": [{}]}', png]), metadata=md)
+    plugin_logs.write_from_the_future(os.path.join(root, "broken", "train"))
     plugin_logs.write_attribution(os.path.join(root, "broken", "train"), [1], n=1)
     return make_client(root)
 
@@ -287,3 +281,5 @@ def test_docstring_example_runs():
 
     result = doctest.testmod(tbviz_plugin)
     assert result.attempted >= 3 and result.failed == 0
+    result = doctest.testmod(metadata)  # the panel contract's examples
+    assert result.attempted >= 10 and result.failed == 0
