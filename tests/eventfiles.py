@@ -63,9 +63,16 @@ def panels(run_dir, tag):
     md = acc.SummaryMetadata(tag)
     assert md.plugin_data.plugin_name == metadata.PLUGIN_NAME
     content = metadata.parse_panel_metadata(md.plugin_data.content)
-    sources = {}
-    if content.get("sources"):
-        sources = {step: pics for step, _, pics in panels(acc, content["sources"])[1]}
+    sources = {}  # tag -> {step: images}
+
+    def source(tile, step):
+        tag = tile.get("sources", content.get("sources"))
+        if tag not in sources:
+            sources[tag] = {s: pics for s, _, pics in panels(acc, tag)[1]}
+        image = sources[tag][step][tile["source"]]
+        assert list(image.shape[:2]) == tile.get("source_size", content.get("source_size"))
+        return image
+
     steps = []
     for event in acc.Tensors(tag):
         blobs = tf.make_ndarray(event.tensor_proto)
@@ -75,9 +82,7 @@ def panels(run_dir, tag):
         for t in header["tiles"]:
             if "crop" in t:
                 top, bottom, left, right = t["crop"]
-                source = sources[event.step][t["source"]]
-                assert list(source.shape[:2]) == content["source_size"]
-                pics.append(source[top:bottom, left:right])
+                pics.append(source(t, event.step)[top:bottom, left:right])
             else:
                 pics.append(next(own))
         assert next(own, None) is None, f"{tag} step {event.step}: images no tile describes"

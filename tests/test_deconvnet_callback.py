@@ -121,6 +121,15 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
         assert len(tiles) == 8
     assert [(t["image_index"], t["row"], t["col"]) for t in evo[-1][1]["tiles"][:4]] == [
         (u.image_index, u.row, u.col) for u in final]
+    # Each shows its unit's projection; one also in the top-k is that panel's tile, not a copy.
+    final_proj = deconvnet.project(model, probes, layer, final)
+    final_boxes = deconvnet.windows(model, probes.shape[1:], layer, final)
+    for i, ((t, b, lft, r), p) in enumerate(zip(final_boxes, final_proj)):
+        want = tiles_lib.to_rgb(tiles_lib.normalize(p[None, t:b, lft:r]))[0]
+        np.testing.assert_array_equal(evo[-1][2][i], enlarge(want, side))
+    shared = [t for t in evo[-1][1]["tiles"][:4] if "crop" in t]
+    assert 0 < len(shared) == len(set(final) & set(units)) < 4  # both kinds of tile here
+    assert all(t["sources"] == f"tbviz/deconvnet/{layer}/topk" for t in shared)
 
 
 def test_opt_in_grids_and_raw_tensors_hold_what_the_panels_show(tmp_path, data):

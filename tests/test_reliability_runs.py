@@ -181,7 +181,7 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, reference):
     ref_dir, expected = reference
     assert_same_curve(tensorboard_view(run, "batch_loss"), expected, rtol=1e-5)
     assert [s for s, _ in tensorboard_view(run, "epoch_loss")] == [0, 1, 2]
-    for tag in ("stylized/probes", "tbviz/deconvnet/conv1/topk"):  # every 3 steps, epoch ends
+    for tag in ("tbviz/stylized/probes", "tbviz/deconvnet/conv1/topk"):  # every 3, epoch ends
         assert image_steps(run, tag) == image_steps(ref_dir / "train", tag) == [3, 4, 6, 8, 9, 12]
     assert_same_net(ref_dir, log_dir, atol=1e-3)
 
@@ -200,7 +200,7 @@ def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, reference):
     got = tensorboard_view(log_dir / "train", "batch_loss")
     assert got[0][1] == pytest.approx(expected[0][1], rel=1e-6)  # before any update
     assert_same_curve(got, expected, rtol=1e-4)  # 12 Adam steps of rounding apart
-    assert image_steps(log_dir / "train", "stylized/probes") == [3, 4, 6, 8, 9, 12]
+    assert image_steps(log_dir / "train", "tbviz/stylized/probes") == [3, 4, 6, 8, 9, 12]
     assert_same_net(ref_dir, log_dir, atol=1.0)
 
 

@@ -258,7 +258,6 @@ class DeconvnetCallback(VizCallback):
         content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
                    "k": self.top_k, "model": self._projector.model.name,
                    "sources": self.probes_tag, "source_size": list(display.shape[1:3])}
-        pngs = [metadata.encode_png(t) for t in proj_tiles]
         # A patch is its probe image cut to the unit's receptive field: stored once, in the
         # probes panel, and cut out by the dashboard.
         patches = [dict(_unit_json(u), role="patch", source=int(u.image_index),
@@ -266,12 +265,23 @@ class DeconvnetCallback(VizCallback):
         if k:
             tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
                      + [dict(t, unit=i) for i, t in enumerate(patches[:k])])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK, pngs[:k],
-                                 tiles, description=note, **content)
+            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK,
+                                 [metadata.encode_png(t) for t in proj_tiles[:k]], tiles,
+                                 description=note, **content)
         if evo:
-            tiles = [dict(_unit_json(u), role="projection") for u in evo] + patches[k:]
+            # A unit also in the top-k shows that panel's tile (the whole of it), stored once.
+            rank = {u: i for i, u in enumerate(top)}
+            tiles, pngs = [], []
+            for u, t in zip(evo, proj_tiles[k:]):
+                tiles.append(dict(_unit_json(u), role="projection"))
+                if u in rank:
+                    tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=rank[u],
+                                     crop=[0, t.shape[0], 0, t.shape[1]],
+                                     source_size=list(t.shape[:2]))
+                else:
+                    pngs.append(metadata.encode_png(t))
             metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
-                                 pngs[k:], tiles,
+                                 pngs, tiles + patches[k:],
                                  description="strongest unit of each fixed feature map of "
                                              + path, **content)
         if self.raw:

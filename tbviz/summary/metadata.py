@@ -28,7 +28,9 @@ A panel summary is written with
   ``sources`` tag (a PROBES panel, blob ``source + 1``) at the same step:
   ``"crop": [top, bottom, left, right]`` in the pixels of that image, whose size is
   the content's ``source_size``, ``[height, width]``. So an input patch is stored
-  once, as part of its probe image, however many units and layers show it.
+  once, as part of its probe image, however many units and layers show it. A tile
+  may name its own ``sources`` and ``source_size`` instead (an evolution tile that is
+  also a top-k tile is the whole of that top-k panel's image ``source``).
 
 Kinds written today (tags under ``tbviz/``):
 
@@ -183,7 +185,7 @@ def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = 
     own = [t for t in tiles if "crop" not in t]
     if len(pngs) != len(own):
         raise ValueError(f"{len(pngs)} images but {len(own)} tile descriptions without a crop")
-    if len(own) < len(tiles) and "sources" not in content:
+    if any("sources" not in t for t in tiles if "crop" in t) and "sources" not in content:
         raise ValueError("tiles with a crop need the sources tag they are cut from "
                          "(sources=..., source_size=[height, width])")
     header = json.dumps({"tiles": list(tiles), "groups": groups or []}, default=_jsonable)

@@ -109,8 +109,8 @@ function byRole(frame) {
 
 // -- one tile: the image and what it shows -------------------------------------------------
 // Tile k's image: its own blob (the tiles without a crop are blobs 1..n, in order) or, for a
-// tile with a crop, the part of the probe image it is cut from, blob source + 1 of the
-// panel's sources at the same step (see tbviz/summary/metadata.py).
+// tile with a crop, the part of the image it is cut from: blob source + 1 of the tile's or
+// else the panel's sources at the same step (see tbviz/summary/metadata.py).
 function tileImage(run, panel, frame, k) {
   const t = frame.tiles[k];
   const img = h("img", {
@@ -126,10 +126,10 @@ function tileImage(run, panel, frame, k) {
     return img;
   }
   const [top, bottom, left, right] = t.crop;
-  const [, width] = panel.source_size;
+  const [, width] = t.source_size ?? panel.source_size;
   const w = right - left;
   const hgt = bottom - top;
-  img.src = blobURL(run, panel.sources, frame, t.source + 1);
+  img.src = blobURL(run, t.sources ?? panel.sources, frame, t.source + 1);
   img.style.width = `${(100 * width) / w}%`;
   img.style.left = `${(-100 * left) / w}%`;
   img.style.top = `${(-100 * top) / hgt}%`;
