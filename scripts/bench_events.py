@@ -5,9 +5,12 @@ Side by side in one run, at the style pipeline's defaults except a small image s
 and a few steps (``--vgg-weights random``, so nothing is downloaded):
 
 * **now**: ``style-transfer train`` as it is;
-* **before**: the same command with the old summaries forced on: every
-  ``DeconvnetCallback`` with ``image_grids=True, raw=True`` (the Images-dashboard copy
-  of every tile and the float16 raw projections) and PNG zlib level 1.
+* **before**: the same command with the opt-in copies forced on, as they were always
+  written before: every ``DeconvnetCallback`` with ``image_grids=True, raw=True`` (the
+  Images-dashboard copy of every tile, the float16 raw projections),
+  ``StylizedProbes(image_summary=True)`` and PNG zlib level 1. (Patches stay crops of
+  the probe images, which cannot be switched off: main before this change wrote
+  more, see the README.)
 
 For each it prints MB of event data per logged step (all of it over the logged steps,
 and without what is written once, like the graph), the biggest tags, and the resident
@@ -46,6 +49,7 @@ from tensorboard.compat.proto import event_pb2  # noqa: E402
 
 import tbserver  # noqa: E402
 from style_transfer import cli, data  # noqa: E402
+from style_transfer.callbacks import StylizedProbes  # noqa: E402
 from tbviz.callbacks.deconvnet import DeconvnetCallback  # noqa: E402
 from tbviz.summary import metadata  # noqa: E402
 
@@ -54,21 +58,27 @@ MB = 1e6
 LOADED_TAG = "bench/logged_step"
 
 
-@contextlib.contextmanager
-def old_defaults():
-    """Every DeconvnetCallback with the Images-dashboard grids and raw tensors, PNG level 1."""
-    init, level = DeconvnetCallback.__init__, metadata.PNG_COMPRESS_LEVEL
+def forcing(cls, **options):
+    """``cls.__init__`` with ``options`` as its defaults (the caller's arguments still win)."""
+    init = cls.__init__
 
     def forced(self, *args, **kwargs):
-        kwargs.setdefault("image_grids", True)
-        kwargs.setdefault("raw", True)
-        init(self, *args, **kwargs)
+        init(self, *args, **{**options, **kwargs})
 
-    DeconvnetCallback.__init__, metadata.PNG_COMPRESS_LEVEL = forced, 1
+    return forced
+
+
+@contextlib.contextmanager
+def old_defaults():
+    """The Images-dashboard copies and raw tensors on, PNG level 1."""
+    saved = DeconvnetCallback.__init__, StylizedProbes.__init__, metadata.PNG_COMPRESS_LEVEL
+    DeconvnetCallback.__init__ = forcing(DeconvnetCallback, image_grids=True, raw=True)
+    StylizedProbes.__init__ = forcing(StylizedProbes, image_summary=True)
+    metadata.PNG_COMPRESS_LEVEL = 1
     try:
         yield
     finally:
-        DeconvnetCallback.__init__, metadata.PNG_COMPRESS_LEVEL = init, level
+        DeconvnetCallback.__init__, StylizedProbes.__init__, metadata.PNG_COMPRESS_LEVEL = saved
 
 
 def train(log_dir, args):

@@ -214,10 +214,14 @@ def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_
     assert texts(frame, "table.evo tbody th") == [f"map {c}" for c in maps]
     n = len(maps) * 6
     assert all_decoded(frame, n) == n
-    evolution = [u for u in blobs if "evolution" in u]
-    shown_steps = {int(re.search(r"step=(\d+)", u).group(1)) for u in evolution}
-    assert shown_steps == {1, 2, 5, 10, 20, 50}
-    assert len(evolution) == n  # one per map and step, no patch, nothing twice
+    # One image per map and step, nothing twice (a map's tile that is also a top-k tile of
+    # its step is that panel's image, stored once), no patch; only the chosen steps fetched.
+    shown = frame.evaluate("() => [...document.images].map(i => i.src)")
+    assert len(shown) == len(set(shown)) == n
+    assert {int(re.search(r"step=(\d+)", u).group(1)) for u in shown} == {1, 2, 5, 10, 20, 50}
+    assert not [u for u in shown if "probes" in u]
+    fetched = [u for u in blobs if "run=long%2Ftrain" in u]  # the top-k view showed step 50
+    assert {int(re.search(r"step=(\d+)", u).group(1)) for u in fetched} == {1, 2, 5, 10, 20, 50}
     shoot(page, tmp_path, "dashboard-evolution.png")
     # choosing a step adds its column, in step order
     frame.get_by_role("button", name="30", exact=True).click()

@@ -2,7 +2,7 @@
 
 The callbacks write *panels* (see :mod:`tbviz.summary.metadata`): blob-sequence
 summaries whose blob 0 is a JSON header describing the tiles and whose blobs
-1..n are the tiles' PNGs. This plugin lists and serves them; the page itself
+1..n are the PNGs of the tiles that are not crops of another panel's images. This plugin lists and serves them; the page itself
 is the static ES module ``static/index.js``.
 
 Routes (under ``/data/plugin/tbviz/``), all read-only:
@@ -13,7 +13,7 @@ route        parameters                              answer
 ``/panels``  ``offset``, ``limit`` (over runs)       ``{"items": [{"run", "panels", "problems"}]}``
 ``/steps``   ``run``, ``tag``, ``offset``, ``limit`` ``{"items": [{"step", "wall_time"}]}``
 ``/frames``  ``run``, ``tag``, ``steps=1,5,9``       ``{"frames": [{"step", "tiles", ...}]}``
-``/blob``    ``run``, ``tag``, ``step``, ``index``   the PNG of tile ``index`` (1-based)
+``/blob``    ``run``, ``tag``, ``step``, ``index``   the PNG of image ``index`` (1-based)
 ============ ======================================= =====================================
 
 A panel is served only when :func:`tbviz.summary.metadata.parse_panel_metadata` reads
