@@ -94,7 +94,7 @@ PROBES = "probes"
 KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES)
 
 
-#: zlib level of the tiles' PNGs. 6 (PNG's usual) is 9% smaller than 1 on the style
+#: zlib level of the tiles' PNGs. 6 (PNG's usual) is 8-9% smaller than 1 on the style
 #: pipeline's deconvnet tiles for a few ms more per tile; 9 saves 1% more at four times that.
 PNG_COMPRESS_LEVEL = 6
 
