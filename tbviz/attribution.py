@@ -523,3 +523,6 @@ def method_options(method: str) -> list[str]:
         raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
     params = list(inspect.signature(globals()[method]).parameters)
     return params[3:]
+
+
+from tbviz.sanity import sanity_check  # noqa: E402,F401 - Adebayo et al.'s check, see there
