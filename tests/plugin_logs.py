@@ -56,7 +56,7 @@ def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
             heat = [images.overlay(photo(i), np.outer(np.hanning(64), np.roll(np.hanning(64),
                                                                               8 * (i + step))))
                     for i in range(n)]
-            metadata.write_panel(f"tbviz/attribution/{method}", "attribution",
+            metadata.write_panel(f"tbviz/attribution/{method}", metadata.ATTRIBUTION,
                                  [metadata.encode_png(h) for h in heat],
                                  tiles=[{"method": method, "image_index": i, "target": 2 * i}
                                         for i in range(n)], step=step, method=method)
@@ -67,7 +67,7 @@ def write_stylized(run_dir, steps, n: int = 3):
     with tf.summary.create_file_writer(str(run_dir)).as_default():
         for step in steps:
             pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]
-            metadata.write_panel("tbviz/stylized/probes", "stylized", pngs,
+            metadata.write_panel("tbviz/stylized/probes", metadata.STYLIZED, pngs,
                                  tiles=[{"label": f"photo {i}", "index": i} for i in range(n)],
                                  step=step, description="The transform-net's output on fixed "
                                                         "probe photos")
@@ -97,7 +97,7 @@ def write_two_networks(run_dir):
     unit = {"image_index": 0, "row": 1, "col": 2, "channel": 3, "value": 4.0, "unit": 0}
     with tf.summary.create_file_writer(str(run_dir)).as_default(step=1):
         for model, layer, index in layers:
-            metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", "topk", [png, png],
+            metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", metadata.TOPK, [png, png],
                                  tiles=[dict(unit, role="projection"), dict(unit, role="patch")],
                                  layer=layer, layer_index=index, model=model, rule="deconvnet",
                                  k=1)
