@@ -1,7 +1,7 @@
 """Callbacks of the style pipeline: stylized probe photos, progress, checkpoints.
 
 * :class:`StylizedProbes` logs what the transform-net currently makes of fixed
-  photos, as a TensorBoard image summary and as a tbviz dashboard panel.
+  photos, as a tbviz dashboard panel (and, opt-in, for the Images dashboard).
 * :class:`TrainingProgress` is the progress bar: steps, losses, images/s, and
   the number of unreadable files skipped so far.
 * :class:`NonFiniteLossGuard` stops training at the first NaN or Inf loss and
@@ -33,8 +33,10 @@ from tbviz.summary.images import to_uint8
 
 
 class StylizedProbes(VizCallback):
-    """Log ``model.stylize(photos)`` as ``stylized/probes`` and the tbviz panel
-    ``tbviz/stylized/probes`` (one tile per photo, labelled by ``names``).
+    """Log ``model.stylize(photos)`` as the tbviz panel ``tbviz/stylized/probes`` (one tile
+    per photo, labelled by ``names``); with ``image_summary=True`` also as the image summary
+    ``stylized/probes`` for the stock Images dashboard (a second copy of the same pixels, for
+    a TensorBoard without tbviz; off by default, see the README's "A light run").
 
     The unstylized photos are logged once at train begin as ``stylized/originals``.
     The model must have a ``stylize(images)`` method (``StyleTransferModel`` has).
@@ -43,8 +45,9 @@ class StylizedProbes(VizCallback):
     tag = "stylized/probes"
 
     def __init__(self, log_dir, photos, names=None, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None):
+                 every_n_steps: int | None = None, image_summary: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        self.image_summary = bool(image_summary)
         photos = np.asarray(photos)
         if photos.ndim == 3:
             photos = photos[None]
@@ -80,8 +83,9 @@ class StylizedProbes(VizCallback):
         tiles = [{"label": name, "index": i} for i, name in enumerate(self.names)]
         with self.writer.as_default(step=step):
             stylized = to_uint8(self.finite(self.tag, self.model.stylize(self.photos)))
-            tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
-            metadata.write_panel("tbviz/" + self.tag, "stylized",
+            if self.image_summary:
+                tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
+            metadata.write_panel("tbviz/" + self.tag, metadata.STYLIZED,
                                  [metadata.encode_png(img) for img in stylized], tiles=tiles,
                                  description="The transform-net's output on fixed probe photos")
 

@@ -45,10 +45,11 @@ def test_every_part_lands_in_the_train_run(run):
     assert {"keras", "custom_scalars__config__", "epoch_loss", "batch_loss", "conv1/kernel",
             "gradients/conv1/kernel", "activations/block/inner_conv",
             "dead_units/block/inner_conv"} <= tensors
-    # Deconvnet on the default layers (every Conv2D here, nested one included).
-    assert {"deconvnet/conv1/projections", "deconvnet/conv1/patches",
-            "deconvnet/block/inner_conv/evolution"} <= tensors
-    assert "tbviz/deconvnet/block/inner_conv/topk" in tensors
+    # Deconvnet on the default layers (every Conv2D here, nested one included), as the tbviz
+    # tab's panels only (the Images-dashboard grids and raw tensors are opt-in).
+    assert {"tbviz/deconvnet/conv1/topk", "tbviz/deconvnet/conv1/evolution",
+            "tbviz/deconvnet/block/inner_conv/topk"} <= tensors
+    assert not [t for t in tensors if t.startswith("deconvnet/")]
     # Feature maps of the first and last conv layer, kernels of the first; attribution.
     assert {"feature_maps/conv1", "feature_maps/block/inner_conv", "kernels/conv1",
             "attribution/saliency", "attribution/grad_cam", "tbviz/attribution/grad_cam"} <= tensors
