@@ -6,8 +6,9 @@
 
 Example:
     >>> import tempfile
-    >>> check_creatable(os.path.join(tempfile.mkdtemp(), "runs", "wave"), "--log-dir")[-1][-10:]
-    'runs/wave'
+    >>> missing = check_creatable(os.path.join(tempfile.mkdtemp(), "runs", "wave"), "--log-dir")
+    >>> [os.path.basename(path) for path in missing]  # what creating it would make
+    ['runs', 'wave']
 """
 
 from __future__ import annotations

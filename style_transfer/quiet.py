@@ -29,7 +29,7 @@ import tempfile
 
 #: A line of TensorFlow's C++ logging: absl's ``I0000 00:00:... file.cc:12]``, the older
 #: ``2024-01-01 00:00:00.0: I file.cc:12]``, or absl's note about logging before its start.
-LOG_LINE = re.compile(r"(?P<absl>[IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]"
+LOG_LINE = re.compile(r"(?P<absl>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]"
                       r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<old>[IWEF]) \S+:\d+\]"
                       r"|(?P<note>WARNING): All log messages before absl::InitializeLog")
 SEVERITIES = "IWEF"
