@@ -26,7 +26,7 @@ def check_creatable(path: str, option: str) -> list[str]:
     >>> check_creatable("/proc/no/such/dir", "--log-dir")
     Traceback (most recent call last):
     ...
-    ValueError: --log-dir '/proc/no/such/dir': cannot create it in '/proc' (not writable); pass a folder you can write to
+    ValueError: --log-dir '/proc/no/such/dir': cannot create it in '/proc' (not writable); ...
     """
     missing, head = [], os.path.abspath(path)
     while not os.path.exists(head):

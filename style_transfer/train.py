@@ -17,14 +17,18 @@ calls :func:`train` with them; the demo calls it directly. Each keyword is the
 command-line option of the same name (``content_dir`` is ``--content-dir``),
 which is what the error messages name.
 
-Example (a few seconds at this size)::
+Example (two steps at a tiny size, a few seconds)::
 
     >>> from style_transfer import data
     >>> from style_transfer.train import train
-    >>> train(content_dir=data.asset_path("photos"), style_image=data.asset_path("styles", "wave.jpg"),
-    ...       log_dir="runs/tiny", vgg_weights="random", epochs=1, steps_per_epoch=2, batch_size=2,
-    ...       image_size=32, style_size=32, probe_size=32, content_layer="block1_conv1",
-    ...       style_layers=["block1_conv1"], vgg_layers=[], viz=False, verbose=0)  # doctest: +SKIP
+    >>> path = train(content_dir=data.asset_path("photos"), log_dir="runs/tiny",
+    ...              style_image=data.asset_path("styles", "wave.jpg"), vgg_weights="random",
+    ...              epochs=1, steps_per_epoch=2, batch_size=2, image_size=32, style_size=32,
+    ...              content_layer="block1_conv1", style_layers=["block1_conv1"],
+    ...              viz=False, verbose=0)
+    content: 6 image file(s) in .../photos
+    saved the transform-net to runs/tiny/transform_net.keras (global step 2)
+    >>> path
     'runs/tiny/transform_net.keras'
 """
 
@@ -96,8 +100,10 @@ def build_model(style, *, vgg_weights="imagenet", vgg=None, content_layer=CONTEN
     global ``mixed_float16`` policy (:func:`train` restores the previous one).
 
     >>> import numpy as np
-    >>> model = build_model(np.zeros((16, 16, 3)), vgg_weights="random", style_size=16,
-    ...                     content_layer="block1_conv1", style_layers=["block1_conv1"])  # doctest: +SKIP
+    >>> model = build_model(np.zeros((16, 16, 3)), vgg_weights="random", lr=1e-4,
+    ...                     content_layer="block1_conv1", style_layers=["block1_conv1"])
+    >>> model.style_layers, float(model.optimizer.learning_rate)
+    (['block1_conv1'], 0.0001)
     """
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -349,5 +355,6 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
         skipped = int(model.skipped_files.numpy())
         print((f"saved the transform-net to {output}" if chief else "worker done")
               + f" (global step {state.global_step}"
-              + (f"; {skipped} unreadable image file(s) skipped" if skipped else "") + ")", flush=True)
+              + (f"; {skipped} unreadable image file(s) skipped" if skipped else "") + ")",
+              flush=True)
         return output if chief else None
