@@ -15,7 +15,9 @@ For every stylized photo (matched to its original by file name) it prints
   A stylized photo that took the painting's palette is closer to the painting
   than to its photo.
 
-The last line sums it up over all photos. Nothing here trains or needs TensorFlow.
+The last line sums it up over all photos. ``--sheet out.jpg`` also writes the
+pictures side by side: the painting, then each photo above its stylized version.
+Nothing here trains or needs TensorFlow.
 """
 
 from __future__ import annotations
@@ -103,6 +105,28 @@ def measure(painting_path, photos_dir, stylized_dir, out=sys.stdout) -> dict:
     return results
 
 
+def contact_sheet(painting_path, photos_dir, stylized_dir, path, tile: int = 160) -> None:
+    """The painting, then each original photo above its stylized version, ``tile`` px high."""
+    names = [n for n in sorted(os.listdir(stylized_dir))
+             if os.path.isfile(os.path.join(photos_dir, n))]
+
+    def fit(im):
+        return im.convert("RGB").resize((round(im.width * tile / im.height), tile),
+                                        Image.LANCZOS)
+
+    columns = [[fit(Image.open(painting_path))]]
+    columns += [[fit(Image.open(os.path.join(photos_dir, n))),
+                 fit(Image.open(os.path.join(stylized_dir, n)))] for n in names]
+    sheet = Image.new("RGB", (sum(c[0].width for c in columns) + 4 * len(columns), 2 * tile + 4),
+                      "white")
+    x = 0
+    for column in columns:
+        for row, im in enumerate(column):
+            sheet.paste(im, (x, row * (tile + 4) + (tile + 4) // 2 * (len(column) == 1)))
+        x += column[0].width + 4
+    sheet.save(path, quality=85)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     here = os.path.dirname(os.path.abspath(__file__))
@@ -111,8 +135,13 @@ def main(argv=None) -> int:
     parser.add_argument("--photos", default=os.path.join(assets, "photos"),
                         help="the original photos (matched to --stylized by file name)")
     parser.add_argument("--stylized", default="runs/demo/stylized")
+    parser.add_argument("--sheet", default=None,
+                        help="also write the pictures side by side to this image file")
     args = parser.parse_args(argv)
     measure(args.painting, args.photos, args.stylized)
+    if args.sheet:
+        contact_sheet(args.painting, args.photos, args.stylized, args.sheet)
+        print(f"wrote {args.sheet}")
     return 0
 
 
