@@ -220,7 +220,11 @@ def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, ca
     stylized = sorted(os.listdir(log_dir / "stylized"))
     assert stylized == sorted(os.path.basename(p) for p in data.bundled_photos())
     acc = eventfiles.load(log_dir / "train")
-    assert "tbviz/stylized/probes" in acc.Tags()["tensors"]
+    tags = acc.Tags()["tensors"]
+    assert "tbviz/stylized/probes" in tags
+    # Trained with the random-weight recipe's loss layers, not the paper's.
+    style_terms = {t for t in tags if t.startswith("batch_style_loss_")}
+    assert style_terms == {f"batch_style_loss_{n}" for n in demo.RANDOM_VGG_PRESET["style_layers"]}
     # It never deletes a folder that is not one of its own runs.
     other = tmp_path / "mine"
     other.mkdir()
