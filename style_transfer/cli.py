@@ -21,9 +21,9 @@ import argparse
 import os
 import sys
 
-from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, MIN_IMAGE_SIZE, STYLE_LAYERS,
-                                     STYLE_SIZE, STYLE_WEIGHT, TRANSFORM_PROBE_LAYERS, TV_WEIGHT,
-                                     VGG_PROBE_LAYERS)
+from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, DEMO_STYLES, MIN_IMAGE_SIZE,
+                                     STYLE_LAYERS, STYLE_SIZE, STYLE_WEIGHT,
+                                     TRANSFORM_PROBE_LAYERS, TV_WEIGHT, VGG_PROBE_LAYERS)
 
 
 def _csv(text: str) -> list[str]:
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train briefly on bundled photos and a painting, then stylize",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--log-dir", default="runs/demo")
-    d.add_argument("--style", default="wave", choices=["wave", "udnie", "the_scream"])
+    d.add_argument("--style", default="wave", choices=DEMO_STYLES)
     d.add_argument("--vgg-weights", default="imagenet",
                    help="'imagenet' (falls back to 'random' when unreachable), a .h5 file, "
                         "or 'random'")

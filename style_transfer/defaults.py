@@ -30,6 +30,9 @@ TRANSFORM_PROBE_LAYERS = ("conv1", "conv3", "res5", "up2")
 #: VGG19 layers (seen through the stylized output) logged by default.
 VGG_PROBE_LAYERS = ("block1_conv1", "block3_conv1", "block5_conv1")
 
+#: The bundled paintings the demo can learn (``assets/styles/<name>.jpg``).
+DEMO_STYLES = ("wave", "udnie", "the_scream")
+
 #: The demo's recipe when VGG19 has random weights (offline), in place of the paper's
 #: losses above, which give blown-out blobs there (see the README). Shallow layers, where
 #: random-weight features still represent an image (He, Wang & Hopcroft 2016) and carry

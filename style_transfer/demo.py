@@ -20,15 +20,14 @@ import shutil
 import sys
 
 from style_transfer import data
-from style_transfer.defaults import RANDOM_VGG_PRESET, TRANSFORM_PROBE_LAYERS, VGG_PROBE_LAYERS
+from style_transfer.defaults import (DEMO_STYLES, RANDOM_VGG_PRESET, TRANSFORM_PROBE_LAYERS,
+                                     VGG_PROBE_LAYERS)
 from style_transfer.stylize import stylize
 from style_transfer.train import train
 from style_transfer.vgg import RANDOM_WARNING, VGGWeightsUnavailable, build_vgg
 
 #: Marks a folder as one of the demo's runs, which the next demo may delete.
 MARKER = ".style_transfer_demo"
-#: The bundled paintings.
-STYLES = ("wave", "udnie", "the_scream")
 
 
 def prepare_log_dir(log_dir: str) -> None:
@@ -59,8 +58,8 @@ def demo(*, log_dir="runs/demo", style="wave", vgg_weights="imagenet", image_siz
          batch_size=2, epochs=3, steps_per_epoch=40) -> str:
     """Train on the bundled photos and ``style`` painting, stylize the photos into
     ``<log_dir>/stylized``; returns that folder."""
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    if style not in DEMO_STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {', '.join(DEMO_STYLES)}")
     prepare_log_dir(log_dir)
     weights, vgg = loss_network(vgg_weights)
     # ImageNet weights: the paper's losses at a higher learning rate than a full run's,
