@@ -12,7 +12,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($PY --version)"
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -E "^WARNING: Location" || true
 fi
 SPEC="."
 if [ -n "${1:-}" ]; then SPEC=".[$1]"; fi
