@@ -18,4 +18,3 @@ SPEC="."
 if [ -n "${1:-}" ]; then SPEC=".[$1]"; fi
 echo "==> installing tbviz and style_transfer ($SPEC) into .venv"
 .venv/bin/python -m pip install -q -e "$SPEC" 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
