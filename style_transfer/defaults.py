@@ -37,8 +37,8 @@ DEMO_STYLES = ("wave", "udnie", "the_scream")
 #: losses above, which give blown-out blobs there (see the README). Shallow layers, where
 #: random-weight features still represent an image (He, Wang & Hopcroft 2016) and carry
 #: texture (Ustyuzhaninov et al. 2017); each loss term divided by its value at unit weight
-#: on the demo's first batch (content 6.82e3, style 2.09e8, TV 3.54e3: random features are
-#: far larger than trained ones), then weighted content : style : TV = 1 : 10 : 1; and a
+#: on the demo's first batch (content 6.82e3, style 2.09e8, TV 3.54e3; the paper's weights
+#: fit trained features), then weighted content : style : TV = 1 : 10 : 1; and a
 #: learning rate low enough that the transform-net's tanh output does not saturate in
 #: the first steps (saturated pixels get no gradient back and stay blown out).
 RANDOM_VGG_PRESET = dict(

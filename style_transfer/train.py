@@ -141,11 +141,13 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
 
     every = dict(every_n_epochs=1, every_n_steps=log_every)
     callbacks = [StylizedProbes(log_dir, photos, names, **every)]
+    transform = {"probe_images": photos, "layers": list(transform_layers),
+                 "probe_model": lambda m: m.transform_net}
     callbacks.append(tbviz.TensorBoardViz(
-        log_dir, probe_images=photos, layers=list(transform_layers) or None,
-        probe_model=lambda m: m.transform_net, deconvnet=bool(transform_layers),
-        graph_fn=model.compute_losses, input_spec=tf.TensorSpec([None, None, None, 3], tf.float32),
-        loss_every_n_steps=loss_every, **every))
+        log_dir, **every, deconvnet=transform if transform_layers else False,
+        graph={"graph_fn": model.compute_losses,
+               "input_spec": tf.TensorSpec([None, None, None, 3], tf.float32)},
+        losses={"every_n_steps": loss_every}))
     if vgg_layers:
         callbacks.append(tbviz.DeconvnetCallback(
             log_dir, lambda m: m.stylize(photos), list(vgg_layers),
