@@ -82,7 +82,7 @@ def demo(*, log_dir="runs/demo", style="wave", vgg_weights="imagenet", image_siz
           f"Open TensorBoard:      tensorboard --logdir {log_dir}\n"
           "  Scalars / Custom Scalars: content, style, TV and total loss; Graphs: the op graph\n"
           "  (transform_net, vgg_content, vgg_transformed, losses); Histograms / Distributions:\n"
-          "  transform-net weights incl. instance-norm gamma/beta; Images: stylized probes;\n"
+          "  transform-net weights incl. instance-norm gamma/beta; Images: the probe photos;\n"
           "  the tbviz tab: stylized probes and deconvnet reconstructions over time.")
     print("=" * 78)
     return out_dir
