@@ -193,18 +193,16 @@ def test_stylize_keeps_sizes_and_names(trained, tmp_path, rng, capsys):
 
 
 def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, capsys):
-    from style_transfer import vgg as vgg_module
+    from style_transfer import demo, vgg
 
     def unreachable(weights, *args, **kwargs):
-        if weights == "imagenet":
-            raise vgg_module.VGGWeightsUnavailable("no internet in this test")
-        return real(weights, *args, **kwargs)
+        raise vgg.VGGWeightsUnavailable("no internet in this test")
 
-    real = vgg_module.build_vgg
-    monkeypatch.setattr(vgg_module, "build_vgg", unreachable)
+    monkeypatch.setattr(demo, "build_vgg", unreachable)
     # One deconvnet layer per network keeps this test quick; the demo's own are four and three.
-    monkeypatch.setattr(cli, "TRANSFORM_PROBE_LAYERS", ("conv1",))
-    monkeypatch.setattr(cli, "VGG_PROBE_LAYERS", ("block1_conv1",))
+    monkeypatch.setattr(demo, "TRANSFORM_PROBE_LAYERS", ("conv1",))
+    monkeypatch.setattr(demo, "RANDOM_VGG_PRESET",
+                        {**demo.RANDOM_VGG_PRESET, "vgg_layers": ("block1_conv1",)})
     log_dir = tmp_path / "demo"
     argv = ["demo", "--log-dir", str(log_dir), "--image-size", "32", "--epochs", "1",
             "--steps-per-epoch", "2", "--batch-size", "2"]
@@ -216,7 +214,11 @@ def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, ca
     stylized = sorted(os.listdir(log_dir / "stylized"))
     assert stylized == sorted(os.path.basename(p) for p in data.bundled_photos())
     acc = eventfiles.load(log_dir / "train")
-    assert "tbviz/stylized/probes" in acc.Tags()["tensors"]
+    tags = acc.Tags()["tensors"]
+    assert "tbviz/stylized/probes" in tags
+    # Trained with the random-weight recipe's loss layers, not the paper's.
+    style_terms = {t for t in tags if t.startswith("batch_style_loss_")}
+    assert style_terms == {f"batch_style_loss_{n}" for n in demo.RANDOM_VGG_PRESET["style_layers"]}
     # It never deletes a folder that is not one of its own runs.
     other = tmp_path / "mine"
     other.mkdir()
