@@ -53,9 +53,9 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe, tokens
-from tbviz.checks import positive_int
+from tbviz.backward_rules import backward_rule, gradients
+from tbviz.checks import positive_int, positive_pair
 from tbviz.layers import capture_outputs, check_images, check_layers, get_layer, layer_paths
-from tbviz.relu_rules import gradients, relu_rule
 
 METHODS = ("saliency", "smoothgrad", "guided_backprop", "occlusion", "cam", "grad_cam")
 
@@ -128,7 +128,7 @@ def _score(outputs, idx, fn, logits: bool):
 def _prepare(model, images, target, max_batch):
     x = check_images(model, images)
     idx, fn = check_target(model, x, target)
-    return x, idx, fn, _probe.check_max_batch(max_batch)
+    return x, idx, fn, positive_int("max_batch", max_batch)
 
 
 def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
@@ -141,7 +141,7 @@ def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
     (4,)
     """
     x = check_images(model, images)
-    max_batch = _probe.check_max_batch(max_batch)
+    max_batch = positive_int("max_batch", max_batch)
     _num_classes(model, x.shape[1:])
 
     def build(ref):
@@ -161,7 +161,7 @@ def _input_gradients(model, x, idx, fn, rule: str, max_batch: int) -> np.ndarray
         @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32),
                                       tf.TensorSpec((None,), tf.int32)])
         def grad(xb, ib):
-            with relu_rule(rule):
+            with backward_rule(rule, ref()):
                 y = ref()(xb, training=False)
             # Rows are independent in inference mode, so the gradient of the sum is
             # each image's own gradient.
@@ -192,7 +192,7 @@ def guided_backprop(model, images, target, max_batch: int = 32) -> np.ndarray:
     """Guided backpropagation (Springenberg et al. 2014): the gradient with each ReLU
     passing back only positive signal where its input was positive.
 
-    Same shape as ``images``. Uses :func:`tbviz.relu_rules.relu_rule` ``("guided")``.
+    Same shape as ``images``. Uses :func:`tbviz.backward_rules.backward_rule` ``("guided")``.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, activation="relu"),
@@ -241,14 +241,6 @@ def smoothgrad(model, images, target, samples: int = 25, noise: float = 0.15,
 
 # -- occlusion --------------------------------------------------------------------------------
 
-def _pair(value, name: str) -> tuple[int, int]:
-    v = (value, value) if np.ndim(value) == 0 else tuple(value)
-    if len(v) != 2 or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 1
-                          for i in v):
-        raise ValueError(f"{name} must be a positive int or a pair (height, width), got {value!r}")
-    return int(v[0]), int(v[1])
-
-
 def _starts(size: int, patch: int, stride: int) -> np.ndarray:
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:  # one more patch flush with the far edge: cover every pixel
@@ -280,10 +272,11 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
     """
     x, idx, fn, max_batch = _prepare(model, images, target, max_batch)
     n, h, w, _ = x.shape
-    ph, pw = _pair(patch, "patch")
+    ph, pw = positive_pair("patch", patch)
     if ph > h or pw > w:
         raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}, {w})")
-    sh, sw = _pair(stride if stride is not None else (max(1, ph // 2), max(1, pw // 2)), "stride")
+    sh, sw = positive_pair("stride", (max(1, ph // 2), max(1, pw // 2)) if stride is None
+                           else stride)
     try:
         base = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
     except ValueError:
@@ -544,3 +537,6 @@ def method_options(method: str) -> list[str]:
         raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
     params = list(inspect.signature(globals()[method]).parameters)
     return params[3:]
+
+
+from tbviz.sanity import sanity_check  # noqa: E402,F401 - Adebayo et al.'s check, see there

@@ -74,7 +74,7 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     scale = positive_int("scale", scale)
     grid = _probe.check_spatial(model, x.shape[1:], layer, "feature_maps()", token_grid,
                                 class_token)
-    maps = grid_outputs(model, x, layer, grid, _probe.check_max_batch(max_batch))
+    maps = grid_outputs(model, x, layer, grid, positive_int("max_batch", max_batch))
     if channels is not None:
         maps = maps[..., channels]
     return map_grids(maps, scale=scale, cols=cols, pad=pad)

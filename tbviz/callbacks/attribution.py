@@ -6,7 +6,12 @@ see :mod:`tbviz.attribution`) and each trigger, the callback writes
 * ``attribution/<method>``: a standard image summary, one heatmap-over-photo per
   probe image (TensorBoard's Images dashboard, with its step slider),
 * ``tbviz/attribution/<method>``: the same images as a tbviz dashboard panel,
-  each tile labelled ``{"method", "image_index", "target"}``.
+  each tile labelled ``{"method", "image_index", "target"}``,
+* with ``sanity=True``, the model-randomization check of Adebayo et al. 2018
+  (:func:`tbviz.attribution.sanity_check`, cascading from the top):
+  ``sanity/<method>/<layer>``, the Spearman correlation of the maps with those of a
+  copy randomized down to that layer, and ``sanity/<method>``, that with every layer
+  random. High values: the maps do not depend on what the model learned.
 
 Example:
     >>> import numpy as np, keras
@@ -28,25 +33,13 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import attribution
+from tbviz.backward_rules import plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.layers import check_images
-from tbviz.summary.images import normalize, overlay, to_rgb
+from tbviz.summary.images import for_display, overlay
 from tbviz.summary.metadata import encode_png, write_panel
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "grad_cam")
-
-
-def _photos(images: np.ndarray) -> np.ndarray:
-    """Probe images as ``uint8`` RGB: kept as they are in [0, 255], scaled from [0, 1],
-    and stretched per image for any other range (e.g. mean-subtracted inputs)."""
-    lo, hi = float(images.min()), float(images.max())
-    if lo >= 0 and 1 < hi <= 255:
-        out = np.round(images).astype(np.uint8)
-    elif lo >= 0 and hi <= 1:
-        out = np.round(images * 255).astype(np.uint8)
-    else:
-        out = normalize(images)
-    return to_rgb(out)
 
 
 class AttributionCallback(VizCallback):
@@ -66,6 +59,8 @@ class AttributionCallback(VizCallback):
             "smoothgrad": {"samples": 16}}``.
         max_batch: most images per forward pass, for every method.
         alpha: opacity of the heatmap over the photo.
+        sanity: also log the randomization sanity check per method (one map per
+            layer with weights per trigger: as many times the method's cost).
         strict: re-raise a failure of a method instead of switching that method off
             (see :class:`~tbviz.callbacks.base.VizCallback`).
 
@@ -77,7 +72,7 @@ class AttributionCallback(VizCallback):
     def __init__(self, log_dir, probe_images, target=None, methods=DEFAULT_METHODS,
                  layer: str | None = None, options: dict | None = None, max_batch: int = 32,
                  alpha: float = 0.6, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None, strict: bool = False):
+                 every_n_steps: int | None = None, sanity: bool = False, strict: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
                          strict=strict)
         if probe_images is None or np.size(probe_images) == 0:
@@ -108,7 +103,9 @@ class AttributionCallback(VizCallback):
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
-        self._probes = None
+        self.sanity = bool(sanity)
+        self._probes = self._randomized = None
+        self._plain_note = None
 
     def check(self):
         self._probes = check_images(self.model, self.probe_images, "probe_images")
@@ -128,6 +125,18 @@ class AttributionCallback(VizCallback):
         for method in self.methods:
             with self.guard("setup", item=method):
                 self._attribute(method, self._probes[:1], target)
+        # Guided backprop on a model without a rectifier is the saliency gradient: say so.
+        if "guided_backprop" in self.live(self.methods):
+            with self.guard("setup", item="guided_backprop"):
+                self._plain_note = plain_gradient_note(self.model, "guided")
+            if self._plain_note:
+                self.warn_once("plain", "tbviz.AttributionCallback: guided_backprop: %s",
+                               self._plain_note)
+        if self.sanity:
+            from tbviz.sanity import RandomizedCopy
+
+            with self.guard("setup", item="sanity"):  # without it, the heatmaps still go on
+                self._randomized = RandomizedCopy(self.model)  # once: its probes trace once
 
     def _attribute(self, method, images, target):
         return getattr(attribution, method)(self.model, images, target, **self.options[method])
@@ -141,21 +150,36 @@ class AttributionCallback(VizCallback):
             labels = [getattr(target, "__name__", "callable")] * len(probes)
         else:
             labels = [int(t) for t in np.broadcast_to(np.asarray(target), len(probes))]
-        photos = _photos(probes)
+        photos = for_display(probes)
         with self.writer.as_default(step=step):
             for method in self.live(self.methods):
                 with self.guard(f"step {step}", item=method):
                     self._write_method(method, probes, target, photos, labels)
+                if (self._randomized is not None and method not in self.failed
+                        and ("sanity", method) not in self.failed):
+                    with self.guard(f"step {step}", item=("sanity", method)):
+                        self._write_sanity(method, probes, target)
 
     def _write_method(self, method, probes, target, photos, labels):
         raw = self.finite(f"attribution/{method}",
                           self._attribute(method, probes, target))
         heat = attribution.heatmap(raw)
         images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
+        about = f"{method} heatmaps over the probe images"
+        if method == "guided_backprop" and self._plain_note:
+            about += f" (the same as saliency: {self._plain_note})"
         tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
-                         description=f"{method} heatmaps over the probe images")
+                         description=about)
         write_panel(f"tbviz/attribution/{method}", "attribution",
                     [encode_png(im) for im in images],
                     tiles=[{"method": method, "image_index": i, "target": t}
                            for i, t in enumerate(labels)],
-                    method=method)
+                    description=about, method=method)
+
+    def _write_sanity(self, method, probes, target):
+        stages = attribution.sanity_check(self.model, probes, method, target,
+                                          options=self.options[method],
+                                          randomized=self._randomized)
+        for layer, rho in stages:
+            tf.summary.scalar(f"sanity/{method}/{layer}", rho)
+        tf.summary.scalar(f"sanity/{method}", stages[-1][1])

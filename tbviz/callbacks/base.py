@@ -64,11 +64,6 @@ log = logging.getLogger("tbviz")
 _ERRORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def check_every(name: str, value, allow_none: bool = True):
-    """Validate a frequency argument: a positive int, or ``None`` (off) where allowed."""
-    return positive_int(name, value, allow_none=allow_none)
-
-
 def part_name(cls) -> str:
     """``"DeconvnetCallback"`` -> ``"deconvnet"``, ``"FeatureMapsCallback"`` -> ``"feature_maps"``.
 
@@ -119,7 +114,6 @@ def failing_layer(err: BaseException, model) -> str | None:
             found = path
     return found
 
-
 class VizCallback(keras.callbacks.Callback):
     """Base class: frequency handling, the shared run writer, chief-only writing, the guard.
 
@@ -138,8 +132,8 @@ class VizCallback(keras.callbacks.Callback):
         if not isinstance(strict, bool):
             raise ValueError(f"strict must be True or False, got {strict!r}")
         self.log_dir = os.fspath(log_dir)
-        self.every_n_epochs = check_every("every_n_epochs", every_n_epochs)
-        self.every_n_steps = check_every("every_n_steps", every_n_steps)
+        self.every_n_epochs = positive_int("every_n_epochs", every_n_epochs, allow_none=True)
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps, allow_none=True)
         self.strict = strict
         self.writer = None
         self.chief = True

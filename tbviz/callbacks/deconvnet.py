@@ -1,19 +1,24 @@
 """Per-epoch deconvnet views of chosen layers (Zeiler & Fergus 2013) in TensorBoard.
 
 At each trigger, for every layer, :class:`DeconvnetCallback` projects the
-strongest activations over the probe images back to pixel space and writes:
+strongest activations over the probe images back to pixel space and writes
+the tbviz tab's panels (see :mod:`tbviz.summary.metadata`):
+``tbviz/deconvnet/<layer>/topk`` (the top-k projections beside the input
+patches under them) and ``tbviz/deconvnet/<layer>/evolution`` (the strongest
+unit of each of a fixed set of feature maps, chosen at train begin, so the
+step slider shows how they change). Contrast is normalized per tile, as in
+the paper. The input patches are crops of the probe images, which are written
+once per trigger as ``tbviz/deconvnet/<model>/probes``. Each image is stored
+once; two opt-in extras would each about double the event data (README,
+"A light run"):
 
-* Images dashboard: ``deconvnet/<layer>/projections`` (the top-k projections,
-  a 3x3 grid for k=9), ``deconvnet/<layer>/patches`` (the input patches under
-  them, same order) and ``deconvnet/<layer>/evolution`` (the strongest unit of
-  each of a fixed set of feature maps, chosen at train begin, so the step
-  slider shows how they change). Contrast is normalized per tile, as in the paper.
-* tbviz dashboard panels ``tbviz/deconvnet/<layer>/topk`` and
-  ``tbviz/deconvnet/<layer>/evolution`` (see :mod:`tbviz.summary.metadata`).
-* Raw data for later tools (plugin name ``tbviz_raw``, tensor summaries):
-  ``deconvnet/<layer>/raw`` (float16 projections cut to each unit's receptive
-  field) and ``deconvnet/<layer>/units`` (one row per raw tile, columns in
-  :data:`UNIT_COLUMNS`).
+* ``image_grids=True``: the same tiles as grids for the stock Images dashboard,
+  ``deconvnet/<layer>/projections`` (a 3x3 grid for k=9),
+  ``deconvnet/<layer>/patches`` (same order) and ``deconvnet/<layer>/evolution``;
+* ``raw=True``: raw data for later tools (plugin ``metadata.RAW_PLUGIN_NAME``,
+  tensor summaries): ``deconvnet/<layer>/raw`` (float16 projections cut to each
+  unit's receptive field) and ``deconvnet/<layer>/units`` (one row per raw
+  tile, columns in :data:`UNIT_COLUMNS`).
 
 Example:
     >>> import numpy as np, keras, tbviz
@@ -31,24 +36,22 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import summary_pb2
 
 from tbviz import _probe, deconvnet
+from tbviz.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
+from tbviz.checks import channels as check_channels
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
-from tbviz.relu_rules import check_rule
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
 
-RAW_PLUGIN = "tbviz_raw"
 #: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows;
 #: ``top, bottom, left, right`` is the receptive field (clipped to the image) the raw tile
 #: covers, from its top-left corner.
@@ -78,6 +81,9 @@ class DeconvnetCallback(VizCallback):
         channels: feature maps whose evolution to show: a list (for every layer) or
             ``{layer: list}``; by default the ``top_k`` channels with the highest mean
             activation on the probe images at train begin.
+        image_grids: also write the tiles as grids for the stock Images dashboard (a second
+            copy of what the tbviz tab shows; for TensorBoard without tbviz installed).
+        raw: also write the float16 projections and the unit table for later tools.
         strict: re-raise a failure instead of switching the deconvnet off.
 
     All arguments are checked here or at train begin, before any training step.
@@ -87,10 +93,11 @@ class DeconvnetCallback(VizCallback):
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
                  probe_model=None, channels=None, distinct: bool = True,
-                 strict: bool = False):
+                 image_grids: bool = False, raw: bool = False, strict: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
                          strict=strict)
         self.distinct = bool(distinct)
+        self.image_grids, self.raw = bool(image_grids), bool(raw)
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
@@ -117,6 +124,7 @@ class DeconvnetCallback(VizCallback):
         self._image_shape = None
         self._fixed: dict = {}
         self._layer_index: dict = {}
+        self._plain_note = None
 
     # -- train begin ----------------------------------------------------------------------------
     def check(self):
@@ -137,18 +145,17 @@ class DeconvnetCallback(VizCallback):
         for path, chosen in (self.channels or {}).items():
             if path not in shapes:
                 continue  # a layer that never runs: the projector says so at setup
-            n_ch = shapes[path][-1]
-            bad = [c for c in chosen if isinstance(c, bool)
-                   or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch]
-            if bad or not list(chosen):
-                raise ValueError(f"channels {bad or list(chosen)!r} for layer {path!r}: it has "
-                                 f"{n_ch} channels, choose from 0..{n_ch - 1}")
+            check_channels(chosen, shapes[path][-1], path)
         self._checked = probe, images
 
     def setup(self):
         probe, images = self._checked
         self._projector = deconvnet.projector(probe, self.layers, self.rule)
         self._projector.prepare(self._image_shape)  # every trace happens now, never later
+        # A rule that met no activation computed the plain gradient: label it so.
+        self._plain_note = plain_gradient_note(probe, self.rule)
+        if self._plain_note:
+            self._say_once("plain", self._plain_note)
         acts = self._projector.activations(images)
         for path in self.layers:
             chosen = (self.channels or {}).get(path)
@@ -156,7 +163,7 @@ class DeconvnetCallback(VizCallback):
                 if path in self._fixed:  # a later fit() of the same run keeps the same maps
                     continue
                 chosen = deconvnet.top_channels(acts[path], k=self.top_k)
-            self._fixed[path] = [int(c) for c in chosen]
+            self._fixed[path] = [int(c) for c in chosen]  # given ones: checked in check()
 
     def _resolve_probe_model(self):
         if self.probe_model is None:
@@ -208,8 +215,9 @@ class DeconvnetCallback(VizCallback):
         # A unit both in the top-k and strongest of its map is projected once.
         unique = {p: list(dict.fromkeys(t + e)) for p, (t, e) in chosen.items()}
         projections = proj.project(images, unique, max_batch=self.max_batch)
-        display = _display_images(images)
+        display = tiles_lib.for_display(images)
         with self.writer.as_default(step=step):
+            self._write_probes(display)
             for path in self.layers:
                 top, evo = chosen[path]
                 units = top + evo
@@ -230,14 +238,73 @@ class DeconvnetCallback(VizCallback):
                     boxes = [deconvnet.support_window(r) for r in raw]
                 self._write_layer(path, top, evo, raw, boxes, display)
 
+    def _computed_rule(self):
+        """The rule the projections follow: the plain gradient where the rule met no activation."""
+        return "gradient" if self._plain_note else self.rule
+
+    @property
+    def probes_tag(self) -> str:
+        """Tag of the probe images the patches are cut from (one per probe model and run)."""
+        return f"tbviz/deconvnet/{self._projector.model.name}/probes"
+
+    def _write_probes(self, display):
+        """The probe images of this step, once: every layer's patches are crops of them."""
+        metadata.write_panel(
+            self.probes_tag, metadata.PROBES, [metadata.encode_png(im) for im in display],
+            tiles=[{"label": f"image {i}", "index": i} for i in range(len(display))],
+            description=f"the probe images the deconvnet of {self._projector.model.name} looked "
+                        "at; the input patches of its panels are cut from them",
+            model=self._projector.model.name)
+
     def _write_layer(self, path, top, evo, raw, boxes, display):
         k = len(top)
+        rule = self._computed_rule()
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
-        patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
-                       for u, b in zip(top + evo, boxes)]
-        note = (f"{self.rule} projections of the strongest activations of {path} over the probe "
-                "images; contrast normalized per tile")
+        note = (f"{rule} projections of the strongest activations of {path} over the probe "
+                "images; contrast normalized per tile"
+                + (f" ({self._plain_note})" if self._plain_note else ""))
+        if self.image_grids:
+            patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
+                           for u, b in zip(top + evo, boxes)]
+            self._write_grids(path, top, evo, proj_tiles, patch_tiles, note)
+        # "model" lets the dashboard group layers when two networks log into one run
+        # (the style pipeline's transform-net and VGG19).
+        content = {"layer": path, "layer_index": self._layer_index[path], "rule": rule,
+                   "k": self.top_k, "model": self._projector.model.name,
+                   "sources": self.probes_tag, "source_size": list(display.shape[1:3])}
+        # A patch is its probe image cut to the unit's receptive field: stored once, in the
+        # probes panel, and cut out by the dashboard.
+        patches = [dict(_unit_json(u), role="patch", source=int(u.image_index),
+                        crop=[int(v) for v in b]) for u, b in zip(top + evo, boxes)]
+        if k:
+            tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
+                     + [dict(t, unit=i) for i, t in enumerate(patches[:k])])
+            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK,
+                                 [metadata.encode_png(t) for t in proj_tiles[:k]], tiles,
+                                 description=note, **content)
+        if evo:
+            # A unit also in the top-k shows that panel's tile (the whole of it), stored once.
+            rank = {u: i for i, u in enumerate(top)}
+            tiles, pngs = [], []
+            for u, t in zip(evo, proj_tiles[k:]):
+                tiles.append(dict(_unit_json(u), role="projection"))
+                if u in rank:
+                    tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=rank[u],
+                                     crop=[0, t.shape[0], 0, t.shape[1]],
+                                     source_size=list(t.shape[:2]))
+                else:
+                    pngs.append(metadata.encode_png(t))
+            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
+                                 pngs, tiles + patches[k:],
+                                 description="strongest unit of each fixed feature map of "
+                                             + path, **content)
+        if self.raw:
+            self._write_raw(path, top, evo, raw, boxes)
+
+    def _write_grids(self, path, top, evo, proj_tiles, patch_tiles, note):
+        """The opt-in copy of the tiles as grids for the stock Images dashboard."""
+        k = len(top)
         if k:
             tf.summary.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
@@ -251,26 +318,6 @@ class DeconvnetCallback(VizCallback):
                              tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
                              description=note + "; one fixed feature map per tile, channels "
                                          + ", ".join(str(u.channel) for u in evo))
-        # "model" lets the dashboard group layers when two networks log into one run
-        # (the style pipeline's transform-net and VGG19).
-        content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
-                   "k": self.top_k, "model": self._projector.model.name}
-        pngs = [metadata.encode_png(t) for t in proj_tiles]
-        patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
-        if k:
-            tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
-                     + [dict(_unit_json(u), role="patch", unit=i) for i, u in enumerate(top)])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", "topk",
-                                 pngs[:k] + patch_pngs[:k], tiles,
-                                 description=note, **content)
-        if evo:
-            tiles = ([dict(_unit_json(u), role="projection") for u in evo]
-                     + [dict(_unit_json(u), role="patch") for u in evo])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", "evolution",
-                                 pngs[k:] + patch_pngs[k:], tiles,
-                                 description="strongest unit of each fixed feature map of "
-                                             + path, **content)
-        self._write_raw(path, top, evo, raw, boxes)
 
     def _write_raw(self, path, top, evo, raw, boxes):
         h, w = max(b[1] - b[0] for b in boxes), max(b[3] - b[2] for b in boxes)
@@ -281,15 +328,15 @@ class DeconvnetCallback(VizCallback):
         table = np.array([(0 if i < len(top) else 1, u.image_index, u.row, u.col, u.channel,
                            u.value) + tuple(box)
                           for i, (u, box) in enumerate(zip(top + evo, boxes))], np.float64)
-        about = {"layer": path, "rule": self.rule, "columns": list(UNIT_COLUMNS)}
+        about = {"layer": path, "rule": self._computed_rule(), "columns": list(UNIT_COLUMNS)}
         tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
-                         metadata=_raw_metadata(about, "raw projections (float16, clipped to "
-                                                "the float16 range), each cut to its unit's "
-                                                "receptive field from the top-left corner; "
-                                                f"rows match deconvnet/{path}/units"))
+                         metadata=metadata.create_raw_metadata(
+                             "raw projections (float16, clipped to the float16 range), each cut "
+                             "to its unit's receptive field from the top-left corner; rows match "
+                             f"deconvnet/{path}/units", **about))
         tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
-                         metadata=_raw_metadata(about, "one row per raw tile: "
-                                                + ", ".join(UNIT_COLUMNS)))
+                         metadata=metadata.create_raw_metadata(
+                             "one row per raw tile: " + ", ".join(UNIT_COLUMNS), **about))
 
 
 def _check_projectable(model, image_shape, layers) -> dict:
@@ -310,16 +357,6 @@ def _check_projectable(model, image_shape, layers) -> dict:
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------
-
-def _display_images(images):
-    """Probe images as uint8 for patches: [0, 255] or [0, 1] kept, anything else stretched."""
-    lo, hi = float(images.min()), float(images.max())
-    if lo >= 0 and hi <= 1:
-        return tiles_lib.to_rgb(np.round(images * 255).astype(np.uint8))
-    if lo >= 0 and hi <= 255:
-        return tiles_lib.to_rgb(np.round(images).astype(np.uint8))
-    return tiles_lib.to_rgb(tiles_lib.normalize(images))
-
 
 def _cut(image, box):
     t, b, lft, r = box
@@ -344,10 +381,3 @@ def _unit_json(u):
     return {"image_index": int(u.image_index), "row": int(u.row), "col": int(u.col),
             "channel": int(u.channel), "value": value if math.isfinite(value) else None}
 
-
-def _raw_metadata(content, description):
-    md = summary_pb2.SummaryMetadata(summary_description=description,
-                                     data_class=summary_pb2.DATA_CLASS_TENSOR)
-    md.plugin_data.plugin_name = RAW_PLUGIN
-    md.plugin_data.content = json.dumps(content, sort_keys=True).encode("utf-8")
-    return md

@@ -25,9 +25,9 @@ import re
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import summary as cs_summary
 
-from tbviz.callbacks.base import VizCallback, check_every
+from tbviz.callbacks.base import VizCallback
+from tbviz.summary import layouts
 
 
 def numeric_logs(logs) -> dict:
@@ -98,8 +98,7 @@ class LossCallback(VizCallback):
 
     def __init__(self, log_dir, groups=None, every_n_steps: int | None = 10,
                  strict: bool = False):
-        super().__init__(log_dir, every_n_epochs=1, every_n_steps=check_every(
-            "every_n_steps", every_n_steps), strict=strict)
+        super().__init__(log_dir, every_n_epochs=1, every_n_steps=every_n_steps, strict=strict)
         if groups is not None:
             if not isinstance(groups, dict) or not all(
                     isinstance(v, (list, tuple)) and v for v in groups.values()):
@@ -119,9 +118,7 @@ class LossCallback(VizCallback):
         grouped = group_keys(keys, self.groups)
         if not grouped:
             return
-        with self.writer.as_default(step=0):
-            tf.summary.experimental.write_raw_pb(
-                cs_summary.pb(layout(grouped)).SerializeToString(), step=0)
+        layouts.add(self.writer, "losses", layout(grouped).category)
 
     def write(self, step, logs):
         values = numeric_logs(logs)

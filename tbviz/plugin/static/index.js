@@ -3,12 +3,22 @@
 // plugin's routes (see tbviz_plugin.py). Only what is on screen is fetched: one frame per
 // chosen step, images lazily.
 
+// The views, one row per panel kind (tbviz/summary/metadata.py names the kinds). Adding a
+// kind is its constant there and its row here:
+//   kind     the panel kind the view draws
+//   label    its tab
+//   layered  true: one panel per layer, the one picked in the layer list; false: all at once
+//   steps    stepSlider (one logged step at a time) or stepChips (chosen steps side by side)
+//   draw     (run, panel) => a function of the frame (stepSlider) or frames (stepChips)
+//            returning the element that shows them
 const VIEWS = [
-  { kind: "topk", label: "Top-k", layered: true, many: false },
-  { kind: "evolution", label: "Evolution", layered: true, many: true },
-  { kind: "stylized", label: "Stylized probes", layered: false, many: true },
-  { kind: "attribution", label: "Attribution", layered: false, many: false },
+  { kind: "topk", label: "Top-k", layered: true, steps: stepSlider, draw: topkView },
+  { kind: "evolution", label: "Evolution", layered: true, steps: stepChips, draw: evolutionView },
+  { kind: "stylized", label: "Stylized probes", layered: false, steps: stepChips, draw: stylizedView },
+  { kind: "attribution", label: "Attribution", layered: false, steps: stepSlider, draw: attributionView },
+  { kind: "probes", label: "Probe images", layered: false, steps: stepChips, draw: stylizedView },
 ];
+const viewOf = (kind) => VIEWS.find((v) => v.kind === kind);
 const MAX_FRAMES = 50; // the server's per-request cap on /frames
 
 const state = {
@@ -89,29 +99,50 @@ function spread(steps) {
   return new Set([...picks].map((i) => steps[i]));
 }
 
-// 1-based blob indices of a frame's projections and of their patches, in the same order.
+// Positions of a frame's projections and of their patches, in the same order.
 function byRole(frame) {
   const proj = [];
   const patch = [];
-  frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
+  frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i));
   return [proj, patch];
 }
 
 // -- one tile: the image and what it shows -------------------------------------------------
-function tile(run, tag, frame, index, lines, cls = "") {
-  const t = frame.tiles[index - 1] ?? {};
+// Tile k's image: its own blob (the tiles without a crop are blobs 1..n, in order) or, for a
+// tile with a crop, the part of the image it is cut from: blob source + 1 of the tile's or
+// else the panel's sources at the same step (see tbviz/summary/metadata.py).
+function tileImage(run, panel, frame, k) {
+  const t = frame.tiles[k];
   const img = h("img", {
-    src: blobURL(run, tag, frame, index),
     loading: "lazy",
     decoding: "async",
-    alt: `${t.role ?? t.label ?? t.method ?? "tile"} ${index} at step ${frame.step}`,
+    alt: `${t.role ?? t.label ?? t.method ?? "tile"} ${k + 1} at step ${frame.step}`,
     onload: (e) =>
       e.target.classList.toggle("pixelated", e.target.naturalWidth < e.target.clientWidth),
   });
+  if (!t.crop) {
+    const index = frame.tiles.slice(0, k + 1).filter((x) => !x.crop).length;
+    img.src = blobURL(run, panel.tag, frame, index);
+    return img;
+  }
+  const [top, bottom, left, right] = t.crop;
+  const [, width] = t.source_size ?? panel.source_size;
+  const w = right - left;
+  const hgt = bottom - top;
+  img.src = blobURL(run, t.sources ?? panel.sources, frame, t.source + 1);
+  img.style.width = `${(100 * width) / w}%`;
+  img.style.left = `${(-100 * left) / w}%`;
+  img.style.top = `${(-100 * top) / hgt}%`;
+  const fit = w >= hgt ? "width: 100%" : "height: 100%";
+  const crop = h("span", { style: `aspect-ratio: ${w} / ${hgt}; ${fit}` }, img);
+  return h("span", { class: "crop" }, crop);
+}
+
+function tile(run, panel, frame, k, lines, cls = "") {
   return h(
     "figure",
-    { class: `tile ${cls}`, title: JSON.stringify(t) },
-    img,
+    { class: `tile ${cls}`, title: JSON.stringify(frame.tiles[k]) },
+    tileImage(run, panel, frame, k),
     h(
       "figcaption",
       {},
@@ -203,7 +234,7 @@ async function stepChips(col, run, tag, draw) {
   await show();
 }
 
-function topkView(run, tag) {
+function topkView(run, panel) {
   return (frame) => {
     const [proj, patch] = byRole(frame);
     const caption = (t) => [
@@ -221,7 +252,7 @@ function topkView(run, tag) {
           "div",
           { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
           idx.map((i, n) =>
-            tile(run, tag, frame, i, caption(frame.tiles[i - 1]), `${cls} pair-${n}`),
+            tile(run, panel, frame, i, caption(frame.tiles[i]), `${cls} pair-${n}`),
           ),
         ),
       );
@@ -242,14 +273,14 @@ function topkView(run, tag) {
   };
 }
 
-function evolutionView(run, tag) {
+function evolutionView(run, panel) {
   return (frs) => {
     // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
     const rows = new Map();
     for (const f of frs) {
       const [proj, patch] = byRole(f);
       proj.forEach((i, n) => {
-        const t = f.tiles[i - 1];
+        const t = f.tiles[i];
         const id = t.channel ?? `#${n}`;
         if (!rows.has(id)) rows.set(id, new Map());
         rows.get(id).set(f.step, [i, patch[n]]);
@@ -279,15 +310,17 @@ function evolutionView(run, tag) {
             frs.map((f) => {
               const c = cells.get(f.step);
               if (!c) return h("td", { class: "note" }, "–");
-              const t = f.tiles[c[0] - 1];
+              const t = f.tiles[c[0]];
               return h(
                 "td",
                 {},
                 h(
                   "div",
                   { class: "cell" },
-                  tile(run, tag, f, c[0], [fmt(t.value), position(t)]),
-                  state.showPatches && c[1] ? tile(run, tag, f, c[1], ["patch"], "patch") : null,
+                  tile(run, panel, f, c[0], [fmt(t.value), position(t)]),
+                  state.showPatches && c[1] != null
+                    ? tile(run, panel, f, c[1], ["patch"], "patch")
+                    : null,
                 ),
               );
             }),
@@ -298,7 +331,7 @@ function evolutionView(run, tag) {
   };
 }
 
-function stylizedView(run, tag) {
+function stylizedView(run, panel) {
   return (frs) => {
     const labels = [
       ...new Set(frs.flatMap((f) => f.tiles.map((t, i) => t.label ?? `photo ${t.index ?? i}`))),
@@ -326,7 +359,7 @@ function stylizedView(run, tag) {
             h("th", { scope: "row" }, label),
             frs.map((f) => {
               const i = f.tiles.findIndex((t, j) => (t.label ?? `photo ${t.index ?? j}`) === label);
-              return h("td", {}, i < 0 ? "–" : tile(run, tag, f, i + 1, [], "photo"));
+              return h("td", {}, i < 0 ? "–" : tile(run, panel, f, i, [], "photo"));
             }),
           ),
         ),
@@ -335,7 +368,7 @@ function stylizedView(run, tag) {
   };
 }
 
-function attributionView(run, tag) {
+function attributionView(run, panel) {
   return (frame) =>
     h(
       "div",
@@ -347,9 +380,9 @@ function attributionView(run, tag) {
         frame.tiles.map((t, i) =>
           tile(
             run,
-            tag,
+            panel,
             frame,
-            i + 1,
+            i,
             [`image ${t.image_index ?? i}`, t.target != null ? `target ${t.target}` : null],
             "photo",
           ),
@@ -363,7 +396,7 @@ const fail = (where) => (err) =>
   where.replaceChildren(h("p", { class: "error" }, String(err.message ?? err)));
 
 async function drawRun(col, entry) {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const ofView = entry.panels.filter((p) => p.kind === view.kind);
   let panels = ofView.filter((p) => !view.layered || layerKey(p) === state.layer);
   if (view.layered && !panels.length) {
@@ -391,15 +424,7 @@ async function drawRun(col, entry) {
     );
     if (p.description) sub.append(h("p", { class: "note" }, p.description));
     col.append(sub);
-    const make = {
-      topk: topkView,
-      evolution: evolutionView,
-      stylized: stylizedView,
-      attribution: attributionView,
-    }[p.kind];
-    await (view.many ? stepChips : stepSlider)(sub, entry.run, p.tag, make(entry.run, p.tag)).catch(
-      fail(sub),
-    );
+    await view.steps(sub, entry.run, p.tag, view.draw(entry.run, p)).catch(fail(sub));
   }
 }
 
@@ -413,7 +438,7 @@ function layers() {
   for (const e of state.runs)
     if (state.selected.has(e.run))
       for (const p of e.panels)
-        if (p.layer != null && (p.kind === "topk" || p.kind === "evolution")) {
+        if (p.layer != null && viewOf(p.kind)?.layered) {
           const k = layerKey(p);
           const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
           index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
@@ -424,7 +449,7 @@ function layers() {
 }
 
 function drawLayers() {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const all = view.layered ? layers() : [];
   if (!all.some((l) => l.key === state.layer)) state.layer = all[0]?.key ?? null;
   const items = all.flatMap((l, n) => [
@@ -471,7 +496,7 @@ function layerKeys(e) {
 }
 
 function drawMain() {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const selected = state.runs.filter((e) => state.selected.has(e.run));
   // Runs without this view's panels get a line, not an empty column.
   const shown = selected.filter((e) => e.panels.some((p) => p.kind === view.kind));
@@ -483,8 +508,6 @@ function drawMain() {
   ui.main.replaceChildren(
     ...shown.map((e) => {
       const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
-      if (e.skipped)
-        col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
       drawRun(col, e).catch(fail(col));
       return col;
     }),
@@ -494,6 +517,16 @@ function drawMain() {
     ui.main.append(
       h("p", { class: "note wide" }, `No ${view.label} panels in ${others.join(", ")}.`),
     );
+  // Panels the server could not read (e.g. written by a newer tbviz) or that no view draws
+  // are said, never drawn as something else.
+  const undrawn = selected.flatMap((e) => [
+    ...(e.problems ?? []).map((p) => `${e.run}: ${p.tag} not shown: ${p.error}`),
+    ...e.panels
+      .filter((p) => !viewOf(p.kind))
+      .map((p) => `${e.run}: ${p.tag} not shown: no view of kind ${p.kind} in this dashboard`),
+  ]);
+  if (undrawn.length)
+    ui.main.append(h("ul", { class: "error wide problems" }, undrawn.map((m) => h("li", {}, m))));
 }
 
 function drawToolbar() {
@@ -590,7 +623,7 @@ function setTile(px) {
 function pickView(kind) {
   state.view = kind;
   for (const tab of ui.toolbar.querySelectorAll("[role=tab]")) {
-    const on = tab.textContent === VIEWS.find((v) => v.kind === kind).label;
+    const on = tab.textContent === viewOf(kind).label;
     tab.setAttribute("aria-selected", String(on));
     tab.tabIndex = on ? 0 : -1;
   }
