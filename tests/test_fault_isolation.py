@@ -29,9 +29,10 @@ PROOF = {
     "losses": lambda acc: "epoch_loss" in eventfiles.tags(acc),
     "histograms": lambda acc: LAST_STEP in eventfiles.histogram_steps(acc, "conv1/kernel"),
     "attribution": lambda acc: _last("attribution/saliency", acc),
-    "deconvnet": lambda acc: _last("deconvnet/conv1/projections", acc),
+    "deconvnet": lambda acc: _last_panel("tbviz/deconvnet/conv1/topk", acc),
     "feature_maps": lambda acc: _last("feature_maps/conv1", acc),
     "synthesis": lambda acc: _last("synthesis/conv2/0", acc),
+    "convergence": lambda acc: _last_scalar("convergence/conv1/vs_previous", acc),
 }
 
 
@@ -41,6 +42,14 @@ PER_ITEM = {"attribution", "feature_maps", "synthesis"}
 
 def _last(tag, acc):
     return tag in eventfiles.tags(acc) and eventfiles.images(acc, tag)[-1][0] == LAST_STEP
+
+
+def _last_scalar(tag, acc):
+    return tag in eventfiles.tags(acc) and eventfiles.scalars(acc, tag)[-1][0] == LAST_STEP
+
+
+def _last_panel(tag, acc):
+    return tag in eventfiles.tags(acc) and eventfiles.panels(acc, tag)[1][-1][0] == LAST_STEP
 
 
 class Injected(RuntimeError):
@@ -62,7 +71,8 @@ def _raiser(original, from_call: int, error):
 def _viz(log_dir, x, y, **kw):
     return tbviz.TensorBoardViz(
         log_dir, probe_images=x[:2], probe_labels=y[:2], top_k=2, attribution=["saliency"],
-        synthesis={"maximize": {"conv2": 1}, "steps": 2}, loss_every_n_steps=None, **kw)
+        synthesis={"maximize": {"conv2": 1}, "steps": 2}, losses={"every_n_steps": None},
+        convergence={"probe_images": x[:4]}, **kw)  # debiased CKA needs 4 images
 
 
 def _fit(model, x, y, callbacks, **kw):
@@ -85,6 +95,7 @@ INJECTIONS = [
     ("deconvnet", "tbviz.deconvnet", "projector", 1, Injected("injected")),
     ("feature_maps", "tbviz.callbacks.feature_maps", "map_grids", 1, Injected("injected")),
     ("synthesis", "tbviz.synthesis", "maximize_activation", 1, Injected("injected")),
+    ("convergence", "tbviz.callbacks.convergence", "cka_from_grams", 1, Injected("injected")),
 ]
 
 
@@ -118,7 +129,8 @@ def test_a_failing_part_is_switched_off_and_every_other_part_goes_on(
     assert all(line.removeprefix("* ") in errors[-1][1] for line in said)
     # What each part that logs at epoch ends cost is in the run, for every log it wrote.
     # (Parts switched off item by item still run, if only to skip their items.)
-    for other in ("histograms", "attribution", "deconvnet", "feature_maps", "synthesis"):
+    for other in ("histograms", "attribution", "deconvnet", "feature_maps", "synthesis",
+                  "convergence"):
         tag = f"tbviz/cost/{other}"
         if other == part and part not in PER_ITEM:
             assert tag not in eventfiles.tags(acc)
@@ -134,7 +146,7 @@ def test_an_op_without_gradient_in_the_inference_pass_leaves_the_forward_parts_o
     _fit(models.with_no_gradient_layer(), x, y, [])  # the model itself trains fine
     viz = tbviz.TensorBoardViz(tmp_path, probe_images=x[:2], probe_labels=y[:2], top_k=2,
                                layers=["conv1"], attribution=["saliency", "grad_cam"],
-                               loss_every_n_steps=None)
+                               losses={"every_n_steps": None})
     history = _fit(models.with_no_gradient_layer(), x, y, [viz])
 
     assert len(history.history["loss"]) == EPOCHS
@@ -151,7 +163,7 @@ def test_an_op_without_gradient_in_the_inference_pass_leaves_the_forward_parts_o
     # logged at the last step.
     assert _last("attribution/grad_cam", acc)
     assert "attribution/saliency" not in eventfiles.tags(acc)
-    assert _last("deconvnet/conv1/projections", acc)
+    assert _last_panel("tbviz/deconvnet/conv1/topk", acc)
     assert _last("feature_maps/conv2", acc)
     assert LAST_STEP in eventfiles.histogram_steps(acc, "conv2/kernel")
     assert eventfiles.histogram_steps(acc, "gradients/conv2/kernel") == []
