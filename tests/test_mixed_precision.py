@@ -39,6 +39,7 @@ def _twins():
 
 @pytest.mark.parametrize("method", ["saliency", "guided_backprop", "occlusion", "cam",
                                     "grad_cam"])
+@pytest.mark.numerics
 def test_attributions_of_a_mixed_precision_model_are_float32(method):
     mixed, plain = _twins()
     x, _ = models.data(2)
@@ -49,6 +50,7 @@ def test_attributions_of_a_mixed_precision_model_are_float32(method):
     np.testing.assert_allclose(got, want, rtol=0, atol=3e-2 * float(np.abs(want).max()))
 
 
+@pytest.mark.numerics
 def test_feature_maps_of_a_mixed_precision_model_are_float32():
     mixed, plain = _twins()
     x, _ = models.data(2)
@@ -66,14 +68,14 @@ def test_every_part_logs_a_mixed_precision_model_in_float32(tmp_path):
             tmp_path, probe_images=x[:2], probe_labels=y[:2], top_k=2,
             attribution=["saliency", "smoothgrad", "guided_backprop", "occlusion", "grad_cam"],
             synthesis={"maximize": {"conv1": 2}, "invert": ["conv1"], "steps": 2},
-            loss_every_n_steps=1, strict=True)
+            losses={"every_n_steps": 1}, convergence={"probe_images": x[:4]}, strict=True)
         model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[viz])
     acc = eventfiles.load(tmp_path / "train")
     tags = eventfiles.tags(acc)
     scalar_tags = [t for t in tags
                    if acc.SummaryMetadata(t).plugin_data.plugin_name == "scalars"]
-    assert {"epoch_loss", "batch_loss", "gradient_norm/conv1", "tbviz/cost/deconvnet"} <= \
-        set(scalar_tags)
+    assert {"epoch_loss", "batch_loss", "gradient_norm/conv1", "tbviz/cost/deconvnet",
+            "convergence/conv1/vs_previous"} <= set(scalar_tags)
     for tag in scalar_tags:
         for event in acc.Tensors(tag):
             assert event.tensor_proto.dtype == tf.float32.as_datatype_enum, tag
@@ -82,7 +84,9 @@ def test_every_part_logs_a_mixed_precision_model_in_float32(tmp_path):
         assert eventfiles.histogram_steps(acc, tag)[-1] == 4, tag
         histogram = tf.make_ndarray(acc.Tensors(tag)[-1].tensor_proto)
         assert np.all(np.isfinite(histogram)) and histogram[:, 2].sum() > 0, tag
-    for tag in ("attribution/saliency", "attribution/grad_cam", "deconvnet/conv1/projections",
-                "feature_maps/conv1", "synthesis/conv1/0", "synthesis/inversion/conv1"):
+    for tag in ("attribution/saliency", "attribution/grad_cam", "feature_maps/conv1",
+                "synthesis/conv1/0", "synthesis/inversion/conv1"):
         step, images = eventfiles.images(acc, tag)[-1]
         assert step == 4 and images[0].dtype == np.uint8 and images[0].std() > 0, tag
+    step, _, tiles = eventfiles.panels(acc, "tbviz/deconvnet/conv1/topk")[1][-1]
+    assert step == 4 and tiles[0].dtype == np.uint8 and tiles[0].std() > 0

@@ -56,6 +56,7 @@ def test_an_explicit_grid_is_used_and_a_wrong_one_is_refused():
         tokens.token_grid((1, 33, 8), (32, 32, 3), grid=(4, 4))
 
 
+@pytest.mark.numerics
 def test_grad_cam_weighs_the_patch_tokens_of_a_vit_on_their_grid():
     model = models.vit(SHAPE)
     x, _ = models.data(3, SHAPE)
@@ -69,6 +70,7 @@ def test_grad_cam_weighs_the_patch_tokens_of_a_vit_on_their_grid():
     assert attribution.grad_cam(model, x, target=1).shape == (3, 32, 48)
 
 
+@pytest.mark.numerics
 def test_a_grid_that_cannot_be_found_is_said_and_can_be_given():
     model = models.vit((32, 32, 3), patch=(8, 4))  # 4 x 8 patches on a square image
     x, _ = models.data(2, (32, 32, 3))
@@ -81,6 +83,7 @@ def test_a_grid_that_cannot_be_found_is_said_and_can_be_given():
     _close(got, np.maximum(0, (a * g.mean(axis=(1, 2), keepdims=True)).sum(-1)))
 
 
+@pytest.mark.numerics
 def test_saliency_smoothgrad_and_occlusion_run_through_attention():
     model = models.vit(SHAPE)
     x, _ = models.data(2, SHAPE)
@@ -96,6 +99,7 @@ def test_saliency_smoothgrad_and_occlusion_run_through_attention():
     assert occ.shape == (2, 32, 48) and np.all(np.isfinite(occ)) and np.any(occ != 0)
 
 
+@pytest.mark.numerics
 def test_feature_maps_of_a_token_layer_are_drawn_on_the_patch_grid():
     model = models.vit(SHAPE)
     x, _ = models.data(2, SHAPE)
@@ -125,8 +129,9 @@ def test_tensorboard_viz_logs_every_part_of_a_vit(tmp_path):
     attention = [t for t in eventfiles.tags(run) if t.startswith("gradients/block1_attn/")]
     assert len(attention) == 8  # query, key, value, output projection: kernel and bias
     assert all(4 in eventfiles.histogram_steps(run, t) for t in attention)
-    # The deconvnet projects the patch embedding, the one spatial layer it can.
-    assert eventfiles.images(run, "deconvnet/patch_embed/projections")[-1][0] == 4
+    # The deconvnet projects the patch embedding, the one spatial layer it can: 4 tiles.
+    step, _, tiles = eventfiles.panels(run, "tbviz/deconvnet/patch_embed/topk")[1][-1]
+    assert step == 4 and len(tiles) == 2 * 4  # a projection and an input patch per unit
 
 
 def test_the_deconvnet_says_what_it_needs_when_given_a_token_layer(tmp_path):
