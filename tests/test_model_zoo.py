@@ -4,8 +4,8 @@ Each model trains one short epoch with ``TensorBoardViz(strict=True,
 attribution=["saliency", "grad_cam"])`` (strict: any part that fails ends the
 test instead of switching itself off), and every dashboard is read back with
 TensorBoard's readers: scalars, the op graph, weight/gradient/activation
-histograms, attribution heatmaps, deconvnet projections, feature maps, and the
-tbviz panels.
+histograms, attribution heatmaps, the deconvnet's panels, feature maps, the
+convergence scalars, and the tbviz panels.
 
 The keras.applications families are marked ``zoo`` (minutes on two cores; not
 in the default run): ``./scripts/test.sh -m zoo``. The ViT, the subclassed, the
@@ -47,7 +47,8 @@ def _fit_and_read(model, x, y, log_dir):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
         from_logits=not _ends_in_softmax(model)))
     viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:2], probe_labels=y[:2], top_k=2,
-                               attribution=["saliency", "grad_cam"], strict=True)
+                               attribution=["saliency", "grad_cam"], strict=True,
+                               convergence={"probe_images": x[:4]})  # debiased CKA needs 4
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[viz])
     return viz, eventfiles.load(log_dir / "train")
 
@@ -79,12 +80,15 @@ def _check_dashboards(viz, acc, image_shape):
     deconv = [cb for cb in viz.callbacks if type(cb).__name__ == "DeconvnetCallback"]
     assert deconv, [type(cb).__name__ for cb in viz.callbacks]
     for layer in deconv[0].layers:
-        (step, grid), = eventfiles.images(acc, f"deconvnet/{layer}/projections")
-        assert step == step_now and grid[0].std() > 0, layer
-        _, panel = eventfiles.panels(acc, f"tbviz/deconvnet/{layer}/topk")
-        assert len(panel[0][2]) == 4  # top 2 projections and their 2 patches
+        (step, header, tiles), = eventfiles.panels(acc, f"tbviz/deconvnet/{layer}/topk")[1]
+        assert step == step_now and len(tiles) == 4, layer  # top 2 projections, 2 patches
+        roles = [t["role"] for t in header["tiles"]]
+        assert roles == ["projection"] * 2 + ["patch"] * 2, roles
+        assert tiles[0].std() > 0, layer
     maps = [t for t in tags if t.startswith("feature_maps/")]
     assert maps and all(eventfiles.images(acc, t)[-1][0] == step_now for t in maps)
+    cka = [t for t in tags if t.startswith("convergence/") and t.endswith("/vs_start")]
+    assert cka and all(eventfiles.scalars(acc, t)[-1][0] == step_now for t in cka)
 
 
 @pytest.mark.slow
