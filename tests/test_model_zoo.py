@@ -29,9 +29,6 @@ APPLICATIONS = [
     ("DenseNet121", 32), ("InceptionV3", 75), ("InceptionResNetV2", 75), ("Xception", 71),
     ("NASNetMobile", 32), ("VGG16", 32), ("ConvNeXtTiny", 32), ("RegNetX002", 32),
 ]
-GROUPED_CONV = pytest.mark.xfail(
-    strict=False, reason="grouped convolution backward on CPU (issue 12, point 2: another "
-                         "helper's fix; re-enable once merged)")
 
 
 def _fits_with_every_dashboard(model, shape, log_dir, classes=3, pixels=1.0):
@@ -94,9 +91,7 @@ def _check_dashboards(viz, acc, image_shape):
 @pytest.mark.slow
 @pytest.mark.zoo
 @pytest.mark.timeout(1800)  # the largest take minutes on a loaded 2-core machine
-@pytest.mark.parametrize("name,size", [
-    pytest.param(n, s, marks=[GROUPED_CONV] if n == "ConvNeXtTiny" else [])
-    for n, s in APPLICATIONS], ids=[n for n, _ in APPLICATIONS])
+@pytest.mark.parametrize("name,size", APPLICATIONS, ids=[n for n, _ in APPLICATIONS])
 def test_every_keras_applications_family_fits_with_every_dashboard(tmp_path, name, size):
     shape = (size, size, 3)
     model = getattr(keras.applications, name)(weights=None, input_shape=shape, classes=4)
