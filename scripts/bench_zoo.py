@@ -7,7 +7,7 @@ another's traces, two fresh copies train for two epochs side by side:
 * plain ``fit``;
 * ``fit`` + ``tbviz.TensorBoardViz(log_dir, probe_images=x[:4], probe_labels=y[:4],
   attribution=["saliency", "grad_cam"])`` (its defaults otherwise: graph, losses,
-  histograms, deconvnet of four conv layers, feature maps; a log every epoch).
+  histograms, deconvnet of four conv layers, feature maps, convergence; a log every epoch).
 
 and it prints, per model:
 
