@@ -8,7 +8,9 @@ Three pure functions (arrays in, arrays out, no TensorBoard):
   projected back to input pixels with the ``"deconvnet"``, ``"guided"`` or
   ``"gradient"`` ReLU rule (see :mod:`tbviz.relu_rules`);
 * :func:`patches` - the input crop under each unit's receptive field, to show
-  beside its projection.
+  beside its projection;
+* :func:`scan` (in :mod:`tbviz.scan`) - each feature map's strongest units over a
+  whole dataset in one streaming pass, with the crops to project them from.
 
 A projection is autodiff with a swapped ReLU rule: convolutions run their
 transposed filters and max-pooling routes the signal to the recorded argmax
@@ -62,7 +64,7 @@ from tbviz.layers import capture_outputs, check_images, check_layers
 from tbviz.relu_rules import check_rule, gradients, relu_rule
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels", "project",
-           "patches", "windows"]
+           "patches", "windows", "scan", "Scan"]
 
 log = logging.getLogger(__name__)
 
@@ -626,3 +628,5 @@ def patches(model, images, layer: str, neurons) -> list[np.ndarray]:
     table = p._units(layer, images.shape[1:], neurons, n_images=len(images))
     boxes = p.windows(layer, images.shape[1:], neurons)
     return [images[i, t:b, lft:r].copy() for (i, *_), (t, b, lft, r) in zip(table, boxes)]
+# The dataset-wide scan lives in its own module; imported last, as it uses this one.
+from tbviz.scan import Scan, scan  # noqa: E402,F401
