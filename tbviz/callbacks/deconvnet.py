@@ -10,6 +10,11 @@ strongest activations over the probe images back to pixel space and writes:
   slider shows how they change). Contrast is normalized per tile, as in the paper.
 * tbviz dashboard panels ``tbviz/deconvnet/<layer>/topk`` and
   ``tbviz/deconvnet/<layer>/evolution`` (see :mod:`tbviz.summary.metadata`).
+* With ``scan_data`` (Zeiler & Fergus' Figs. 2 and 3 over a whole dataset, see
+  :func:`tbviz.deconvnet.scan`): ``deconvnet/<layer>/featuremaps`` (per fixed
+  feature map, its top-k projections beside their input patches, over all the
+  scanned images) and the tbviz panel ``tbviz/deconvnet/<layer>/featuremaps``;
+  the evolution then shows each fixed map's strongest unit over the scanned data.
 * Raw data for later tools (plugin name ``tbviz_raw``, tensor summaries):
   ``deconvnet/<layer>/raw`` (float16 projections cut to each unit's receptive
   field) and ``deconvnet/<layer>/units`` (one row per raw tile, columns in
@@ -49,12 +54,16 @@ from tbviz.summary import metadata
 
 
 RAW_PLUGIN = "tbviz_raw"
-#: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows;
-#: ``top, bottom, left, right`` is the receptive field (clipped to the image) the raw tile
-#: covers, from its top-left corner.
+#: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows,
+#: 2 for the feature-map rows of a scan (each map's units strongest first; ``image_index``
+#: counts images in the order the scan data yields them, as do evolution rows with scan
+#: data); ``top, bottom, left, right`` is the receptive field (clipped to the image) the raw
+#: tile covers, from its top-left corner.
 UNIT_COLUMNS = ("set", "image_index", "row", "col", "channel", "value",
                 "top", "bottom", "left", "right")
 MIN_TILE = 64  # tiny tiles (a 5x5 field) are enlarged, nearest-neighbour, to at least this
+SCAN_CHANNELS = 16  # feature maps per layer followed with scan data, unless told otherwise
+FIRING_IMAGES = 512  # images scanned at train begin to see which feature maps fire
 
 
 class DeconvnetCallback(VizCallback):
@@ -75,19 +84,33 @@ class DeconvnetCallback(VizCallback):
         distinct: top-k with at most one unit per (image, feature map) (default), so the
             grid shows k different patterns, not neighbouring positions of one;
             ``False``: the k strongest units, wherever they are.
-        channels: feature maps whose evolution to show: a list (for every layer) or
-            ``{layer: list}``; by default the ``top_k`` channels with the highest mean
-            activation on the probe images at train begin.
+        channels: the fixed feature maps (evolution, and with scan data the feature-map
+            view): a list (for every layer), ``{layer: list}``, or an int, that many maps
+            per layer chosen once at train begin. The default is 16 with ``scan_data``
+            (spread at random, ``seed``, over the maps that fire on the first scanned
+            images), else the ``top_k`` channels with the highest mean activation on the
+            probe images (an int sets that count).
+        scan_data: images to scan at each trigger (NumPy array, ``tf.data.Dataset`` of
+            image batches or ``(images, labels)`` batches, any iterable of batches; see
+            :func:`tbviz.deconvnet.scan`); then ``probe_images`` is optional.
+        scan_limit: most images scanned per trigger (needed for an infinite dataset).
+        seed: the random choice of an int ``channels`` among firing maps.
 
     All arguments are checked here or at train begin, before any training step.
     """
 
-    def __init__(self, log_dir, probe_images, layers, top_k: int = 9,
+    def __init__(self, log_dir, probe_images=None, layers=None, top_k: int = 9,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
-                 probe_model=None, channels=None, distinct: bool = True):
+                 probe_model=None, channels=None, distinct: bool = True, scan_data=None,
+                 scan_limit: int | None = None, seed: int = 0):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         self.distinct = bool(distinct)
+        if probe_images is None and scan_data is None:
+            raise ValueError("give probe_images, scan_data or both")
+        self.scan_data = scan_data
+        self.scan_limit = positive_int("scan_limit", scan_limit, allow_none=True)
+        self.seed = int(seed)
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
@@ -95,7 +118,7 @@ class DeconvnetCallback(VizCallback):
         self.top_k = positive_int("top_k", top_k)
         self.max_batch = positive_int("max_batch", max_batch)
         self.rule = check_rule(rule)
-        if not callable(probe_images):
+        if probe_images is not None and not callable(probe_images):
             arr = np.asarray(probe_images)
             if arr.dtype == object or arr.ndim not in (3, 4):
                 raise ValueError("probe_images must be an (N, H, W, C) array or a callable "
@@ -107,11 +130,18 @@ class DeconvnetCallback(VizCallback):
             raise ValueError("probe_model must be None, a keras.Model or a callable "
                              f"model -> keras.Model, got {type(probe_model).__name__}")
         self.probe_model = probe_model
+        if channels is None and scan_data is not None:
+            channels = SCAN_CHANNELS
+        if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
+            self.n_channels, channels = positive_int("channels", channels), None
+        else:
+            self.n_channels = self.top_k
         if channels is not None and not isinstance(channels, dict):
             channels = {path: channels for path in self.layers}
         self.channels = channels
         self._projector = None
         self._image_shape = None
+        self._scan_shape = None
         self._fixed: dict = {}
         self._layer_index: dict = {}
 
@@ -128,19 +158,32 @@ class DeconvnetCallback(VizCallback):
             self._fixed, self._image_shape = {}, None  # a new model: start afresh
         paths = layer_paths(probe)
         self._layer_index = {p: paths.index(p) for p in self.layers}
-        images = self._images(probe, strict=True)
-        self._image_shape = images.shape[1:]
         self._projector = deconvnet.projector(probe, self.layers, self.rule)
-        self._projector.prepare(self._image_shape)  # every trace happens now, never later
-        shapes = self._projector.output_shapes(self._image_shape)
-        acts = self._projector.activations(images)
+        if self.probe_images is not None:
+            images = self._images(probe, strict=True)
+            self._image_shape = images.shape[1:]
+            self._projector.prepare(self._image_shape)  # every trace happens now, never later
+            acts = self._projector.activations(images)
+        firing = None
+        if self.scan_data is not None:
+            # Which maps fire (and the image size) from a first look at the scan data; the
+            # scan also checks the data against the model, before any training step.
+            limit = min(self.scan_limit or FIRING_IMAGES, FIRING_IMAGES)
+            look = deconvnet.scan(probe, self.scan_data, self.layers, k=1, limit=limit)
+            self._scan_shape = look.image_shape
+            firing = {path: [c for c, units in look[path].items()
+                             if units and units[0].value > 0] for path in self.layers}
+        shapes = self._projector.output_shapes(self._image_shape or self._scan_shape)
         for path in self.layers:
             n_ch = shapes[path][-1]
             chosen = (self.channels or {}).get(path)
             if chosen is None:
                 if path in self._fixed:  # a later fit() of the same run keeps the same maps
                     continue
-                chosen = deconvnet.top_channels(acts[path], k=self.top_k)
+                if firing is not None:
+                    chosen = _spread(firing[path], n_ch, self.n_channels, self.seed)
+                else:
+                    chosen = deconvnet.top_channels(acts[path], k=self.n_channels)
             else:
                 chosen = list(chosen)
                 bad = [c for c in chosen if isinstance(c, bool)
@@ -182,12 +225,48 @@ class DeconvnetCallback(VizCallback):
 
     # -- each trigger ---------------------------------------------------------------------------
     def write(self, step, logs):
+        found = None
+        if self.scan_data is not None:
+            # Every worker scans its shard (the merge is a collective); the chief writes.
+            found = deconvnet.scan(self._projector.model, self.scan_data, self.layers,
+                                   k=self.top_k, channels=self._fixed, limit=self.scan_limit,
+                                   distinct=self.distinct)
         if not self.chief:
             return
+        # per layer: the units of each set (0 top-k, 1 evolution, 2 feature maps), their
+        # projections, receptive-field boxes and uint8 input patches, in that order
+        views = {path: {"sets": ([], [], []), "raw": [], "boxes": [], "patches": []}
+                 for path in self.layers}
+        if self.probe_images is not None and not self._probe_views(views, found is None):
+            return
+        if found is not None:
+            self._scan_views(views, found)
+        with self.writer.as_default(step=step):
+            for path, view in views.items():
+                if not any(view["sets"]):
+                    self._say_once(("none", path), f"layer {path!r}: no finite activation to "
+                                    "project; nothing logged for it")
+                    continue
+                raw = np.concatenate(view["raw"])
+                if not np.all(np.isfinite(raw)):
+                    self._say_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
+                                    "projections (non-finite weights?); shown as 0")
+                    raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+                self._write_layer(path, view["sets"], raw, view["boxes"], view["patches"])
+
+    def _boxes(self, path, image_shape, units, raw):
+        if self._projector.field(path, image_shape) is None:
+            # No field from the layers (instance norm, custom layers): cut each tile
+            # to where its projection matters instead of showing the whole image.
+            return [deconvnet.support_window(r) for r in raw]
+        return self._projector.windows(path, image_shape, units)
+
+    def _probe_views(self, views, with_evolution: bool) -> bool:
+        """Top-k (and evolution) over the probe images into ``views``; False: skip this step."""
         proj = self._projector
         images = self._images(proj.model, strict=False)
         if images is None:
-            return
+            return False
         acts = proj.activations(images)
         chosen = {}
         for path in self.layers:
@@ -195,39 +274,57 @@ class DeconvnetCallback(VizCallback):
                 self._say_once(("acts", path), f"layer {path!r} has NaN or Inf activations; "
                                 "those units are left out of the deconvnet views")
             top = deconvnet.top_units(acts[path], k=self.top_k, distinct=self.distinct)
-            evo = deconvnet.top_units(acts[path], channels=self._fixed[path])
+            evo = (deconvnet.top_units(acts[path], channels=self._fixed[path])
+                   if with_evolution else [])  # with scan data it comes from the scan
             chosen[path] = (top, evo)
         # A unit both in the top-k and strongest of its map is projected once.
         unique = {p: list(dict.fromkeys(t + e)) for p, (t, e) in chosen.items()}
         projections = proj.project(images, unique, max_batch=self.max_batch)
         display = _display_images(images)
-        with self.writer.as_default(step=step):
-            for path in self.layers:
-                top, evo = chosen[path]
-                units = top + evo
-                if not units:
-                    self._say_once(("none", path), f"layer {path!r}: no finite activation to "
-                                    "project; nothing logged for it")
-                    continue
-                where = {u: i for i, u in enumerate(unique[path])}
-                raw = projections[path][[where[u] for u in units]]
-                if not np.all(np.isfinite(raw)):
-                    self._say_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
-                                    "projections (non-finite weights?); shown as 0")
-                    raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-                boxes = proj.windows(path, self._image_shape, units)
-                if proj.field(path, self._image_shape) is None:
-                    # No field from the layers (instance norm, custom layers): cut each tile
-                    # to where its projection matters instead of showing the whole image.
-                    boxes = [deconvnet.support_window(r) for r in raw]
-                self._write_layer(path, top, evo, raw, boxes, display)
+        for path, (top, evo) in chosen.items():
+            units = top + evo
+            where = {u: i for i, u in enumerate(unique[path])}
+            raw = projections[path][[where[u] for u in units]]
+            boxes = self._boxes(path, self._image_shape, units, raw)
+            view = views[path]
+            view["sets"][0].extend(top)
+            view["sets"][1].extend(evo)
+            view["raw"].append(raw)
+            view["boxes"].extend(boxes)
+            view["patches"].extend(_cut(display[u.image_index], b) for u, b in zip(units, boxes))
+        return True
 
-    def _write_layer(self, path, top, evo, raw, boxes, display):
-        k = len(top)
+    def _scan_views(self, views, found):
+        """The evolution (each fixed map's strongest unit) and the feature-map view of a scan."""
+        shape = found.image_shape
+        for path in self.layers:
+            channels = [c for c in self._fixed[path] if found[path][c]]
+            maps = [u for c in channels for u in found[path][c]]
+            if not maps:
+                continue
+            projected = found.project(path, rule=self.rule, max_batch=self.max_batch)
+            raw = np.concatenate([projected[c] for c in channels])
+            evo_at = np.cumsum([0] + [len(found[path][c]) for c in channels])[:-1]
+            boxes = self._boxes(path, shape, maps, raw)
+            patches = found.patches(path)
+            crops = [p for c in channels for p in patches[c]]
+            if self._projector.field(path, shape) is None:  # the patch is the whole image
+                crops = [_cut(p, b) for p, b in zip(crops, boxes)]
+            display = _display_patches(crops)
+            view = views[path]
+            view["sets"][1].extend(maps[i] for i in evo_at)
+            view["sets"][2].extend(maps)
+            view["raw"] += [raw[evo_at], raw]
+            view["boxes"] += [boxes[i] for i in evo_at] + boxes
+            view["patches"] += [display[i] for i in evo_at] + display
+
+    def _write_layer(self, path, sets, raw, boxes, patches):
+        top, evo, maps = sets
+        k, n_evo = len(top), len(evo)
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
-        patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
-                       for u, b in zip(top + evo, boxes)]
+        patch_tiles = [_enlarge(p, scale) for p in patches]
+        source = "the scanned images" if self.scan_data is not None else "the probe images"
         note = (f"{self.rule} projections of the strongest activations of {path} over the probe "
                 "images; contrast normalized per tile")
         if k:
@@ -240,9 +337,10 @@ class DeconvnetCallback(VizCallback):
                                          f"{k} units of {path}, same order as projections")
         if evo:
             tf.summary.image(f"deconvnet/{path}/evolution",
-                             tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
-                             description=note + "; one fixed feature map per tile, channels "
-                                         + ", ".join(str(u.channel) for u in evo))
+                             tiles_lib.grid(proj_tiles[k:k + n_evo])[None], max_outputs=1,
+                             description=f"{self.rule} projection of the strongest unit over "
+                                         f"{source} of each fixed feature map of {path}, "
+                                         "channels " + ", ".join(str(u.channel) for u in evo))
         # "model" lets the dashboard group layers when two networks log into one run
         # (the style pipeline's transform-net and VGG19).
         content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
@@ -256,23 +354,54 @@ class DeconvnetCallback(VizCallback):
                                  pngs[:k] + patch_pngs[:k], tiles,
                                  description=note, **content)
         if evo:
+            at = slice(k, k + n_evo)
             tiles = ([dict(_unit_json(u), role="projection") for u in evo]
                      + [dict(_unit_json(u), role="patch") for u in evo])
             metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", "evolution",
-                                 pngs[k:] + patch_pngs[k:], tiles,
-                                 description="strongest unit of each fixed feature map of "
-                                             + path, **content)
-        self._write_raw(path, top, evo, raw, boxes)
+                                 pngs[at] + patch_pngs[at], tiles,
+                                 description=f"strongest unit over {source} of each fixed "
+                                             f"feature map of {path}", **content)
+        if maps:
+            self._write_feature_maps(path, maps, proj_tiles[k + n_evo:],
+                                     patch_tiles[k + n_evo:], pngs[k + n_evo:],
+                                     patch_pngs[k + n_evo:], content)
+        self._write_raw(path, sets, raw, boxes)
 
-    def _write_raw(self, path, top, evo, raw, boxes):
+    def _write_feature_maps(self, path, maps, proj_tiles, patch_tiles, pngs, patch_pngs,
+                            content):
+        """Zeiler & Fergus' Fig. 2: per feature map its top-k projections beside their patches."""
+        by_map: dict = {}
+        for i, u in enumerate(maps):
+            by_map.setdefault(u.channel, []).append(i)
+        blocks, cols = [], math.ceil(math.sqrt(self.top_k))  # 3x3 for the paper's 9
+        for ks in by_map.values():
+            left = tiles_lib.grid([proj_tiles[i] for i in ks], cols=cols)
+            right = tiles_lib.grid([patch_tiles[i] for i in ks], cols=cols)
+            gap = np.full((max(len(left), len(right)), 6, 3), 255, np.uint8)
+            blocks.append(tiles_lib.grid([left, gap, right], cols=3, pad=0))
+        tf.summary.image(f"deconvnet/{path}/featuremaps",
+                         tiles_lib.grid(blocks, pad=12)[None], max_outputs=1,
+                         description=f"{self.rule} projections of the top {self.top_k} units of "
+                                     f"each of {len(by_map)} feature maps of {path} over the "
+                                     "scanned images (left) beside their input patches (right); "
+                                     "channels " + ", ".join(map(str, by_map)))
+        tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(maps)]
+                 + [dict(_unit_json(u), role="patch", unit=i) for i, u in enumerate(maps)])
+        groups = [{"channel": int(c), "units": ks} for c, ks in by_map.items()]
+        metadata.write_panel(f"tbviz/deconvnet/{path}/featuremaps", "featuremaps",
+                             pngs + patch_pngs, tiles, groups=groups,
+                             description=f"top {self.top_k} units of each fixed feature map of "
+                                         f"{path} over the scanned images", **content)
+
+    def _write_raw(self, path, sets, raw, boxes):
         h, w = max(b[1] - b[0] for b in boxes), max(b[3] - b[2] for b in boxes)
         cut = np.zeros((len(boxes), h, w, raw.shape[-1]), np.float16)
         limit = float(np.finfo(np.float16).max)
         for i, (t, b, lft, r) in enumerate(boxes):
             cut[i, :b - t, :r - lft] = np.clip(raw[i, t:b, lft:r], -limit, limit)
-        table = np.array([(0 if i < len(top) else 1, u.image_index, u.row, u.col, u.channel,
-                           u.value) + tuple(box)
-                          for i, (u, box) in enumerate(zip(top + evo, boxes))], np.float64)
+        units = [(n, u) for n, units in enumerate(sets) for u in units]
+        table = np.array([(n, u.image_index, u.row, u.col, u.channel, u.value) + tuple(box)
+                          for (n, u), box in zip(units, boxes)], np.float64)
         about = {"layer": path, "rule": self.rule, "columns": list(UNIT_COLUMNS)}
         tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
                          metadata=_raw_metadata(about, "raw projections (float16, clipped to "
@@ -294,6 +423,26 @@ def _display_images(images):
     if lo >= 0 and hi <= 255:
         return tiles_lib.to_rgb(np.round(images).astype(np.uint8))
     return tiles_lib.to_rgb(tiles_lib.normalize(images))
+
+
+def _display_patches(patches):
+    """Scanned input patches as uint8, all by one rule (that of :func:`_display_images`)."""
+    flat = np.concatenate([p.reshape(-1) for p in patches])
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo >= 0 and hi <= 255:
+        scale = 255 if hi <= 1 else 1
+        return [tiles_lib.to_rgb(np.round(p * scale).astype(np.uint8)[None])[0] for p in patches]
+    return [tiles_lib.to_rgb(tiles_lib.normalize(p[None]))[0] for p in patches]
+
+
+def _spread(firing, n_channels, n, seed):
+    """``n`` feature maps drawn at random (``seed``) among those that fire, sorted; maps that
+    do not fire fill up where too few do."""
+    rng = np.random.default_rng(seed)
+    rest = sorted(set(range(n_channels)) - set(firing))
+    fill = max(n - len(firing), 0)
+    pick = list(rng.permutation(firing)[:n]) + list(rng.permutation(rest)[:fill])
+    return sorted(int(c) for c in pick)
 
 
 def _cut(image, box):

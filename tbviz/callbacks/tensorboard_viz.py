@@ -66,7 +66,11 @@ class TensorBoardViz(keras.callbacks.Callback):
         graph / histograms / losses / deconvnet: switch each part on or off.
         loss_groups: see :class:`~tbviz.LossCallback`.
         graph_fn / input_spec: see :class:`~tbviz.GraphCallback`.
-        top_k / rule / probe_model / max_batch: see :class:`~tbviz.DeconvnetCallback`.
+        top_k / rule / probe_model / max_batch / channels: see
+            :class:`~tbviz.DeconvnetCallback`.
+        scan_data / scan_limit: the deconvnet's feature-map view over a whole dataset
+            (:class:`~tbviz.DeconvnetCallback`); with ``scan_data`` the deconvnet runs
+            without probe images too.
         include_frozen: histogram frozen layers' weights too.
         feature_maps: feature maps of the first and last conv layer for the first four
             probe images, and the first layer's kernels (:class:`~tbviz.FeatureMapsCallback`);
@@ -87,7 +91,8 @@ class TensorBoardViz(keras.callbacks.Callback):
                  loss_groups=None, graph_fn=None, input_spec=None,
                  top_k=9, rule="deconvnet", probe_model=None, max_batch=64,
                  include_frozen=False, feature_maps="auto", attribution=None,
-                 attribution_target=None, synthesis=None):
+                 attribution_target=None, synthesis=None, scan_data=None, scan_limit=None,
+                 channels=None):
         super().__init__()
         self.log_dir = log_dir
         every = dict(every_n_epochs=check_every("every_n_epochs", every_n_epochs),
@@ -95,7 +100,8 @@ class TensorBoardViz(keras.callbacks.Callback):
         self.every = every
         self.probe_images, self.layers, self.deconvnet = probe_images, layers, deconvnet
         self.deconvnet_options = dict(top_k=top_k, rule=rule, probe_model=probe_model,
-                                      max_batch=max_batch, **every)
+                                      max_batch=max_batch, channels=channels,
+                                      scan_data=scan_data, scan_limit=scan_limit, **every)
         if feature_maps not in ("auto", True, False):
             raise ValueError(f"feature_maps must be 'auto', True or False, got {feature_maps!r}")
         self.feature_maps = feature_maps
@@ -138,7 +144,8 @@ class TensorBoardViz(keras.callbacks.Callback):
             return
         self._model_dependent_added = True
         added = []
-        if self.deconvnet and self.probe_images is not None:
+        if self.deconvnet and (self.probe_images is not None
+                               or self.deconvnet_options["scan_data"] is not None):
             from tbviz.callbacks.deconvnet import DeconvnetCallback
 
             layers = self.layers

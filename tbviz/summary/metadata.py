@@ -22,6 +22,8 @@ kind       tag                                             tiles
 ========== =============================================== ===========================
 topk       ``tbviz/deconvnet/<layer>/topk``                k projections then k patches
 evolution  ``tbviz/deconvnet/<layer>/evolution``           fixed feature maps' strongest
+featuremaps ``tbviz/deconvnet/<layer>/featuremaps``        per fixed map (a group): its
+                                                           top-k projections, then patches
 stylized   ``tbviz/stylized/<name>``                       stylized probe photos
 attribution ``tbviz/attribution/<method>``                 heatmaps over the probe images
 ========== =============================================== ===========================
@@ -47,7 +49,7 @@ from tensorboard.compat.proto import summary_pb2
 
 PLUGIN_NAME = "tbviz"
 VERSION = 1
-KINDS = ("topk", "evolution", "stylized", "attribution")
+KINDS = ("topk", "evolution", "featuremaps", "stylized", "attribution")
 
 
 def encode_png(image) -> bytes:
