@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transform-net layers for deconvnet images ('' for none)")
     t.add_argument("--vgg-layers", type=_csv, default=list(VGG_PROBE_LAYERS),
                    help="VGG19 layers for deconvnet images, seen through the stylized output")
+    t.add_argument("--scan-dir", default=None,
+                   help="photos whose every feature map's top 9 is shown at each log step "
+                        "(Zeiler & Fergus Fig. 2; default with --scan-images: COCO's val2017/ "
+                        "beside a train2017/ --content-dir, else the last N content photos, "
+                        "then held out of training)")
+    t.add_argument("--scan-images", type=_positive, default=None,
+                   help="how many photos to scan (default 256 with --scan-dir)")
     t.add_argument("--no-viz", action="store_true", help="no tbviz summaries (losses still print)")
     t.add_argument("--output", default=None,
                    help="final transform-net .keras file (default: <log-dir>/transform_net.keras)")
@@ -142,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- train ------------------------------------------------------------------------------------
-def tbviz_callbacks(args, model, photos, names) -> list:
+def tbviz_callbacks(args, model, photos, names, scan_files=None) -> list:
     """Every tbviz callback of the train command, in one place.
 
     * ``tbviz.TensorBoardViz``: op graph of ``model.compute_losses`` (name scopes
@@ -152,6 +159,11 @@ def tbviz_callbacks(args, model, photos, names) -> list:
     * ``tbviz.DeconvnetCallback`` on VGG19 seen through the stylized probe photos,
       so its projections evolve as the transform-net learns;
     * :class:`~style_transfer.callbacks.StylizedProbes`: the stylized photos.
+
+    With ``scan_files`` (``--scan-dir`` / ``--scan-images``), each log step also scans
+    them (:func:`tbviz.deconvnet.scan`): the transform-net's layers on the photos,
+    VGG19's on their stylized outputs (run ``train``) and on the photos themselves,
+    what VGG19 learned from the content images (run ``vgg_on_photos``).
     """
     import tensorflow as tf
 
@@ -159,17 +171,60 @@ def tbviz_callbacks(args, model, photos, names) -> list:
     from style_transfer.callbacks import StylizedProbes
 
     every = dict(every_n_epochs=1, every_n_steps=args.log_every)
+    scan = {}
+    if scan_files:
+        from style_transfer import data
+
+        photos_ds = data.scan_dataset(scan_files, photos.shape[1])
+        scan = dict(scan_data=photos_ds, scan_limit=len(scan_files))
     callbacks = [StylizedProbes(args.log_dir, photos, names, **every)]
     callbacks.append(tbviz.TensorBoardViz(
         args.log_dir, probe_images=photos, layers=list(args.transform_layers) or None,
         probe_model=lambda m: m.transform_net, deconvnet=bool(args.transform_layers),
         graph_fn=model.compute_losses, input_spec=tf.TensorSpec([None, None, None, 3], tf.float32),
-        loss_every_n_steps=args.loss_every, **every))
+        loss_every_n_steps=args.loss_every, **scan, **every))
     if args.vgg_layers:
+        stylized = {}
+        if scan:  # the scanned photos as the current transform-net stylizes them
+            stylized = dict(scan_data=lambda m: (m.stylize(b).numpy() for b in photos_ds),
+                            scan_limit=scan["scan_limit"])
         callbacks.append(tbviz.DeconvnetCallback(
             args.log_dir, lambda m: m.stylize(photos), list(args.vgg_layers),
-            probe_model=lambda m: m.vgg, **every))
+            probe_model=lambda m: m.vgg, **stylized, **every))
+        if scan:
+            callbacks.append(tbviz.DeconvnetCallback(
+                args.log_dir, layers=list(args.vgg_layers), probe_model=lambda m: m.vgg,
+                run="vgg_on_photos", **scan, **every))
     return callbacks
+
+
+#: Photos scanned by default when only --scan-dir is given.
+SCAN_IMAGES = 256
+
+
+def _scan_files(args, files):
+    """``(photos to scan, content files left for training)`` from --scan-dir/--scan-images."""
+    from style_transfer import data
+
+    if args.scan_dir is None and args.scan_images is None:
+        return None, files
+    n = args.scan_images or SCAN_IMAGES
+    folder = args.scan_dir
+    if folder is None:
+        content = os.path.normpath(args.content_dir)
+        val = os.path.join(os.path.dirname(content), "val2017")
+        if os.path.basename(content) == "train2017" and os.path.isdir(val):
+            folder = val
+    if folder is None:
+        if len(files) <= n:
+            raise ValueError(f"--scan-images {n}: --content-dir has only {len(files)} photos, "
+                             "and training needs some; scan fewer or give --scan-dir")
+        return files[-n:], files[:-n]  # held out: training never sees them
+    try:
+        scan, _ = data.list_images(folder)
+    except ValueError as e:
+        raise ValueError(f"--scan-dir: {e}") from None
+    return scan[:n], files
 
 
 def _probe_photos(args):
@@ -332,8 +387,12 @@ def _train(args, vgg=None) -> int:
         for path, option in ((args.log_dir, "--log-dir"), (ckpt_dir, "--checkpoint-dir"),
                              (os.path.dirname(os.path.abspath(output)), "--output")):
             to_create += check_creatable(path, option)
+    scan_files, files = _scan_files(args, files)
     print(f"content: {len(files)} image file(s) in {args.content_dir}"
           + (f" ({ignored} other file(s) ignored)" if ignored else ""), flush=True)
+    if scan_files:
+        print(f"scan: {len(scan_files)} photo(s) from "
+              f"{os.path.dirname(scan_files[0]) or '.'}, every log step", flush=True)
     try:
         data.check_readable(files)
     except ValueError as e:
@@ -362,7 +421,7 @@ def _train(args, vgg=None) -> int:
             print(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch", flush=True)
         first_step = state.global_step
         with _run_writer(args, chief, first_step + 1):
-            failure = _fit(args, model, state, files, photos, names, strategy)
+            failure = _fit(args, model, state, files, photos, names, strategy, scan_files)
     except BaseException:
         if first_step is None or state.global_step == first_step:
             for path in reversed(created):  # only folders this run made
@@ -444,7 +503,7 @@ def _run_writer(args, chief, step):
         writers.release(path)
 
 
-def _fit(args, model, state, files, photos, names, strategy):
+def _fit(args, model, state, files, photos, names, strategy, scan_files=None):
     """Train the epochs that remain; returns why training stopped early, or ``None``."""
     import tensorflow as tf
 
@@ -471,7 +530,7 @@ def _fit(args, model, state, files, photos, names, strategy):
     # last, so every summary of a step is written (and flushed) before it is saved.
     callbacks = [guard, TrainingProgress(args.batch_size, verbose=0 if args.quiet else 1)]
     if not args.no_viz:
-        callbacks += tbviz_callbacks(args, model, photos, names)
+        callbacks += tbviz_callbacks(args, model, photos, names, scan_files)
     callbacks.append(checkpointing)
     for first, end, n_steps, offset in phases:
         checkpointing.first_epoch_offset = offset

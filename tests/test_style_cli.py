@@ -258,3 +258,52 @@ def test_train_with_mixed_precision_applies_its_steps(tmp_path, content_dir):
     assert "global step 3" in buf.getvalue()
     net = load_transform_net(log_dir / "transform_net.keras")
     assert all(np.isfinite(w).all() for w in net.get_weights())
+
+
+def test_scan_files_default_to_val2017_or_a_held_out_slice(tmp_path):
+    import argparse
+
+    for split in ("train2017", "val2017"):
+        (tmp_path / "coco" / split).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(
+                tmp_path / "coco" / split / f"{i}.png")
+    train = sorted(str(p) for p in (tmp_path / "coco" / "train2017").iterdir())
+
+    def args(content, scan_dir=None, scan_images=None):
+        return argparse.Namespace(content_dir=str(content), scan_dir=scan_dir,
+                                  scan_images=scan_images)
+
+    scan, files = cli._scan_files(args(tmp_path / "coco" / "train2017", scan_images=2), train)
+    assert files == train
+    assert [os.path.basename(os.path.dirname(p)) for p in scan] == ["val2017"] * 2
+    other = tmp_path / "photos"
+    shutil.copytree(tmp_path / "coco" / "train2017", other)
+    mine = sorted(str(p) for p in other.iterdir())
+    scan, files = cli._scan_files(args(other, scan_images=1), mine)
+    assert scan == mine[-1:] and files == mine[:-1]  # held out of training
+    assert cli._scan_files(args(other), mine) == (None, mine)  # no scan asked for
+    with pytest.raises(ValueError, match="only 3 photos"):
+        cli._scan_files(args(other, scan_images=3), mine)
+
+
+def test_train_scans_transform_net_and_vgg_on_stylized_outputs_and_on_the_photos(tmp_path,
+                                                                                  content_dir):
+    log_dir = tmp_path / "run"
+    argv = ["train", "--content-dir", str(content_dir), "--log-dir", str(log_dir),
+            "--style-image", data.asset_path("styles", "wave.jpg"),
+            "--scan-dir", data.asset_path("photos"), "--scan-images", "3",
+            *TRAIN[:3], "1", *TRAIN[4:]]  # one epoch
+    assert cli.main(argv) == 0
+    for run, layer in (("train", "conv1"), ("train", "block1_conv1"),
+                       ("vgg_on_photos", "block1_conv1")):
+        tags = eventfiles.tags(log_dir / run)
+        assert f"deconvnet/{layer}/featuremaps" in tags, (run, tags)
+        content, steps = eventfiles.panels(log_dir / run, f"tbviz/deconvnet/{layer}/featuremaps")
+        _, header, _ = steps[-1]
+        assert {t["image_index"] for t in header["tiles"]} <= {0, 1, 2}  # the 3 scanned photos
+    # VGG19 on the stylized photos and on the photos themselves see different images
+    stylized = eventfiles.images(log_dir / "train", "deconvnet/block1_conv1/featuremaps")[-1][1]
+    plain = eventfiles.images(log_dir / "vgg_on_photos",
+                              "deconvnet/block1_conv1/featuremaps")[-1][1]
+    assert stylized[0].shape != plain[0].shape or not np.array_equal(stylized[0], plain[0])

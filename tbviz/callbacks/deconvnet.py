@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -92,9 +93,13 @@ class DeconvnetCallback(VizCallback):
             probe images (an int sets that count).
         scan_data: images to scan at each trigger (NumPy array, ``tf.data.Dataset`` of
             image batches or ``(images, labels)`` batches, any iterable of batches; see
-            :func:`tbviz.deconvnet.scan`); then ``probe_images`` is optional.
+            :func:`tbviz.deconvnet.scan`), or a callable ``model -> such data`` evaluated
+            at every trigger (e.g. the photos stylized by the current transform-net);
+            then ``probe_images`` is optional.
         scan_limit: most images scanned per trigger (needed for an infinite dataset).
         seed: the random choice of an int ``channels`` among firing maps.
+        run: the run sub-directory written to (``"train"``); another name keeps two views
+            of the same layers apart (VGG19 on stylized outputs and on the photos, say).
 
     All arguments are checked here or at train begin, before any training step.
     """
@@ -103,8 +108,11 @@ class DeconvnetCallback(VizCallback):
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
                  probe_model=None, channels=None, distinct: bool = True, scan_data=None,
-                 scan_limit: int | None = None, seed: int = 0):
+                 scan_limit: int | None = None, seed: int = 0, run: str = "train"):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        if not isinstance(run, str) or not run or os.sep in run:
+            raise ValueError(f"run must be a folder name such as 'train', got {run!r}")
+        self.run = run
         self.distinct = bool(distinct)
         if probe_images is None and scan_data is None:
             raise ValueError("give probe_images, scan_data or both")
@@ -169,7 +177,7 @@ class DeconvnetCallback(VizCallback):
             # Which maps fire (and the image size) from a first look at the scan data; the
             # scan also checks the data against the model, before any training step.
             limit = min(self.scan_limit or FIRING_IMAGES, FIRING_IMAGES)
-            look = deconvnet.scan(probe, self.scan_data, self.layers, k=1, limit=limit)
+            look = deconvnet.scan(probe, self._scan_data(), self.layers, k=1, limit=limit)
             self._scan_shape = look.image_shape
             firing = {path: [c for c, units in look[path].items()
                              if units and units[0].value > 0] for path in self.layers}
@@ -192,6 +200,9 @@ class DeconvnetCallback(VizCallback):
                     raise ValueError(f"channels {bad or chosen!r} for layer {path!r}: it has "
                                      f"{n_ch} channels, choose from 0..{n_ch - 1}")
             self._fixed[path] = [int(c) for c in chosen]
+
+    def _scan_data(self):
+        return self.scan_data(self.model) if callable(self.scan_data) else self.scan_data
 
     def _resolve_probe_model(self):
         if self.probe_model is None:
@@ -228,7 +239,7 @@ class DeconvnetCallback(VizCallback):
         found = None
         if self.scan_data is not None:
             # Every worker scans its shard (the merge is a collective); the chief writes.
-            found = deconvnet.scan(self._projector.model, self.scan_data, self.layers,
+            found = deconvnet.scan(self._projector.model, self._scan_data(), self.layers,
                                    k=self.top_k, channels=self._fixed, limit=self.scan_limit,
                                    distinct=self.distinct)
         if not self.chief:
