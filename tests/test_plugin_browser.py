@@ -68,6 +68,7 @@ def server(browser, tmp_path_factory):
     shutil.copytree(shared, logdir)
     runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
     plugin_logs.write_two_networks(logdir / "two_nets" / "train")
+    runs["scan/train"] = plugin_logs.write_scan_run(str(logdir / "scan"))
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
     log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed in finally)
@@ -245,6 +246,33 @@ def test_runs_side_by_side_stylized_and_attribution(tab, server, tmp_path):
     assert texts(frame, ".grid.wide figcaption") == [
         f"image {t['image_index']}\ntarget {t['target']}" for t in tiles]
     assert len(tiles) == 3 and all_decoded(frame, 3) == 3
+
+
+def test_feature_maps_view_shows_each_maps_top_k_beside_patches(tab, server, tmp_path):
+    page, frame, _ = tab
+    frame.get_by_role("checkbox", name="scan/train", exact=True).check()
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
+    frame.get_by_role("tab", name="Feature maps").click()
+    frame.wait_for_selector(".fmap")
+    header = plugin_logs.header(server[1]["scan/train"], "tbviz/deconvnet/conv1/featuremaps")
+    assert texts(frame, ".fmap h4") == [f"map {g['channel']}" for g in header["groups"]]
+    assert len(header["groups"]) == 3
+    # per map: its 4 projections, then their 4 patches, captioned with value and image
+    captions = texts(frame, ".fmap figcaption")
+    projections = [t for t in header["tiles"] if t["role"] == "projection"]
+    patches = [t for t in header["tiles"] if t["role"] == "patch"]
+    want = []
+    for g in header["groups"]:
+        for side in (projections, patches):
+            want += [f"{side[u]['value']:.4g}\nimg {side[u]['image_index']}" for u in g["units"]]
+    assert captions == want
+    assert all_decoded(frame, 24) == 24
+    shoot(page, tmp_path, "dashboard-featuremaps.png")
+    # a map's title opens the evolution of the fixed maps
+    frame.get_by_role("button", name="map 1", exact=True).click()
+    frame.wait_for_selector("table.evo")
+    assert frame.get_by_role("tab", name="Evolution").get_attribute("aria-selected") == "true"
+    assert texts(frame, "table.evo tbody th") == ["map 0", "map 1", "map 2"]
 
 
 def test_entry_point_registers_the_tab():

@@ -6,6 +6,7 @@
 const VIEWS = [
   { kind: "topk", label: "Top-k", layered: true, many: false },
   { kind: "evolution", label: "Evolution", layered: true, many: true },
+  { kind: "featuremaps", label: "Feature maps", layered: true, many: false },
   { kind: "stylized", label: "Stylized probes", layered: false, many: true },
   { kind: "attribution", label: "Attribution", layered: false, many: false },
 ];
@@ -242,6 +243,47 @@ function topkView(run, tag) {
   };
 }
 
+// Zeiler & Fergus' Fig. 2: per feature map (a group of the frame) its top-k projections
+// over the scanned data beside their input patches. A map's title opens its evolution.
+function featuremapsView(run, tag) {
+  return (frame) => {
+    const [proj, patch] = byRole(frame);
+    const caption = (t) => [fmt(t.value), t.image_index != null ? `img ${t.image_index}` : null];
+    const grid = (idx, cls) =>
+      h(
+        "div",
+        { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
+        idx.map((i) => tile(run, tag, frame, i, caption(frame.tiles[i - 1]), cls)),
+      );
+    const blocks = (frame.groups ?? []).map((g) =>
+      h(
+        "div",
+        { class: "fmap" },
+        h(
+          "h4",
+          {},
+          h(
+            "button",
+            {
+              class: "preset",
+              title: "open this map's strongest unit across steps",
+              onclick: () => pickView("evolution"),
+            },
+            `map ${g.channel}`,
+          ),
+        ),
+        h(
+          "div",
+          { class: "zf" },
+          h("div", { class: "zf-half" }, grid(g.units.map((u) => proj[u]), "proj")),
+          h("div", { class: "zf-half" }, grid(g.units.map((u) => patch[u]), "patch")),
+        ),
+      ),
+    );
+    return h("div", { class: "fmaps" }, frameError(frame), blocks);
+  };
+}
+
 function evolutionView(run, tag) {
   return (frs) => {
     // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
@@ -394,6 +436,7 @@ async function drawRun(col, entry) {
     const make = {
       topk: topkView,
       evolution: evolutionView,
+      featuremaps: featuremapsView,
       stylized: stylizedView,
       attribution: attributionView,
     }[p.kind];
@@ -413,7 +456,7 @@ function layers() {
   for (const e of state.runs)
     if (state.selected.has(e.run))
       for (const p of e.panels)
-        if (p.layer != null && (p.kind === "topk" || p.kind === "evolution")) {
+        if (p.layer != null && VIEWS.some((v) => v.layered && v.kind === p.kind)) {
           const k = layerKey(p);
           const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
           index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
