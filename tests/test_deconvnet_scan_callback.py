@@ -42,7 +42,7 @@ def test_scan_only_writes_the_feature_map_view_evolution_and_units(tmp_path, pla
     model = frozen_detector()
     cb = tbviz.DeconvnetCallback(tmp_path, layers=["conv1", "mix"], scan_data=ds, top_k=K,
                                  channels=[0, 1])
-    fit(model, x, cb)
+    fit(model, x, cb, epochs=3)
     acc = load(tmp_path / "train")
     tags = acc.Tags()["tensors"]
     for layer in ("conv1", "mix"):
@@ -50,7 +50,7 @@ def test_scan_only_writes_the_feature_map_view_evolution_and_units(tmp_path, pla
             assert f"deconvnet/{layer}/{name}" in tags
         assert f"tbviz/deconvnet/{layer}/featuremaps" in tags
         assert f"deconvnet/{layer}/projections" not in tags  # no probe images, no top-k
-        assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/featuremaps")] == [1, 2]
+        assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/featuremaps")] == [1, 2, 3]
 
     # the units table: set 2 = each map's top 3 over all 3000 images, strongest first, at the
     # planted images and positions; set 1 = the strongest of each map
@@ -76,6 +76,12 @@ def test_scan_only_writes_the_feature_map_view_evolution_and_units(tmp_path, pla
         # pixels within [0, 255] are shown as they are, rounded to uint8
         want = np.round(x[i, r:r + 5, c:c + 5]).astype(np.uint8)
         np.testing.assert_array_equal(png[::scale, ::scale], want)
+
+    # traced at most twice (a full batch, then any batch size), never again at later triggers
+    from tbviz import scan as scan_module
+    counts = [s.step.experimental_get_tracing_count()
+              for s in scan_module._SCANNERS[model].values()]
+    assert len(counts) == 2 and max(counts) <= 2  # the first look at train begin, the scans
 
     # the Images-dashboard view is one picture holding both maps' blocks
     (_, (picture,)), = images(tmp_path / "train", "deconvnet/conv1/featuremaps")[-1:]
