@@ -275,6 +275,36 @@ def test_feature_maps_view_shows_each_maps_top_k_beside_patches(tab, server, tmp
     assert texts(frame, "table.evo tbody th") == ["map 0", "map 1", "map 2"]
 
 
+def test_through_the_layers_follows_each_probe_photo_and_panels_download_as_png(tab, server,
+                                                                               tmp_path):
+    page, frame, _ = tab
+    frame.get_by_role("tab", name="Through the layers").click()
+    frame.wait_for_selector("table.layers-through")
+    # columns: the logged layers in network order; rows: the 4 probe photos
+    assert texts(frame, "table.layers-through thead th") == ["", "conv1", "block/inner_conv"]
+    assert texts(frame, "table.layers-through tbody th") == [f"photo {i}" for i in range(4)]
+    captions = frame.locator("table.layers-through tbody tr").nth(2).locator("figcaption")
+    for n, layer in enumerate(("conv1", "block/inner_conv")):
+        t = plugin_logs.header(server[1]["cnn/train"], f"tbviz/deconvnet/{layer}/perimage")
+        t = t["tiles"][2]
+        assert t["image_index"] == 2
+        assert captions.nth(n).inner_text().splitlines() == [f"{t['value']:.4g}",
+                                                             f"map {t['channel']}"]
+    assert all_decoded(frame, 8) == 8
+    # any panel downloads as one PNG of what is on screen
+    frame.get_by_role("tab", name="Top-k").click()
+    frame.wait_for_selector(".zf figure.tile img")
+    all_decoded(frame, 18)
+    with page.expect_download() as download:
+        frame.locator(".panel h3 button.download").first.click()
+    path = tmp_path / "topk.png"
+    download.value.save_as(path)
+    from PIL import Image
+
+    picture = Image.open(path)
+    assert picture.format == "PNG" and min(picture.size) > 100
+
+
 def test_entry_point_registers_the_tab():
     ep = _installed_entry_point()
     if ep is None:

@@ -8,8 +8,9 @@ strongest activations over the probe images back to pixel space and writes:
   them, same order) and ``deconvnet/<layer>/evolution`` (the strongest unit of
   each of a fixed set of feature maps, chosen at train begin, so the step
   slider shows how they change). Contrast is normalized per tile, as in the paper.
-* tbviz dashboard panels ``tbviz/deconvnet/<layer>/topk`` and
-  ``tbviz/deconvnet/<layer>/evolution`` (see :mod:`tbviz.summary.metadata`).
+* tbviz dashboard panels ``tbviz/deconvnet/<layer>/topk``,
+  ``tbviz/deconvnet/<layer>/evolution`` and ``tbviz/deconvnet/<layer>/perimage``
+  (each probe image's strongest unit; see :mod:`tbviz.summary.metadata`).
 * With ``scan_data`` (Zeiler & Fergus' Figs. 2 and 3 over a whole dataset, see
   :func:`tbviz.deconvnet.scan`): ``deconvnet/<layer>/featuremaps`` (per fixed
   feature map, its top-k projections beside their input patches, over all the
@@ -264,6 +265,21 @@ class DeconvnetCallback(VizCallback):
                                     "projections (non-finite weights?); shown as 0")
                     raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
                 self._write_layer(path, view["sets"], raw, view["boxes"], view["patches"])
+                if view.get("per_image"):
+                    self._write_per_image(path, *view["per_image"])
+
+    def _write_per_image(self, path, units, raw, boxes):
+        """Panel ``perimage``: each probe image's strongest unit of ``path`` (Liu et al.'s
+        Fig. 2 puts these side by side, layer after layer)."""
+        raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+        scale = _scale_for(boxes)
+        pngs = [metadata.encode_png(_enlarge(_tile(r, b), scale)) for r, b in zip(raw, boxes)]
+        metadata.write_panel(
+            f"tbviz/deconvnet/{path}/perimage", "perimage", pngs,
+            [dict(_unit_json(u), role="projection") for u in units],
+            description=f"{self.rule} projection of each probe image's strongest unit of {path}",
+            layer=path, layer_index=self._layer_index[path], rule=self.rule,
+            model=self._projector.model.name)
 
     def _boxes(self, path, image_shape, units, raw):
         if self._projector.field(path, image_shape) is None:
@@ -288,8 +304,12 @@ class DeconvnetCallback(VizCallback):
             evo = (deconvnet.top_units(acts[path], channels=self._fixed[path])
                    if with_evolution else [])  # with scan data it comes from the scan
             chosen[path] = (top, evo)
+        # Each probe image's strongest unit per layer: the image followed through the layers.
+        per_image = {path: [u._replace(image_index=i) for i in range(len(images))
+                            for u in deconvnet.top_units(acts[path][i:i + 1], k=1)]
+                     for path in self.layers}
         # A unit both in the top-k and strongest of its map is projected once.
-        unique = {p: list(dict.fromkeys(t + e)) for p, (t, e) in chosen.items()}
+        unique = {p: list(dict.fromkeys(t + e + per_image[p])) for p, (t, e) in chosen.items()}
         projections = proj.project(images, unique, max_batch=self.max_batch)
         display = _display_images(images)
         for path, (top, evo) in chosen.items():
@@ -303,6 +323,9 @@ class DeconvnetCallback(VizCallback):
             view["raw"].append(raw)
             view["boxes"].extend(boxes)
             view["patches"].extend(_cut(display[u.image_index], b) for u, b in zip(units, boxes))
+            own = projections[path][[where[u] for u in per_image[path]]]
+            view["per_image"] = (per_image[path], own,
+                                 self._boxes(path, self._image_shape, per_image[path], own))
         return True
 
     def _scan_views(self, views, found):

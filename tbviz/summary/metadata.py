@@ -24,6 +24,7 @@ topk       ``tbviz/deconvnet/<layer>/topk``                k projections then k 
 evolution  ``tbviz/deconvnet/<layer>/evolution``           fixed feature maps' strongest
 featuremaps ``tbviz/deconvnet/<layer>/featuremaps``        per fixed map (a group): its
                                                            top-k projections, then patches
+perimage   ``tbviz/deconvnet/<layer>/perimage``            each probe image's strongest
 stylized   ``tbviz/stylized/<name>``                       stylized probe photos
 attribution ``tbviz/attribution/<method>``                 heatmaps over the probe images
 ========== =============================================== ===========================
@@ -49,7 +50,7 @@ from tensorboard.compat.proto import summary_pb2
 
 PLUGIN_NAME = "tbviz"
 VERSION = 1
-KINDS = ("topk", "evolution", "featuremaps", "stylized", "attribution")
+KINDS = ("topk", "evolution", "featuremaps", "perimage", "stylized", "attribution")
 
 
 def encode_png(image) -> bytes:
