@@ -107,8 +107,10 @@ def test_panels_list_every_run_with_its_contract(client):
     # only tbviz panels: the callback's stock image summaries and raw tensors are not listed
     assert sorted(cnn) == ["tbviz/attribution/grad_cam",
                            "tbviz/deconvnet/block/inner_conv/evolution",
+                           "tbviz/deconvnet/block/inner_conv/perimage",
                            "tbviz/deconvnet/block/inner_conv/topk",
-                           "tbviz/deconvnet/conv1/evolution", "tbviz/deconvnet/conv1/topk"]
+                           "tbviz/deconvnet/conv1/evolution", "tbviz/deconvnet/conv1/perimage",
+                           "tbviz/deconvnet/conv1/topk"]
     inner, conv1 = cnn["tbviz/deconvnet/block/inner_conv/topk"], cnn["tbviz/deconvnet/conv1/topk"]
     assert (inner["kind"], inner["layer"], inner["rule"], inner["k"], inner["max_step"]) == \
         ("topk", "block/inner_conv", "deconvnet", 9, 5)
