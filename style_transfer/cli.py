@@ -647,6 +647,34 @@ def stylize(args) -> int:
 
 
 # -- demo -------------------------------------------------------------------------------------
+#: scikit-image's colour photographs, scanned by the demo beside the bundled photos.
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
+                  "hubble_deep_field")
+
+
+def _demo_scan_photos(folder: str) -> str:
+    """The demo's scan data: the bundled photos plus scikit-image's, where it is installed."""
+    from PIL import Image
+
+    from style_transfer import data
+
+    os.makedirs(folder, exist_ok=True)
+    for path in data.bundled_photos():
+        shutil.copy(path, folder)
+    try:
+        import skimage.data
+    except ImportError:
+        return folder
+    for name in SKIMAGE_PHOTOS:
+        try:
+            image = getattr(skimage.data, name)()
+        except Exception:  # noqa: BLE001 (a photo scikit-image would have to download)
+            continue
+        if image.ndim == 3 and image.shape[-1] == 3:
+            Image.fromarray(image).save(os.path.join(folder, f"skimage_{name}.png"))
+    return folder
+
+
 def demo(args) -> int:
     """The ``demo`` command: train briefly on bundled images, stylize the photos, say what
     to open."""
@@ -671,6 +699,7 @@ def demo(args) -> int:
             print(f"\nImageNet VGG19 weights unreachable: {e}\n"
                   "==> the demo falls back to --vgg-weights random.", file=sys.stderr, flush=True)
             weights = "random"
+    scan_dir = _demo_scan_photos(os.path.join(log_dir, "scan_photos"))
     train_args = build_parser().parse_args([
         "train", "--content-dir", data.asset_path("photos"),
         "--style-image", data.asset_path("styles", f"{args.style}.jpg"),
@@ -678,7 +707,8 @@ def demo(args) -> int:
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--image-size", str(args.image_size), "--steps-per-epoch", str(args.steps_per_epoch),
         "--log-every", str(max(1, args.steps_per_epoch // 2)), "--loss-every", "2",
-        "--checkpoint-every", str(args.steps_per_epoch), "--lr", "2e-3"])
+        "--checkpoint-every", str(args.steps_per_epoch), "--lr", "2e-3",
+        "--scan-dir", scan_dir, "--scan-images", str(len(os.listdir(scan_dir)))])
     train(train_args, vgg=vgg)
     out_dir = os.path.join(log_dir, "stylized")
     stylize(build_parser().parse_args([

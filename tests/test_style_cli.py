@@ -223,6 +223,11 @@ def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, ca
     assert stylized == sorted(os.path.basename(p) for p in data.bundled_photos())
     acc = eventfiles.load(log_dir / "train")
     assert "tbviz/stylized/probes" in acc.Tags()["tensors"]
+    # the demo scans the bundled photos plus scikit-image's
+    scanned = os.listdir(log_dir / "scan_photos")
+    assert any(n.startswith("skimage_") for n in scanned) and len(scanned) > len(stylized)
+    assert "tbviz/deconvnet/block1_conv1/featuremaps" in acc.Tags()["tensors"]
+    assert "deconvnet/block1_conv1/featuremaps" in eventfiles.tags(log_dir / "vgg_on_photos")
     # It never deletes a folder that is not one of its own runs.
     other = tmp_path / "mine"
     other.mkdir()
