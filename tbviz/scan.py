@@ -87,8 +87,8 @@ def _forward(model, layers: Sequence[str]):
 
     One sub-model ends at the listed layers where the graph allows (see :func:`_up_to`;
     for one nested path or top-level layers). Otherwise the outputs are captured while the
-    whole model runs; inside a ``tf.function`` the ops after the last captured layer feed
-    nothing and are pruned.
+    whole model runs (inside a ``tf.function`` TensorFlow can prune the ops after the last
+    captured layer, as nothing reads them; not measured).
     """
     layers = list(layers)
     try:
