@@ -79,8 +79,9 @@ def bench(name, size, n, rss, k=9, maps=16):
     def run_predict(count):
         return cut.predict(images(count, size), verbose=0)
 
-    run_scan(BATCH)  # trace everything once
-    run_predict(BATCH)
+    # trace everything first: a full batch, then a partial one (traced for any batch size)
+    run_scan(BATCH + 1)
+    run_predict(BATCH + 1)
     found, scan_wall, scan_cpu = timed(lambda: run_scan(n))
     _, pred_wall, pred_cpu = timed(lambda: run_predict(n))
     print(f"\n{name} {size}x{size}, layers {', '.join(layers)}, {maps} maps x top {k}")
