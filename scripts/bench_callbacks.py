@@ -1,14 +1,16 @@
 """Epoch-time overhead of tbviz.TensorBoardViz vs Keras' own TensorBoard callback.
 
 Trains the same small CNN (CIFAR-sized: 32x32x3 inputs, four 3x3 conv layers,
-about 0.3M parameters) for 200 steps per epoch, three ways, taking turns so
-that machine noise hits all three alike:
+about 0.3M parameters) for 200 steps per epoch, four ways, taking turns so
+that machine noise hits all alike:
 
 * plain ``fit``,
 * ``fit`` + ``keras.callbacks.TensorBoard(histogram_freq=1)``,
 * ``fit`` + ``tbviz.TensorBoardViz`` at its defaults (graph, per-step losses,
   weight/gradient/activation histograms, deconvnet top-9 for 4 layers, all with
-  8 probe images).
+  8 probe images; convergence scalars included),
+* ``fit`` + ``tbviz.ConvergenceCallback`` alone (its part of the defaults: CKA of
+  the six conv/dense layers on the 8 probe images, every epoch).
 
 Each setup trains ``--rounds`` times for ``--epochs`` epochs, the setups taking
 turns. Epochs are timed from epoch begin to the end of every callback's epoch-end
@@ -124,14 +126,19 @@ def run(args):
             cbs = []
         elif kind == "keras":
             cbs = [keras.callbacks.TensorBoard(os.path.join(root, "keras"), histogram_freq=1)]
+        elif kind == "convergence":
+            cbs = [tbviz.ConvergenceCallback(os.path.join(root, "convergence"), probe_x)]
         else:
             cbs = [tbviz.TensorBoardViz(os.path.join(root, "tbviz"), probe_images=probe_x,
                                         probe_labels=probe_y, deconvnet=not args.no_deconvnet)]
         return model, cbs
 
-    kinds = ["plain", "keras", "tbviz"]
+    kinds = ["plain", "keras", "tbviz", "convergence"]
+    labels = {"keras": "keras.callbacks.TensorBoard(histogram_freq=1)",
+              "tbviz": "tbviz.TensorBoardViz (defaults)",
+              "convergence": "tbviz.ConvergenceCallback (defaults)"}
     times = {k: [] for k in kinds}
-    hooks = {"keras": [], "tbviz": []}
+    hooks = {k: [] for k in labels}
     for _ in range(args.rounds):  # rounds interleave the three so noise hits all alike
         for k in kinds:
             model, cbs = make(k)
@@ -151,13 +158,11 @@ def run(args):
         steady = {k: statistics.median(t[i] for t in v) for k, v in times.items()}
         print(f"end to end, median epoch {what}: "
               + ", ".join(f"{k} {steady[k]:.3f} s" for k in kinds))
-        for k, label in (("keras", "keras.callbacks.TensorBoard(histogram_freq=1)"),
-                         ("tbviz", "tbviz.TensorBoardViz (defaults)")):
+        for k, label in labels.items():
             print(f"  ratio vs plain fit, {label}: {steady[k] / steady['plain']:.3f}")
     print("direct: time inside the callback's hooks per epoch, over the rest of that epoch "
           "(same run, so load on the machine cancels out):")
-    for k, label in (("keras", "keras.callbacks.TensorBoard(histogram_freq=1)"),
-                     ("tbviz", "tbviz.TensorBoardViz (defaults)")):
+    for k, label in labels.items():
         for i, what in enumerate(("wall", "CPU")):
             ratios = [1 + spent[i] / (epoch[i] - spent[i]) for spent, epoch in hooks[k]]
             spent = statistics.median(s[i] for s, _ in hooks[k])

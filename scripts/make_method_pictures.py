@@ -71,10 +71,10 @@ def dataset(rng, n, objs, texs):
     return np.stack([compose(rng, objs, texs, int(c)) for c in labels]), labels
 
 
-def build_model():
+def build_model(classes=len(CLASSES), channels=3, softmax=True):
     conv = dict(padding="same", activation="relu")
     return keras.Sequential([
-        keras.Input((None, None, 3)),
+        keras.Input((None, None, channels)),
         keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale"),
         keras.layers.Conv2D(16, 3, name="conv1", **conv),
         keras.layers.Conv2D(16, 3, name="conv2", **conv),
@@ -84,7 +84,7 @@ def build_model():
         keras.layers.MaxPooling2D(name="pool2"),
         keras.layers.Conv2D(64, 3, name="conv5", **conv),
         keras.layers.GlobalAveragePooling2D(name="gap"),
-        keras.layers.Dense(len(CLASSES), activation="softmax", name="classes"),
+        keras.layers.Dense(classes, activation="softmax" if softmax else None, name="classes"),
     ], name="objects_on_textures")
 
 

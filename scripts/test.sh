@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Set up .venv, install the project with its dev extras, run the whole test suite.
 # Extra arguments go to pytest, e.g. ./scripts/test.sh -k deconvnet -x
+# ./scripts/test.sh --numerics [pytest args]: the tests marked `numerics` (they compare
+# float results of different computations) three times, as other CPUs would run them:
+# TensorFlow's defaults, without oneDNN's kernels (TF_ENABLE_ONEDNN_OPTS=0), and with one
+# intra-op thread (TF_NUM_INTRAOP_THREADS=1, so other reduction orders).
 . "$(dirname "$0")/_venv.sh" dev
 # The browser tests drive Debian's chromium; install it when we can (root + apt), otherwise
 # those tests skip and say why.
@@ -8,5 +12,20 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "==> installing Debian's chromium for the browser tests"
   (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
     || echo "    could not install chromium; browser tests will be skipped"
+fi
+if [ "${1:-}" = "--numerics" ]; then
+  shift
+  failed=""
+  for setting in "" TF_ENABLE_ONEDNN_OPTS=0 TF_NUM_INTRAOP_THREADS=1; do
+    echo "==> numerics tests with ${setting:-the defaults}"
+    env -u TF_ENABLE_ONEDNN_OPTS -u TF_NUM_INTRAOP_THREADS $setting \
+      .venv/bin/python -m pytest -m numerics "$@" || failed="$failed ${setting:-defaults}"
+  done
+  if [ -n "$failed" ]; then
+    echo "==> numerics tests failed with:$failed"
+    exit 1
+  fi
+  echo "==> numerics tests passed with all three settings"
+  exit 0
 fi
 exec .venv/bin/python -m pytest "$@"

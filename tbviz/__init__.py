@@ -22,6 +22,7 @@ _EXPORTS = {
     "AttributionCallback": "tbviz.callbacks.attribution",
     "SynthesisCallback": "tbviz.callbacks.synthesis",
     "FeatureMapsCallback": "tbviz.callbacks.feature_maps",
+    "ConvergenceCallback": "tbviz.callbacks.convergence",
 }
 
 __all__ = list(_EXPORTS)

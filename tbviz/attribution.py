@@ -53,9 +53,9 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe
+from tbviz.backward_rules import backward_rule, gradients
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers, get_layer, layer_paths
-from tbviz.relu_rules import gradients, relu_rule
 
 METHODS = ("saliency", "smoothgrad", "guided_backprop", "occlusion", "cam", "grad_cam")
 
@@ -160,7 +160,7 @@ def _input_gradients(model, x, idx, fn, rule: str, max_batch: int) -> np.ndarray
         @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32),
                                       tf.TensorSpec((None,), tf.int32)])
         def grad(xb, ib):
-            with relu_rule(rule):
+            with backward_rule(rule, ref()):
                 y = ref()(xb, training=False)
             # Rows are independent in inference mode, so the gradient of the sum is
             # each image's own gradient.
@@ -191,7 +191,7 @@ def guided_backprop(model, images, target, max_batch: int = 32) -> np.ndarray:
     """Guided backpropagation (Springenberg et al. 2014): the gradient with each ReLU
     passing back only positive signal where its input was positive.
 
-    Same shape as ``images``. Uses :func:`tbviz.relu_rules.relu_rule` ``("guided")``.
+    Same shape as ``images``. Uses :func:`tbviz.backward_rules.backward_rule` ``("guided")``.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, activation="relu"),
@@ -523,3 +523,6 @@ def method_options(method: str) -> list[str]:
         raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
     params = list(inspect.signature(globals()[method]).parameters)
     return params[3:]
+
+
+from tbviz.sanity import sanity_check  # noqa: E402,F401 - Adebayo et al.'s check, see there

@@ -6,7 +6,7 @@ Three pure functions (arrays in, arrays out, no TensorBoard):
   strongest unit of each of some feature maps, the view of the paper's Fig. 3);
 * :func:`project` - each unit alone, all other units of its layer zeroed,
   projected back to input pixels with the ``"deconvnet"``, ``"guided"`` or
-  ``"gradient"`` ReLU rule (see :mod:`tbviz.relu_rules`);
+  ``"gradient"`` backward rule (see :mod:`tbviz.backward_rules`);
 * :func:`patches` - the input crop under each unit's receptive field, to show
   beside its projection;
 * :func:`scan` (in :mod:`tbviz.scan`) - each feature map's strongest units over a
@@ -59,9 +59,9 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import receptive_field as rf
+from tbviz.backward_rules import backward_rule, check_rule, gradients
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers
-from tbviz.relu_rules import check_rule, gradients, relu_rule
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels", "project",
            "patches", "windows", "scan", "Scan"]
@@ -302,7 +302,7 @@ class Projector:
             def fn(x, pos):
                 self.trace_count += 1
                 model = self.model
-                with relu_rule(self.rule), capture_outputs(model, [layer]) as seen:
+                with backward_rule(self.rule, model), capture_outputs(model, [layer]) as seen:
                     model(x, training=False)
                 out = seen[layer]
                 if not shared:

@@ -50,7 +50,7 @@ import tensorflow as tf
 from tbviz import receptive_field as rf
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_layers, image_input_shape
-from tbviz.relu_rules import check_rule, relu_rule
+from tbviz.backward_rules import backward_rule, check_rule
 
 __all__ = ["scan", "Scan"]
 
@@ -108,7 +108,10 @@ def _forward(model, layers: Sequence[str]):
             return dict(zip(layers, outs))
         return truncated
 
+    ref = weakref.ref(model)  # cached per model (weakly): the function must not keep it alive
+
     def whole(x):
+        model = ref()
         with capture_outputs(model, layers) as seen:
             model(x, training=False)
         missing = [p for p in layers if p not in seen]
@@ -365,10 +368,11 @@ def _projection_fn(model, layer, rule):
         from tbviz.deconvnet import _backward
 
         forward = _forward(model, [layer])
+        ref = weakref.ref(model)
 
         @tf.function(reduce_retracing=True)
         def fn(x, pos):
-            with relu_rule(rule):
+            with backward_rule(rule, ref()):
                 out = forward(x)[layer]
             return _backward(out, x, pos)
 

@@ -1,6 +1,7 @@
 """What the histogram callback measures: weights by layer, gradients, activations, dead ReLUs.
 
-Pure functions over a model and arrays; no TensorBoard.
+Pure functions over a model and arrays; no TensorBoard. ``cka`` (how alike two
+representations are, for the convergence callback) lives in :mod:`tbviz.similarity`.
 
 Example:
     >>> import numpy as np, keras
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 
 from tbviz.layers import children, layer_paths, get_layer
+from tbviz.similarity import cka  # noqa: F401 - tbviz.stats.cka, documented in tbviz.similarity
 
 
 def own_weights(layer) -> list:

@@ -40,7 +40,7 @@ import tensorflow as tf
 from tbviz import _probe
 from tbviz.checks import value_range as check_value_range
 from tbviz.layers import capture_outputs, check_images, check_layers, image_input_shape
-from tbviz.relu_rules import gradients
+from tbviz.backward_rules import gradients
 
 
 # -- shared pieces ----------------------------------------------------------------------------

@@ -8,6 +8,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_report_header(config):
+    """Which kernels and threads TensorFlow runs with: numerical results depend on them."""
+    names = ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS")
+    return "tensorflow settings: " + ", ".join(f"{n}={os.environ.get(n, 'default')}"
+                                               for n in names)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same seeds, so failures reproduce."""

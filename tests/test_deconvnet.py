@@ -12,6 +12,10 @@ import pytest
 from tbviz import deconvnet
 from tbviz.deconvnet import Unit
 
+# Float results of different computations: ./scripts/test.sh --numerics runs these under
+# other kernels and thread counts.
+pytestmark = pytest.mark.numerics
+
 L = keras.layers
 RULES = ("deconvnet", "guided", "gradient")
 

@@ -9,6 +9,10 @@ import tbviz
 from eventfiles import load, scalars
 from models import compile, data, functional_bn_nested, sequential
 
+# Float results of different computations: ./scripts/test.sh --numerics runs these under
+# other kernels and thread counts.
+pytestmark = pytest.mark.numerics
+
 
 def histogram(acc, tag, index=-1):
     """(step, buckets array [left, right, count]) of a tensor-stored histogram."""

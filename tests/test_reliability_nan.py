@@ -8,6 +8,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tbviz
@@ -123,6 +124,7 @@ def poison(layer):
     layer.kernel.assign(kernel)
 
 
+@pytest.mark.numerics
 def test_every_tbviz_callback_tolerates_nan_and_inf_weights(tmp_path, caplog):
     x, y = data(8)
     model = compile(sequential())
@@ -137,7 +139,7 @@ def test_every_tbviz_callback_tolerates_nan_and_inf_weights(tmp_path, caplog):
         tbviz.SynthesisCallback(run, x[:2], maximize={"conv2": 1}, invert=["conv1"], steps=2),
     ]
     with caplog.at_level(logging.WARNING):
-        model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=callbacks)
+        history = model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=callbacks)
         stylizer = Stylizer()
         stylizer.compile("sgd", "mse")
         stylizer(x[:1])
@@ -145,17 +147,39 @@ def test_every_tbviz_callback_tolerates_nan_and_inf_weights(tmp_path, caplog):
         photos = x[:2] * 255
         stylizer.fit(photos, photos, epochs=2, verbose=0,
                      callbacks=[StylizedProbes(run, photos, every_n_epochs=1)])
+    # Training went on undisturbed: every epoch and every step ran.
+    assert len(history.history["loss"]) == 2 and not model.stop_training
+    assert int(model.optimizer.iterations) == 2 * 2  # 8 samples, batches of 4, 2 epochs
+    assert int(stylizer.optimizer.iterations) == 2
+    # Each part that met NaN or Inf says so, once: a problem that lasts is not repeated at
+    # every trigger. How many different messages a part gives is not fixed: how far NaN
+    # spreads through max-pooling and ReLU depends on the kernel TensorFlow picks.
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     for needle in ("tbviz: conv1/kernel has", "layer 'conv1'", "attribution/saliency has",
                    "feature_maps/conv2 has", "synthesis/conv2 has", "stylized/probes has"):
         said = [m for m in messages if needle in m]
-        assert len(said) == 1, (needle, messages)  # said, once, over two epochs
-    # Every image still draws: two steps each, decodable, finite pixels only.
-    for tag in ("deconvnet/conv1/projections", "attribution/saliency", "attribution/grad_cam",
-                "feature_maps/conv2", "kernels/conv1", "synthesis/conv2/0",
-                "synthesis/inversion/conv1", "stylized/probes"):
-        logged = images(tmp_path / "train", tag)
-        assert len(logged) == 2 and all(p.dtype == np.uint8 for _, ps in logged for p in ps), tag
-    counts = dict(scalars(tmp_path / "train", "nonfinite/stylized/probes"))
-    assert counts and all(v > 0 for v in counts.values())
-    assert "nonfinite/conv1/kernel" in load(tmp_path / "train").Tags()["tensors"]
+        assert said and len(said) == len(set(said)), (needle, messages)
+        assert all("NaN or Inf" in m or "non-finite" in m or "no finite" in m for m in said)
+    # Every image still draws: two steps each, decodable. The deconvnet shows the units
+    # whose activation is finite; where no finite one is left (whether ReLU and max-pooling
+    # keep NaN or drop it depends on the kernel), it says that it drew nothing.
+    train = load(tmp_path / "train")
+    drawn = ["attribution/saliency", "attribution/grad_cam", "feature_maps/conv2",
+             "kernels/conv1", "synthesis/conv2/0", "synthesis/inversion/conv1",
+             "stylized/probes"]
+    if "deconvnet/conv1/projections" in train.Tags()["tensors"]:
+        drawn.append("deconvnet/conv1/projections")
+    else:
+        assert [m for m in messages if "'conv1': no finite activation to project" in m]
+    for tag in drawn:
+        logged = images(train, tag)
+        assert len(logged) == 2 and logged[0][0] < logged[1][0], tag  # one per epoch
+        assert all(p.dtype == np.uint8 and p.size for _, ps in logged for p in ps), tag
+    # The non-finite values are counted, at every step, under nonfinite/<tag>. NaN times
+    # anything is NaN, so this holds on any kernel: each of these is a NaN weight or went
+    # through a convolution with NaN weights (after the first step every weight of
+    # `model` is NaN: its NaN loss reaches every gradient through conv2 and the head).
+    for tag in ("conv1/kernel", "attribution/saliency", "feature_maps/conv2", "kernels/conv1",
+                "synthesis/conv2", "synthesis/inversion/conv1", "stylized/probes"):
+        counts = scalars(train, f"nonfinite/{tag}")
+        assert len(counts) == 2 and all(v > 0 for _, v in counts), (tag, counts)

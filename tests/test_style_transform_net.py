@@ -8,6 +8,10 @@ import keras
 from style_transfer.transform_net import (LAYER_NAMES, MIN_SIZE, build_transform_net,
                                           load_transform_net)
 
+# Float results of different computations: ./scripts/test.sh --numerics runs these under
+# other kernels and thread counts.
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(scope="module")
 def net():

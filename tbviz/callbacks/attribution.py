@@ -6,7 +6,12 @@ see :mod:`tbviz.attribution`) and each trigger, the callback writes
 * ``attribution/<method>``: a standard image summary, one heatmap-over-photo per
   probe image (TensorBoard's Images dashboard, with its step slider),
 * ``tbviz/attribution/<method>``: the same images as a tbviz dashboard panel,
-  each tile labelled ``{"method", "image_index", "target"}``.
+  each tile labelled ``{"method", "image_index", "target"}``,
+* with ``sanity=True``, the model-randomization check of Adebayo et al. 2018
+  (:func:`tbviz.attribution.sanity_check`, cascading from the top):
+  ``sanity/<method>/<layer>``, the Spearman correlation of the maps with those of a
+  copy randomized down to that layer, and ``sanity/<method>``, that with every layer
+  random. High values: the maps do not depend on what the model learned.
 
 Example:
     >>> import numpy as np, keras
@@ -28,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import attribution
+from tbviz.backward_rules import plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.layers import check_images
 from tbviz.summary.images import normalize, overlay, to_rgb
@@ -66,6 +72,8 @@ class AttributionCallback(VizCallback):
             "smoothgrad": {"samples": 16}}``.
         max_batch: most images per forward pass, for every method.
         alpha: opacity of the heatmap over the photo.
+        sanity: also log the randomization sanity check per method (one map per
+            layer with weights per trigger: as many times the method's cost).
 
     Everything is validated at train begin (each method runs once on the first
     probe image, which also traces its probe); errors name the valid choices.
@@ -74,7 +82,7 @@ class AttributionCallback(VizCallback):
     def __init__(self, log_dir, probe_images, target=None, methods=DEFAULT_METHODS,
                  layer: str | None = None, options: dict | None = None, max_batch: int = 32,
                  alpha: float = 0.6, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None):
+                 every_n_steps: int | None = None, sanity: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         if probe_images is None or np.size(probe_images) == 0:
             raise ValueError("probe_images must hold at least one image (N, H, W, C)")
@@ -104,7 +112,9 @@ class AttributionCallback(VizCallback):
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
-        self._probes = None
+        self.sanity = bool(sanity)
+        self._probes = self._randomized = None
+        self._plain_note = None
 
     def setup(self):
         self._probes = check_images(self.model, self.probe_images, "probe_images")
@@ -117,6 +127,16 @@ class AttributionCallback(VizCallback):
                 target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
         for method in self.methods:
             self._attribute(method, self._probes[:1], target)
+        # Guided backprop on a model without a rectifier is the saliency gradient: say so.
+        if "guided_backprop" in self.methods:
+            self._plain_note = plain_gradient_note(self.model, "guided")
+            if self._plain_note:
+                self.warn_once("plain", "tbviz.AttributionCallback: guided_backprop: %s",
+                               self._plain_note)
+        if self.sanity:
+            from tbviz.sanity import RandomizedCopy
+
+            self._randomized = RandomizedCopy(self.model)  # once: its probes trace once
 
     def _attribute(self, method, images, target):
         return getattr(attribution, method)(self.model, images, target, **self.options[method])
@@ -137,10 +157,23 @@ class AttributionCallback(VizCallback):
                                   self._attribute(method, probes, target))
                 heat = attribution.heatmap(raw)
                 images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
+                about = f"{method} heatmaps over the probe images"
+                if method == "guided_backprop" and self._plain_note:
+                    about += f" (the same as saliency: {self._plain_note})"
                 tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
-                                 description=f"{method} heatmaps over the probe images")
+                                 description=about)
                 write_panel(f"tbviz/attribution/{method}", "attribution",
                             [encode_png(im) for im in images],
                             tiles=[{"method": method, "image_index": i, "target": t}
                                    for i, t in enumerate(labels)],
-                            method=method)
+                            description=about, method=method)
+                if self._randomized is not None:
+                    self._write_sanity(method, probes, target)
+
+    def _write_sanity(self, method, probes, target):
+        stages = attribution.sanity_check(self.model, probes, method, target,
+                                          options=self.options[method],
+                                          randomized=self._randomized)
+        for layer, rho in stages:
+            tf.summary.scalar(f"sanity/{method}/{layer}", rho)
+        tf.summary.scalar(f"sanity/{method}", stages[-1][1])

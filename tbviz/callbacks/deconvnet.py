@@ -47,10 +47,10 @@ import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 
 from tbviz import deconvnet
+from tbviz.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
-from tbviz.relu_rules import check_rule
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
@@ -153,6 +153,7 @@ class DeconvnetCallback(VizCallback):
         self._scan_shape = None
         self._fixed: dict = {}
         self._layer_index: dict = {}
+        self._plain_note = None
 
     # -- train begin ----------------------------------------------------------------------------
     def setup(self):
@@ -173,6 +174,10 @@ class DeconvnetCallback(VizCallback):
             self._image_shape = images.shape[1:]
             self._projector.prepare(self._image_shape)  # every trace happens now, never later
             acts = self._projector.activations(images)
+        # A rule that met no activation computed the plain gradient: label it so.
+        self._plain_note = plain_gradient_note(probe, self.rule)
+        if self._plain_note:
+            self._say_once("plain", self._plain_note)
         firing = None
         if self.scan_data is not None:
             # Which maps fire (and the image size) from a first look at the scan data; the
@@ -352,15 +357,21 @@ class DeconvnetCallback(VizCallback):
             view["boxes"] += [boxes[i] for i in evo_at] + boxes
             view["patches"] += [display[i] for i in evo_at] + display
 
+    def _computed_rule(self):
+        """The rule the projections follow: the plain gradient where the rule met no activation."""
+        return "gradient" if self._plain_note else self.rule
+
     def _write_layer(self, path, sets, raw, boxes, patches):
         top, evo, maps = sets
         k, n_evo = len(top), len(evo)
+        rule = self._computed_rule()
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
         patch_tiles = [_enlarge(p, scale) for p in patches]
         source = "the scanned images" if self.scan_data is not None else "the probe images"
-        note = (f"{self.rule} projections of the strongest activations of {path} over the probe "
-                "images; contrast normalized per tile")
+        note = (f"{rule} projections of the strongest activations of {path} over the probe "
+                "images; contrast normalized per tile"
+                + (f" ({self._plain_note})" if self._plain_note else ""))
         if k:
             tf.summary.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
@@ -377,7 +388,7 @@ class DeconvnetCallback(VizCallback):
                                          "channels " + ", ".join(str(u.channel) for u in evo))
         # "model" lets the dashboard group layers when two networks log into one run
         # (the style pipeline's transform-net and VGG19).
-        content = {"layer": path, "layer_index": self._layer_index[path], "rule": self.rule,
+        content = {"layer": path, "layer_index": self._layer_index[path], "rule": rule,
                    "k": self.top_k, "model": self._projector.model.name}
         pngs = [metadata.encode_png(t) for t in proj_tiles]
         patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
@@ -436,7 +447,7 @@ class DeconvnetCallback(VizCallback):
         units = [(n, u) for n, units in enumerate(sets) for u in units]
         table = np.array([(n, u.image_index, u.row, u.col, u.channel, u.value) + tuple(box)
                           for (n, u), box in zip(units, boxes)], np.float64)
-        about = {"layer": path, "rule": self.rule, "columns": list(UNIT_COLUMNS)}
+        about = {"layer": path, "rule": self._computed_rule(), "columns": list(UNIT_COLUMNS)}
         tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
                          metadata=_raw_metadata(about, "raw projections (float16, clipped to "
                                                 "the float16 range), each cut to its unit's "

@@ -25,9 +25,9 @@ import re
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import summary as cs_summary
 
 from tbviz.callbacks.base import VizCallback, check_every
+from tbviz.summary import layouts
 
 
 def numeric_logs(logs) -> dict:
@@ -115,9 +115,7 @@ class LossCallback(VizCallback):
         grouped = group_keys(keys, self.groups)
         if not grouped:
             return
-        with self.writer.as_default(step=0):
-            tf.summary.experimental.write_raw_pb(
-                cs_summary.pb(layout(grouped)).SerializeToString(), step=0)
+        layouts.add(self.writer, "losses", layout(grouped).category)
 
     def write(self, step, logs):
         values = numeric_logs(logs)

@@ -80,6 +80,9 @@ class TensorBoardViz(keras.callbacks.Callback):
             "occlusion"]``; ``attribution_target`` is the class (default: predicted).
         synthesis: keyword arguments of :class:`~tbviz.SynthesisCallback`, e.g.
             ``{"maximize": {"conv3": 4}, "invert": ["conv2"]}``.
+        convergence: per-layer CKA with the previous log and the start
+            (:class:`~tbviz.ConvergenceCallback`): ``True`` (default; on when there are
+            at least 4 probe images), ``False``, or a dict of its keyword arguments.
 
     The attribution, synthesis and feature-map parts look at the trained model
     itself; with ``probe_model`` they are off.
@@ -91,8 +94,8 @@ class TensorBoardViz(keras.callbacks.Callback):
                  loss_groups=None, graph_fn=None, input_spec=None,
                  top_k=9, rule="deconvnet", probe_model=None, max_batch=64,
                  include_frozen=False, feature_maps="auto", attribution=None,
-                 attribution_target=None, synthesis=None, scan_data=None, scan_limit=None,
-                 channels=None):
+                 attribution_target=None, synthesis=None, convergence=True, scan_data=None,
+                 scan_limit=None, channels=None):
         super().__init__()
         self.log_dir = log_dir
         every = dict(every_n_epochs=check_every("every_n_epochs", every_n_epochs),
@@ -136,7 +139,27 @@ class TensorBoardViz(keras.callbacks.Callback):
 
             self.callbacks.append(SynthesisCallback(
                 log_dir, probe_images if direct else None, **synthesis, **every))
+        if convergence:
+            self._add_convergence(convergence, direct, probe_images, every)
         self._model_dependent_added = False
+
+    def _add_convergence(self, options, direct, probe_images, every):
+        if options is not True and not isinstance(options, dict):
+            raise ValueError("convergence must be True, False or a dict of ConvergenceCallback "
+                             f"options, e.g. {{'threshold': 0.995}}; got {options!r}")
+        if not direct:
+            if options is not True:
+                raise ValueError("convergence needs probe_images as an array and no probe_model")
+            return
+        if options is True and len(probe_images) < 4:  # debiased CKA needs 4 inputs
+            log.warning("tbviz: convergence scalars are off: they need at least 4 probe images, "
+                        "got %d", len(probe_images))
+            return
+        from tbviz.callbacks.convergence import ConvergenceCallback
+
+        options = {} if options is True else options
+        self.callbacks.append(ConvergenceCallback(self.log_dir, probe_images,
+                                                  **{**every, **options}))
 
     def _add_model_dependent_parts(self):
         """Deconvnet and feature maps pick default layers from the model: added at train begin."""

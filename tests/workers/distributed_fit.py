@@ -3,6 +3,9 @@ tf.distribute strategy and print the loss history as JSON on the last line.
 
     python distributed_fit.py LOG_DIR {single|mirrored|multiworker}
 
+The JSON also holds ``first_step``: the weights (flattened) before and after the first
+step, ``w0`` and ``w1``, and that step's ``xent``.
+
 multiworker reads TF_CONFIG, like any MultiWorkerMirroredStrategy job. The data are
 images only, labels derived from them inside the loss (as the style pipeline's are):
 Keras 3.15's fit() under MultiWorkerMirroredStrategy cannot take (x, y) datasets (its
@@ -68,6 +71,21 @@ class Brightness(keras.Model):
         return {"xent": loss}  # not "loss": Keras would report its untouched loss tracker
 
 
+class FirstStep(keras.callbacks.Callback):
+    """Keeps what the first step did: the weights before and after it, and its loss."""
+
+    def weights(self):
+        return np.concatenate([w.ravel() for w in self.model.get_weights()]).tolist()
+
+    def on_train_begin(self, logs=None):
+        self.record = {"w0": self.weights()}
+
+    def on_train_batch_end(self, batch, logs=None):
+        if "w1" not in self.record:
+            self.record.update(w1=self.weights(),
+                               xent=float(np.asarray(logs["xent"]).reshape(-1)[0]))
+
+
 keras.utils.set_random_seed(0)
 GLOBAL_BATCH = 16
 with strategy.scope():
@@ -83,5 +101,7 @@ ds = ds.with_options(options)  # every worker sees the same global batches, spli
 # scan_data: every worker scans its shard of x at each trigger, merged by a collective
 viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:4], loss_every_n_steps=1,
                            attribution=["saliency", "grad_cam"], scan_data=x, channels=2)
-hist = model.fit(ds, epochs=2, verbose=0, callbacks=[viz])
-print(json.dumps({k: [float(v) for v in vs] for k, vs in hist.history.items()}))
+first = FirstStep()
+hist = model.fit(ds, epochs=2, verbose=0, callbacks=[first, viz])
+print(json.dumps({**{k: [float(v) for v in vs] for k, vs in hist.history.items()},
+                  "first_step": first.record}))
