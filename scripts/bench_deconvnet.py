@@ -156,8 +156,9 @@ def main(argv=None):
           + f"; tracing everything up front (Projector.prepare) took {prepare_s:.1f} s")
     for layer in LAYERS:
         f = proj.field(layer, images.shape[1:])
-        table = proj._units(layer, images.shape[1:], units[layer], len(images))
-        sizes = sorted({(h, w) for _, h, _, w in proj._boxes(layer, images.shape[1:], table)})
+        table = proj.unit_table(layer, images.shape[1:], units[layer], len(images))
+        boxes, _ = deconvnet.crops(table, f, images.shape[1:])
+        sizes = sorted({(h, w) for _, h, _, w in boxes})
         print(f"  {layer:14s} field {f[0].size:3d}px stride {f[0].jump:2d} -> units projected "
               f"from crops of {', '.join(f'{h}x{w}' for h, w in sizes)}")
 

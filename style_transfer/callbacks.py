@@ -1,7 +1,7 @@
 """Callbacks of the style pipeline: stylized probe photos, progress, checkpoints.
 
 * :class:`StylizedProbes` logs what the transform-net currently makes of fixed
-  photos, as a TensorBoard image summary and as a tbviz dashboard panel.
+  photos, as a tbviz dashboard panel (and, opt-in, for the Images dashboard).
 * :class:`TrainingProgress` is the progress bar: steps, losses, images/s, and
   the number of unreadable files skipped so far.
 * :class:`NonFiniteLossGuard` stops training at the first NaN or Inf loss and
@@ -26,14 +26,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbviz.callbacks.base import VizCallback, check_every
+from tbviz.callbacks.base import VizCallback
+from tbviz.checks import positive_int
 from tbviz.summary import metadata, writers
 from tbviz.summary.images import to_uint8
 
 
 class StylizedProbes(VizCallback):
-    """Log ``model.stylize(photos)`` as ``stylized/probes`` and the tbviz panel
-    ``tbviz/stylized/probes`` (one tile per photo, labelled by ``names``).
+    """Log ``model.stylize(photos)`` as the tbviz panel ``tbviz/stylized/probes`` (one tile
+    per photo, labelled by ``names``); with ``image_summary=True`` also as the image summary
+    ``stylized/probes`` for the stock Images dashboard (a second copy of the same pixels, for
+    a TensorBoard without tbviz; off by default, see the README's "A light run").
 
     The unstylized photos are logged once at train begin as ``stylized/originals``.
     The model must have a ``stylize(images)`` method (``StyleTransferModel`` has).
@@ -42,8 +45,9 @@ class StylizedProbes(VizCallback):
     tag = "stylized/probes"
 
     def __init__(self, log_dir, photos, names=None, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None):
+                 every_n_steps: int | None = None, image_summary: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+        self.image_summary = bool(image_summary)
         photos = np.asarray(photos)
         if photos.ndim == 3:
             photos = photos[None]
@@ -79,8 +83,9 @@ class StylizedProbes(VizCallback):
         tiles = [{"label": name, "index": i} for i, name in enumerate(self.names)]
         with self.writer.as_default(step=step):
             stylized = to_uint8(self.finite(self.tag, self.model.stylize(self.photos)))
-            tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
-            metadata.write_panel("tbviz/" + self.tag, "stylized",
+            if self.image_summary:
+                tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
+            metadata.write_panel("tbviz/" + self.tag, metadata.STYLIZED,
                                  [metadata.encode_png(img) for img in stylized], tiles=tiles,
                                  description="The transform-net's output on fixed probe photos")
 
@@ -94,7 +99,7 @@ class TrainingProgress(keras.callbacks.Callback):
     def __init__(self, batch_size: int, keys=("loss", "content_loss", "style_loss", "tv_loss"),
                  verbose: int = 1):
         super().__init__()
-        self.batch_size = check_every("batch_size", batch_size, allow_none=False)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.keys = tuple(keys)
         self.verbose = verbose
         self._skipped = self._skipped_steps = 0
@@ -195,7 +200,7 @@ class Checkpointing(keras.callbacks.Callback):
                  guard: NonFiniteLossGuard | None = None):
         super().__init__()
         self.state = state
-        self.every_n_steps = check_every("every_n_steps", every_n_steps)
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps, allow_none=True)
         self.first_epoch_offset = int(first_epoch_offset)
         self.guard = guard
         self.failure = None

@@ -178,11 +178,13 @@ def tbviz_callbacks(args, model, photos, names, scan_files=None) -> list:
         photos_ds = data.scan_dataset(scan_files, photos.shape[1])
         scan = dict(scan_data=photos_ds, scan_limit=len(scan_files))
     callbacks = [StylizedProbes(args.log_dir, photos, names, **every)]
+    transform = {"probe_images": photos, "layers": list(args.transform_layers),
+                 "probe_model": lambda m: m.transform_net, **scan}
     callbacks.append(tbviz.TensorBoardViz(
-        args.log_dir, probe_images=photos, layers=list(args.transform_layers) or None,
-        probe_model=lambda m: m.transform_net, deconvnet=bool(args.transform_layers),
-        graph_fn=model.compute_losses, input_spec=tf.TensorSpec([None, None, None, 3], tf.float32),
-        loss_every_n_steps=args.loss_every, **scan, **every))
+        args.log_dir, **every, deconvnet=transform if args.transform_layers else False,
+        graph={"graph_fn": model.compute_losses,
+               "input_spec": tf.TensorSpec([None, None, None, 3], tf.float32)},
+        losses={"every_n_steps": args.loss_every}))
     if args.vgg_layers:
         stylized = {}
         if scan:  # the scanned photos as the current transform-net stylizes them

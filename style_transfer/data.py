@@ -34,6 +34,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from tbviz.checks import positive_int
+
 #: What TensorFlow's ``decode_image`` reads; other files are left out of the stream.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
@@ -138,9 +140,8 @@ def training_dataset(files, image_size: int = 256, batch_size: int = 4, seed: in
     files = [os.fspath(f) for f in files]
     if not files:
         raise ValueError("training_dataset needs at least one file")
-    for label, value in (("image_size", image_size), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    image_size = positive_int("image_size", image_size)
+    batch_size = positive_int("batch_size", batch_size)
     n = len(files)
     paths = tf.constant(files)
 

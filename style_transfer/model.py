@@ -37,7 +37,7 @@ from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS
                                      STYLE_WEIGHT, TV_WEIGHT)
 from style_transfer.transform_net import build_transform_net
 from style_transfer.vgg import build_vgg, check_layers
-
+from tbviz.checks import number
 
 
 def resize_longest(image, size: int | None) -> np.ndarray:
@@ -67,13 +67,9 @@ class StyleTransferModel(keras.Model):
         super().__init__(name=name, **kwargs)
         self.content_layer = check_layers([content_layer])[0]
         self.style_layers = check_layers(style_layers)
-        for label, value in (("content_weight", content_weight), ("style_weight", style_weight),
-                             ("tv_weight", tv_weight)):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
-        self.content_weight = float(content_weight)
-        self.style_weight = float(style_weight)
-        self.tv_weight = float(tv_weight)
+        self.content_weight = number("content_weight", content_weight)
+        self.style_weight = number("style_weight", style_weight)
+        self.tv_weight = number("tv_weight", tv_weight)
 
         style = np.asarray(style_image, dtype=np.float32)
         if style.ndim != 3 or style.shape[-1] != 3:

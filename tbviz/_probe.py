@@ -22,7 +22,6 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, layer_paths
 
 _FUNCS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -38,11 +37,6 @@ def traced(model, key, build):
     if key not in per_model:
         per_model[key] = build(weakref.ref(model))
     return per_model[key]
-
-
-def check_max_batch(max_batch) -> int:
-    """``max_batch`` if it is a positive int, else a ``ValueError``."""
-    return positive_int("max_batch", max_batch)
 
 
 def batches(n: int, max_batch: int):

@@ -54,7 +54,7 @@ import tensorflow as tf
 
 from tbviz import _probe
 from tbviz.backward_rules import backward_rule, gradients
-from tbviz.checks import positive_int
+from tbviz.checks import positive_int, positive_pair
 from tbviz.layers import capture_outputs, check_images, check_layers, get_layer, layer_paths
 
 METHODS = ("saliency", "smoothgrad", "guided_backprop", "occlusion", "cam", "grad_cam")
@@ -127,7 +127,7 @@ def _score(outputs, idx, fn, logits: bool):
 def _prepare(model, images, target, max_batch):
     x = check_images(model, images)
     idx, fn = check_target(model, x, target)
-    return x, idx, fn, _probe.check_max_batch(max_batch)
+    return x, idx, fn, positive_int("max_batch", max_batch)
 
 
 def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
@@ -140,7 +140,7 @@ def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
     (4,)
     """
     x = check_images(model, images)
-    max_batch = _probe.check_max_batch(max_batch)
+    max_batch = positive_int("max_batch", max_batch)
     _num_classes(model, x.shape[1:])
 
     def build(ref):
@@ -240,14 +240,6 @@ def smoothgrad(model, images, target, samples: int = 25, noise: float = 0.15,
 
 # -- occlusion --------------------------------------------------------------------------------
 
-def _pair(value, name: str) -> tuple[int, int]:
-    v = (value, value) if np.ndim(value) == 0 else tuple(value)
-    if len(v) != 2 or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 1
-                          for i in v):
-        raise ValueError(f"{name} must be a positive int or a pair (height, width), got {value!r}")
-    return int(v[0]), int(v[1])
-
-
 def _starts(size: int, patch: int, stride: int) -> np.ndarray:
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:  # one more patch flush with the far edge: cover every pixel
@@ -279,10 +271,11 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
     """
     x, idx, fn, max_batch = _prepare(model, images, target, max_batch)
     n, h, w, _ = x.shape
-    ph, pw = _pair(patch, "patch")
+    ph, pw = positive_pair("patch", patch)
     if ph > h or pw > w:
         raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}, {w})")
-    sh, sw = _pair(stride if stride is not None else (max(1, ph // 2), max(1, pw // 2)), "stride")
+    sh, sw = positive_pair("stride", (max(1, ph // 2), max(1, pw // 2)) if stride is None
+                           else stride)
     try:
         base = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
     except ValueError:

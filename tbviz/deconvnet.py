@@ -1,6 +1,6 @@
 """Zeiler & Fergus' deconvnet: strongest activations projected back to pixel space.
 
-Three pure functions (arrays in, arrays out, no TensorBoard):
+Three functions of a model (arrays in, arrays out, no TensorBoard):
 
 * :func:`strongest` - the k strongest units of a layer over some images (or the
   strongest unit of each of some feature maps, the view of the paper's Fig. 3);
@@ -21,7 +21,7 @@ All requested units are projected in batches by ``tf.function`` s traced once
 per :class:`Projector`; projectors are cached per model, so repeated calls
 (every epoch, say) never trace again. Three things keep the work small:
 
-* one row per unit, a batch of rows per call (chunked by ``max_batch``), the
+* one row per unit, a batch of rows per call (at most ``max_batch``), the
   forward pass stopping at the unit's layer;
 * a unit only depends on the input under its receptive field, so where the
   field is known (see :mod:`tbviz.receptive_field`) its row is a crop of the
@@ -29,7 +29,11 @@ per :class:`Projector`; projectors are cached per model, so repeated calls
   real borders, and the result is pasted back into a zero canvas: the same
   numbers for a fraction of the work;
 * units that read the same row (same image and crop) share one forward pass,
-  and their backward passes run as one vectorized batch.
+  and their backward passes run as one vectorized batch, where pfor can
+  vectorize every op (else they go one row each: no slow while-loop fallback).
+
+Which crop each unit gets and which units go into which call are pure NumPy
+functions, :func:`crops` and :func:`batch_plan`, like :func:`top_units`.
 
 Example:
     >>> import numpy as np, keras
@@ -51,6 +55,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from typing import Iterable, Mapping, NamedTuple, Sequence
@@ -60,11 +65,13 @@ import tensorflow as tf
 
 from tbviz import receptive_field as rf
 from tbviz.backward_rules import backward_rule, check_rule, gradients
+from tbviz.checks import channels as check_channels
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers
 
-__all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels", "project",
-           "patches", "windows", "scan", "Scan"]
+__all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels",
+           "unit_table", "crops", "batch_plan", "project", "patches", "windows", "support_window",
+           "scan", "Scan"]
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +152,12 @@ def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
         order = np.argsort(-flat, kind="stable")[:k]
         picked = [np.unravel_index(i, a.shape) for i in order if np.isfinite(flat[i])]
     else:
-        n_ch = a.shape[-1]
         picked = []
-        for c in channels:
-            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch:
-                raise ValueError(f"channel {c!r} out of range; the layer has {n_ch} channels "
-                                 f"(0..{n_ch - 1})")
-            fmap = a[..., int(c)]
+        for c in check_channels(channels, a.shape[-1]):
+            fmap = a[..., c]
             i = int(np.argmax(fmap))  # first maximum, as for the top-k
             if np.isfinite(fmap.reshape(-1)[i]):
-                picked.append(np.unravel_index(i, fmap.shape) + (int(c),))
+                picked.append(np.unravel_index(i, fmap.shape) + (c,))
     return [Unit(int(n), int(r), int(c), int(ch), float(a[n, r, c, ch]))
             for n, r, c, ch in picked]
 
@@ -179,17 +182,144 @@ def top_channels(activations, k: int = 9) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
+# Where units are projected from (pure NumPy)
+
+
+def unit_table(units, output_shape, n_images: int | None = None,
+               layer: str | None = None) -> np.ndarray:
+    """``units`` as an integer table ``(K, 4)``: image_index, row, col, channel.
+
+    ``units`` are :class:`Unit` s or ``(image_index, row, col, channel)`` tuples
+    (``(image_index, channel)`` for a layer with a flat output); ``output_shape``
+    is the layer's output shape without the batch, ``(H, W, C)`` or ``(C,)``. A
+    unit outside it, or an image index past ``n_images``, is a ``ValueError``
+    naming the unit, the layer and the range.
+
+    >>> unit_table([Unit(1, 0, 2, 3, 9.5), (0, 1, 1, 0)], (2, 3, 4), n_images=2).tolist()
+    [[1, 0, 2, 3], [0, 1, 1, 0]]
+    >>> unit_table([(0, 5)], (8,)).tolist()  # a flat layer: (image_index, channel)
+    [[0, 0, 0, 5]]
+    """
+    shape = tuple(output_shape)
+    flat = len(shape) == 1
+    h, w, c = (1, 1, shape[0]) if flat else shape
+    owner = "the layer" if layer is None else f"layer {layer!r}"
+    table = []
+    for i, u in enumerate(units):
+        t = tuple(u)
+        if len(t) == 5:  # a Unit: drop the value
+            t = t[:4]
+        if flat and len(t) == 2:
+            t = (t[0], 0, 0, t[1])
+        if len(t) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  for v in t):
+            form = "(image_index, channel)" if flat else "(image_index, row, col, channel)"
+            raise ValueError(f"unit #{i} {u!r} must be a Unit or an integer tuple {form}")
+        limits = (("image_index", n_images), ("row", h), ("col", w), ("channel", c))
+        for (name, limit), v in zip(limits, t):
+            if limit is not None and not 0 <= v < limit:
+                raise ValueError(
+                    f"unit #{i} {tuple(int(x) for x in t)}: {name} {v} out of range "
+                    f"0..{limit - 1}; {owner} has output shape (N,) + {shape}"
+                    + (f" and {n_images} images were given" if n_images is not None else ""))
+        table.append(t)
+    return np.array(table, dtype=np.int64).reshape(-1, 4)
+
+
+def crops(table, field, image_size) -> tuple[np.ndarray, np.ndarray]:
+    """The input crop each unit of ``table`` is projected from, and where the unit is in it.
+
+    ``table`` is a :func:`unit_table`; ``field`` the layer's receptive field
+    ``(rows, cols)`` (see :func:`tbviz.receptive_field.receptive_field`), or
+    ``None`` for whole images; ``image_size`` is ``(height, width)``. Returns
+    ``boxes`` ``(K, 4)``: top, height, left and width of each crop, and
+    ``positions`` ``(K, 3)``: the unit's row, col and channel in the layer output
+    computed from its crop.
+
+    Along an axis where one crop length reproduces any unit exactly
+    (:func:`~tbviz.receptive_field.crop_plan`) every unit gets that length, so
+    units batch together. Where the field is about as large as the image, units
+    of one image get the union of their own crops
+    (:func:`~tbviz.receptive_field.unit_crop`), so that they share one forward
+    pass (see :func:`batch_plan`). Crops start at multiples of the layer's stride.
+
+    >>> from tbviz.receptive_field import Axis
+    >>> axis = Axis(size=5, jump=1, start=-2, length=16, image_length=16)  # two 'same' 3x3
+    >>> boxes, positions = crops([(0, 0, 0, 3), (1, 9, 4, 0)], (axis, axis), (16, 16))
+    >>> boxes.tolist(), positions.tolist()
+    ([[0, 5, 0, 5], [7, 5, 2, 5]], [[0, 0, 3], [2, 2, 0]])
+    >>> crops([(0, 9, 4, 0)], None, (16, 16))[0].tolist()  # no field: the whole image
+    [[0, 16, 0, 16]]
+    """
+    table = np.asarray(table, np.int64).reshape(-1, 4)
+    positions = table[:, 1:].copy()
+    if field is None:
+        height, width = image_size[:2]
+        return np.tile(np.array([0, height, 0, width], np.int64), (len(table), 1)), positions
+    boxes = np.zeros((len(table), 4), np.int64)
+    for a, (axis, units) in enumerate(zip(field, (table[:, 1], table[:, 2]))):
+        length = rf.crop_plan(axis)
+        if length is not None:
+            starts = np.array([rf.crop_start(axis, i, length) for i in units], np.int64)
+            ends = starts + length
+        else:  # a field about as large as the image: one crop per image, the union
+            own = np.array([rf.unit_crop(axis, i) for i in units], np.int64).reshape(-1, 2)
+            starts, ends = own[:, 0], own[:, 0] + own[:, 1]
+            for image in np.unique(table[:, 0]):
+                rows = table[:, 0] == image
+                starts[rows], ends[rows] = starts[rows].min(), ends[rows].max()
+        boxes[:, 2 * a], boxes[:, 2 * a + 1] = starts, ends - starts
+        positions[:, a] -= starts // axis.jump
+    return boxes, positions
+
+
+def batch_plan(table, boxes, max_batch: int, share: bool = True) -> list[tuple[bool, np.ndarray]]:
+    """Which units go into which call: ``[(shared, indices), ...]``, each unit once.
+
+    Units that read the same input (image and crop box of :func:`crops`) share one
+    forward pass: with ``share``, each such group, cut into runs of ``max_batch``,
+    is one call on one row whose backward passes are vectorized (``shared=True``).
+    Every other unit is a row of its own, and rows of one crop size are batched,
+    at most ``max_batch`` to a call.
+
+    >>> table = [(0, 1, 1, 0), (1, 1, 1, 0), (0, 2, 2, 1)]
+    >>> boxes = [(0, 8, 0, 8)] * 3
+    >>> [(shared, ks.tolist()) for shared, ks in batch_plan(table, boxes, max_batch=32)]
+    [(True, [0, 2]), (False, [1])]
+    >>> [(shared, ks.tolist()) for shared, ks in batch_plan(table, boxes, 2, share=False)]
+    [(False, [0, 2]), (False, [1])]
+    """
+    table = np.asarray(table, np.int64).reshape(-1, 4)
+    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+    max_batch = positive_int("max_batch", max_batch)
+    same_input: dict = {}
+    for k, (image, box) in enumerate(zip(table[:, 0], boxes)):
+        same_input.setdefault((int(image),) + tuple(int(v) for v in box), []).append(k)
+    plan, by_size = [], {}
+    for (_, _, height, _, width), ks in same_input.items():
+        if share and len(ks) > 1:
+            plan += [(True, np.array(ks[i:i + max_batch])) for i in range(0, len(ks), max_batch)]
+        else:
+            by_size.setdefault((height, width), []).extend(ks)
+    for ks in by_size.values():
+        plan += [(False, np.array(ks[i:i + max_batch])) for i in range(0, len(ks), max_batch)]
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
 # The projector: traced functions for one model, a set of layers and a rule
 
 
 class Projector:
-    """Activations and projections of ``layers`` of ``model``, traced once.
+    """The traced functions that find and project units of ``layers`` of ``model``.
 
-    One ``tf.function`` gives all layers' activations; per layer, one projects
-    a batch of rows (one unit each) and one several units of a single row
-    (their shared forward pass stops at the layer). The traced graphs read the
-    live weights, so one projector serves a whole training run; :meth:`prepare`
-    traces everything up front. ``trace_count`` counts the traces.
+    Per image shape, one ``tf.function`` gives all layers' activations; per layer
+    one projects a batch of rows, one unit each, and one several units of a single
+    row (their forward pass shared, their backward passes vectorized), each from
+    receptive-field crops of any size or from whole images. What goes where is
+    planned by :func:`crops` and :func:`batch_plan`. The graphs read the live
+    weights, so one projector serves a whole training run; :meth:`prepare` traces
+    everything up front and ``trace_count`` counts the traces.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 1)),
@@ -213,10 +343,10 @@ class Projector:
         self._acts: dict = {}     # image shape -> tf.function
         self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
         self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
-        self._no_crop: set = set()  # (layer, image shape) that must use whole images
-        self._crop_ok: set = set()  # ... and those whose crops have run once
+        self._whole: set = set()  # (layer, image shape) the model cannot crop
+        self._cropped: set = set()  # ... and those whose crops have run once
+        self._unshared: set = set()  # keys of _project whose backward pfor cannot vectorize
 
-    # -- model access ---------------------------------------------------------------------------
     @property
     def model(self):
         model = self._model()
@@ -270,7 +400,16 @@ class Projector:
         out = self._acts_fn(images.shape[1:])(images)
         return {path: out[path].numpy() for path in self.layers}
 
-    # -- geometry -------------------------------------------------------------------------------
+    # -- units and where they are ---------------------------------------------------------------
+    def unit_table(self, layer: str, image_shape, units, n_images: int | None = None
+                   ) -> np.ndarray:
+        """:func:`unit_table` of ``units`` of ``layer`` for images of ``image_shape``."""
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer!r} is not among this projector's layers: "
+                             f"{', '.join(self.layers)}")
+        shape = self.output_shapes(image_shape)[layer]
+        return unit_table(units, shape, n_images, layer)
+
     def field(self, layer: str, image_shape):
         """Receptive field ``(rows, cols)`` of ``layer`` for ``image_shape``, or None (whole image)."""
         key = (layer, tuple(image_shape[:2]))
@@ -280,15 +419,14 @@ class Projector:
 
     def windows(self, layer: str, image_shape, units) -> list[tuple[int, int, int, int]]:
         """``(top, bottom, left, right)`` of each unit's field clipped to the image."""
-        units = self._units(layer, image_shape, units, n_images=None)
+        table = self.unit_table(layer, image_shape, units)
         f = self.field(layer, image_shape)
-        h, w = image_shape[:2]
         if f is None:
-            return [(0, h, 0, w)] * len(units)
-        return [f[0].window(u[1], clip=True) + f[1].window(u[2], clip=True) for u in units]
+            return [(0, image_shape[0], 0, image_shape[1])] * len(table)
+        return [f[0].window(r, clip=True) + f[1].window(c, clip=True) for _, r, c, _ in table]
 
     # -- projections ----------------------------------------------------------------------------
-    def _project_fn(self, layer, image_shape, crop: bool, shared: bool):
+    def _project_fn(self, layer, image_shape, crop: bool, shared: bool = False):
         """Traced projection of a batch of rows (``shared``: of several units of one row)."""
         key = (layer, None if crop else image_shape, shared)
         fn = self._project.get(key)
@@ -307,12 +445,47 @@ class Projector:
                 out = seen[layer]
                 if not shared:
                     return _backward(out, x, pos)
-                # Units of one image share its forward pass; their backward passes are
-                # vectorized (pfor turns them into one batched backward pass).
-                return tf.vectorized_map(lambda p: _backward(out, x, p[None])[0], pos)
+                # pfor turns the units' backward passes into one batched pass after one
+                # forward pass. Where an op has no pfor rule (MirrorPadGrad, say) its
+                # fallback is a slow while-loop: refused here, and rows are used instead.
+                return tf.vectorized_map(lambda p: _backward(out, x, p[None])[0], pos,
+                                         fallback_to_while_loop=False)
 
             self._project[key] = fn
         return fn
+
+    def _crops_work(self, layer, image_shape) -> bool:
+        """Whether ``layer`` is projected from crops: its field is known and the model
+        traces on crops of any size (tracing it here if not done yet)."""
+        if (layer, image_shape) in self._whole or self.field(layer, image_shape) is None:
+            return False
+        try:
+            self._project_fn(layer, image_shape, crop=True).get_concrete_function()
+        except Exception as err:  # e.g. a layer that needs a fixed input size
+            self._fall_back(layer, image_shape, err)
+            return False
+        return True
+
+    def _shares(self, layer, image_shape, crop: bool) -> bool:
+        """Whether units of one row share a forward pass: pfor vectorizes every op of the
+        backward pass (traced here if not done yet)."""
+        key = (layer, None if crop else image_shape, True)
+        if key in self._unshared:
+            return False
+        try:
+            with _pfor_quiet():
+                self._project_fn(layer, image_shape, crop, shared=True).get_concrete_function()
+        except Exception as err:
+            log.info("tbviz.deconvnet: layer %r: units of one image are projected one row each "
+                     "(%s)", layer, str(err).strip().splitlines()[-1])
+            self._unshared.add(key)
+            return False
+        return True
+
+    def _fall_back(self, layer, image_shape, err):
+        log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
+                 "using whole images", layer, err)
+        self._whole.add((layer, image_shape))
 
     def prepare(self, image_shape) -> "Projector":
         """Trace every function a projection of these layers may need, now.
@@ -324,24 +497,10 @@ class Projector:
         image_shape = tuple(int(d) for d in image_shape)
         self.output_shapes(image_shape)
         for layer in self.layers:
-            crop = (layer, image_shape) not in self._no_crop and \
-                self.field(layer, image_shape) is not None
-            try:
-                for shared in (True, False):
-                    self._project_fn(layer, image_shape, crop, shared).get_concrete_function()
-            except Exception as err:
-                if not crop:
-                    raise
-                self._fall_back(layer, image_shape, err)
-                for shared in (True, False):
-                    self._project_fn(layer, image_shape, False, shared).get_concrete_function()
+            crop = self._crops_work(layer, image_shape)
+            self._project_fn(layer, image_shape, crop).get_concrete_function()
+            self._shares(layer, image_shape, crop)
         return self
-
-    def _fall_back(self, layer, image_shape, err):
-        # A model that cannot run on a crop (a layer needing a fixed size): whole images.
-        log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
-                 "using whole images", layer, err)
-        self._no_crop.add((layer, image_shape))
 
     def project(self, images, units: Mapping[str, Sequence], max_batch: int = DEFAULT_MAX_BATCH,
                 crop: bool = True) -> dict[str, np.ndarray]:
@@ -353,128 +512,64 @@ class Projector:
         result).
         """
         images = self.check_images(images)
-        image_shape = images.shape[1:]
         max_batch = positive_int("max_batch", max_batch)
         unknown = [path for path in units if path not in self.layers]
         if unknown:
             raise ValueError(f"layer(s) {', '.join(map(repr, unknown))} are not among this "
                              f"projector's layers: {', '.join(self.layers)}")
-        result = {}
-        for layer, chosen in units.items():
-            table = self._units(layer, image_shape, chosen, n_images=len(images))
-            result[layer] = self._project_layer(images, layer, table, max_batch, crop)
-        return result
+        return {layer: self._project_layer(images, layer, self.unit_table(
+                    layer, images.shape[1:], chosen, len(images)), max_batch, crop)
+                for layer, chosen in units.items()}
 
     def _project_layer(self, images, layer, table, max_batch, crop):
-        n = len(table)
-        canvas = np.zeros((n,) + images.shape[1:], np.float32)
-        if n == 0:
-            return canvas
-        boxes = self._boxes(layer, images.shape[1:], table, crop)
-        cropped = boxes is not None
-        if not cropped:
-            boxes = np.tile([0, images.shape[1], 0, images.shape[2]], (n, 1))
-            pos = table[:, 1:4]
-        else:
-            rows_axis, cols_axis = self.field(layer, images.shape[1:])
-            pos = table[:, 1:4] - np.column_stack([boxes[:, 0] // rows_axis.jump,
-                                                   boxes[:, 2] // cols_axis.jump,
-                                                   np.zeros(n, np.int64)])
-        pos = pos.astype(np.int32)
-
-        def rows(ks):
-            return np.stack([images[table[k, 0], y:y + hh, x:x + ww]
-                             for k in ks for y, hh, x, ww in [boxes[k]]])
-
-        # Units that read the same input rows share one forward pass; the others go
-        # one row each, batched by crop size.
-        groups: dict = {}
-        for k in range(n):
-            groups.setdefault((table[k, 0],) + tuple(boxes[k]), []).append(k)
-        calls = []
-        by_size: dict = {}
-        for key, ks in groups.items():
-            if len(ks) > 1:
-                calls += [(True, ks[i:i + max_batch]) for i in range(0, len(ks), max_batch)]
-            else:
-                by_size.setdefault((key[2], key[4]), []).append(ks[0])
-        for ks in by_size.values():
-            calls += [(False, ks[i:i + max_batch]) for i in range(0, len(ks), max_batch)]
-        key = (layer, images.shape[1:])
+        shape = images.shape[1:]
+        crop = crop and self._crops_work(layer, shape)
+        boxes, positions = crops(table, self.field(layer, shape) if crop else None, shape)
+        plan = batch_plan(table, boxes, max_batch)
+        if any(shared for shared, _ in plan) and not self._shares(layer, shape, crop):
+            plan = batch_plan(table, boxes, max_batch, share=False)
+        canvas = np.zeros((len(table),) + shape, np.float32)
         try:
-            for is_shared, ks in calls:
-                fn = self._project_fn(layer, images.shape[1:], cropped, is_shared)
-                grads = fn(rows(ks[:1] if is_shared else ks), pos[ks]).numpy()
+            for shared, ks in plan:
+                fn = self._project_fn(layer, shape, crop, shared)
+                x = np.stack([images[table[k, 0], t:t + h, lft:lft + w]
+                              for k in (ks[:1] if shared else ks) for t, h, lft, w in [boxes[k]]])
+                grads = fn(x, positions[ks].astype(np.int32)).numpy()
                 for k, g in zip(ks, grads):
-                    y, hh, x, ww = boxes[k]
-                    canvas[k, y:y + hh, x:x + ww] = g
-                if cropped:
-                    self._crop_ok.add(key)
+                    t, h, lft, w = boxes[k]
+                    canvas[k, t:t + h, lft:lft + w] = g
         except Exception as err:
-            if not cropped or key in self._crop_ok:
+            # Traced on crops but failing on one (a size check at run time): whole images.
+            if not crop or (layer, shape) in self._cropped:
                 raise
-            self._fall_back(layer, images.shape[1:], err)
+            self._fall_back(layer, shape, err)
             return self._project_layer(images, layer, table, max_batch, crop=False)
+        if crop:
+            self._cropped.add((layer, shape))
         return canvas
 
-    def _boxes(self, layer, image_shape, table, crop=True):
-        """``(top, height, left, width)`` of the crop each unit is projected from (None: whole
-        images, where the field is unknown or the model cannot run on crops)."""
-        if not crop or (layer, image_shape) in self._no_crop:
-            return None
-        f = self.field(layer, image_shape)
-        if f is None:
-            return None
-        boxes = np.array([rf.unit_crop(f[0], r) + rf.unit_crop(f[1], c)
-                          for _, r, c, _ in table], np.int64).reshape(-1, 4)
-        # Where a field is wider than the image, each unit has a crop of its own size. Units
-        # of one image then take the union of their crops (still aligned, see unit_crop), so
-        # that they share one forward pass: cheaper than one pass each on smaller crops.
-        for axis, at in ((f[0], 0), (f[1], 2)):
-            if rf.crop_plan(axis) is not None:
-                continue
-            for image in np.unique(table[:, 0]):
-                rows = table[:, 0] == image
-                lo = boxes[rows, at].min()
-                hi = (boxes[rows, at] + boxes[rows, at + 1]).max()
-                boxes[rows, at], boxes[rows, at + 1] = lo, hi - lo
-        return boxes
 
-    # -- unit tables ----------------------------------------------------------------------------
-    def _units(self, layer, image_shape, units, n_images) -> np.ndarray:
-        """Validate units of ``layer``; returns an int table ``(K, 4)``: image, row, col, channel."""
-        if layer not in self.layers:
-            raise ValueError(f"layer {layer!r} is not among this projector's layers: "
-                             f"{', '.join(self.layers)}")
-        shape = self.output_shapes(image_shape)[layer]
-        flat = len(shape) == 1
-        h, w, c = (1, 1, shape[0]) if flat else shape
-        table = []
-        for i, u in enumerate(units):
-            t = tuple(u)
-            if len(t) == 5:  # a Unit: drop the value
-                t = t[:4]
-            if flat and len(t) == 2:
-                t = (t[0], 0, 0, t[1])
-            if len(t) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                      for v in t):
-                form = "(image_index, channel)" if flat else "(image_index, row, col, channel)"
-                raise ValueError(f"neuron #{i} {u!r} must be a Unit or an integer tuple {form}")
-            limits = (("image_index", n_images), ("row", h), ("col", w), ("channel", c))
-            for (name, limit), v in zip(limits, t):
-                if limit is not None and not 0 <= v < limit:
-                    raise ValueError(
-                        f"neuron #{i} {t}: {name} {v} out of range 0..{limit - 1}; layer "
-                        f"{layer!r} has output shape (N,) + {shape} for images of shape "
-                        f"{tuple(image_shape)}" + (f" and {n_images} images were given"
-                                                   if n_images is not None else ""))
-            table.append(t)
-        return np.array(table, dtype=np.int64).reshape(-1, 4)
+def _drop_pfor_records(record) -> bool:
+    return "parallel_for" not in record.pathname
+
+
+@contextlib.contextmanager
+def _pfor_quiet():
+    """Hold back pfor's own log while trying to vectorize: it logs every op it cannot
+    convert at ERROR level (with the op's creation trace) before raising, and that
+    failure is expected and handled (units then go one row each)."""
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(_drop_pfor_records)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_drop_pfor_records)
 
 
 def _backward(out, x, pos):
     """Project ``out`` back to ``x``, each row starting from its one unit of ``pos``."""
-    # The signal is the layer output with every other unit zeroed, as in the paper.
+    # The signal is the layer output with every other unit zeroed, as in the paper. Rows
+    # do not mix in inference mode, so one batched backward pass gives every projection.
     signal = tf.stop_gradient(out * _one_hot(out, pos))
     return gradients(tf.reduce_sum(out * signal), x)
 
@@ -498,6 +593,11 @@ def projector(model, layers: Iterable[str], rule: str = "deconvnet") -> Projecto
 
     Repeated calls with the same arguments return the same object, so its
     traced functions are reused (no retracing across epochs or calls).
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="c")])
+    >>> projector(m, ["c"]) is projector(m, ("c",)), projector(m, "c", "guided").rule
+    (True, 'guided')
     """
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
     per_model = _CACHE.setdefault(model, {})
@@ -530,12 +630,12 @@ def strongest(model, images, layer: str, k: int = 9, channels: Sequence[int] | N
     return top_units(acts, k=k, channels=channels, distinct=distinct)
 
 
-def project(model, images, layer: str, neurons, rule: str = "deconvnet",
+def project(model, images, layer: str, units, rule: str = "deconvnet",
             max_batch: int = DEFAULT_MAX_BATCH, crop: bool = True) -> np.ndarray:
     """Project each unit of ``layer`` back to input pixel space, one at a time.
 
-    ``neurons`` are :class:`Unit` s (e.g. from :func:`strongest`) or
-    ``(image_index, row, col, channel)`` tuples. Returns ``(len(neurons),) +
+    ``units`` are :class:`Unit` s (e.g. from :func:`strongest`) or
+    ``(image_index, row, col, channel)`` tuples. Returns ``(len(units),) +
     image shape`` raw float32 values. ``rule`` is ``"deconvnet"``, ``"guided"``
     or ``"gradient"``. Units are projected ``max_batch`` at a time; ``crop``
     projects from receptive-field crops where the field is known (same result).
@@ -546,10 +646,10 @@ def project(model, images, layer: str, neurons, rule: str = "deconvnet",
     (1, 6, 6, 1)
     """
     p = projector(model, (layer,), check_rule(rule))
-    return p.project(images, {layer: list(neurons)}, max_batch=max_batch, crop=crop)[layer]
+    return p.project(images, {layer: list(units)}, max_batch=max_batch, crop=crop)[layer]
 
 
-def windows(model, image_shape, layer: str, neurons) -> list[tuple[int, int, int, int]]:
+def windows(model, image_shape, layer: str, units) -> list[tuple[int, int, int, int]]:
     """``(top, bottom, left, right)`` of each unit's receptive field, clipped to the image.
 
     The whole image where the field is unknown (after a Dense layer, say).
@@ -559,7 +659,7 @@ def windows(model, image_shape, layer: str, neurons) -> list[tuple[int, int, int
     >>> windows(m, (6, 6, 1), "c", [(0, 1, 2, 0)])
     [(1, 4, 2, 5)]
     """
-    return projector(model, (layer,)).windows(layer, tuple(image_shape), list(neurons))
+    return projector(model, (layer,)).windows(layer, tuple(image_shape), list(units))
 
 
 def support_window(projection, threshold: float = 0.05, margin: int = 2
@@ -610,10 +710,10 @@ def support_window(projection, threshold: float = 0.05, margin: int = 2
     return widen(t, b, h) + widen(lft, r, w)
 
 
-def patches(model, images, layer: str, neurons) -> list[np.ndarray]:
+def patches(model, images, layer: str, units) -> list[np.ndarray]:
     """The input crop under each unit's receptive field, clipped at the image borders.
 
-    Returns a list of float32 ``(h, w, C)`` arrays, one per neuron; crops at a
+    Returns a list of float32 ``(h, w, C)`` arrays, one per unit; crops at a
     border are smaller than the field (not padded), and a unit whose field is
     unknown (after a Dense layer, say) gets its whole image.
 
@@ -624,9 +724,10 @@ def patches(model, images, layer: str, neurons) -> list[np.ndarray]:
     """
     p = projector(model, (layer,))
     images = p.check_images(images)
-    neurons = list(neurons)
-    table = p._units(layer, images.shape[1:], neurons, n_images=len(images))
-    boxes = p.windows(layer, images.shape[1:], neurons)
-    return [images[i, t:b, lft:r].copy() for (i, *_), (t, b, lft, r) in zip(table, boxes)]
+    table = p.unit_table(layer, images.shape[1:], units, n_images=len(images))
+    boxes = p.windows(layer, images.shape[1:], table)
+    return [images[i, t:b, lft:r].copy() for i, (t, b, lft, r) in zip(table[:, 0], boxes)]
+
+
 # The dataset-wide scan lives in its own module; imported last, as it uses this one.
 from tbviz.scan import Scan, scan  # noqa: E402,F401

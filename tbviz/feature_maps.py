@@ -69,7 +69,7 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     check_layers(model, [layer])
     scale = positive_int("scale", scale)
     _probe.check_layer_rank(model, x.shape[1:], layer, {4}, "feature_maps()")
-    maps = _probe.layer_outputs(model, x, layer, _probe.check_max_batch(max_batch))
+    maps = _probe.layer_outputs(model, x, layer, positive_int("max_batch", max_batch))
     if channels is not None:
         maps = maps[..., channels]
     return map_grids(maps, scale=scale, cols=cols, pad=pad)

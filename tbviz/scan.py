@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import receptive_field as rf
+from tbviz import checks
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_layers, image_input_shape
 from tbviz.backward_rules import backward_rule, check_rule
@@ -384,20 +385,6 @@ def _projection_fn(model, layer, rule):
 # The scan
 
 
-def _check_channels(channels, layer, n):
-    chosen = channels[layer]
-    if chosen is None:
-        return list(range(n))
-    chosen = list(chosen)
-    for c in chosen:
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n:
-            raise ValueError(f"channel {c!r} out of range for layer {layer!r}: it has {n} "
-                             f"feature maps, valid channels are 0..{n - 1}")
-    if not chosen:
-        raise ValueError(f"no channels given for layer {layer!r}; valid channels are 0..{n - 1}")
-    return [int(c) for c in chosen]
-
-
 def _strategy(model):
     if tf.distribute.has_strategy():
         return tf.distribute.get_strategy()
@@ -460,6 +447,12 @@ def scan(model, data, layers, k: int = 9, channels=None, limit: int | None = Non
 _SCANNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _chosen(channels, layer, n):
+    """The feature maps of ``layer`` (``n`` of them) to scan: all where ``channels`` names none."""
+    chosen = channels[layer]
+    return list(range(n)) if chosen is None else checks.channels(list(chosen), n, layer)
+
+
 def _scanner(model, layers, image_shape, k, channels, distinct, strategy):
     """The cached :class:`_Scanner` for these arguments: one scan per epoch traces once."""
     per_model = _SCANNERS.setdefault(model, {})
@@ -487,7 +480,7 @@ class _Scanner:
                                  "(N, H, W, C) or (N, features) output")
             field = rf.receptive_field(model, layer, image_shape[:2]) if len(shape) == 3 \
                 else None
-            self.plan[layer] = (_check_channels(channels, layer, shape[-1]),
+            self.plan[layer] = (_chosen(channels, layer, shape[-1]),
                                 _crop_axes(field, shape, image_shape))
         self.k, self.distinct, self.image_shape = k, distinct, image_shape
         self.strategy = strategy

@@ -38,28 +38,14 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe
+from tbviz.checks import channels as check_channels
+from tbviz.checks import number, positive_int
 from tbviz.checks import value_range as check_value_range
 from tbviz.layers import capture_outputs, check_images, check_layers, image_input_shape
 from tbviz.backward_rules import gradients
 
 
 # -- shared pieces ----------------------------------------------------------------------------
-
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_number(name: str, value, minimum: float = 0.0) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}") from None
-    if not math.isfinite(v) or v < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return v
-
 
 def _gaussian(sigma: float) -> np.ndarray:
     radius = max(1, int(math.ceil(2.5 * sigma)))
@@ -204,30 +190,22 @@ def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean
     """
     check_layers(model, [layer])
     lo, hi = check_value_range(value_range)
-    steps = _check_count("steps", steps)
-    lr, l2 = _check_number("lr", lr), _check_number("l2", l2)
+    steps = positive_int("steps", steps)
+    lr, l2 = number("lr", lr), number("l2", l2)
     if l2 >= 1:
         raise ValueError(f"l2 is a decay fraction per step and must be < 1, got {l2}")
-    blur_every = _check_count("blur_every", blur_every) if blur_every else 0
-    blur_sigma = _check_number("blur_sigma", blur_sigma) if blur_every else 0.0
+    blur_every = positive_int("blur_every", blur_every) if blur_every else 0
+    blur_sigma = number("blur_sigma", blur_sigma) if blur_every else 0.0
     if blur_every and blur_sigma <= 0:
         raise ValueError("blur_sigma must be > 0 when blur_every is on")
-    jitter = _check_count("jitter", jitter, 0) if jitter else 0
-    clip = _check_number("clip_grad", clip_grad) if clip_grad else 0.0
+    jitter = positive_int("jitter", jitter) if jitter else 0
+    clip = number("clip_grad", clip_grad) if clip_grad else 0.0
     if clip >= 100:
         raise ValueError(f"clip_grad is a percentile of pixels and must be < 100, got {clip_grad}")
     shape = _synthesis_shape(model, size)
     out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
     single = np.ndim(channel) == 0
-    channels = np.atleast_1d(np.asarray(channel))
-    integers = channels.dtype != bool and np.issubdtype(channels.dtype, np.integer)
-    if not integers or channels.ndim != 1 or channels.size == 0:
-        raise ValueError(f"channel must be an int or a list of ints, got {channel!r}")
-    bad = channels[(channels < 0) | (channels >= out[-1])]
-    if bad.size:
-        raise ValueError(f"channel {int(bad[0])} is out of range: layer {layer!r} has {out[-1]} "
-                         f"channels (0..{out[-1] - 1})")
-    channels = channels.astype(np.int32)
+    channels = np.asarray(check_channels(channel, out[-1], layer), np.int32)
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
     kernel = _gaussian(blur_sigma) if blur_every else np.ones(1, np.float32)
@@ -308,11 +286,11 @@ def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02
     x0 = check_images(model, image, "image")
     check_layers(model, [layer])
     lo, hi = check_value_range(value_range)
-    steps = _check_count("steps", steps)
-    lr, tv_weight = _check_number("lr", lr), _check_number("tv_weight", tv_weight)
+    steps = positive_int("steps", steps)
+    lr, tv_weight = number("lr", lr), number("tv_weight", tv_weight)
     shape = x0.shape[1:]
     out = _probe.check_layer_rank(model, shape, layer, {2, 3, 4, 5}, "feature inversion")
-    target = _probe.layer_outputs(model, x0, layer, _probe.check_max_batch(max_batch))
+    target = _probe.layer_outputs(model, x0, layer, positive_int("max_batch", max_batch))
     span = hi - lo
 
     def build(ref):
@@ -381,10 +359,10 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
     if not layers:
         raise ValueError("deepdream needs at least one layer")
     lo, hi = check_value_range(value_range)
-    octaves, steps = _check_count("octaves", octaves), _check_count("steps", steps)
-    octave_scale = _check_number("octave_scale", octave_scale, 1.0)
-    lr = _check_number("lr", lr)
-    jitter = _check_count("jitter", jitter, 0) if jitter else 0
+    octaves, steps = positive_int("octaves", octaves), positive_int("steps", steps)
+    octave_scale = number("octave_scale", octave_scale, 1.0)
+    lr = number("lr", lr)
+    jitter = positive_int("jitter", jitter) if jitter else 0
     want = image_input_shape(model)
     n, h, w, c = x0.shape
     if octaves > 1 and (want[0] is not None or want[1] is not None):

@@ -56,15 +56,37 @@ def images(run_dir, tag):
 
 
 def panels(run_dir, tag):
-    """``(content, [(step, header, [uint8 arrays])])`` of a tbviz panel tag."""
+    """``(content, [(step, header, [uint8 array per tile])])`` of a tbviz panel tag: each
+    tile's image as the dashboard shows it, a tile with a ``crop`` cut out of its source
+    image (the content's ``sources`` panel at the same step)."""
     acc = load(run_dir)
     md = acc.SummaryMetadata(tag)
     assert md.plugin_data.plugin_name == metadata.PLUGIN_NAME
-    content = metadata.parse_content(md.plugin_data.content)
+    content = metadata.parse_panel_metadata(md.plugin_data.content)
+    sources = {}  # tag -> {step: images}
+
+    def source(tile, step):
+        tag = tile.get("sources", content.get("sources"))
+        if tag not in sources:
+            sources[tag] = {s: pics for s, _, pics in panels(acc, tag)[1]}
+        image = sources[tag][step][tile["source"]]
+        assert list(image.shape[:2]) == tile.get("source_size", content.get("source_size"))
+        return image
+
     steps = []
     for event in acc.Tensors(tag):
         blobs = tf.make_ndarray(event.tensor_proto)
-        steps.append((event.step, metadata.parse_header(blobs[0]), [decode(b) for b in blobs[1:]]))
+        header = metadata.parse_header(blobs[0])
+        own = iter(decode(b) for b in blobs[1:])
+        pics = []
+        for t in header["tiles"]:
+            if "crop" in t:
+                top, bottom, left, right = t["crop"]
+                pics.append(source(t, event.step)[top:bottom, left:right])
+            else:
+                pics.append(next(own))
+        assert next(own, None) is None, f"{tag} step {event.step}: images no tile describes"
+        steps.append((event.step, header, pics))
     return content, steps
 
 

@@ -27,10 +27,11 @@ def photo(seed: int, size: int = 64) -> np.ndarray:
 
 
 def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: int = 8,
-                        attribution: bool = False):
+                        attribution: bool = False, extras: bool = False):
     """Fit ``model`` (one step per epoch) with the real :class:`tbviz.DeconvnetCallback`
     (and :class:`tbviz.AttributionCallback`, Grad-CAM of the true class of 3 probe images,
-    if ``attribution``); returns the run directory ``<log_dir>/train``."""
+    if ``attribution``; with its opt-in Images-dashboard grids and raw tensors if ``extras``);
+    returns the run directory ``<log_dir>/train``."""
     import keras
 
     import tbviz
@@ -40,7 +41,7 @@ def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: 
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callbacks = [tbviz.DeconvnetCallback(log_dir, probe_images=x[:4], layers=layers,
-                                         top_k=top_k)]
+                                         top_k=top_k, image_grids=extras, raw=extras)]
     if attribution:
         callbacks.append(tbviz.AttributionCallback(log_dir, probe_images=x[:3], target=y[:3],
                                                    methods=["grad_cam"]))
@@ -72,7 +73,7 @@ def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
             heat = [images.overlay(photo(i), np.outer(np.hanning(64), np.roll(np.hanning(64),
                                                                               8 * (i + step))))
                     for i in range(n)]
-            metadata.write_panel(f"tbviz/attribution/{method}", "attribution",
+            metadata.write_panel(f"tbviz/attribution/{method}", metadata.ATTRIBUTION,
                                  [metadata.encode_png(h) for h in heat],
                                  tiles=[{"method": method, "image_index": i, "target": 2 * i}
                                         for i in range(n)], step=step, method=method)
@@ -83,7 +84,7 @@ def write_stylized(run_dir, steps, n: int = 3):
     with tf.summary.create_file_writer(str(run_dir)).as_default():
         for step in steps:
             pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]
-            metadata.write_panel("tbviz/stylized/probes", "stylized", pngs,
+            metadata.write_panel("tbviz/stylized/probes", metadata.STYLIZED, pngs,
                                  tiles=[{"label": f"photo {i}", "index": i} for i in range(n)],
                                  step=step, description="The transform-net's output on fixed "
                                                         "probe photos")
@@ -91,10 +92,11 @@ def write_stylized(run_dir, steps, n: int = 3):
 
 def write_dashboard_logs(root):
     """Three runs: ``cnn/train`` (deconvnet on a functional model with a nested block,
-    and Grad-CAM; 5 epochs), ``long/train`` (deconvnet on conv1 of a small Sequential,
+    with the opt-in grids and raw tensors beside its panels, and Grad-CAM; 5 epochs), ``long/train`` (deconvnet on conv1 of a small Sequential,
     50 epochs, top 4) and ``style/train`` (stylized probes). Returns ``{run: run_dir}``."""
     cnn = train_deconvnet_run(os.path.join(root, "cnn"), models.functional_bn_nested(),
-                              ["conv1", "block/inner_conv"], epochs=5, attribution=True)
+                              ["conv1", "block/inner_conv"], epochs=5, attribution=True,
+                              extras=True)
     long = train_deconvnet_run(os.path.join(root, "long"), models.sequential(), ["conv1"],
                                epochs=50, top_k=4)
     style = os.path.join(root, "style", "train")
@@ -112,11 +114,24 @@ def write_two_networks(run_dir):
     unit = {"image_index": 0, "row": 1, "col": 2, "channel": 3, "value": 4.0, "unit": 0}
     with tf.summary.create_file_writer(str(run_dir)).as_default(step=1):
         for model, layer, index in layers:
-            metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", "topk", [png, png],
+            metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", metadata.TOPK, [png, png],
                                  tiles=[dict(unit, role="projection"), dict(unit, role="patch")],
                                  layer=layer, layer_index=index, model=model, rule="deconvnet",
                                  k=1)
     return layers
+
+
+def write_from_the_future(run_dir, step: int = 1):
+    """Two panels a newer tbviz could write: ``tbviz/future/topk`` with the next panel format
+    version and ``tbviz/future/hologram`` of a kind this build does not know."""
+    png = metadata.encode_png(photo(0, 16))
+    with tf.summary.create_file_writer(str(run_dir)).as_default(step=step):
+        for tag, change in (("tbviz/future/topk", {"version": metadata.VERSION + 1}),
+                            ("tbviz/future/hologram", {"kind": "hologram"})):
+            md = metadata.create_panel_metadata(metadata.TOPK, layer="x", layer_index=0)
+            content = json.loads(md.plugin_data.content)
+            md.plugin_data.content = json.dumps({**content, **change}).encode()
+            tf.summary.write(tag, tf.constant([b'{"tiles": [{}]}', png]), metadata=md)
 
 
 _BUILT = {}

@@ -36,6 +36,13 @@ def get(url, timeout=30):
 @contextlib.contextmanager
 def tensorboard(logdir, timeout=90):
     """Start ``tensorboard --logdir`` on a free loopback port; yield its base URL."""
+    with tensorboard_process(logdir, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def tensorboard_process(logdir, timeout=90):
+    """Like :func:`tensorboard`, yielding ``(base URL, the server's Popen)``."""
     exe = shutil.which("tensorboard", path=os.path.dirname(sys.executable)) or shutil.which(
         "tensorboard")
     cmd = [exe] if exe else [sys.executable, "-m", "tensorboard.main"]
@@ -55,7 +62,7 @@ def tensorboard(logdir, timeout=90):
                     out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
                     raise RuntimeError(f"tensorboard did not start: {out[-2000:]}")
                 time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tbviz import attribution as at
-from tbviz.callbacks.attribution import AttributionCallback, _photos
+from tbviz.callbacks.attribution import AttributionCallback
 from tbviz.callbacks.feature_maps import FeatureMapsCallback
 from tbviz.callbacks.synthesis import SynthesisCallback
 from tbviz.summary.images import overlay
@@ -45,7 +45,7 @@ def test_heatmaps_of_every_method_are_logged_per_epoch(tmp_path):
     run = tmp_path / "train"
     names = tags(run)
     predicted = at.top_classes(model, probes)
-    photos = _photos(probes)
+    photos = np.round(probes).astype(np.uint8)  # RGB probes in [0, 255] are shown as they are
     for method in ALL:
         logged = images(run, f"attribution/{method}")
         assert [step for step, _ in logged] == [2, 4]  # global steps at the epoch ends

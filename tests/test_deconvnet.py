@@ -399,8 +399,9 @@ def test_receptive_field_crops_give_the_whole_image_result(rule, size):
     units = {layer: all_units(shapes[layer], 2, step=29 if layer == "c1" else 7)
              + deconvnet.top_units(acts[layer], k=4) for layer in layers}
     for layer in layers:  # units alone are projected from crops, else this proves nothing
-        table = proj._units(layer, images.shape[1:], units[layer], n_images=2)
-        boxes = np.concatenate([proj._boxes(layer, images.shape[1:], table[k:k + 1])
+        table = proj.unit_table(layer, images.shape[1:], units[layer], n_images=2)
+        field = proj.field(layer, images.shape[1:])
+        boxes = np.concatenate([deconvnet.crops(table[k:k + 1], field, size)[0]
                                 for k in range(len(table))])
         assert ((boxes[:, 1] < size[0]) | (boxes[:, 3] < size[1])).mean() >= 0.5, layer
     cropped = proj.project(images, units)
@@ -501,7 +502,7 @@ def test_errors_name_the_choices(images):
         deconvnet.project(model, images, "block2", [(0, 2, 0, 0)])
     with pytest.raises(ValueError, match=r"image_index 3 out of range 0..2"):
         deconvnet.patches(model, images, "block2", [(3, 0, 0, 0)])
-    with pytest.raises(ValueError, match=r"channel 4 out of range"):
+    with pytest.raises(ValueError, match=r"channel 4 is out of range"):
         deconvnet.strongest(model, images, "block2", channels=[4])
     with pytest.raises(ValueError, match=r"integer tuple \(image_index, row, col, channel\)"):
         deconvnet.project(model, images, "block2", [(0, 1)])
@@ -552,7 +553,7 @@ def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images):
     model = keras.Model(x, L.Dense(2)(flat))
     model.get_layer("c1").set_weights([v.astype("float32") for v in weights()["c1"]])
     proj = deconvnet.Projector(model, ["c1"]).prepare(images.shape[1:])
-    assert ("c1", images.shape[1:]) in proj._no_crop
+    assert ("c1", images.shape[1:]) in proj._whole
     units = deconvnet.top_units(proj.activations(images)["c1"], k=5)
     got = proj.project(images, {"c1": units})["c1"]
     ref = small_reference(weights())
@@ -602,3 +603,66 @@ def test_support_window_leaves_out_specks_not_connected_to_the_peak():
     p[2, 35] = p[38, 1] = 0.5      # global terms of a normalization on two bright pixels
     t, b, lft, r = deconvnet.support_window(p, margin=0)
     assert (t, b, lft, r) == (20, 23, 10, 13)
+
+
+@pytest.mark.parametrize("size", [(61, 53), (37, 30)])
+def test_crops_hold_each_units_field_aligned_to_the_stride(size):
+    # The plan alone (no TensorFlow run): every crop lies in the image, starts on the layer's
+    # stride, holds the unit's clipped field, and the unit's position in it maps back.
+    model = strided_net(size)
+    proj = deconvnet.Projector(model, ["c1", "p1", "r2", "c3"])
+    for layer in proj.layers:
+        field = proj.field(layer, size)
+        shape = proj.output_shapes(size + (3,))[layer]
+        units = all_units(shape, 3, step=3)
+        table = deconvnet.unit_table(units, shape, n_images=3)
+        boxes, positions = deconvnet.crops(table, field, size)
+        for (image, row, col, channel), (top, h, left, w), pos in zip(table, boxes, positions):
+            for axis, start, length, i, p in ((field[0], top, h, row, pos[0]),
+                                              (field[1], left, w, col, pos[1])):
+                lo, hi = axis.window(i, clip=True)
+                assert 0 <= start <= lo and hi <= start + length <= axis.image_length
+                assert start % axis.jump == 0 and (axis.image_length - length) % axis.jump == 0
+                assert p == i - start // axis.jump
+            assert pos[2] == channel
+
+
+def test_batch_plan_takes_every_unit_once_in_batches_that_fit():
+    rng = np.random.default_rng(0)
+    table = np.column_stack([rng.integers(0, 3, 40), rng.integers(0, 5, 40),
+                             rng.integers(0, 5, 40), rng.integers(0, 4, 40)])
+    # Crops of two sizes; units of one image often share one.
+    boxes = np.array([(0, 8, 0, 8) if r < 3 else (r, 4, c, 4) for _, r, c, _ in table])
+    for share in (True, False):
+        plan = deconvnet.batch_plan(table, boxes, max_batch=5, share=share)
+        taken = np.concatenate([ks for _, ks in plan])
+        assert sorted(taken.tolist()) == list(range(40))
+        for shared, ks in plan:
+            assert 1 <= len(ks) <= 5
+            if shared:  # one input row: same image, same crop
+                assert share and len({(table[k, 0],) + tuple(boxes[k]) for k in ks}) == 1
+            else:  # rows of one size batch together
+                assert len({tuple(boxes[k, [1, 3]]) for k in ks}) == 1
+        assert any(s for s, _ in plan) == share
+
+
+def test_reflection_padding_projects_without_pfor_fallback(caplog):
+    # tf.pad(mode="REFLECT")'s gradient (MirrorPadGrad) has no pfor rule: units of one image
+    # are then projected one row each, with the same result, and no while-loop fallback.
+    x = keras.Input((10, 10, 2))
+    y = L.Lambda(lambda t: keras.ops.pad(t, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect"),
+                 name="reflect")(x)
+    y = L.Conv2D(3, 3, activation="relu", name="c1")(y)
+    y = L.Conv2D(3, 3, padding="same", activation="relu", name="c2")(y)
+    model = keras.Model(x, y)
+    images = np.random.default_rng(1).normal(0, 1, (2, 10, 10, 2)).astype("float32")
+    proj = deconvnet.Projector(model, ["c2"])
+    units = deconvnet.top_units(proj.activations(images)["c2"], k=6)
+    assert len({u.image_index for u in units}) < len(units)  # some share an image
+    with caplog.at_level("WARNING"):
+        together = proj.project(images, {"c2": units})["c2"]
+    assert not [r for r in caplog.records if "while_loop" in r.getMessage()]
+    alone = np.concatenate([proj.project(images, {"c2": [u]})["c2"] for u in units])
+    # The same rows through the same graph, batched differently: float32 summation order.
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6 * np.abs(alone).max())
+    assert np.abs(alone).max() > 0

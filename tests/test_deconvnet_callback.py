@@ -50,25 +50,31 @@ def enlarge(tile, side):
     return np.repeat(np.repeat(tile, s, 0), s, 1)
 
 
-@pytest.mark.numerics
-def test_summaries_read_back(tmp_path, data):
+def fit_logged(tmp_path, data, **options):
+    """Fit the small model 2 epochs (2 steps each) with a DeconvnetCallback on conv1 and relu2;
+    returns the model, the probe images, the evolution channels computed independently
+    (highest mean activation at train begin) and the run read back."""
     x, y = data
     model = small_model()
     probes = x[:3]
-    # The evolution channels: highest mean activation at train begin, computed independently.
     before = keras.Model(model.inputs[0], model.get_layer("relu2").output)(probes).numpy()
-    expected_channels = list(np.argsort(-before.mean(axis=(0, 1, 2)), kind="stable")[:4])
+    channels = list(np.argsort(-before.mean(axis=(0, 1, 2)), kind="stable")[:4])
     cb = tbviz.DeconvnetCallback(tmp_path, probe_images=probes, layers=["conv1", "relu2"],
-                                 top_k=4)
+                                 top_k=4, **options)
     model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
-    acc = load(tmp_path / "train")
-    tags = acc.Tags()["tensors"]
-    for layer in ("conv1", "relu2"):
-        for name in ("projections", "patches", "evolution", "raw", "units"):
-            assert f"deconvnet/{layer}/{name}" in tags
-        for name in ("topk", "evolution"):
-            assert f"tbviz/deconvnet/{layer}/{name}" in tags
-        assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/projections")] == [2, 4]
+    return model, probes, channels, load(tmp_path / "train")
+
+
+@pytest.mark.numerics
+def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
+    model, probes, expected_channels, acc = fit_logged(tmp_path, data)
+    # Only the tbviz tab's panels and the probe images their patches are cut from: no
+    # Images-dashboard copy, no raw tensors (both opt-in).
+    assert sorted(acc.Tags()["tensors"]) == sorted(
+        [f"tbviz/deconvnet/{layer}/{kind}" for layer in ("conv1", "relu2")
+         for kind in ("topk", "evolution")] + [f"tbviz/deconvnet/{model.name}/probes"])
+    for tag in acc.Tags()["tensors"]:
+        assert [e.step for e in acc.Tensors(tag)] == [2, 4]
 
     # The last step was written with the final weights: recompute it with the pure functions.
     layer = "relu2"
@@ -84,10 +90,11 @@ def test_summaries_read_back(tmp_path, data):
     step, header, tiles = panels(acc, f"tbviz/deconvnet/{layer}/topk")[1][-1]
     md = acc.SummaryMetadata(f"tbviz/deconvnet/{layer}/topk")
     assert md.plugin_data.plugin_name == "tbviz"
-    content = metadata.parse_content(md.plugin_data.content)
-    assert content == {"version": 1, "kind": "topk", "layer": layer, "rule": "deconvnet",
-                       "k": 4, "layer_index": layer_paths(model).index(layer),
-                       "model": model.name}
+    content = metadata.parse_panel_metadata(md.plugin_data.content)
+    probes_tag = f"tbviz/deconvnet/{model.name}/probes"
+    assert content == {"version": metadata.VERSION, "kind": "topk", "layer": layer,
+                       "rule": "deconvnet", "k": 4, "layer_index": layer_paths(model).index(layer),
+                       "model": model.name, "sources": probes_tag, "source_size": [12, 12]}
     assert step == 4 and len(tiles) == 8
     assert [t["role"] for t in header["tiles"]] == ["projection"] * 4 + ["patch"] * 4
     for i, (u, t) in enumerate(zip(units + units, header["tiles"])):
@@ -101,20 +108,13 @@ def test_summaries_read_back(tmp_path, data):
         # rounding may differ, and move a pixel across a rounding boundary by one level.
         np.testing.assert_allclose(tiles[i].astype(int), enlarge(want, side).astype(int),
                                    atol=1)
-        patch = np.round(patches[i]).astype(np.uint8)
-        np.testing.assert_array_equal(tiles[4 + i], enlarge(patch, side))
-
-    assert max(t.shape[0] for t in tiles) >= 64  # an 8x8 field is enlarged to be seen
-    # Image summaries: one grid of k tiles each (2x2 for k=4).
-    for name, first in (("projections", 0), ("patches", 4)):
-        grid = image_steps(acc.Tensors(f"deconvnet/{layer}/{name}")[-1])[0]
-        th = max(t.shape[0] for t in tiles[first:first + 4])
-        tw = max(t.shape[1] for t in tiles[first:first + 4])
-        assert grid.shape == (2 * th + 2, 2 * tw + 2, 3)
-        for i, tile in enumerate(tiles[first:first + 4]):  # row-major, centred in its cell
-            y = (i // 2) * (th + 2) + (th - tile.shape[0]) // 2
-            x = (i % 2) * (tw + 2) + (tw - tile.shape[1]) // 2
-            np.testing.assert_array_equal(grid[y:y + tile.shape[0], x:x + tile.shape[1]], tile)
+        # The patch is cut by the dashboard from the probe image, stored once per step.
+        assert header["tiles"][4 + i]["crop"] == list(box)
+        np.testing.assert_array_equal(tiles[4 + i], np.round(patches[i]).astype(np.uint8))
+    assert max(t.shape[0] for t in tiles[:4]) >= 64  # an 8x8 field is enlarged to be seen
+    probe_steps = panels(acc, probes_tag)[1]
+    assert [step for step, _, _ in probe_steps] == [2, 4]
+    np.testing.assert_array_equal(probe_steps[-1][2], np.round(probes).astype(np.uint8))
 
     # Evolution: the same fixed channels at every step, each its strongest unit.
     evo = panels(acc, f"tbviz/deconvnet/{layer}/evolution")[1]
@@ -125,8 +125,51 @@ def test_summaries_read_back(tmp_path, data):
         assert len(tiles) == 8
     assert [(t["image_index"], t["row"], t["col"]) for t in evo[-1][1]["tiles"][:4]] == [
         (u.image_index, u.row, u.col) for u in final]
+    # Each shows its unit's projection; one also in the top-k is that panel's tile, not a copy.
+    final_proj = deconvnet.project(model, probes, layer, final)
+    final_boxes = deconvnet.windows(model, probes.shape[1:], layer, final)
+    for i, ((t, b, lft, r), p) in enumerate(zip(final_boxes, final_proj)):
+        want = tiles_lib.to_rgb(tiles_lib.normalize(p[None, t:b, lft:r]))[0]
+        # Projected in another batch than the callback's: within one level (see above).
+        np.testing.assert_allclose(evo[-1][2][i].astype(int), enlarge(want, side).astype(int),
+                                   atol=1)
+    shared = [t for t in evo[-1][1]["tiles"][:4] if "crop" in t]
+    assert 0 < len(shared) == len(set(final) & set(units)) < 4  # both kinds of tile here
+    assert all(t["sources"] == f"tbviz/deconvnet/{layer}/topk" for t in shared)
+
+
+@pytest.mark.numerics
+def test_opt_in_grids_and_raw_tensors_hold_what_the_panels_show(tmp_path, data):
+    model, probes, expected_channels, acc = fit_logged(tmp_path, data, image_grids=True,
+                                                       raw=True)
+    tags = acc.Tags()["tensors"]
+    for layer in ("conv1", "relu2"):
+        for name in ("projections", "patches", "evolution", "raw", "units"):
+            assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/{name}")] == [2, 4]
+        for name in ("topk", "evolution"):
+            assert f"tbviz/deconvnet/{layer}/{name}" in tags
+    layer = "relu2"
+    _, _, tiles = panels(acc, f"tbviz/deconvnet/{layer}/topk")[1][-1]
+    _, _, evo_tiles = panels(acc, f"tbviz/deconvnet/{layer}/evolution")[1][-1]
+    # Images-dashboard grids: the panels' tiles, one grid of k each (2x2 for k=4). That
+    # dashboard shows images at their own size, so its patches are enlarged like the
+    # projections (the tbviz tab scales its crops in the browser).
+    scale = tiles[0].shape[0] // tiles[4].shape[0]  # unit 0's projection and its patch
+    patches = [np.repeat(np.repeat(t, scale, 0), scale, 1) for t in tiles[4:]]
+    for name, grid_tiles in (("projections", tiles[:4]), ("patches", patches),
+                             ("evolution", evo_tiles[:4])):
+        grid = image_steps(acc.Tensors(f"deconvnet/{layer}/{name}")[-1])[0]
+        th, tw = max(t.shape[0] for t in grid_tiles), max(t.shape[1] for t in grid_tiles)
+        assert grid.shape == (2 * th + 2, 2 * tw + 2, 3)
+        for i, tile in enumerate(grid_tiles):  # row-major, centred in its cell
+            y = (i // 2) * (th + 2) + (th - tile.shape[0]) // 2
+            x = (i % 2) * (tw + 2) + (tw - tile.shape[1]) // 2
+            np.testing.assert_array_equal(grid[y:y + tile.shape[0], x:x + tile.shape[1]], tile)
 
     # Raw tensors for re-rendering: float16 cut to the field, plus the unit table.
+    units = deconvnet.strongest(model, probes, layer, k=4, distinct=True)
+    proj = deconvnet.project(model, probes, layer, units)
+    boxes = deconvnet.windows(model, probes.shape[1:], layer, units)
     raw = tf.make_ndarray(acc.Tensors(f"deconvnet/{layer}/raw")[-1].tensor_proto)
     table = tf.make_ndarray(acc.Tensors(f"deconvnet/{layer}/units")[-1].tensor_proto)
     assert raw.dtype == np.float16 and raw.shape[0] == table.shape[0] == 8
@@ -134,11 +177,15 @@ def test_summaries_read_back(tmp_path, data):
     for i, (box, p) in enumerate(zip(boxes, proj)):
         t, b, lft, r = box
         assert tuple(table[i, col["top"]:]) == box and table[i, col["set"]] == 0
+        # float16 keeps 11 significant bits: relative error <= 2**-11 ~ 5e-4 of each value
+        # (2e-3 leaves room for the float32 rounding of two different projection passes).
         np.testing.assert_allclose(raw[i, :b - t, :r - lft].astype(np.float32),
                                    p[t:b, lft:r], rtol=2e-3, atol=1e-3 * np.abs(p).max())
     assert list(table[4:, col["channel"]]) == expected_channels
-    about = json.loads(acc.SummaryMetadata(f"deconvnet/{layer}/raw").plugin_data.content)
-    assert about["columns"] == list(UNIT_COLUMNS)
+    md = acc.SummaryMetadata(f"deconvnet/{layer}/raw")
+    assert md.plugin_data.plugin_name == metadata.RAW_PLUGIN_NAME
+    about = metadata.parse_raw_metadata(md.plugin_data.content)
+    assert about["columns"] == list(UNIT_COLUMNS) and about["layer"] == layer
 
 
 def test_probe_model_and_images_as_callables(tmp_path):
@@ -171,11 +218,8 @@ def test_probe_model_and_images_as_callables(tmp_path):
     assert [(t["image_index"], t["row"], t["col"], t["channel"])
             for t in header["tiles"][:3]] == [tuple(u[:4]) for u in units]
     patches = deconvnet.patches(loss_net, seen[-1], "vgg/b2", units)
-    evo_units = deconvnet.strongest(loss_net, seen[-1], "vgg/b2", channels=[0, 2])
-    side = max(max(p.shape[:2]) for p in
-               deconvnet.patches(loss_net, seen[-1], "vgg/b2", units + evo_units))
-    for tile, p in zip(tiles[3:], patches):
-        np.testing.assert_array_equal(tile, enlarge(np.round(p).astype(np.uint8), side))
+    for tile, p in zip(tiles[3:], patches):  # cut from the stylized photos of that step
+        np.testing.assert_array_equal(tile, np.round(p).astype(np.uint8))
     evo = panels(acc, "tbviz/deconvnet/vgg/b2/evolution")[1][-1][1]
     assert [t["channel"] for t in evo["tiles"]] == [0, 2, 0, 2]
 
@@ -194,7 +238,7 @@ def test_traced_once_over_five_epochs(tmp_path, data):
     model.fit(x, y, batch_size=8, epochs=5, shuffle=False, verbose=0, callbacks=[cb, Count()])
     assert traces == [traces[0]] * 5
     assert traces[0] == 1 + 2 * 2  # activations + two projection functions per layer
-    steps = [e.step for e in load(tmp_path / "train").Tensors("deconvnet/conv1/projections")]
+    steps = [e.step for e in load(tmp_path / "train").Tensors("tbviz/deconvnet/conv1/topk")]
     assert steps == sorted(set(range(3, 11, 3)) | {2, 4, 6, 8, 10})
     # A second fit() continues the run: nothing traced again, the same feature maps followed.
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[cb, Count()])
@@ -264,7 +308,7 @@ def test_non_finite_weights_are_skipped_and_said_once(tmp_path, caplog):
     trained.compile(optimizer="sgd", loss="mse")
     x = np.random.default_rng(0).uniform(0, 255, (4, 12, 12, 3)).astype("float32")
     cb = tbviz.DeconvnetCallback(tmp_path, probe_images=x[:2], layers=["b1", "b2"], top_k=3,
-                                 probe_model=features)
+                                 probe_model=features, raw=True)
     with caplog.at_level(logging.WARNING):
         trained.fit(x, x / 255, epochs=3, verbose=0, callbacks=[cb])
     said = [r.getMessage() for r in caplog.records if "'b2'" in r.getMessage()]

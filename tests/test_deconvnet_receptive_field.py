@@ -1,14 +1,8 @@
 """Receptive fields found by walking the Keras graph (tbviz.receptive_field)."""
 
-import doctest
-
 import keras
-import numpy as np
 import pytest
 
-import tbviz.callbacks.deconvnet
-import tbviz.deconvnet
-import tbviz.receptive_field
 from tbviz.receptive_field import Axis, crop_plan, crop_start, receptive_field, unit_crop
 
 L = keras.layers
@@ -91,21 +85,6 @@ def test_layer_errors():
     m = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(1, 3, name="c")])
     with pytest.raises(ValueError, match="unknown layer.*'d'.*layers are: c"):
         receptive_field(m, "d", (8, 8))
-
-
-@pytest.mark.parametrize("module", [tbviz.receptive_field, tbviz.deconvnet])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
-
-
-def test_callback_docstring_example_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    doc = tbviz.callbacks.deconvnet.__doc__.replace("/tmp/tbviz_doc", str(tmp_path / "doc"))
-    test = doctest.DocTestParser().get_doctest(doc, {"np": np}, "callback", None, 0)
-    runner = doctest.DocTestRunner()
-    runner.run(test)
-    assert runner.failures == 0 and (tmp_path / "doc" / "train").is_dir()
 
 
 def test_custom_layer_marked_pointwise_is_seen_through():

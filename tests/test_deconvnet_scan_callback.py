@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tbviz
-from eventfiles import images, load, panels
+from eventfiles import images, load, panels, tags
 from planted import PLANTED, detector, planted_images
 from tbviz.callbacks.deconvnet import MIN_TILE, UNIT_COLUMNS
 
@@ -37,11 +37,22 @@ def fit(model, x, cb, epochs=2):
     model.fit(x[:8], np.zeros((8, 2)), epochs=epochs, verbose=0, callbacks=[cb])
 
 
+def test_a_light_scan_run_writes_the_panels_only(tmp_path, planted):
+    x, ds = planted
+    model = frozen_detector()
+    cb = tbviz.DeconvnetCallback(tmp_path, layers=["conv1"], scan_data=ds, top_k=K,
+                                 channels=[0], scan_limit=200)
+    fit(model, x, cb, epochs=1)
+    # the Images-dashboard grid follows image_grids=, the units table raw= (both off)
+    assert tags(tmp_path / "train") == ["tbviz/deconvnet/conv1/evolution",
+                                        "tbviz/deconvnet/conv1/featuremaps"]
+
+
 def test_scan_only_writes_the_feature_map_view_evolution_and_units(tmp_path, planted):
     x, ds = planted
     model = frozen_detector()
     cb = tbviz.DeconvnetCallback(tmp_path, layers=["conv1", "mix"], scan_data=ds, top_k=K,
-                                 channels=[0, 1])
+                                 channels=[0, 1], image_grids=True, raw=True)
     fit(model, x, cb, epochs=3)
     acc = load(tmp_path / "train")
     tags = acc.Tags()["tensors"]
@@ -50,6 +61,7 @@ def test_scan_only_writes_the_feature_map_view_evolution_and_units(tmp_path, pla
             assert f"deconvnet/{layer}/{name}" in tags
         assert f"tbviz/deconvnet/{layer}/featuremaps" in tags
         assert f"deconvnet/{layer}/projections" not in tags  # no probe images, no top-k
+        assert not any(t.endswith("/probes") for t in tags)
         assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/featuremaps")] == [1, 2, 3]
 
     # the units table: set 2 = each map's top 3 over all 3000 images, strongest first, at the
@@ -71,7 +83,13 @@ def test_scan_only_writes_the_feature_map_view_evolution_and_units(tmp_path, pla
     patches = [(t, png) for t, png in zip(header["tiles"], pngs) if t["role"] == "patch"]
     assert len(patches) == 2 * K
     scale = -(-MIN_TILE // 5)  # the 5x5 field enlarged to at least MIN_TILE pixels
-    for tile, png in patches:
+    # the evolution's patches too: the scanned images are not stored, so no tile is a crop
+    _, evo_header, evo_pngs = panels(tmp_path / "train", "tbviz/deconvnet/conv1/evolution")[1][-1]
+    evo_patches = [(t, png) for t, png in zip(evo_header["tiles"], evo_pngs)
+                   if t["role"] == "patch"]
+    assert [t["image_index"] for t, _ in evo_patches] == [PLANTED[0][0][0], PLANTED[1][0][0]]
+    for tile, png in patches + evo_patches:
+        assert "crop" not in tile
         i, r, c = tile["image_index"], tile["row"], tile["col"]
         # pixels within [0, 255] are shown as they are, rounded to uint8
         want = np.round(x[i, r:r + 5, c:c + 5]).astype(np.uint8)
@@ -92,7 +110,7 @@ def test_probe_images_and_scan_data_together(tmp_path, planted):
     x, ds = planted
     model = frozen_detector()
     cb = tbviz.DeconvnetCallback(tmp_path, probe_images=x[:4], layers=["conv1"], scan_data=ds,
-                                 top_k=K, channels=[1], scan_limit=1000)
+                                 top_k=K, channels=[1], scan_limit=1000, raw=True)
     fit(model, x, cb, epochs=1)
     acc = load(tmp_path / "train")
     rows = units_rows(acc, "conv1")
@@ -101,7 +119,16 @@ def test_probe_images_and_scan_data_together(tmp_path, planted):
     # the scan read the first 1000 images: map 1's plant in image 5 only
     assert [r["image_index"] for r in rows if r["set"] == 2][:1] == [5]
     assert [(r["image_index"], r["channel"]) for r in rows if r["set"] == 1] == [(5, 1)]
-    assert "tbviz/deconvnet/conv1/topk" in acc.Tags()["tensors"]
+    # the top-k patches are crops of the probe images, stored once in the probes panel
+    content, steps = panels(tmp_path / "train", "tbviz/deconvnet/conv1/topk")
+    assert content["sources"] == "tbviz/deconvnet/detector/probes"
+    _, header, pics = steps[-1]
+    assert x[:4].max() <= 1  # no plant among the probe images: shown in [0, 1] scaled to 255
+    for t, pic in zip(header["tiles"], pics):
+        if t["role"] == "patch":
+            top, bottom, left, right = t["crop"]
+            want = np.round(x[t["image_index"], top:bottom, left:right] * 255)
+            np.testing.assert_array_equal(pic, want.astype(np.uint8))
 
 
 def test_int_channels_are_drawn_among_maps_that_fire_reproducibly(tmp_path, planted):
@@ -115,7 +142,7 @@ def test_int_channels_are_drawn_among_maps_that_fire_reproducibly(tmp_path, plan
     chosen = []
     for run in ("a", "b"):
         cb = tbviz.DeconvnetCallback(tmp_path / run, layers=["conv"], scan_data=ds, top_k=2,
-                                     channels=2, seed=3, scan_limit=200)
+                                     channels=2, seed=3, scan_limit=200, raw=True)
         model.fit(x[:4], np.zeros((4, 30, 30, 8)), epochs=1, verbose=0, callbacks=[cb])
         rows = units_rows(load(tmp_path / run / "train"), "conv")
         chosen.append(sorted({int(r["channel"]) for r in rows if r["set"] == 2}))
@@ -139,11 +166,22 @@ def test_bad_scan_data_fails_at_train_begin(tmp_path, planted):
         fit(model, x, cb, epochs=1)
 
 
-def test_tensorboard_viz_passes_scan_data_on(tmp_path, planted):
+@pytest.mark.parametrize("short", [False, True])
+def test_tensorboard_viz_passes_scan_data_on(tmp_path, planted, short):
     x, ds = planted
     model = frozen_detector()
-    viz = tbviz.TensorBoardViz(tmp_path, layers=["conv1"], scan_data=ds, scan_limit=600,
-                               channels=[0], top_k=K, histograms=False, graph=False)
+    # the deconvnet part takes DeconvnetCallback's options; scan_data= is short for one of them
+    options = {"scan_limit": 600, "channels": [0], "raw": True}
+    given = dict(scan_data=ds, deconvnet=options) if short else dict(
+        deconvnet={"scan_data": ds, **options})
+    viz = tbviz.TensorBoardViz(tmp_path, layers=["conv1"], top_k=K, histograms=False,
+                               graph=False, **given)
     fit(model, x, viz, epochs=1)
     rows = units_rows(load(tmp_path / "train"), "conv1")
     assert [r["image_index"] for r in rows if r["set"] == 2][:1] == [17]  # 600 images: one plant
+
+
+def test_tensorboard_viz_refuses_scan_data_twice(tmp_path, planted):
+    _, ds = planted
+    with pytest.raises(ValueError, match="scan_data is given twice"):
+        tbviz.TensorBoardViz(tmp_path, scan_data=ds, deconvnet={"scan_data": ds})

@@ -59,7 +59,7 @@ def test_thirty_epochs_with_everything_on(tmp_path):
     object.__setattr__(layer, "call", counting_call)
     log = {"counter": counter}
     viz = tbviz.TensorBoardViz(
-        str(tmp_path), probe_images=x[:4], probe_labels=y[:4], loss_every_n_steps=1,
+        str(tmp_path), probe_images=x[:4], probe_labels=y[:4], losses={"every_n_steps": 1},
         attribution=["saliency", "guided_backprop", "grad_cam", "occlusion"],
         synthesis={"maximize": {"conv1": 2}, "invert": ["conv1"], "steps": 4})
     # Keras' epoch-end order: ours run between the two watches.

@@ -39,7 +39,7 @@ def test_deconvnet_panel_says_when_it_is_the_plain_gradient(tmp_path, caplog, ac
         fit(model(activation), cb)
     content, _ = panels(tmp_path / "train", "tbviz/deconvnet/act/topk")
     description = load(tmp_path / "train").SummaryMetadata(
-        "deconvnet/act/projections").summary_description
+        "tbviz/deconvnet/act/topk").summary_description
     if plain:
         assert content["rule"] == "gradient"
         assert description.startswith("gradient projections") and "has no activation" in description

@@ -21,6 +21,7 @@ import pytest
 import plugin_logs
 import tbserver
 from tbviz.plugin import tbviz_plugin
+from tbviz.summary import metadata
 
 pytestmark = pytest.mark.browser
 
@@ -69,6 +70,7 @@ def server(browser, tmp_path_factory):
     runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
     plugin_logs.write_two_networks(logdir / "two_nets" / "train")
     runs["scan/train"] = plugin_logs.write_scan_run(str(logdir / "scan"))
+    plugin_logs.write_from_the_future(logdir / "future" / "train")
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
     log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed in finally)
@@ -213,10 +215,14 @@ def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_
     assert texts(frame, "table.evo tbody th") == [f"map {c}" for c in maps]
     n = len(maps) * 6
     assert all_decoded(frame, n) == n
-    evolution = [u for u in blobs if "evolution" in u]
-    shown_steps = {int(re.search(r"step=(\d+)", u).group(1)) for u in evolution}
-    assert shown_steps == {1, 2, 5, 10, 20, 50}
-    assert len(evolution) == n  # one per map and step, no patch, nothing twice
+    # One image per map and step, nothing twice (a map's tile that is also a top-k tile of
+    # its step is that panel's image, stored once), no patch; only the chosen steps fetched.
+    shown = frame.evaluate("() => [...document.images].map(i => i.src)")
+    assert len(shown) == len(set(shown)) == n
+    assert {int(re.search(r"step=(\d+)", u).group(1)) for u in shown} == {1, 2, 5, 10, 20, 50}
+    assert not [u for u in shown if "probes" in u]
+    fetched = [u for u in blobs if "run=long%2Ftrain" in u]  # the top-k view showed step 50
+    assert {int(re.search(r"step=(\d+)", u).group(1)) for u in fetched} == {1, 2, 5, 10, 20, 50}
     shoot(page, tmp_path, "dashboard-evolution.png")
     # choosing a step adds its column, in step order
     frame.get_by_role("button", name="30", exact=True).click()
@@ -303,6 +309,18 @@ def test_through_the_layers_follows_each_probe_photo_and_panels_download_as_png(
 
     picture = Image.open(path)
     assert picture.format == "PNG" and min(picture.size) > 100
+
+
+def test_panels_of_a_newer_tbviz_are_said_not_drawn(tab):
+    page, frame, _ = tab
+    frame.get_by_role("checkbox", name="future/train", exact=True).check()
+    frame.wait_for_selector(".problems li")
+    assert sorted(texts(frame, ".problems li")) == [
+        "future/train: tbviz/future/hologram not shown: unknown panel kind 'hologram' (this "
+        f"tbviz knows {', '.join(metadata.KINDS)}); upgrade tbviz to see it",
+        f"future/train: tbviz/future/topk not shown: panel format version {metadata.VERSION + 1}"
+        f" is newer than this tbviz reads ({metadata.VERSION}); upgrade tbviz to see it"]
+    assert texts(frame, ".run h2") == ["cnn/train"]  # no column, no tile for it
 
 
 def test_entry_point_registers_the_tab():

@@ -62,12 +62,13 @@ def broken(tmp_path_factory):
     header) beside a good one."""
     root = tmp_path_factory.mktemp("broken_logs")
     with tf.summary.create_file_writer(os.path.join(root, "broken", "train")).as_default(step=3):
-        md = metadata.panel_metadata("topk", layer="x", layer_index=0)
+        md = metadata.create_panel_metadata("topk", layer="x", layer_index=0)
         md.plugin_data.content = b"{not json"
         tf.summary.write("tbviz/deconvnet/x/topk", tf.constant([b"{}"]), metadata=md)
-        md = metadata.panel_metadata("stylized", name="probes")
+        md = metadata.create_panel_metadata("stylized", name="probes")
         png = metadata.encode_png(np.zeros((2, 2, 3), np.uint8))
         tf.summary.write("tbviz/stylized/probes", tf.constant([b"\xff garbage", png]), metadata=md)
+    plugin_logs.write_from_the_future(os.path.join(root, "broken", "train"))
     plugin_logs.write_attribution(os.path.join(root, "broken", "train"), [1], n=1)
     return make_client(root)
 
@@ -104,13 +105,15 @@ def test_panels_list_every_run_with_its_contract(client):
     assert sorted(runs) == ["cnn/train", "long/train", "style/train"]
     assert page["total"] == 3 and page["next_offset"] is None
     cnn = {p["tag"]: p for p in runs["cnn/train"]["panels"]}
-    # only tbviz panels: the callback's stock image summaries and raw tensors are not listed
+    # only tbviz panels: the callback's opt-in image grids and raw tensors are not listed
     assert sorted(cnn) == ["tbviz/attribution/grad_cam",
                            "tbviz/deconvnet/block/inner_conv/evolution",
                            "tbviz/deconvnet/block/inner_conv/perimage",
                            "tbviz/deconvnet/block/inner_conv/topk",
                            "tbviz/deconvnet/conv1/evolution", "tbviz/deconvnet/conv1/perimage",
-                           "tbviz/deconvnet/conv1/topk"]
+                           "tbviz/deconvnet/conv1/topk", "tbviz/deconvnet/func/probes"]
+    assert cnn["tbviz/deconvnet/func/probes"]["kind"] == "probes"
+    assert cnn["tbviz/deconvnet/conv1/topk"]["sources"] == "tbviz/deconvnet/func/probes"
     inner, conv1 = cnn["tbviz/deconvnet/block/inner_conv/topk"], cnn["tbviz/deconvnet/conv1/topk"]
     assert (inner["kind"], inner["layer"], inner["rule"], inner["k"], inner["max_step"]) == \
         ("topk", "block/inner_conv", "deconvnet", 9, 5)
@@ -120,11 +123,18 @@ def test_panels_list_every_run_with_its_contract(client):
     assert all(item["skipped"] == 0 for item in page["items"])
 
 
-def test_unreadable_panels_are_skipped_and_counted(broken):
+def test_unreadable_panels_are_not_served_and_say_why(broken):
     [item] = get_json(broken, "/panels")["items"]
-    assert item["run"] == "broken/train" and item["skipped"] == 1
+    assert item["run"] == "broken/train" and item["skipped"] == 3
     assert [p["tag"] for p in item["panels"]] == ["tbviz/attribution/grad_cam",
                                                   "tbviz/stylized/probes"]
+    why = {p["tag"]: p["error"] for p in item["problems"]}
+    assert why == {
+        "tbviz/deconvnet/x/topk": "unreadable panel metadata (not JSON)",
+        "tbviz/future/topk": f"panel format version {metadata.VERSION + 1} is newer than this "
+                             f"tbviz reads ({metadata.VERSION}); upgrade tbviz to see it",
+        "tbviz/future/hologram": "unknown panel kind 'hologram' (this tbviz knows "
+                                 f"{', '.join(metadata.KINDS)}); upgrade tbviz to see it"}
     [f] = get_json(broken, "/frames", run="broken/train", tag="tbviz/stylized/probes",
                    steps="3")["frames"]
     assert f["tiles"] == [] and f["images"] == 1 and "unreadable" in f["error"]
@@ -173,10 +183,11 @@ def test_frames_carry_the_headers_the_callbacks_wrote(logdir, client):
         blobs = written_blobs(logdir, "cnn/train", tag, f["step"])
         header = json.loads(blobs[0])
         assert f["tiles"] == header["tiles"] and f["groups"] == header["groups"]
-        assert f["images"] == len(blobs) - 1 == 18
+        assert f["images"] == len(blobs) - 1 == 9  # the projections; patches are crops
         assert "error" not in f
         roles = [t["role"] for t in f["tiles"]]
         assert roles == ["projection"] * 9 + ["patch"] * 9
+        assert all(("crop" in t) == (t["role"] == "patch") for t in f["tiles"])
         values = [t["value"] for t in f["tiles"][:9]]
         assert values == sorted(values, reverse=True)  # strongest first
 
@@ -184,7 +195,7 @@ def test_frames_carry_the_headers_the_callbacks_wrote(logdir, client):
 def test_blob_is_the_written_png_with_cache_headers(logdir, client):
     tag = "tbviz/deconvnet/block/inner_conv/topk"
     blobs = written_blobs(logdir, "cnn/train", tag, 4)
-    for index in (1, 10, 18):
+    for index in (1, 5, 9):
         r = client.get(PREFIX + "/blob", query_string=dict(run="cnn/train", tag=tag, step=4,
                                                           index=index))
         assert r.status_code == 200 and r.mimetype == "image/png"
@@ -193,6 +204,21 @@ def test_blob_is_the_written_png_with_cache_headers(logdir, client):
         expected = np.asarray(Image.open(io.BytesIO(blobs[index])))
         assert served.ndim == 3 and served.shape[-1] == 3 and served.shape[0] >= 8
         assert np.array_equal(served, expected)
+
+
+def test_a_patch_is_its_probe_image_served_once_and_cut_to_the_units_field(client):
+    [cnn] = [item for item in get_json(client, "/panels")["items"] if item["run"] == "cnn/train"]
+    panel = next(p for p in cnn["panels"] if p["tag"] == "tbviz/deconvnet/block/inner_conv/topk")
+    [frame] = get_json(client, "/frames", run="cnn/train", tag=panel["tag"], steps="5")["frames"]
+    size = panel["source_size"][0]
+    for t in frame["tiles"][9:]:
+        r = client.get(PREFIX + "/blob", query_string=dict(
+            run="cnn/train", tag=panel["sources"], step=5, index=t["source"] + 1))
+        source = np.asarray(Image.open(io.BytesIO(r.get_data())))
+        # the probe images are plugin_logs.photo(i) / 255, shown back in [0, 255]
+        np.testing.assert_array_equal(source, plugin_logs.photo(t["image_index"], size))
+        top, bottom, left, right = t["crop"]
+        assert 0 <= top < bottom <= size and 0 <= left < right <= size
 
 
 BAD = [
@@ -256,3 +282,5 @@ def test_docstring_example_runs():
 
     result = doctest.testmod(tbviz_plugin)
     assert result.attempted >= 3 and result.failed == 0
+    result = doctest.testmod(metadata)  # the panel contract's examples
+    assert result.attempted >= 10 and result.failed == 0

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tbviz
-from eventfiles import images, load, scalars
+from eventfiles import images, load, panels, scalars
 from models import compile, data, sequential
 from style_transfer import cli
 from style_transfer.callbacks import Checkpointing, NonFiniteLossGuard, StylizedProbes
@@ -165,16 +165,20 @@ def test_every_tbviz_callback_tolerates_nan_and_inf_weights(tmp_path, caplog):
     # keep NaN or drop it depends on the kernel), it says that it drew nothing.
     train = load(tmp_path / "train")
     drawn = ["attribution/saliency", "attribution/grad_cam", "feature_maps/conv2",
-             "kernels/conv1", "synthesis/conv2/0", "synthesis/inversion/conv1",
-             "stylized/probes"]
-    if "deconvnet/conv1/projections" in train.Tags()["tensors"]:
-        drawn.append("deconvnet/conv1/projections")
+             "kernels/conv1", "synthesis/conv2/0", "synthesis/inversion/conv1"]
+    drawn_panels = ["tbviz/stylized/probes"]
+    if "tbviz/deconvnet/conv1/topk" in train.Tags()["tensors"]:
+        drawn_panels.append("tbviz/deconvnet/conv1/topk")
     else:
         assert [m for m in messages if "'conv1': no finite activation to project" in m]
     for tag in drawn:
         logged = images(train, tag)
         assert len(logged) == 2 and logged[0][0] < logged[1][0], tag  # one per epoch
         assert all(p.dtype == np.uint8 and p.size for _, ps in logged for p in ps), tag
+    for tag in drawn_panels:
+        logged = panels(tmp_path / "train", tag)[1]
+        assert len(logged) == 2 and logged[0][0] < logged[1][0], tag
+        assert all(p.dtype == np.uint8 and p.size for _, _, ps in logged for p in ps), tag
     # The non-finite values are counted, at every step, under nonfinite/<tag>. NaN times
     # anything is NaN, so this holds on any kernel: each of these is a NaN weight or went
     # through a convolution with NaN weights (after the first step every weight of

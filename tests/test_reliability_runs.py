@@ -242,7 +242,7 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, reference):
     # in principle; the tolerance only keeps a failure's report readable.
     assert_same_curve(tensorboard_view(run, "batch_loss"), expected, rtol=1e-5)
     assert [s for s, _ in tensorboard_view(run, "epoch_loss")] == [0, 1, 2]
-    for tag in ("stylized/probes", "deconvnet/conv1/projections"):  # every 3 steps, epoch ends
+    for tag in ("tbviz/stylized/probes", "tbviz/deconvnet/conv1/topk"):  # every 3, epoch ends
         assert image_steps(run, tag) == image_steps(ref_dir / "train", tag) == [3, 4, 6, 8, 9, 12]
     assert_same_net(ref_dir, log_dir, atol=1e-3)
 
@@ -262,7 +262,7 @@ def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, reference):
     ref_dir, _, ref_first = reference
     assert_same_first_step(np.load(first), ref_first)
     assert_reads_like(log_dir / "train", ref_dir / "train")
-    assert image_steps(log_dir / "train", "stylized/probes") == [3, 4, 6, 8, 9, 12]
+    assert image_steps(log_dir / "train", "tbviz/stylized/probes") == [3, 4, 6, 8, 9, 12]
 
 
 @pytest.mark.slow

@@ -75,27 +75,17 @@ def test_train_logs_every_loss_as_scalars(trained):
         assert value == pytest.approx(sum(p[step] for p in parts), rel=1e-5)
 
 
-def test_train_logs_stylized_probes_as_images_and_tbviz_panel(trained):
+def test_train_logs_stylized_probes_as_a_tbviz_panel(trained):
     acc = eventfiles.load(trained["log_dir"] / "train")
-    events = acc.Tensors("stylized/probes")
-    assert [e.step for e in events] == [2, 3, 4, 6]  # every 2 steps and at epoch ends (3, 6)
-    blobs = tf.make_ndarray(events[-1].tensor_proto)
-    assert blobs[:2].tolist() == [b"32", b"32"]  # width, height as tf.summary.image writes
-    images = [np.asarray(Image.open(io.BytesIO(b))) for b in blobs[2:]]
-    assert len(images) == 2 and all(im.shape == (32, 32, 3) for im in images)
-    first = tf.make_ndarray(events[0].tensor_proto)[2:]
-    assert first.tolist() != blobs[2:].tolist()  # the transform-net learned in between
-
-    panel = acc.Tensors("tbviz/stylized/probes")
-    assert [e.step for e in panel] == [2, 3, 4, 6]
-    content = acc.SummaryMetadata("tbviz/stylized/probes").plugin_data
-    assert content.plugin_name == metadata.PLUGIN_NAME
-    assert metadata.parse_content(content.content)["kind"] == "stylized"
-    step_blobs = tf.make_ndarray(panel[-1].tensor_proto)
-    header = metadata.parse_header(step_blobs[0])
+    content, steps = eventfiles.panels(acc, "tbviz/stylized/probes")
+    assert content["kind"] == metadata.STYLIZED
+    assert [step for step, _, _ in steps] == [2, 3, 4, 6]  # every 2 steps, epoch ends (3, 6)
+    _, header, images = steps[-1]
     assert [t["label"] for t in header["tiles"]] == ["coffee", "wide"]
-    decoded = [np.asarray(Image.open(io.BytesIO(b))) for b in step_blobs[1:]]
-    np.testing.assert_array_equal(decoded[0], images[0])
+    assert len(images) == 2 and all(im.shape == (32, 32, 3) for im in images)
+    assert not np.array_equal(steps[0][2][0], images[0])  # the transform-net learned
+    # One copy: the Images-dashboard summary is opt-in (StylizedProbes(image_summary=True)).
+    assert "stylized/probes" not in acc.Tags()["tensors"]
     originals = acc.Tensors("stylized/originals")
     wide = np.asarray(Image.open(io.BytesIO(tf.make_ndarray(
         originals[0].tensor_proto)[3])))
@@ -118,13 +108,17 @@ def test_train_logs_deconvnet_of_transform_net_and_of_vgg_through_the_stylized_o
     acc = eventfiles.load(trained["log_dir"] / "train")
     tags = acc.Tags()["tensors"]
     for layer in ("conv1", "block1_conv1"):  # --transform-layers conv1 --vgg-layers block1_conv1
-        for kind in ("projections", "patches"):
-            assert [e.step for e in acc.Tensors(f"deconvnet/{layer}/{kind}")] == [2, 3, 4, 6]
-        assert f"tbviz/deconvnet/{layer}/topk" in tags
+        for kind in ("topk", "evolution"):
+            assert [e.step for e in acc.Tensors(f"tbviz/deconvnet/{layer}/{kind}")] == [2, 3, 4, 6]
+    # Each tile once: no Images-dashboard copies nor raw tensors at the defaults.
+    assert not [t for t in tags if t.startswith("deconvnet/")]
     # VGG19 looks at the stylized probes: its input patches change as the net learns.
-    patches = acc.Tensors("deconvnet/block1_conv1/patches")
-    first, last = (tf.make_ndarray(e.tensor_proto)[2:].tolist() for e in (patches[0], patches[-1]))
-    assert first != last
+    steps = eventfiles.panels(acc, "tbviz/deconvnet/block1_conv1/topk")[1]
+    (_, first_header, first), (_, last_header, last) = steps[0], steps[-1]
+    patch = [i for i, t in enumerate(last_header["tiles"]) if t["role"] == "patch"]
+    assert [t["role"] for t in first_header["tiles"]] == [t["role"] for t in last_header["tiles"]]
+    assert any(first[i].shape != last[i].shape or not np.array_equal(first[i], last[i])
+               for i in patch)
 
 
 def test_resume_mid_epoch_continues_exactly(trained, tmp_path, content_dir):

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 import tbviz
-from eventfiles import load
+from eventfiles import load, panels
+from tbviz import deconvnet
 from models import compile, data, functional_bn_nested
 from tbserver import browser, get, tensorboard, wait_for
 
 
 def fit(model, log_dir, epochs=2, **kwargs):
     x, y = data(32)
-    options = dict(probe_images=x[:4], probe_labels=y[:4], loss_every_n_steps=1)
+    options = dict(probe_images=x[:4], probe_labels=y[:4], losses={"every_n_steps": 1})
     options.update(kwargs)
     viz = tbviz.TensorBoardViz(str(log_dir), **options)
     hist = model.fit(x, y, epochs=epochs, batch_size=8, validation_split=0.25, verbose=0,
@@ -44,10 +45,11 @@ def test_every_part_lands_in_the_train_run(run):
     assert {"keras", "custom_scalars__config__", "epoch_loss", "batch_loss", "conv1/kernel",
             "gradients/conv1/kernel", "activations/block/inner_conv",
             "dead_units/block/inner_conv"} <= tensors
-    # Deconvnet on the default layers (every Conv2D here, nested one included).
-    assert {"deconvnet/conv1/projections", "deconvnet/conv1/patches",
-            "deconvnet/block/inner_conv/evolution"} <= tensors
-    assert "tbviz/deconvnet/block/inner_conv/topk" in tensors
+    # Deconvnet on the default layers (every Conv2D here, nested one included), as the tbviz
+    # tab's panels only (the Images-dashboard grids and raw tensors are opt-in).
+    assert {"tbviz/deconvnet/conv1/topk", "tbviz/deconvnet/conv1/evolution",
+            "tbviz/deconvnet/block/inner_conv/topk"} <= tensors
+    assert not [t for t in tensors if t.startswith("deconvnet/")]
     # Feature maps of the first and last conv layer, kernels of the first; attribution.
     assert {"feature_maps/conv1", "feature_maps/block/inner_conv", "kernels/conv1",
             "attribution/saliency", "attribution/grad_cam", "tbviz/attribution/grad_cam"} <= tensors
@@ -100,7 +102,7 @@ def test_training_is_identical_with_and_without_tbviz(tmp_path):
     keras.utils.set_random_seed(5)
     viz_model = compile(functional_bn_nested())
     viz = tbviz.TensorBoardViz(str(tmp_path), probe_images=x[:4], probe_labels=y[:4],
-                               every_n_steps=2, loss_every_n_steps=1, attribution=True,
+                               every_n_steps=2, losses={"every_n_steps": 1}, attribution=True,
                                synthesis={"maximize": {"conv1": 2}, "steps": 4})
     h_viz = viz_model.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False, callbacks=[viz])
     assert h_plain.history == h_viz.history
@@ -139,3 +141,51 @@ def test_empty_layer_list_turns_the_deconvnet_off(tmp_path):
     model = compile(functional_bn_nested())
     fit(model, tmp_path, epochs=1, layers=[])
     assert not any(t.startswith("deconvnet/") for t in load(tmp_path / "train").Tags()["tensors"])
+
+
+def test_every_option_of_every_part_is_reachable(tmp_path):
+    # Options that only the parts' own callbacks had (distinct, channels, the attribution
+    # target and layer) reach them through the dicts; the short forms (layers=, top_k=,
+    # a list of methods) still work beside them.
+    keras.utils.set_random_seed(3)
+    model = compile(functional_bn_nested())
+    x, _ = data(32)
+    fit(model, tmp_path, epochs=1, graph=False, layers=["conv1"], top_k=8,
+        deconvnet={"distinct": False, "channels": [0, 2], "probe_images": x[:1]},
+        attribution={"methods": ["saliency", "grad_cam"], "target": 2, "layer": "conv1"},
+        feature_maps={"layers": ["conv1"], "kernel_layers": []})
+    run = load(tmp_path / "train")
+    tensors = set(run.Tags()["tensors"])
+    assert not run.Tags()["graph"]
+    assert "feature_maps/conv1" in tensors and not any(t.startswith("kernels/") for t in tensors)
+    # The one epoch-end trigger saw the final weights: the same units from the pure functions.
+    _, steps = panels(run, "tbviz/deconvnet/conv1/topk")
+    top = deconvnet.strongest(model, x[:1], "conv1", k=8, distinct=False)
+    assert top != deconvnet.strongest(model, x[:1], "conv1", k=8, distinct=True)  # the default
+    assert [(t["image_index"], t["row"], t["col"], t["channel"])
+            for t in steps[-1][1]["tiles"] if t["role"] == "projection"] == [u[:4] for u in top]
+    _, steps = panels(run, "tbviz/deconvnet/conv1/evolution")
+    assert [t["channel"] for t in steps[-1][1]["tiles"] if t["role"] == "projection"] == [0, 2]
+    assert (model.predict(x[:4], verbose=0).argmax(-1) != 2).any()  # the default differs
+    for method in ("saliency", "grad_cam"):
+        _, steps = panels(run, f"tbviz/attribution/{method}")
+        assert [t["target"] for t in steps[-1][1]["tiles"]] == [2] * 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"deconvnet": {"distinc": False}},
+     r"unknown deconvnet option\(s\) 'distinc'; DeconvnetCallback takes probe_images, layers, "
+     r"top_k, .*distinct"),
+    ({"attribution": {"method": ["saliency"]}}, r"AttributionCallback takes .*methods"),
+    ({"histograms": "yes"}, r"histograms must be True, False or a dict of HistogramCallback"),
+    ({"layers": ["conv1"], "deconvnet": {"layers": ["conv1"]}}, r"layers is given twice"),
+    ({"feature_maps": "sometimes"}, r"feature_maps must be 'auto', True, False or a dict"),
+    ({"every_n_steps": 0}, r"every_n_steps must be a positive integer or None"),
+    ({"probe_images": lambda m: m, "attribution": True}, r"attribution needs probe_images as an "
+                                                         r"array"),
+    ({"convergence": {"threshold": 0.5}}, r"convergence needs probe_images as an array"),
+])
+def test_bad_part_options_fail_at_construction_naming_the_choices(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tbviz.TensorBoardViz(str(tmp_path), **kwargs)
+    assert not os.listdir(tmp_path)

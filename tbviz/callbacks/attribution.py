@@ -36,23 +36,10 @@ from tbviz import attribution
 from tbviz.backward_rules import plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.layers import check_images
-from tbviz.summary.images import normalize, overlay, to_rgb
+from tbviz.summary.images import for_display, overlay
 from tbviz.summary.metadata import encode_png, write_panel
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "grad_cam")
-
-
-def _photos(images: np.ndarray) -> np.ndarray:
-    """Probe images as ``uint8`` RGB: kept as they are in [0, 255], scaled from [0, 1],
-    and stretched per image for any other range (e.g. mean-subtracted inputs)."""
-    lo, hi = float(images.min()), float(images.max())
-    if lo >= 0 and 1 < hi <= 255:
-        out = np.round(images).astype(np.uint8)
-    elif lo >= 0 and hi <= 1:
-        out = np.round(images * 255).astype(np.uint8)
-    else:
-        out = normalize(images)
-    return to_rgb(out)
 
 
 class AttributionCallback(VizCallback):
@@ -150,7 +137,7 @@ class AttributionCallback(VizCallback):
             labels = [getattr(target, "__name__", "callable")] * len(probes)
         else:
             labels = [int(t) for t in np.broadcast_to(np.asarray(target), len(probes))]
-        photos = _photos(probes)
+        photos = for_display(probes)
         with self.writer.as_default(step=step):
             for method in self.methods:
                 raw = self.finite(f"attribution/{method}",

@@ -38,24 +38,21 @@ from tbviz.summary import writers
 log = logging.getLogger("tbviz")
 
 
-def check_every(name: str, value, allow_none: bool = True):
-    """Validate a frequency argument: a positive int, or ``None`` (off) where allowed."""
-    return positive_int(name, value, allow_none=allow_none)
-
-
 class VizCallback(keras.callbacks.Callback):
     """Base class: frequency handling, the shared run writer, chief-only writing."""
 
     #: Run sub-directory this callback writes to (``train`` like Keras).
     run = "train"
 
-    def __init__(self, log_dir, every_n_epochs: int | None = 1, every_n_steps: int | None = None):
+    def __init__(self, log_dir, every_n_epochs: int | None = 1, every_n_steps: int | None = None,
+                 strict: bool = False):
         super().__init__()
         if log_dir is None or not os.fspath(log_dir):
             raise ValueError("log_dir must be a directory path, e.g. 'runs/my_run'")
         self.log_dir = os.fspath(log_dir)
-        self.every_n_epochs = check_every("every_n_epochs", every_n_epochs)
-        self.every_n_steps = check_every("every_n_steps", every_n_steps)
+        self.every_n_epochs = positive_int("every_n_epochs", every_n_epochs, allow_none=True)
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps, allow_none=True)
+        self.strict = strict
         self.writer = None
         self.chief = True
         self._held: list[str] = []

@@ -1,25 +1,34 @@
 """Per-epoch deconvnet views of chosen layers (Zeiler & Fergus 2013) in TensorBoard.
 
 At each trigger, for every layer, :class:`DeconvnetCallback` projects the
-strongest activations over the probe images back to pixel space and writes:
+strongest activations over the probe images back to pixel space and writes
+the tbviz tab's panels (see :mod:`tbviz.summary.metadata`):
+``tbviz/deconvnet/<layer>/topk`` (the top-k projections beside the input
+patches under them) and ``tbviz/deconvnet/<layer>/evolution`` (the strongest
+unit of each of a fixed set of feature maps, chosen at train begin, so the
+step slider shows how they change) and ``tbviz/deconvnet/<layer>/perimage``
+(each probe image's strongest unit). Contrast is normalized per tile, as in
+the paper. The input patches are crops of the probe images, which are written
+once per trigger as ``tbviz/deconvnet/<model>/probes``.
 
-* Images dashboard: ``deconvnet/<layer>/projections`` (the top-k projections,
-  a 3x3 grid for k=9), ``deconvnet/<layer>/patches`` (the input patches under
-  them, same order) and ``deconvnet/<layer>/evolution`` (the strongest unit of
-  each of a fixed set of feature maps, chosen at train begin, so the step
-  slider shows how they change). Contrast is normalized per tile, as in the paper.
-* tbviz dashboard panels ``tbviz/deconvnet/<layer>/topk``,
-  ``tbviz/deconvnet/<layer>/evolution`` and ``tbviz/deconvnet/<layer>/perimage``
-  (each probe image's strongest unit; see :mod:`tbviz.summary.metadata`).
-* With ``scan_data`` (Zeiler & Fergus' Figs. 2 and 3 over a whole dataset, see
-  :func:`tbviz.deconvnet.scan`): ``deconvnet/<layer>/featuremaps`` (per fixed
-  feature map, its top-k projections beside their input patches, over all the
-  scanned images) and the tbviz panel ``tbviz/deconvnet/<layer>/featuremaps``;
-  the evolution then shows each fixed map's strongest unit over the scanned data.
-* Raw data for later tools (plugin name ``tbviz_raw``, tensor summaries):
-  ``deconvnet/<layer>/raw`` (float16 projections cut to each unit's receptive
-  field) and ``deconvnet/<layer>/units`` (one row per raw tile, columns in
-  :data:`UNIT_COLUMNS`).
+With ``scan_data`` (Zeiler & Fergus' Figs. 2 and 3 over a whole dataset, see
+:func:`tbviz.deconvnet.scan`) it also writes ``tbviz/deconvnet/<layer>/featuremaps``
+(per fixed feature map, its top-k projections beside their input patches, over
+all the scanned images), and the evolution shows each fixed map's strongest
+unit over the scanned data. Those patches come from the dataset, not from the
+probe images, so they are stored as tiles of their own.
+
+Each image is stored once; two opt-in extras would each about double the event
+data (README, "A light run"):
+
+* ``image_grids=True``: the same tiles as grids for the stock Images dashboard,
+  ``deconvnet/<layer>/projections`` (a 3x3 grid for k=9),
+  ``deconvnet/<layer>/patches`` (same order), ``deconvnet/<layer>/evolution``
+  and, with scan data, ``deconvnet/<layer>/featuremaps``;
+* ``raw=True``: raw data for later tools (plugin ``metadata.RAW_PLUGIN_NAME``,
+  tensor summaries): ``deconvnet/<layer>/raw`` (float16 projections cut to each
+  unit's receptive field) and ``deconvnet/<layer>/units`` (one row per raw
+  tile, columns in :data:`UNIT_COLUMNS`).
 
 Example:
     >>> import numpy as np, keras, tbviz
@@ -37,25 +46,22 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import summary_pb2
-
 from tbviz import deconvnet
 from tbviz.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
+from tbviz.checks import channels as check_channels
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, layer_paths
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
 
-RAW_PLUGIN = "tbviz_raw"
 #: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows,
 #: 2 for the feature-map rows of a scan (each map's units strongest first; ``image_index``
 #: counts images in the order the scan data yields them, as do evolution rows with scan
@@ -92,6 +98,9 @@ class DeconvnetCallback(VizCallback):
             (spread at random, ``seed``, over the maps that fire on the first scanned
             images), else the ``top_k`` channels with the highest mean activation on the
             probe images (an int sets that count).
+        image_grids: also write the tiles as grids for the stock Images dashboard (a second
+            copy of what the tbviz tab shows; for TensorBoard without tbviz installed).
+        raw: also write the float16 projections and the unit table for later tools.
         scan_data: images to scan at each trigger (NumPy array, ``tf.data.Dataset`` of
             image batches or ``(images, labels)`` batches, any iterable of batches; see
             :func:`tbviz.deconvnet.scan`), or a callable ``model -> such data`` evaluated
@@ -108,13 +117,15 @@ class DeconvnetCallback(VizCallback):
     def __init__(self, log_dir, probe_images=None, layers=None, top_k: int = 9,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
-                 probe_model=None, channels=None, distinct: bool = True, scan_data=None,
+                 probe_model=None, channels=None, distinct: bool = True,
+                 image_grids: bool = False, raw: bool = False, scan_data=None,
                  scan_limit: int | None = None, seed: int = 0, run: str = "train"):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
         if not isinstance(run, str) or not run or os.sep in run:
             raise ValueError(f"run must be a folder name such as 'train', got {run!r}")
         self.run = run
         self.distinct = bool(distinct)
+        self.image_grids, self.raw = bool(image_grids), bool(raw)
         if probe_images is None and scan_data is None:
             raise ValueError("give probe_images, scan_data or both")
         self.scan_data = scan_data
@@ -198,14 +209,7 @@ class DeconvnetCallback(VizCallback):
                     chosen = _spread(firing[path], n_ch, self.n_channels, self.seed)
                 else:
                     chosen = deconvnet.top_channels(acts[path], k=self.n_channels)
-            else:
-                chosen = list(chosen)
-                bad = [c for c in chosen if isinstance(c, bool)
-                       or not isinstance(c, (int, np.integer)) or not 0 <= c < n_ch]
-                if bad or not chosen:
-                    raise ValueError(f"channels {bad or chosen!r} for layer {path!r}: it has "
-                                     f"{n_ch} channels, choose from 0..{n_ch - 1}")
-            self._fixed[path] = [int(c) for c in chosen]
+            self._fixed[path] = check_channels(chosen, n_ch, path)
 
     def _scan_data(self):
         return self.scan_data(self.model) if callable(self.scan_data) else self.scan_data
@@ -240,7 +244,7 @@ class DeconvnetCallback(VizCallback):
     def _say_once(self, key, message):
         self.warn_once(key, "tbviz.DeconvnetCallback: %s", message)
 
-    # -- each trigger ---------------------------------------------------------------------------
+    # -- each trigger ----------------------------------------------------------------------------
     def write(self, step, logs):
         found = None
         if self.scan_data is not None:
@@ -250,15 +254,21 @@ class DeconvnetCallback(VizCallback):
                                    distinct=self.distinct)
         if not self.chief:
             return
-        # per layer: the units of each set (0 top-k, 1 evolution, 2 feature maps), their
-        # projections, receptive-field boxes and uint8 input patches, in that order
+        # per layer: the units of each set (0 top-k, 1 evolution, 2 feature maps) and, in
+        # that order, their projections, receptive-field boxes and input patches, each patch
+        # (uint8 tile, index of the probe image it is a crop of, or None: a tile of its own)
         views = {path: {"sets": ([], [], []), "raw": [], "boxes": [], "patches": []}
                  for path in self.layers}
-        if self.probe_images is not None and not self._probe_views(views, found is None):
-            return
+        display = None
+        if self.probe_images is not None:
+            display = self._probe_views(views, with_evolution=found is None)
+            if display is None:
+                return
         if found is not None:
             self._scan_views(views, found)
         with self.writer.as_default(step=step):
+            if display is not None:
+                self._write_probes(display)
             for path, view in views.items():
                 if not any(view["sets"]):
                     self._say_once(("none", path), f"layer {path!r}: no finite activation to "
@@ -269,22 +279,10 @@ class DeconvnetCallback(VizCallback):
                     self._say_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
                                     "projections (non-finite weights?); shown as 0")
                     raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-                self._write_layer(path, view["sets"], raw, view["boxes"], view["patches"])
+                self._write_layer(path, view["sets"], raw, view["boxes"], view["patches"],
+                                  display)
                 if view.get("per_image"):
                     self._write_per_image(path, *view["per_image"])
-
-    def _write_per_image(self, path, units, raw, boxes):
-        """Panel ``perimage``: each probe image's strongest unit of ``path`` (Liu et al.'s
-        Fig. 2 puts these side by side, layer after layer)."""
-        raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-        scale = _scale_for(boxes)
-        pngs = [metadata.encode_png(_enlarge(_tile(r, b), scale)) for r, b in zip(raw, boxes)]
-        metadata.write_panel(
-            f"tbviz/deconvnet/{path}/perimage", "perimage", pngs,
-            [dict(_unit_json(u), role="projection") for u in units],
-            description=f"{self.rule} projection of each probe image's strongest unit of {path}",
-            layer=path, layer_index=self._layer_index[path], rule=self.rule,
-            model=self._projector.model.name)
 
     def _boxes(self, path, image_shape, units, raw):
         if self._projector.field(path, image_shape) is None:
@@ -293,12 +291,13 @@ class DeconvnetCallback(VizCallback):
             return [deconvnet.support_window(r) for r in raw]
         return self._projector.windows(path, image_shape, units)
 
-    def _probe_views(self, views, with_evolution: bool) -> bool:
-        """Top-k (and evolution) over the probe images into ``views``; False: skip this step."""
+    def _probe_views(self, views, with_evolution: bool):
+        """Top-k (and evolution) over the probe images into ``views``; returns the probe
+        images for display, or None: skip this step."""
         proj = self._projector
         images = self._images(proj.model, strict=False)
         if images is None:
-            return False
+            return None
         acts = proj.activations(images)
         chosen = {}
         for path in self.layers:
@@ -313,10 +312,10 @@ class DeconvnetCallback(VizCallback):
         per_image = {path: [u._replace(image_index=i) for i in range(len(images))
                             for u in deconvnet.top_units(acts[path][i:i + 1], k=1)]
                      for path in self.layers}
-        # A unit both in the top-k and strongest of its map is projected once.
+        # A unit in more than one view is projected once.
         unique = {p: list(dict.fromkeys(t + e + per_image[p])) for p, (t, e) in chosen.items()}
         projections = proj.project(images, unique, max_batch=self.max_batch)
-        display = _display_images(images)
+        display = tiles_lib.for_display(images)
         for path, (top, evo) in chosen.items():
             units = top + evo
             where = {u: i for i, u in enumerate(unique[path])}
@@ -327,11 +326,12 @@ class DeconvnetCallback(VizCallback):
             view["sets"][1].extend(evo)
             view["raw"].append(raw)
             view["boxes"].extend(boxes)
-            view["patches"].extend(_cut(display[u.image_index], b) for u, b in zip(units, boxes))
+            view["patches"].extend((_cut(display[u.image_index], b), int(u.image_index))
+                                   for u, b in zip(units, boxes))
             own = projections[path][[where[u] for u in per_image[path]]]
             view["per_image"] = (per_image[path], own,
                                  self._boxes(path, self._image_shape, per_image[path], own))
-        return True
+        return display
 
     def _scan_views(self, views, found):
         """The evolution (each fixed map's strongest unit) and the feature-map view of a scan."""
@@ -349,7 +349,8 @@ class DeconvnetCallback(VizCallback):
             crops = [p for c in channels for p in patches[c]]
             if self._projector.field(path, shape) is None:  # the patch is the whole image
                 crops = [_cut(p, b) for p, b in zip(crops, boxes)]
-            display = _display_patches(crops)
+            # Dataset images are not among the probe images: each patch is a tile of its own.
+            display = [(p, None) for p in _display_patches(crops)]
             view = views[path]
             view["sets"][1].extend(maps[i] for i in evo_at)
             view["sets"][2].extend(maps)
@@ -357,21 +358,109 @@ class DeconvnetCallback(VizCallback):
             view["boxes"] += [boxes[i] for i in evo_at] + boxes
             view["patches"] += [display[i] for i in evo_at] + display
 
+    def _write_per_image(self, path, units, raw, boxes):
+        """Panel ``perimage``: each probe image's strongest unit of ``path`` (Liu et al.'s
+        Fig. 2 puts these side by side, layer after layer)."""
+        raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+        scale = _scale_for(boxes)
+        pngs = [metadata.encode_png(_enlarge(_tile(r, b), scale)) for r, b in zip(raw, boxes)]
+        rule = self._computed_rule()
+        metadata.write_panel(
+            f"tbviz/deconvnet/{path}/perimage", metadata.PERIMAGE, pngs,
+            [dict(_unit_json(u), role="projection") for u in units],
+            description=f"{rule} projection of each probe image's strongest unit of {path}"
+                        + (f" ({self._plain_note})" if self._plain_note else ""),
+            layer=path, layer_index=self._layer_index[path], rule=rule,
+            model=self._projector.model.name)
+
     def _computed_rule(self):
         """The rule the projections follow: the plain gradient where the rule met no activation."""
         return "gradient" if self._plain_note else self.rule
 
-    def _write_layer(self, path, sets, raw, boxes, patches):
+    @property
+    def probes_tag(self) -> str:
+        """Tag of the probe images the patches are cut from (one per probe model and run)."""
+        return f"tbviz/deconvnet/{self._projector.model.name}/probes"
+
+    def _write_probes(self, display):
+        """The probe images of this step, once: every layer's patches are crops of them."""
+        metadata.write_panel(
+            self.probes_tag, metadata.PROBES, [metadata.encode_png(im) for im in display],
+            tiles=[{"label": f"image {i}", "index": i} for i in range(len(display))],
+            description=f"the probe images the deconvnet of {self._projector.model.name} looked "
+                        "at; the input patches of its panels are cut from them",
+            model=self._projector.model.name)
+
+    def _write_layer(self, path, sets, raw, boxes, patches, display):
         top, evo, maps = sets
         k, n_evo = len(top), len(evo)
         rule = self._computed_rule()
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
-        patch_tiles = [_enlarge(p, scale) for p in patches]
         source = "the scanned images" if self.scan_data is not None else "the probe images"
         note = (f"{rule} projections of the strongest activations of {path} over the probe "
                 "images; contrast normalized per tile"
                 + (f" ({self._plain_note})" if self._plain_note else ""))
+        # (a probe image's patch needs a tile of its own only in the Images-dashboard grids)
+        patch_tiles = [_enlarge(p, scale) if self.image_grids or at is None else None
+                       for p, at in patches]
+        if self.image_grids:
+            self._write_grids(path, top, evo, proj_tiles, patch_tiles, note, source)
+        # "model" lets the dashboard group layers when two networks log into one run
+        # (the style pipeline's transform-net and VGG19).
+        content = {"layer": path, "layer_index": self._layer_index[path], "rule": rule,
+                   "k": self.top_k, "model": self._projector.model.name}
+        if display is not None:
+            content.update(sources=self.probes_tag, source_size=list(display.shape[1:3]))
+        # A patch of a probe image is that image cut to the unit's receptive field: stored
+        # once, in the probes panel, and cut out by the dashboard. A scanned patch is a tile
+        # of its own (its dataset image is not stored).
+        patch_json, patch_pngs = [], []
+        for u, b, (_, at), t in zip(top + evo + maps, boxes, patches, patch_tiles):
+            patch_json.append(dict(_unit_json(u), role="patch"))
+            if at is not None:
+                patch_json[-1].update(source=at, crop=[int(v) for v in b])
+            else:
+                patch_pngs.append(metadata.encode_png(t))
+        own = [i for i, t in enumerate(patch_json) if "crop" not in t]
+        png_of = dict(zip(own, patch_pngs))
+        if k:
+            tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
+                     + [dict(t, unit=i) for i, t in enumerate(patch_json[:k])])
+            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK,
+                                 [metadata.encode_png(t) for t in proj_tiles[:k]]
+                                 + [png_of[i] for i in range(k) if i in png_of], tiles,
+                                 description=note, **content)
+        if evo:
+            # A unit also in the top-k shows that panel's tile (the whole of it), stored once;
+            # evolution units of a scan are units of the scanned images, never of the top-k.
+            rank = {u: i for i, u in enumerate(top)} if not maps else {}
+            tiles, pngs = [], []
+            for u, t in zip(evo, proj_tiles[k:k + n_evo]):
+                tiles.append(dict(_unit_json(u), role="projection"))
+                if u in rank:
+                    tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=rank[u],
+                                     crop=[0, t.shape[0], 0, t.shape[1]],
+                                     source_size=list(t.shape[:2]))
+                else:
+                    pngs.append(metadata.encode_png(t))
+            at = range(k, k + n_evo)
+            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
+                                 pngs + [png_of[i] for i in at if i in png_of],
+                                 tiles + patch_json[k:k + n_evo],
+                                 description=f"strongest unit over {source} of each fixed "
+                                             f"feature map of {path}", **content)
+        if maps:
+            at = range(k + n_evo, len(boxes))
+            self._write_feature_maps(path, maps, proj_tiles[k + n_evo:],
+                                     patch_tiles[k + n_evo:], [png_of[i] for i in at],
+                                     patch_json[k + n_evo:], content, rule)
+        if self.raw:
+            self._write_raw(path, sets, raw, boxes)
+
+    def _write_grids(self, path, top, evo, proj_tiles, patch_tiles, note, source):
+        """The opt-in copy of the tiles as grids for the stock Images dashboard."""
+        k, n_evo = len(top), len(evo)
         if k:
             tf.summary.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
@@ -383,58 +472,36 @@ class DeconvnetCallback(VizCallback):
         if evo:
             tf.summary.image(f"deconvnet/{path}/evolution",
                              tiles_lib.grid(proj_tiles[k:k + n_evo])[None], max_outputs=1,
-                             description=f"{self.rule} projection of the strongest unit over "
-                                         f"{source} of each fixed feature map of {path}, "
-                                         "channels " + ", ".join(str(u.channel) for u in evo))
-        # "model" lets the dashboard group layers when two networks log into one run
-        # (the style pipeline's transform-net and VGG19).
-        content = {"layer": path, "layer_index": self._layer_index[path], "rule": rule,
-                   "k": self.top_k, "model": self._projector.model.name}
-        pngs = [metadata.encode_png(t) for t in proj_tiles]
-        patch_pngs = [metadata.encode_png(t) for t in patch_tiles]
-        if k:
-            tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
-                     + [dict(_unit_json(u), role="patch", unit=i) for i, u in enumerate(top)])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/topk", "topk",
-                                 pngs[:k] + patch_pngs[:k], tiles,
-                                 description=note, **content)
-        if evo:
-            at = slice(k, k + n_evo)
-            tiles = ([dict(_unit_json(u), role="projection") for u in evo]
-                     + [dict(_unit_json(u), role="patch") for u in evo])
-            metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", "evolution",
-                                 pngs[at] + patch_pngs[at], tiles,
-                                 description=f"strongest unit over {source} of each fixed "
-                                             f"feature map of {path}", **content)
-        if maps:
-            self._write_feature_maps(path, maps, proj_tiles[k + n_evo:],
-                                     patch_tiles[k + n_evo:], pngs[k + n_evo:],
-                                     patch_pngs[k + n_evo:], content)
-        self._write_raw(path, sets, raw, boxes)
+                             description=f"{self._computed_rule()} projection of the strongest "
+                                         f"unit over {source} of each fixed feature map of "
+                                         f"{path}, channels "
+                                         + ", ".join(str(u.channel) for u in evo))
 
-    def _write_feature_maps(self, path, maps, proj_tiles, patch_tiles, pngs, patch_pngs,
-                            content):
+    def _write_feature_maps(self, path, maps, proj_tiles, patch_tiles, patch_pngs, patch_json,
+                            content, rule):
         """Zeiler & Fergus' Fig. 2: per feature map its top-k projections beside their patches."""
         by_map: dict = {}
         for i, u in enumerate(maps):
             by_map.setdefault(u.channel, []).append(i)
-        blocks, cols = [], math.ceil(math.sqrt(self.top_k))  # 3x3 for the paper's 9
-        for ks in by_map.values():
-            left = tiles_lib.grid([proj_tiles[i] for i in ks], cols=cols)
-            right = tiles_lib.grid([patch_tiles[i] for i in ks], cols=cols)
-            gap = np.full((max(len(left), len(right)), 6, 3), 255, np.uint8)
-            blocks.append(tiles_lib.grid([left, gap, right], cols=3, pad=0))
-        tf.summary.image(f"deconvnet/{path}/featuremaps",
-                         tiles_lib.grid(blocks, pad=12)[None], max_outputs=1,
-                         description=f"{self.rule} projections of the top {self.top_k} units of "
-                                     f"each of {len(by_map)} feature maps of {path} over the "
-                                     "scanned images (left) beside their input patches (right); "
-                                     "channels " + ", ".join(map(str, by_map)))
+        if self.image_grids:
+            blocks, cols = [], math.ceil(math.sqrt(self.top_k))  # 3x3 for the paper's 9
+            for ks in by_map.values():
+                left = tiles_lib.grid([proj_tiles[i] for i in ks], cols=cols)
+                right = tiles_lib.grid([patch_tiles[i] for i in ks], cols=cols)
+                gap = np.full((max(len(left), len(right)), 6, 3), 255, np.uint8)
+                blocks.append(tiles_lib.grid([left, gap, right], cols=3, pad=0))
+            tf.summary.image(f"deconvnet/{path}/featuremaps",
+                             tiles_lib.grid(blocks, pad=12)[None], max_outputs=1,
+                             description=f"{rule} projections of the top {self.top_k} units of "
+                                         f"each of {len(by_map)} feature maps of {path} over "
+                                         "the scanned images (left) beside their input patches "
+                                         "(right); channels " + ", ".join(map(str, by_map)))
         tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(maps)]
-                 + [dict(_unit_json(u), role="patch", unit=i) for i, u in enumerate(maps)])
+                 + [dict(t, unit=i) for i, t in enumerate(patch_json)])
         groups = [{"channel": int(c), "units": ks} for c, ks in by_map.items()]
-        metadata.write_panel(f"tbviz/deconvnet/{path}/featuremaps", "featuremaps",
-                             pngs + patch_pngs, tiles, groups=groups,
+        metadata.write_panel(f"tbviz/deconvnet/{path}/featuremaps", metadata.FEATUREMAPS,
+                             [metadata.encode_png(t) for t in proj_tiles] + patch_pngs, tiles,
+                             groups=groups,
                              description=f"top {self.top_k} units of each fixed feature map of "
                                          f"{path} over the scanned images", **content)
 
@@ -449,35 +516,25 @@ class DeconvnetCallback(VizCallback):
                           for (n, u), box in zip(units, boxes)], np.float64)
         about = {"layer": path, "rule": self._computed_rule(), "columns": list(UNIT_COLUMNS)}
         tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
-                         metadata=_raw_metadata(about, "raw projections (float16, clipped to "
-                                                "the float16 range), each cut to its unit's "
-                                                "receptive field from the top-left corner; "
-                                                f"rows match deconvnet/{path}/units"))
+                         metadata=metadata.create_raw_metadata(
+                             "raw projections (float16, clipped to the float16 range), each cut "
+                             "to its unit's receptive field from the top-left corner; rows match "
+                             f"deconvnet/{path}/units", **about))
         tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
-                         metadata=_raw_metadata(about, "one row per raw tile: "
-                                                + ", ".join(UNIT_COLUMNS)))
+                         metadata=metadata.create_raw_metadata(
+                             "one row per raw tile: " + ", ".join(UNIT_COLUMNS), **about))
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------
 
-def _display_images(images):
-    """Probe images as uint8 for patches: [0, 255] or [0, 1] kept, anything else stretched."""
-    lo, hi = float(images.min()), float(images.max())
-    if lo >= 0 and hi <= 1:
-        return tiles_lib.to_rgb(np.round(images * 255).astype(np.uint8))
-    if lo >= 0 and hi <= 255:
-        return tiles_lib.to_rgb(np.round(images).astype(np.uint8))
-    return tiles_lib.to_rgb(tiles_lib.normalize(images))
-
-
 def _display_patches(patches):
-    """Scanned input patches as uint8, all by one rule (that of :func:`_display_images`)."""
-    flat = np.concatenate([p.reshape(-1) for p in patches])
-    lo, hi = float(flat.min()), float(flat.max())
-    if lo >= 0 and hi <= 255:
-        scale = 255 if hi <= 1 else 1
-        return [tiles_lib.to_rgb(np.round(p * scale).astype(np.uint8)[None])[0] for p in patches]
-    return [tiles_lib.to_rgb(tiles_lib.normalize(p[None]))[0] for p in patches]
+    """Scanned input patches as uint8 RGB by the rule of :func:`tiles_lib.for_display`,
+    applied to all of them at once (a dark crop of a [0, 255] image alone could pass for
+    a [0, 1] one)."""
+    flat = tiles_lib.for_display(np.concatenate(
+        [p.reshape(1, 1, -1, p.shape[-1]) for p in patches], axis=2))[0, 0]
+    ends = np.cumsum([p.shape[0] * p.shape[1] for p in patches])[:-1]
+    return [f.reshape(p.shape[:2] + (3,)) for f, p in zip(np.split(flat, ends), patches)]
 
 
 def _spread(firing, n_channels, n, seed):
@@ -513,10 +570,3 @@ def _unit_json(u):
     return {"image_index": int(u.image_index), "row": int(u.row), "col": int(u.col),
             "channel": int(u.channel), "value": value if math.isfinite(value) else None}
 
-
-def _raw_metadata(content, description):
-    md = summary_pb2.SummaryMetadata(summary_description=description,
-                                     data_class=summary_pb2.DATA_CLASS_TENSOR)
-    md.plugin_data.plugin_name = RAW_PLUGIN
-    md.plugin_data.content = json.dumps(content, sort_keys=True).encode("utf-8")
-    return md

@@ -61,11 +61,8 @@ class FeatureMapsCallback(VizCallback):
         if self.layers and probe_images is None:
             raise ValueError("feature maps need probe_images; pass some, or layers=[] for "
                              "kernels only")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int)
-                                  or scale < 1):
-            raise ValueError(f"scale must be a positive integer or None, got {scale!r}")
-        self.scale = scale
-        self.max_batch = _probe.check_max_batch(max_batch)
+        self.scale = positive_int("scale", scale, allow_none=True)
+        self.max_batch = positive_int("max_batch", max_batch)
         self._probes = None
         self._scales = {}
 

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from tbviz.callbacks.base import VizCallback, check_every
+from tbviz.callbacks.base import VizCallback
 from tbviz.summary import layouts
 
 
@@ -94,8 +94,7 @@ class LossCallback(VizCallback):
     """
 
     def __init__(self, log_dir, groups=None, every_n_steps: int | None = 10):
-        super().__init__(log_dir, every_n_epochs=1, every_n_steps=check_every(
-            "every_n_steps", every_n_steps))
+        super().__init__(log_dir, every_n_epochs=1, every_n_steps=every_n_steps)
         if groups is not None:
             if not isinstance(groups, dict) or not all(
                     isinstance(v, (list, tuple)) and v for v in groups.values()):

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tbviz import synthesis
 from tbviz.callbacks.base import VizCallback
+from tbviz.checks import positive_int
 from tbviz.checks import value_range as check_value_range
 from tbviz.layers import check_images, check_layers, image_input_shape
 from tbviz.summary.images import to_uint8
@@ -90,7 +91,7 @@ class SynthesisCallback(VizCallback):
         if (self.invert or self.dream) and (probe_images is None or np.size(probe_images) == 0):
             raise ValueError("invert and dream work on probe_images; pass some")
         self.probe_images = probe_images
-        self.steps = synthesis._check_count("steps", steps)
+        self.steps = positive_int("steps", steps)
         self.value_range = check_value_range(value_range)
         self.options = {k: dict(v) for k, v in (options or {}).items()}
         for kind, opts in self.options.items():

@@ -1,4 +1,12 @@
-"""``TensorBoardViz``: every tbviz callback in one, with good defaults.
+"""``TensorBoardViz``: every tbviz callback in one run, each part switched and set alike.
+
+Each part is one callback (:data:`PARTS`), and each takes ``True``, ``False`` or
+a dict of that callback's own keyword arguments, checked here against its
+signature. The shared ones (``log_dir``, ``probe_images`` and ``probe_labels``,
+``every_n_epochs`` and ``every_n_steps``, ``strict``) are given once. On by
+default: ``graph``, ``losses``, ``histograms``, and with probe images
+``deconvnet``, ``feature_maps`` (on conv layers) and ``convergence`` (with at
+least 4 of them); off: ``attribution`` and ``synthesis``.
 
 Example:
     >>> import numpy as np, keras, tbviz
@@ -9,7 +17,9 @@ Example:
     ...     keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
     ...     keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(3, name="head")])
     >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> viz = tbviz.TensorBoardViz("runs/doc_viz", probe_images=x[:4], probe_labels=y[:4])
+    >>> viz = tbviz.TensorBoardViz("runs/doc_viz", probe_images=x[:4], probe_labels=y[:4],
+    ...                            deconvnet={"layers": ["conv2"], "distinct": False},
+    ...                            attribution={"methods": ["saliency"], "target": 0})
     >>> _ = model.fit(x, y, epochs=1, verbose=0, callbacks=[viz])
 
 Then ``tensorboard --logdir runs``.
@@ -17,15 +27,14 @@ Then ``tensorboard --logdir runs``.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import os
 
 import keras
 
-from tbviz.callbacks.base import check_every
-from tbviz.callbacks.graph import GraphCallback
-from tbviz.callbacks.histograms import HistogramCallback
-from tbviz.callbacks.losses import LossCallback
+from tbviz.checks import positive_int
 from tbviz.layers import layer_paths
 from tbviz.summary import writers
 
@@ -33,6 +42,67 @@ log = logging.getLogger("tbviz")
 
 #: Probe images whose feature maps TensorBoardViz shows (one grid each).
 FEATURE_MAP_IMAGES = 4
+
+#: Each part of TensorBoardViz and the callback (module, class) behind it.
+PARTS = {
+    "graph": ("tbviz.callbacks.graph", "GraphCallback"),
+    "losses": ("tbviz.callbacks.losses", "LossCallback"),
+    "histograms": ("tbviz.callbacks.histograms", "HistogramCallback"),
+    "deconvnet": ("tbviz.callbacks.deconvnet", "DeconvnetCallback"),
+    "feature_maps": ("tbviz.callbacks.feature_maps", "FeatureMapsCallback"),
+    "attribution": ("tbviz.callbacks.attribution", "AttributionCallback"),
+    "synthesis": ("tbviz.callbacks.synthesis", "SynthesisCallback"),
+    "convergence": ("tbviz.callbacks.convergence", "ConvergenceCallback"),
+}
+
+
+def part_options(part: str, value) -> dict | None:
+    """The keyword arguments that ``value`` (``True``, ``False``/``None`` or a dict) gives
+    the callback of ``part``, checked against its signature; ``None`` when the part is off.
+
+    >>> part_options("losses", {"every_n_steps": 1})
+    {'every_n_steps': 1}
+    >>> part_options("graph", False) is None
+    True
+    >>> part_options("losses", {"every_n_step": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown losses option(s) 'every_n_step'; LossCallback takes groups, every_n_steps...
+    """
+    if value is None or value is False:
+        return None
+    cls = _callback_class(part)
+    if value is True:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{part} must be True, False or a dict of {cls.__name__} options, "
+                         f"got {value!r}")
+    valid = _option_names(cls)
+    unknown = [key for key in value if key not in valid]
+    if unknown:
+        raise ValueError(f"unknown {part} option(s) {', '.join(map(repr, unknown))}; "
+                         f"{cls.__name__} takes {', '.join(valid)}")
+    return dict(value)
+
+
+def _callback_class(part: str):
+    module, name = PARTS[part]  # imported only when the part is on
+    return getattr(importlib.import_module(module), name)
+
+
+def _option_names(cls) -> list[str]:
+    """Keyword arguments of ``cls``'s constructor (the shared ``log_dir`` is given once),
+    those of its base classes too where it passes ``**kwargs`` on."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names += [p.name for p in params if p.name not in names + ["self", "log_dir"]
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def default_deconvnet_layers(model, n: int = 4) -> list[str]:
@@ -56,110 +126,114 @@ class TensorBoardViz(keras.callbacks.Callback):
 
     Args:
         log_dir: run directory: ``<log_dir>/train`` and ``<log_dir>/validation``.
-        probe_images: a small fixed batch of inputs (array, or callable ``model -> array``).
-            Enables activation/gradient histograms and deconvnet images.
+        probe_images: a small fixed batch of inputs (array, or callable ``model -> array``,
+            which only the deconvnet part can use). Enables activation and gradient
+            histograms, deconvnet images and feature maps.
         probe_labels: labels for ``probe_images`` (for gradient histograms).
-        layers: deconvnet layers (paths like ``"vgg19/block3_conv1"``); default: up to
-            four convolution layers spread through the network.
-        every_n_epochs / every_n_steps: when histograms and images are written.
-        loss_every_n_steps: per-step loss scalars (``None``: per epoch only).
-        graph / histograms / losses / deconvnet: switch each part on or off.
-        loss_groups: see :class:`~tbviz.LossCallback`.
-        graph_fn / input_spec: see :class:`~tbviz.GraphCallback`.
-        top_k / rule / probe_model / max_batch / channels: see
-            :class:`~tbviz.DeconvnetCallback`.
-        scan_data / scan_limit: the deconvnet's feature-map view over a whole dataset
-            (:class:`~tbviz.DeconvnetCallback`); with ``scan_data`` the deconvnet runs
-            without probe images too.
-        include_frozen: histogram frozen layers' weights too.
-        feature_maps: feature maps of the first and last conv layer for the first four
-            probe images, and the first layer's kernels (:class:`~tbviz.FeatureMapsCallback`);
-            ``"auto"``: on when there are probe images and conv layers.
-        attribution: heatmaps over the probe images (:class:`~tbviz.AttributionCallback`):
-            ``True`` for the default methods or a list such as ``["saliency", "grad_cam",
-            "occlusion"]``; ``attribution_target`` is the class (default: predicted).
-        synthesis: keyword arguments of :class:`~tbviz.SynthesisCallback`, e.g.
-            ``{"maximize": {"conv3": 4}, "invert": ["conv2"]}``.
-        convergence: per-layer CKA with the previous log and the start
-            (:class:`~tbviz.ConvergenceCallback`): ``True`` (default; on when there are
-            at least 4 probe images), ``False``, or a dict of its keyword arguments.
+        every_n_epochs / every_n_steps: when histograms and images are written (a part's
+            own ``every_n_...`` in its dict wins). Losses are logged every epoch and
+            every ``losses={"every_n_steps": n}`` steps (default 10).
+        strict: passed to every part that takes it (see :class:`~tbviz.callbacks.base.VizCallback`).
+        graph, losses, histograms, deconvnet, feature_maps, attribution, synthesis, convergence:
+            ``True``, ``False`` or a dict of keyword arguments of the part's callback (see
+            the module doc), e.g. ``deconvnet={"distinct": False, "channels": [0, 3]}``,
+            ``attribution={"methods": ["grad_cam"], "layer": "conv4", "target": 3}``,
+            ``synthesis={"maximize": {"conv3": 4}, "invert": ["conv2"]}``,
+            ``graph={"graph_fn": model.compute_losses, "input_spec": spec}``. An unknown
+            key is an error listing the keys the callback takes. ``feature_maps="auto"``
+            (default) is on when the trained model takes the probe images and has conv layers;
+            ``convergence=True`` (default) when it takes at least 4 (debiased CKA needs 4).
+        layers, top_k, scan_data: short for ``deconvnet={"layers": ..., "top_k": ...,
+            "scan_data": ...}``: the layers (paths like ``"vgg19/block3_conv1"``; default: up
+            to four conv layers spread through the network, ``[]`` for none), the units per
+            layer, and the images to scan for the feature-map view (with them the deconvnet
+            runs without probe images too; ``scan_limit``, ``channels`` and the others go in
+            the dict).
 
-    The attribution, synthesis and feature-map parts look at the trained model
-    itself; with ``probe_model`` they are off.
+    ``attribution`` also takes a list of methods, e.g. ``["saliency", "grad_cam"]``.
+    The histograms, feature-map, attribution, synthesis and convergence parts probe the model
+    being trained: with a callable ``probe_images`` or a deconvnet ``probe_model`` they get no
+    probe images (give another network's probes as ``deconvnet={"probe_images": ...,
+    "probe_model": ...}``). Keras' hooks are forwarded to every part; the parts use the
+    training hooks only, so those are the ones forwarded.
     """
 
     def __init__(self, log_dir, probe_images=None, probe_labels=None, layers=None, *,
-                 every_n_epochs=1, every_n_steps=None, loss_every_n_steps=10,
-                 graph=True, histograms=True, losses=True, deconvnet=True,
-                 loss_groups=None, graph_fn=None, input_spec=None,
-                 top_k=9, rule="deconvnet", probe_model=None, max_batch=64,
-                 include_frozen=False, feature_maps="auto", attribution=None,
-                 attribution_target=None, synthesis=None, convergence=True, scan_data=None,
-                 scan_limit=None, channels=None):
+                 every_n_epochs=1, every_n_steps=None, strict=False, top_k=None,
+                 scan_data=None, graph=True, losses=True, histograms=True, deconvnet=True,
+                 feature_maps="auto", attribution=None, synthesis=None, convergence=True):
         super().__init__()
         self.log_dir = log_dir
-        every = dict(every_n_epochs=check_every("every_n_epochs", every_n_epochs),
-                     every_n_steps=check_every("every_n_steps", every_n_steps))
-        self.every = every
-        self.probe_images, self.layers, self.deconvnet = probe_images, layers, deconvnet
-        self.deconvnet_options = dict(top_k=top_k, rule=rule, probe_model=probe_model,
-                                      max_batch=max_batch, channels=channels,
-                                      scan_data=scan_data, scan_limit=scan_limit, **every)
-        if feature_maps not in ("auto", True, False):
-            raise ValueError(f"feature_maps must be 'auto', True or False, got {feature_maps!r}")
-        self.feature_maps = feature_maps
-        # The model itself is probed with a fixed array (not a callable, not another model).
-        direct = probe_images is not None and not callable(probe_images) and probe_model is None
-        self._direct = direct
-        self.callbacks = []
-        if graph:
-            self.callbacks.append(GraphCallback(log_dir, graph_fn=graph_fn, input_spec=input_spec))
-        if losses:
-            self.callbacks.append(LossCallback(log_dir, groups=loss_groups,
-                                               every_n_steps=loss_every_n_steps))
-        if histograms:
-            probe = None
-            if direct:
-                probe = probe_images if probe_labels is None else (probe_images, probe_labels)
-            self.callbacks.append(HistogramCallback(log_dir, probe_data=probe,
-                                                    include_frozen=include_frozen, **every))
-        if attribution:
-            if not direct:
-                raise ValueError("attribution needs probe_images as an array and no probe_model")
-            from tbviz.callbacks.attribution import AttributionCallback
-
-            methods = {} if attribution is True else {"methods": attribution}
-            self.callbacks.append(AttributionCallback(
-                log_dir, probe_images, target=attribution_target, **methods, **every))
-        if synthesis:
-            if probe_model is not None or not isinstance(synthesis, dict):
-                raise ValueError("synthesis must be a dict of SynthesisCallback options, e.g. "
-                                 "{'maximize': {'conv3': 4}}, and needs no probe_model")
-            from tbviz.callbacks.synthesis import SynthesisCallback
-
-            self.callbacks.append(SynthesisCallback(
-                log_dir, probe_images if direct else None, **synthesis, **every))
-        if convergence:
-            self._add_convergence(convergence, direct, probe_images, every)
+        self.probe_images = probe_images
+        self.strict = bool(strict)
+        self.every = {name: positive_int(name, value, allow_none=True) for name, value in (
+            ("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps))}
+        if isinstance(attribution, (str, list, tuple)):
+            attribution = {"methods": attribution}
+        if feature_maps not in ("auto", True, False, None) and not isinstance(feature_maps, dict):
+            raise ValueError(f"feature_maps must be 'auto', True, False or a dict of "
+                             f"FeatureMapsCallback options, got {feature_maps!r}")
+        self._auto_maps = feature_maps == "auto"
+        options = {part: part_options(part, value) for part, value in (
+            ("graph", graph), ("losses", losses), ("histograms", histograms),
+            ("deconvnet", deconvnet), ("attribution", attribution), ("synthesis", synthesis),
+            ("convergence", convergence),
+            ("feature_maps", {} if self._auto_maps else feature_maps))}
+        if options["deconvnet"] is not None:
+            for key, value in (("layers", layers), ("top_k", top_k), ("scan_data", scan_data)):
+                if value is None:
+                    continue
+                if key in options["deconvnet"]:
+                    raise ValueError(f"{key} is given twice, as {key}= and in deconvnet=; "
+                                     "give it once")
+                options["deconvnet"][key] = value
+        self.options = options
+        # The trained model itself is probed with a fixed array (not a callable, not another
+        # model): only then can the parts other than the deconvnet use the probe images.
+        self.direct = (probe_images is not None and not callable(probe_images)
+                       and (options["deconvnet"] or {}).get("probe_model") is None)
+        probe_data = None
+        if self.direct:
+            probe_data = probe_images if probe_labels is None else (probe_images, probe_labels)
+        # Asked for explicitly, these need probes of the trained model (convergence=True,
+        # the default, is just off without them).
+        for part, asked in (("attribution", options["attribution"] is not None),
+                            ("convergence", isinstance(convergence, dict))):
+            if asked and not self.direct and "probe_images" not in options[part]:
+                raise ValueError(f"{part} needs probe_images as an array for the trained model "
+                                 f"(no callable, no deconvnet probe_model), or "
+                                 f"{part}={{'probe_images': ...}}")
+        if convergence is True and (not self.direct or len(probe_images) < 4):
+            if self.direct:
+                log.warning("tbviz: convergence scalars are off: they need at least 4 probe "
+                            "images, got %d", len(probe_images))
+            options["convergence"] = None
+        # What each part gets from the shared arguments; its own dict wins.
+        mine = probe_images if self.direct else None
+        self.shared = {
+            "graph": {},
+            "losses": {},
+            "histograms": dict(probe_data=probe_data, **self.every),
+            "attribution": dict(probe_images=mine, **self.every),
+            "synthesis": dict(probe_images=mine, **self.every),
+            "convergence": dict(probe_images=mine, **self.every),
+            "deconvnet": dict(probe_images=probe_images, **self.every),
+            "feature_maps": dict(probe_images=None if mine is None
+                                 else mine[:FEATURE_MAP_IMAGES], **self.every),
+        }
+        self.callbacks = [self._part(part) for part in
+                          ("graph", "losses", "histograms", "attribution", "synthesis",
+                           "convergence")
+                          if options[part] is not None]
         self._model_dependent_added = False
 
-    def _add_convergence(self, options, direct, probe_images, every):
-        if options is not True and not isinstance(options, dict):
-            raise ValueError("convergence must be True, False or a dict of ConvergenceCallback "
-                             f"options, e.g. {{'threshold': 0.995}}; got {options!r}")
-        if not direct:
-            if options is not True:
-                raise ValueError("convergence needs probe_images as an array and no probe_model")
-            return
-        if options is True and len(probe_images) < 4:  # debiased CKA needs 4 inputs
-            log.warning("tbviz: convergence scalars are off: they need at least 4 probe images, "
-                        "got %d", len(probe_images))
-            return
-        from tbviz.callbacks.convergence import ConvergenceCallback
-
-        options = {} if options is True else options
-        self.callbacks.append(ConvergenceCallback(self.log_dir, probe_images,
-                                                  **{**every, **options}))
+    def _part(self, part: str, **defaults):
+        """The callback of ``part``: shared arguments, then ``defaults``, then its own options."""
+        cls = _callback_class(part)
+        kwargs = {**self.shared[part], **defaults, **self.options[part]}
+        if "strict" in _option_names(cls):
+            kwargs.setdefault("strict", self.strict)
+        return cls(self.log_dir, **kwargs)
 
     def _add_model_dependent_parts(self):
         """Deconvnet and feature maps pick default layers from the model: added at train begin."""
@@ -167,38 +241,32 @@ class TensorBoardViz(keras.callbacks.Callback):
             return
         self._model_dependent_added = True
         added = []
-        if self.deconvnet and (self.probe_images is not None
-                               or self.deconvnet_options["scan_data"] is not None):
-            from tbviz.callbacks.deconvnet import DeconvnetCallback
-
-            layers = self.layers
+        deconvnet = self.options["deconvnet"]
+        if deconvnet is not None and (deconvnet.get("probe_images", self.probe_images) is not None
+                                      or deconvnet.get("scan_data") is not None):
+            layers = deconvnet.get("layers")
             if layers is None:
-                pm = self.deconvnet_options["probe_model"]
+                pm = deconvnet.get("probe_model")
                 target = self.model if pm is None else (
                     pm if isinstance(pm, keras.Model) else pm(self.model))
                 layers = default_deconvnet_layers(target)
-            if layers:
-                added.append(DeconvnetCallback(self.log_dir, self.probe_images, layers,
-                                               **self.deconvnet_options))
-            elif self.layers is None:  # none to pick (layers=[] asks for none)
-                log.warning("tbviz: model %r has no Conv2D layer to project; deconvnet images "
-                            "are off (pass layers=[...] to project others)", target.name)
-        wants_maps = self.feature_maps is True or (
-            self.feature_maps == "auto" and self._direct
-            and layer_paths(self.model, kind=keras.layers.Conv2D))
+                if not layers:
+                    log.warning("tbviz: model %r has no Conv2D layer to project; deconvnet "
+                                "images are off (pass layers=[...] to project others)",
+                                target.name)
+            if layers:  # layers=[] asks for none
+                added.append(self._part("deconvnet", layers=layers))
+        wants_maps = self.options["feature_maps"] is not None and (
+            not self._auto_maps
+            or (self.direct and layer_paths(self.model, kind=keras.layers.Conv2D)))
         if wants_maps:
-            from tbviz.callbacks.feature_maps import FeatureMapsCallback
-
-            # Feature-map grids are big: the first few probe images tell the story.
-            added.append(FeatureMapsCallback(
-                self.log_dir, self.probe_images[:FEATURE_MAP_IMAGES] if self._direct else None,
-                **self.every))
+            added.append(self._part("feature_maps"))
         for cb in added:
             cb.set_model(self.model)
             cb.set_params(self.params)
             self.callbacks.append(cb)
 
-    # Keras calls these on the composite; hand everything to the parts.
+    # Keras calls these on the composite; each hands the call to every part.
     def set_model(self, model):
         super().set_model(model)
         for cb in self.callbacks:
@@ -223,16 +291,22 @@ class TensorBoardViz(keras.callbacks.Callback):
             writers.remove_unused(fresh)  # nor a half-written run folder
             raise
 
-    def _each(name):
-        def forward(self, *args, **kwargs):
-            for cb in self.callbacks:
-                getattr(cb, name)(*args, **kwargs)
-        forward.__name__ = name
-        return forward
+    def on_train_end(self, logs=None):
+        for cb in self.callbacks:
+            cb.on_train_end(logs)
 
-    on_train_end = _each("on_train_end")
-    on_epoch_begin = _each("on_epoch_begin")
-    on_epoch_end = _each("on_epoch_end")
-    on_train_batch_begin = _each("on_train_batch_begin")
-    on_train_batch_end = _each("on_train_batch_end")
-    del _each
+    def on_epoch_begin(self, epoch, logs=None):
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for cb in self.callbacks:
+            cb.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        for cb in self.callbacks:
+            cb.on_train_batch_end(batch, logs)

@@ -2,7 +2,7 @@
 
 The callbacks write *panels* (see :mod:`tbviz.summary.metadata`): blob-sequence
 summaries whose blob 0 is a JSON header describing the tiles and whose blobs
-1..n are the tiles' PNGs. This plugin lists and serves them; the page itself
+1..n are the PNGs of the tiles that are not crops of another panel's images. This plugin lists and serves them; the page itself
 is the static ES module ``static/index.js``.
 
 Routes (under ``/data/plugin/tbviz/``), all read-only:
@@ -10,11 +10,15 @@ Routes (under ``/data/plugin/tbviz/``), all read-only:
 ============ ======================================= =====================================
 route        parameters                              answer
 ============ ======================================= =====================================
-``/panels``  ``offset``, ``limit`` (over runs)       ``{"items": [{"run", "panels": [...]}]}``
+``/panels``  ``offset``, ``limit`` (over runs)       ``{"items": [{"run", "panels", "problems"}]}``
 ``/steps``   ``run``, ``tag``, ``offset``, ``limit`` ``{"items": [{"step", "wall_time"}]}``
 ``/frames``  ``run``, ``tag``, ``steps=1,5,9``       ``{"frames": [{"step", "tiles", ...}]}``
-``/blob``    ``run``, ``tag``, ``step``, ``index``   the PNG of tile ``index`` (1-based)
+``/blob``    ``run``, ``tag``, ``step``, ``index``   the PNG of image ``index`` (1-based)
 ============ ======================================= =====================================
+
+A panel is served only when :func:`tbviz.summary.metadata.parse_panel_metadata` reads
+its version and kind; any other is listed under ``problems`` with the reason (e.g.
+written by a newer tbviz) and never drawn.
 
 Every run, tag and step is looked up in what the data provider lists; nothing
 in a request is ever used as a file path. Lists are paged (``total`` and
@@ -195,17 +199,19 @@ class TbvizPlugin(base_plugin.TBPlugin):
 
 
 def _panels(tags: dict) -> dict:
-    """Describe one run's panels; tags that are not readable tbviz panels are counted."""
-    panels, skipped = [], 0
+    """Describe one run's panels. A tag this build cannot read (unreadable metadata, a newer
+    panel version or an unknown kind) is not drawn: it is listed under ``problems`` with
+    the reason, for the tab to say."""
+    panels, problems = [], []
     for tag, series in sorted(tags.items()):
         try:
-            content = metadata.parse_content(series.plugin_content)
-        except ValueError:
-            skipped += 1
+            content = metadata.parse_panel_metadata(series.plugin_content)
+        except metadata.PanelError as err:
+            problems.append({"tag": tag, "error": str(err)})
             continue
         panels.append({"tag": tag, **content, "max_step": series.max_step,
                        "description": series.description})
-    return {"panels": panels, "skipped": skipped}
+    return {"panels": panels, "skipped": len(problems), "problems": problems}
 
 
 def _header(blob: bytes, n_images: int) -> dict:
@@ -216,9 +222,13 @@ def _header(blob: bytes, n_images: int) -> dict:
     except (ValueError, KeyError, TypeError):
         return {"tiles": [], "groups": [], "images": n_images, "error": "unreadable header"}
     extra = {k: v for k, v in header.items() if k not in ("tiles", "groups")}
-    out = {**extra, "tiles": tiles[:n_images], "groups": groups, "images": n_images}
-    if len(tiles) != n_images:
-        out["error"] = f"header lists {len(tiles)} tiles for {n_images} images"
+    out = {**extra, "tiles": tiles, "groups": groups, "images": n_images}
+    # Tiles with a crop are cut from the panel's sources; the others are its images, in order.
+    own = [i for i, t in enumerate(tiles) if not (isinstance(t, dict) and "crop" in t)]
+    if len(own) != n_images:
+        out["error"] = f"header lists {len(own)} tiles with images for {n_images} images"
+        if len(own) > n_images:
+            out["tiles"] = tiles[:own[n_images]]
     return out
 
 

@@ -31,6 +31,11 @@ def normalize(tiles, mode: str = "minmax", per_tile: bool = True) -> np.ndarray:
     0 to mid-gray and the largest magnitude to 0 or 255 (for signed maps where
     the sign matters). Non-finite values are shown as 0 (black) rather than
     poisoning the scale. A constant tile becomes mid-gray.
+
+    >>> normalize(np.array([[[[-2.0], [0.0], [2.0]]]])).ravel().tolist()
+    [0, 128, 255]
+    >>> normalize(np.array([[[[-1.0], [0.0], [4.0]]]]), mode="symmetric").ravel().tolist()
+    [96, 128, 255]
     """
     if mode not in ("minmax", "symmetric"):
         raise ValueError(f"unknown mode {mode!r}; choose 'minmax' or 'symmetric'")
@@ -69,8 +74,34 @@ def to_uint8(images, value_range=(0.0, 255.0)) -> np.ndarray:
     return np.clip(np.round(np.nan_to_num(x * 255, nan=0.0)), 0, 255).astype(np.uint8)
 
 
+def for_display(images) -> np.ndarray:
+    """Input images ``(N, H, W, C)`` as ``uint8`` RGB, to show beside what was computed from them.
+
+    Images in [0, 255] are kept as they are and images in [0, 1] scaled up; any
+    other range (mean-subtracted inputs, say) is stretched per image.
+
+    >>> for_display(np.full((1, 1, 1, 1), 0.5)).tolist()  # [0, 1] gray, made RGB
+    [[[[128, 128, 128]]]]
+    >>> for_display(np.array([[[[-1.0, 0.0, 3.0]]]])).tolist()  # any other range: stretched
+    [[[[0, 64, 255]]]]
+    """
+    x = np.asarray(images)
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1:
+        out = to_uint8(x, (0.0, 1.0))
+    elif lo >= 0 and hi <= 255:
+        out = to_uint8(x)
+    else:
+        out = normalize(x)
+    return to_rgb(out)
+
+
 def to_rgb(tiles: np.ndarray) -> np.ndarray:
-    """Make ``(N, H, W, C)`` tiles 3-channel: gray is repeated, 4+ channels keep the first 3."""
+    """Make ``(N, H, W, C)`` tiles 3-channel: gray is repeated, 4+ channels keep the first 3.
+
+    >>> to_rgb(np.full((1, 2, 2, 1), 7, np.uint8))[0, 0, 0].tolist()
+    [7, 7, 7]
+    """
     c = tiles.shape[-1]
     if c == 3:
         return tiles
@@ -87,6 +118,13 @@ def grid(tiles, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> 
     ``cols`` defaults to ``ceil(sqrt(N))`` (9 tiles -> the paper's 3x3 view).
     Tiles of different sizes (patches at image borders) are centred in the
     largest tile's cell.
+
+    >>> grid(np.zeros((9, 4, 4, 3), np.uint8)).shape  # 3x3 tiles of 4 px, 2 px apart
+    (16, 16, 3)
+    >>> grid([np.zeros((3, 3, 1), np.uint8), np.zeros((1, 1, 1), np.uint8)], pad=1)[..., 0]
+    array([[  0,   0,   0, 255, 255, 255, 255],
+           [  0,   0,   0, 255, 255,   0, 255],
+           [  0,   0,   0, 255, 255, 255, 255]], dtype=uint8)
     """
     tiles = list(tiles) if not isinstance(tiles, np.ndarray) else list(tiles)
     if not tiles:
@@ -116,7 +154,11 @@ _CMAP_ANCHORS = np.array([
 
 
 def colorize(values, lo=None, hi=None) -> np.ndarray:
-    """Map a 2-D (or batch of 2-D) float array to ``uint8`` RGB with a viridis-like colormap."""
+    """Map a 2-D (or batch of 2-D) float array to ``uint8`` RGB with a viridis-like colormap.
+
+    >>> colorize(np.array([[0.0, 1.0]])).tolist()  # dark blue to yellow
+    [[[68, 1, 84], [253, 231, 37]]]
+    """
     v = np.asarray(values, dtype=np.float64)
     v = np.where(np.isfinite(v), v, 0.0)
     lo = v.min() if lo is None else lo

@@ -3,14 +3,26 @@
 // plugin's routes (see tbviz_plugin.py). Only what is on screen is fetched: one frame per
 // chosen step, images lazily.
 
+// The views, one row per panel kind (tbviz/summary/metadata.py names the kinds). Adding a
+// kind is its constant there and its row here:
+//   kind     the panel kind the view draws
+//   label    its tab
+//   layered  true: one panel per layer, the one picked in the layer list; false: all at once
+//   steps    stepSlider (one logged step at a time) or stepChips (chosen steps side by side)
+//   draw     (run, panel) => a function of the frame (stepSlider) or frames (stepChips)
+//            returning the element that shows them
+//   whole    instead of steps and draw: (column, run entry) => draws all the run's panels of
+//            the kind at once (one picture across layers)
 const VIEWS = [
-  { kind: "topk", label: "Top-k", layered: true, many: false },
-  { kind: "evolution", label: "Evolution", layered: true, many: true },
-  { kind: "featuremaps", label: "Feature maps", layered: true, many: false },
-  { kind: "perimage", label: "Through the layers", layered: false, many: false },
-  { kind: "stylized", label: "Stylized probes", layered: false, many: true },
-  { kind: "attribution", label: "Attribution", layered: false, many: false },
+  { kind: "topk", label: "Top-k", layered: true, steps: stepSlider, draw: topkView },
+  { kind: "evolution", label: "Evolution", layered: true, steps: stepChips, draw: evolutionView },
+  { kind: "featuremaps", label: "Feature maps", layered: true, steps: stepSlider, draw: featuremapsView },
+  { kind: "perimage", label: "Through the layers", layered: false, whole: throughLayers },
+  { kind: "stylized", label: "Stylized probes", layered: false, steps: stepChips, draw: stylizedView },
+  { kind: "attribution", label: "Attribution", layered: false, steps: stepSlider, draw: attributionView },
+  { kind: "probes", label: "Probe images", layered: false, steps: stepChips, draw: stylizedView },
 ];
+const viewOf = (kind) => VIEWS.find((v) => v.kind === kind);
 const MAX_FRAMES = 50; // the server's per-request cap on /frames
 
 const state = {
@@ -91,29 +103,50 @@ function spread(steps) {
   return new Set([...picks].map((i) => steps[i]));
 }
 
-// 1-based blob indices of a frame's projections and of their patches, in the same order.
+// Positions of a frame's projections and of their patches, in the same order.
 function byRole(frame) {
   const proj = [];
   const patch = [];
-  frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i + 1));
+  frame.tiles.forEach((t, i) => (t.role === "patch" ? patch : proj).push(i));
   return [proj, patch];
 }
 
 // -- one tile: the image and what it shows -------------------------------------------------
-function tile(run, tag, frame, index, lines, cls = "") {
-  const t = frame.tiles[index - 1] ?? {};
+// Tile k's image: its own blob (the tiles without a crop are blobs 1..n, in order) or, for a
+// tile with a crop, the part of the image it is cut from: blob source + 1 of the tile's or
+// else the panel's sources at the same step (see tbviz/summary/metadata.py).
+function tileImage(run, panel, frame, k) {
+  const t = frame.tiles[k];
   const img = h("img", {
-    src: blobURL(run, tag, frame, index),
     loading: "lazy",
     decoding: "async",
-    alt: `${t.role ?? t.label ?? t.method ?? "tile"} ${index} at step ${frame.step}`,
+    alt: `${t.role ?? t.label ?? t.method ?? "tile"} ${k + 1} at step ${frame.step}`,
     onload: (e) =>
       e.target.classList.toggle("pixelated", e.target.naturalWidth < e.target.clientWidth),
   });
+  if (!t.crop) {
+    const index = frame.tiles.slice(0, k + 1).filter((x) => !x.crop).length;
+    img.src = blobURL(run, panel.tag, frame, index);
+    return img;
+  }
+  const [top, bottom, left, right] = t.crop;
+  const [, width] = t.source_size ?? panel.source_size;
+  const w = right - left;
+  const hgt = bottom - top;
+  img.src = blobURL(run, t.sources ?? panel.sources, frame, t.source + 1);
+  img.style.width = `${(100 * width) / w}%`;
+  img.style.left = `${(-100 * left) / w}%`;
+  img.style.top = `${(-100 * top) / hgt}%`;
+  const fit = w >= hgt ? "width: 100%" : "height: 100%";
+  const crop = h("span", { style: `aspect-ratio: ${w} / ${hgt}; ${fit}` }, img);
+  return h("span", { class: "crop" }, crop);
+}
+
+function tile(run, panel, frame, k, lines, cls = "") {
   return h(
     "figure",
-    { class: `tile ${cls}`, title: JSON.stringify(t) },
-    img,
+    { class: `tile ${cls}`, title: JSON.stringify(frame.tiles[k]) },
+    tileImage(run, panel, frame, k),
     h(
       "figcaption",
       {},
@@ -205,7 +238,7 @@ async function stepChips(col, run, tag, draw) {
   await show();
 }
 
-function topkView(run, tag) {
+function topkView(run, panel) {
   return (frame) => {
     const [proj, patch] = byRole(frame);
     const caption = (t) => [
@@ -223,7 +256,7 @@ function topkView(run, tag) {
           "div",
           { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
           idx.map((i, n) =>
-            tile(run, tag, frame, i, caption(frame.tiles[i - 1]), `${cls} pair-${n}`),
+            tile(run, panel, frame, i, caption(frame.tiles[i]), `${cls} pair-${n}`),
           ),
         ),
       );
@@ -246,7 +279,7 @@ function topkView(run, tag) {
 
 // Zeiler & Fergus' Fig. 2: per feature map (a group of the frame) its top-k projections
 // over the scanned data beside their input patches. A map's title opens its evolution.
-function featuremapsView(run, tag) {
+function featuremapsView(run, panel) {
   return (frame) => {
     const [proj, patch] = byRole(frame);
     const caption = (t) => [fmt(t.value), t.image_index != null ? `img ${t.image_index}` : null];
@@ -254,7 +287,7 @@ function featuremapsView(run, tag) {
       h(
         "div",
         { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
-        idx.map((i) => tile(run, tag, frame, i, caption(frame.tiles[i - 1]), cls)),
+        idx.map((i) => tile(run, panel, frame, i, caption(frame.tiles[i]), cls)),
       );
     const blocks = (frame.groups ?? []).map((g) =>
       h(
@@ -285,14 +318,14 @@ function featuremapsView(run, tag) {
   };
 }
 
-function evolutionView(run, tag) {
+function evolutionView(run, panel) {
   return (frs) => {
     // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
     const rows = new Map();
     for (const f of frs) {
       const [proj, patch] = byRole(f);
       proj.forEach((i, n) => {
-        const t = f.tiles[i - 1];
+        const t = f.tiles[i];
         const id = t.channel ?? `#${n}`;
         if (!rows.has(id)) rows.set(id, new Map());
         rows.get(id).set(f.step, [i, patch[n]]);
@@ -322,15 +355,17 @@ function evolutionView(run, tag) {
             frs.map((f) => {
               const c = cells.get(f.step);
               if (!c) return h("td", { class: "note" }, "–");
-              const t = f.tiles[c[0] - 1];
+              const t = f.tiles[c[0]];
               return h(
                 "td",
                 {},
                 h(
                   "div",
                   { class: "cell" },
-                  tile(run, tag, f, c[0], [fmt(t.value), position(t)]),
-                  state.showPatches && c[1] ? tile(run, tag, f, c[1], ["patch"], "patch") : null,
+                  tile(run, panel, f, c[0], [fmt(t.value), position(t)]),
+                  state.showPatches && c[1] != null
+                    ? tile(run, panel, f, c[1], ["patch"], "patch")
+                    : null,
                 ),
               );
             }),
@@ -341,7 +376,7 @@ function evolutionView(run, tag) {
   };
 }
 
-function stylizedView(run, tag) {
+function stylizedView(run, panel) {
   return (frs) => {
     const labels = [
       ...new Set(frs.flatMap((f) => f.tiles.map((t, i) => t.label ?? `photo ${t.index ?? i}`))),
@@ -369,7 +404,7 @@ function stylizedView(run, tag) {
             h("th", { scope: "row" }, label),
             frs.map((f) => {
               const i = f.tiles.findIndex((t, j) => (t.label ?? `photo ${t.index ?? j}`) === label);
-              return h("td", {}, i < 0 ? "–" : tile(run, tag, f, i + 1, [], "photo"));
+              return h("td", {}, i < 0 ? "–" : tile(run, panel, f, i, [], "photo"));
             }),
           ),
         ),
@@ -378,7 +413,7 @@ function stylizedView(run, tag) {
   };
 }
 
-function attributionView(run, tag) {
+function attributionView(run, panel) {
   return (frame) =>
     h(
       "div",
@@ -390,9 +425,9 @@ function attributionView(run, tag) {
         frame.tiles.map((t, i) =>
           tile(
             run,
-            tag,
+            panel,
             frame,
-            i + 1,
+            i,
             [`image ${t.image_index ?? i}`, t.target != null ? `target ${t.target}` : null],
             "photo",
           ),
@@ -423,7 +458,7 @@ async function throughLayers(col, entry) {
     const t = f?.tiles[i];
     if (!t) return h("td", { class: "note" }, "–");
     const lines = p.kind === "stylized" ? [`step ${f.step}`] : [fmt(t.value), `map ${t.channel}`];
-    return h("td", {}, tile(entry.run, p.tag, f, i + 1, lines));
+    return h("td", {}, tile(entry.run, p, f, i, lines));
   };
   col.append(
     h(
@@ -470,7 +505,14 @@ async function downloadPNG(section, name) {
   for (const img of section.querySelectorAll("img")) {
     if (!img.complete) await new Promise((r) => img.addEventListener("load", r, { once: true }));
     const r = img.getBoundingClientRect();
+    // A crop (a patch cut from a probe image) shows only the part inside its frame.
+    const c = (img.closest(".crop") ? img.parentElement : img).getBoundingClientRect();
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(c.left - box.left, c.top - box.top, c.width, c.height);
+    ctx.clip();
     ctx.drawImage(img, r.left - box.left, r.top - box.top, r.width, r.height);
+    ctx.restore();
   }
   const a = h("a", { href: canvas.toDataURL("image/png"), download: `${name}.png` });
   document.body.append(a);
@@ -479,8 +521,8 @@ async function downloadPNG(section, name) {
 }
 
 async function drawRun(col, entry) {
-  const view = VIEWS.find((v) => v.kind === state.view);
-  if (view.kind === "perimage") return throughLayers(col, entry);
+  const view = viewOf(state.view);
+  if (view.whole) return view.whole(col, entry);
   const ofView = entry.panels.filter((p) => p.kind === view.kind);
   let panels = ofView.filter((p) => !view.layered || layerKey(p) === state.layer);
   if (view.layered && !panels.length) {
@@ -519,16 +561,7 @@ async function drawRun(col, entry) {
     );
     if (p.description) sub.append(h("p", { class: "note" }, p.description));
     col.append(sub);
-    const make = {
-      topk: topkView,
-      evolution: evolutionView,
-      featuremaps: featuremapsView,
-      stylized: stylizedView,
-      attribution: attributionView,
-    }[p.kind];
-    await (view.many ? stepChips : stepSlider)(sub, entry.run, p.tag, make(entry.run, p.tag)).catch(
-      fail(sub),
-    );
+    await view.steps(sub, entry.run, p.tag, view.draw(entry.run, p)).catch(fail(sub));
   }
 }
 
@@ -542,7 +575,7 @@ function layers() {
   for (const e of state.runs)
     if (state.selected.has(e.run))
       for (const p of e.panels)
-        if (p.layer != null && VIEWS.some((v) => v.layered && v.kind === p.kind)) {
+        if (p.layer != null && viewOf(p.kind)?.layered) {
           const k = layerKey(p);
           const i = Math.min(index.get(k)?.i ?? Infinity, p.layer_index ?? Infinity);
           index.set(k, { key: k, model: p.model ?? "", name: p.layer, i });
@@ -553,7 +586,7 @@ function layers() {
 }
 
 function drawLayers() {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const all = view.layered ? layers() : [];
   if (!all.some((l) => l.key === state.layer)) state.layer = all[0]?.key ?? null;
   const items = all.flatMap((l, n) => [
@@ -600,7 +633,7 @@ function layerKeys(e) {
 }
 
 function drawMain() {
-  const view = VIEWS.find((v) => v.kind === state.view);
+  const view = viewOf(state.view);
   const selected = state.runs.filter((e) => state.selected.has(e.run));
   // Runs without this view's panels get a line, not an empty column.
   const shown = selected.filter((e) => e.panels.some((p) => p.kind === view.kind));
@@ -612,8 +645,6 @@ function drawMain() {
   ui.main.replaceChildren(
     ...shown.map((e) => {
       const col = h("section", { class: "run", "aria-label": `run ${e.run}` }, h("h2", {}, e.run));
-      if (e.skipped)
-        col.append(h("p", { class: "note" }, `${e.skipped} unreadable panel(s) skipped`));
       drawRun(col, e).catch(fail(col));
       return col;
     }),
@@ -623,6 +654,16 @@ function drawMain() {
     ui.main.append(
       h("p", { class: "note wide" }, `No ${view.label} panels in ${others.join(", ")}.`),
     );
+  // Panels the server could not read (e.g. written by a newer tbviz) or that no view draws
+  // are said, never drawn as something else.
+  const undrawn = selected.flatMap((e) => [
+    ...(e.problems ?? []).map((p) => `${e.run}: ${p.tag} not shown: ${p.error}`),
+    ...e.panels
+      .filter((p) => !viewOf(p.kind))
+      .map((p) => `${e.run}: ${p.tag} not shown: no view of kind ${p.kind} in this dashboard`),
+  ]);
+  if (undrawn.length)
+    ui.main.append(h("ul", { class: "error wide problems" }, undrawn.map((m) => h("li", {}, m))));
 }
 
 function drawToolbar() {
@@ -719,7 +760,7 @@ function setTile(px) {
 function pickView(kind) {
   state.view = kind;
   for (const tab of ui.toolbar.querySelectorAll("[role=tab]")) {
-    const on = tab.textContent === VIEWS.find((v) => v.kind === kind).label;
+    const on = tab.textContent === viewOf(kind).label;
     tab.setAttribute("aria-selected", String(on));
     tab.tabIndex = on ? 0 : -1;
   }

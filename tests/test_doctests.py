@@ -1,0 +1,19 @@
+"""Every docstring example in tbviz runs as written (style_transfer's: test_style_doctests.py)."""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import tbviz
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(tbviz.__path__, "tbviz."))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write (runs/...) write here, not in the repo
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
