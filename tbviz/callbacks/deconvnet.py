@@ -280,9 +280,7 @@ class DeconvnetCallback(VizCallback):
                                     "projections (non-finite weights?); shown as 0")
                     raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
                 self._write_layer(path, view["sets"], raw, view["boxes"], view["patches"],
-                                  display)
-                if view.get("per_image"):
-                    self._write_per_image(path, *view["per_image"])
+                                  display, view.get("per_image"))
 
     def _boxes(self, path, image_shape, units, raw):
         if self._projector.field(path, image_shape) is None:
@@ -358,16 +356,15 @@ class DeconvnetCallback(VizCallback):
             view["boxes"] += [boxes[i] for i in evo_at] + boxes
             view["patches"] += [display[i] for i in evo_at] + display
 
-    def _write_per_image(self, path, units, raw, boxes):
+    def _write_per_image(self, path, units, raw, boxes, scale, in_topk):
         """Panel ``perimage``: each probe image's strongest unit of ``path`` (Liu et al.'s
         Fig. 2 puts these side by side, layer after layer)."""
         raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-        scale = _scale_for(boxes)
-        pngs = [metadata.encode_png(_enlarge(_tile(r, b), scale)) for r, b in zip(raw, boxes)]
+        tiles, pngs = self._projection_tiles(
+            path, units, [_enlarge(_tile(r, b), scale) for r, b in zip(raw, boxes)], in_topk)
         rule = self._computed_rule()
         metadata.write_panel(
-            f"tbviz/deconvnet/{path}/perimage", metadata.PERIMAGE, pngs,
-            [dict(_unit_json(u), role="projection") for u in units],
+            f"tbviz/deconvnet/{path}/perimage", metadata.PERIMAGE, pngs, tiles,
             description=f"{rule} projection of each probe image's strongest unit of {path}"
                         + (f" ({self._plain_note})" if self._plain_note else ""),
             layer=path, layer_index=self._layer_index[path], rule=rule,
@@ -391,7 +388,22 @@ class DeconvnetCallback(VizCallback):
                         "at; the input patches of its panels are cut from them",
             model=self._projector.model.name)
 
-    def _write_layer(self, path, sets, raw, boxes, patches, display):
+    def _projection_tiles(self, path, units, tiles, in_topk):
+        """Tile JSON and the PNGs of ``units`` ' projection ``tiles``; a unit also in the top-k
+        (``in_topk``: unit -> its tile there) shows that panel's tile, the whole of it, stored
+        once."""
+        json_tiles, pngs = [], []
+        for u, t in zip(units, tiles):
+            json_tiles.append(dict(_unit_json(u), role="projection"))
+            if u in in_topk:
+                i, shape = in_topk[u]
+                json_tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=i,
+                                      crop=[0, shape[0], 0, shape[1]], source_size=list(shape))
+            else:
+                pngs.append(metadata.encode_png(t))
+        return json_tiles, pngs
+
+    def _write_layer(self, path, sets, raw, boxes, patches, display, per_image=None):
         top, evo, maps = sets
         k, n_evo = len(top), len(evo)
         rule = self._computed_rule()
@@ -431,19 +443,11 @@ class DeconvnetCallback(VizCallback):
                                  [metadata.encode_png(t) for t in proj_tiles[:k]]
                                  + [png_of[i] for i in range(k) if i in png_of], tiles,
                                  description=note, **content)
+        in_topk = {u: (i, proj_tiles[i].shape[:2]) for i, u in enumerate(top)}
         if evo:
-            # A unit also in the top-k shows that panel's tile (the whole of it), stored once;
-            # evolution units of a scan are units of the scanned images, never of the top-k.
-            rank = {u: i for i, u in enumerate(top)} if not maps else {}
-            tiles, pngs = [], []
-            for u, t in zip(evo, proj_tiles[k:k + n_evo]):
-                tiles.append(dict(_unit_json(u), role="projection"))
-                if u in rank:
-                    tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=rank[u],
-                                     crop=[0, t.shape[0], 0, t.shape[1]],
-                                     source_size=list(t.shape[:2]))
-                else:
-                    pngs.append(metadata.encode_png(t))
+            # Evolution units of a scan are units of the scanned images, never of the top-k.
+            tiles, pngs = self._projection_tiles(path, evo, proj_tiles[k:k + n_evo],
+                                                 {} if maps else in_topk)
             at = range(k, k + n_evo)
             metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
                                  pngs + [png_of[i] for i in at if i in png_of],
@@ -457,6 +461,8 @@ class DeconvnetCallback(VizCallback):
                                      patch_json[k + n_evo:], content, rule)
         if self.raw:
             self._write_raw(path, sets, raw, boxes)
+        if per_image:
+            self._write_per_image(path, *per_image, scale, in_topk)
 
     def _write_grids(self, path, top, evo, proj_tiles, patch_tiles, note, source):
         """The opt-in copy of the tiles as grids for the stock Images dashboard."""
