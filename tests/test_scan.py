@@ -38,6 +38,7 @@ def check_planted(found, images):
                                                                for i, r, c, _ in plants]
 
 
+@pytest.mark.numerics
 def test_scan_finds_the_planted_patterns_in_order_from_an_array(planted):
     model, images = planted
     found = scan(model, images, ["conv1", "mix"], k=4, max_batch=128)
@@ -64,6 +65,7 @@ def test_scan_finds_the_planted_patterns_from_a_tf_data_pipeline_of_labelled_bat
             assert at == want
 
 
+@pytest.mark.numerics
 def test_non_distinct_keeps_several_units_of_one_image(planted):
     model, images = planted
     # the strongest cross: its neighbours overlap it by 3 pixels and beat every other image
@@ -87,6 +89,7 @@ def test_limit_and_an_iterable_of_batches(planted):
 
 # ---- the same numbers as project / patches on the whole images --------------------------------
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("make, layers", [
     (models.sequential, ["conv1", "conv2"]),
     (models.functional_bn_nested, ["conv1", "block/inner_conv"]),
@@ -160,6 +163,7 @@ def test_channels_out_of_range_lists_the_valid_range(small):
         scan(small, np.ones((3, 12, 12, 3), "f4"), ["conv1"], channels=[0, 4])
 
 
+@pytest.mark.numerics
 def test_nan_activations_are_never_chosen_counted_and_warned_once(small):
     images = np.random.default_rng(2).uniform(0, 1, (6, 12, 12, 3)).astype("float32")
     images[2, 5, 5, 0] = np.nan
@@ -197,19 +201,25 @@ def assert_same_scan(got, want):
     assert got["units"].keys() == want["units"].keys()
     for key in want["units"]:
         assert [u[:4] for u in got["units"][key]] == [u[:4] for u in want["units"][key]], key
-        # each unit's value comes from the same float32 convolution on the same image
-        np.testing.assert_allclose([u[4] for u in got["units"][key]],
-                                   [u[4] for u in want["units"][key]], rtol=1e-6)
-    np.testing.assert_allclose(got["crop_sums"], want["crop_sums"], rtol=1e-6)
+        # each unit's value comes from the same float32 ops on the same image, but another
+        # batch split may run another kernel or summation order: up to n x float32 eps
+        # (1.2e-7) of the layer's scale, n <= 294 terms (the head's), so 5e-5
+        values = [u[4] for u in want["units"][key]]
+        np.testing.assert_allclose([u[4] for u in got["units"][key]], values, rtol=5e-5,
+                                   atol=5e-5 * max(np.abs(values).max(), 1e-30))
+    # the crops are the images' pixels, copied: the same sums
+    np.testing.assert_array_equal(got["crop_sums"], want["crop_sums"])
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_mirrored_scan_on_two_logical_cpus_equals_a_single_device_scan():
     single = run_worker("single")
     assert_same_scan(run_worker("mirrored"), single)
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_multiworker_scan_on_loopback_equals_a_single_device_scan():
     single = run_worker("single")
     outs = [json.loads(out.strip().splitlines()[-1])
