@@ -200,11 +200,16 @@ def test_layers_of_two_networks_are_listed_apart_in_their_order(tab):
     assert all_decoded(frame, 2) == 2
 
 
+def show_instead_of_cnn(frame, run, view):
+    """Show ``run`` (not the default cnn/train) in ``view``, as a user would pick them."""
+    frame.get_by_role("checkbox", name=run, exact=True).check()
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
+    frame.get_by_role("tab", name=view).click()
+
+
 def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_path):
     page, frame, blobs = tab
-    frame.get_by_role("checkbox", name="long/train", exact=True).check()
-    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
-    frame.get_by_role("tab", name="Evolution").click()
+    show_instead_of_cnn(frame, "long/train", "Evolution")
     frame.wait_for_selector("table.evo")
     # default columns: the 1st, 2nd, 5th, 10th, 20th and 50th (= last) logged step
     heads = texts(frame, "table.evo thead th")
@@ -256,9 +261,7 @@ def test_runs_side_by_side_stylized_and_attribution(tab, server, tmp_path):
 
 def test_feature_maps_view_shows_each_maps_top_k_beside_patches(tab, server, tmp_path):
     page, frame, _ = tab
-    frame.get_by_role("checkbox", name="scan/train", exact=True).check()
-    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
-    frame.get_by_role("tab", name="Feature maps").click()
+    show_instead_of_cnn(frame, "scan/train", "Feature maps")
     frame.wait_for_selector(".fmap")
     header = plugin_logs.header(server[1]["scan/train"], "tbviz/deconvnet/conv1/featuremaps")
     assert texts(frame, ".fmap h4") == [f"map {g['channel']}" for g in header["groups"]]
