@@ -12,10 +12,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($PY --version)"
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -E "^WARNING: Location" || true
 fi
 SPEC="."
 if [ -n "${1:-}" ]; then SPEC=".[$1]"; fi
 echo "==> installing tbviz and style_transfer ($SPEC) into .venv"
 .venv/bin/python -m pip install -q -e "$SPEC" 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -104,7 +104,10 @@ def resize_shorter(image, size: int):
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = tf.cast(size, tf.float32) / tf.reduce_min(shape)
     new = tf.maximum(tf.cast(tf.math.ceil(shape * scale - 1e-3), tf.int32), size)
-    return tf.image.resize(image, new, method="bilinear", antialias=True)
+    resized = tf.image.resize(image, new, method="bilinear", antialias=True)
+    # The antialiasing kernel's weights sum to 1 only up to float32 rounding: a white pixel
+    # can come out at 255.00003, outside the pipeline's [0, 255] (a value range is a contract).
+    return tf.clip_by_value(resized, 0.0, 255.0)
 
 
 def random_square(image, size: int, seed):

@@ -11,8 +11,10 @@ modified. Its output is a dict ``{layer name: features}``.
 * a path to a VGG19 ``.h5`` weights file (``..._notop.h5``), for machines
   with no internet,
 * ``"random"``: He-initialized weights from a fixed seed, for offline tests
-  and demos. Random features still transfer some texture, but stylization
-  quality needs the ImageNet weights, and a loud warning says so.
+  and demos. Random features of the first blocks still carry an image's
+  colours and texture (the demo has a recipe for them:
+  :data:`~style_transfer.defaults.RANDOM_VGG_PRESET`), but stylization quality
+  needs the ImageNet weights, and a loud warning says so.
 
 Example:
     >>> import numpy as np
@@ -39,9 +41,9 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 RANDOM_WARNING = (
     "\n" + "!" * 78 + "\n"
     "!! VGG19 with RANDOM weights: the losses are computed from untrained features.\n"
-    "!! Training runs and every visualization works, but the stylization will look\n"
-    "!! nothing like the painting. For real results use --vgg-weights imagenet\n"
-    "!! (downloads once) or --vgg-weights PATH/vgg19_..._notop.h5.\n"
+    "!! Everything runs, and the demo's recipe for random features carries the\n"
+    "!! painting's palette and some texture; real stylization needs --vgg-weights\n"
+    "!! imagenet (downloads once) or --vgg-weights PATH/vgg19_..._notop.h5.\n"
     + "!" * 78 + "\n"
 )
 

@@ -193,18 +193,16 @@ def test_stylize_keeps_sizes_and_names(trained, tmp_path, rng, capsys):
 
 
 def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, capsys):
-    from style_transfer import vgg as vgg_module
+    from style_transfer import demo, vgg
 
     def unreachable(weights, *args, **kwargs):
-        if weights == "imagenet":
-            raise vgg_module.VGGWeightsUnavailable("no internet in this test")
-        return real(weights, *args, **kwargs)
+        raise vgg.VGGWeightsUnavailable("no internet in this test")
 
-    real = vgg_module.build_vgg
-    monkeypatch.setattr(vgg_module, "build_vgg", unreachable)
+    monkeypatch.setattr(demo, "build_vgg", unreachable)
     # One deconvnet layer per network keeps this test quick; the demo's own are four and three.
-    monkeypatch.setattr(cli, "TRANSFORM_PROBE_LAYERS", ("conv1",))
-    monkeypatch.setattr(cli, "VGG_PROBE_LAYERS", ("block1_conv1",))
+    monkeypatch.setattr(demo, "TRANSFORM_PROBE_LAYERS", ("conv1",))
+    monkeypatch.setattr(demo, "RANDOM_VGG_PRESET",
+                        {**demo.RANDOM_VGG_PRESET, "vgg_layers": ("block1_conv1",)})
     log_dir = tmp_path / "demo"
     argv = ["demo", "--log-dir", str(log_dir), "--image-size", "32", "--epochs", "1",
             "--steps-per-epoch", "2", "--batch-size", "2"]
@@ -216,11 +214,15 @@ def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, ca
     stylized = sorted(os.listdir(log_dir / "stylized"))
     assert stylized == sorted(os.path.basename(p) for p in data.bundled_photos())
     acc = eventfiles.load(log_dir / "train")
-    assert "tbviz/stylized/probes" in acc.Tags()["tensors"]
+    tags = acc.Tags()["tensors"]
+    assert "tbviz/stylized/probes" in tags
+    # Trained with the random-weight recipe's loss layers, not the paper's.
+    style_terms = {t for t in tags if t.startswith("batch_style_loss_")}
+    assert style_terms == {f"batch_style_loss_{n}" for n in demo.RANDOM_VGG_PRESET["style_layers"]}
     # the demo scans the bundled photos plus scikit-image's
     scanned = os.listdir(log_dir / "scan_photos")
     assert any(n.startswith("skimage_") for n in scanned) and len(scanned) > len(stylized)
-    assert "tbviz/deconvnet/block1_conv1/featuremaps" in acc.Tags()["tensors"]
+    assert "tbviz/deconvnet/block1_conv1/featuremaps" in tags
     # a light run: the panels only, no Images-dashboard grid (opt-in, image_grids=True)
     assert eventfiles.tags(log_dir / "vgg_on_photos") == [
         "tbviz/deconvnet/block1_conv1/evolution", "tbviz/deconvnet/block1_conv1/featuremaps"]
@@ -262,7 +264,7 @@ def test_train_with_mixed_precision_applies_its_steps(tmp_path, content_dir):
 
 
 def test_scan_files_default_to_val2017_or_a_held_out_slice(tmp_path):
-    import argparse
+    from style_transfer.train import scan_files
 
     for split in ("train2017", "val2017"):
         (tmp_path / "coco" / split).mkdir(parents=True)
@@ -271,21 +273,17 @@ def test_scan_files_default_to_val2017_or_a_held_out_slice(tmp_path):
                 tmp_path / "coco" / split / f"{i}.png")
     train = sorted(str(p) for p in (tmp_path / "coco" / "train2017").iterdir())
 
-    def args(content, scan_dir=None, scan_images=None):
-        return argparse.Namespace(content_dir=str(content), scan_dir=scan_dir,
-                                  scan_images=scan_images)
-
-    scan, files = cli._scan_files(args(tmp_path / "coco" / "train2017", scan_images=2), train)
+    scan, files = scan_files(str(tmp_path / "coco" / "train2017"), train, scan_images=2)
     assert files == train
     assert [os.path.basename(os.path.dirname(p)) for p in scan] == ["val2017"] * 2
     other = tmp_path / "photos"
     shutil.copytree(tmp_path / "coco" / "train2017", other)
     mine = sorted(str(p) for p in other.iterdir())
-    scan, files = cli._scan_files(args(other, scan_images=1), mine)
+    scan, files = scan_files(str(other), mine, scan_images=1)
     assert scan == mine[-1:] and files == mine[:-1]  # held out of training
-    assert cli._scan_files(args(other), mine) == (None, mine)  # no scan asked for
+    assert scan_files(str(other), mine) == (None, mine)  # no scan asked for
     with pytest.raises(ValueError, match="only 3 photos"):
-        cli._scan_files(args(other, scan_images=3), mine)
+        scan_files(str(other), mine, scan_images=3)
 
 
 def test_train_scans_transform_net_and_vgg_on_stylized_outputs_and_on_the_photos(tmp_path,
