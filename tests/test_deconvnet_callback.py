@@ -72,7 +72,7 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
     # Images-dashboard copy, no raw tensors (both opt-in).
     assert sorted(acc.Tags()["tensors"]) == sorted(
         [f"tbviz/deconvnet/{layer}/{kind}" for layer in ("conv1", "relu2")
-         for kind in ("topk", "evolution")] + [f"tbviz/deconvnet/{model.name}/probes"])
+         for kind in ("topk", "evolution", "perimage")] + [f"tbviz/deconvnet/{model.name}/probes"])
     for tag in acc.Tags()["tensors"]:
         assert [e.step for e in acc.Tensors(tag)] == [2, 4]
 
@@ -135,6 +135,24 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
                                    atol=1)
     shared = [t for t in evo[-1][1]["tiles"][:4] if "crop" in t]
     assert 0 < len(shared) == len(set(final) & set(units)) < 4  # both kinds of tile here
+    assert all(t["sources"] == f"tbviz/deconvnet/{layer}/topk" for t in shared)
+
+    # Through the layers: each probe image's strongest unit, its projection; one also in the
+    # top-k is again that panel's tile.
+    _, header, tiles = panels(acc, f"tbviz/deconvnet/{layer}/perimage")[1][-1]
+    own = [deconvnet.strongest(model, probes[i:i + 1], layer, k=1)[0] for i in range(3)]
+    assert [(t["image_index"], t["row"], t["col"], t["channel"]) for t in header["tiles"]] == [
+        (i, u.row, u.col, u.channel) for i, u in enumerate(own)]
+    own = [u._replace(image_index=i) for i, u in enumerate(own)]
+    own_proj = deconvnet.project(model, probes, layer, own)
+    own_boxes = deconvnet.windows(model, probes.shape[1:], layer, own)
+    for i, ((t, b, lft, r), p) in enumerate(zip(own_boxes, own_proj)):
+        want = tiles_lib.to_rgb(tiles_lib.normalize(p[None, t:b, lft:r]))[0]
+        # Projected in another batch than the callback's: within one level (see above).
+        np.testing.assert_allclose(tiles[i].astype(int), enlarge(want, side).astype(int), atol=1)
+    shared = [t for t in header["tiles"] if "crop" in t]
+    assert len(shared) == len({(u.image_index, u.row, u.col, u.channel) for u in own}
+                              & {(u.image_index, u.row, u.col, u.channel) for u in units})
     assert all(t["sources"] == f"tbviz/deconvnet/{layer}/topk" for t in shared)
 
 

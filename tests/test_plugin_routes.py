@@ -108,9 +108,10 @@ def test_panels_list_every_run_with_its_contract(client):
     # only tbviz panels: the callback's opt-in image grids and raw tensors are not listed
     assert sorted(cnn) == ["tbviz/attribution/grad_cam",
                            "tbviz/deconvnet/block/inner_conv/evolution",
+                           "tbviz/deconvnet/block/inner_conv/perimage",
                            "tbviz/deconvnet/block/inner_conv/topk",
-                           "tbviz/deconvnet/conv1/evolution", "tbviz/deconvnet/conv1/topk",
-                           "tbviz/deconvnet/func/probes"]
+                           "tbviz/deconvnet/conv1/evolution", "tbviz/deconvnet/conv1/perimage",
+                           "tbviz/deconvnet/conv1/topk", "tbviz/deconvnet/func/probes"]
     assert cnn["tbviz/deconvnet/func/probes"]["kind"] == "probes"
     assert cnn["tbviz/deconvnet/conv1/topk"]["sources"] == "tbviz/deconvnet/func/probes"
     inner, conv1 = cnn["tbviz/deconvnet/block/inner_conv/topk"], cnn["tbviz/deconvnet/conv1/topk"]

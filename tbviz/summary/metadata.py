@@ -39,6 +39,9 @@ kind          tag                                        tiles
 ============= ========================================== ===============================
 TOPK          ``tbviz/deconvnet/<layer>/topk``           k projections then k patches
 EVOLUTION     ``tbviz/deconvnet/<layer>/evolution``      fixed feature maps' strongest
+FEATUREMAPS   ``tbviz/deconvnet/<layer>/featuremaps``    per fixed map (a group): its
+                                                         top-k projections, then patches
+PERIMAGE      ``tbviz/deconvnet/<layer>/perimage``       each probe image's strongest
 STYLIZED      ``tbviz/stylized/<name>``                  stylized probe photos
 ATTRIBUTION   ``tbviz/attribution/<method>``             heatmaps over the probe images
 PROBES        ``tbviz/deconvnet/<model>/probes``         the images a deconvnet looked at
@@ -91,7 +94,9 @@ EVOLUTION = "evolution"
 STYLIZED = "stylized"
 ATTRIBUTION = "attribution"
 PROBES = "probes"
-KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES)
+FEATUREMAPS = "featuremaps"
+PERIMAGE = "perimage"
+KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES, FEATUREMAPS, PERIMAGE)
 
 
 #: zlib level of the tiles' PNGs. 6 (PNG's usual) is 8-9% smaller than 1 on the style
@@ -126,7 +131,7 @@ def create_panel_metadata(kind: str, description: str = "",
     >>> create_panel_metadata("histogram")
     Traceback (most recent call last):
     ...
-    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution, probes
+    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution, probes, featuremaps, perimage
     """
     if kind not in KINDS:
         raise ValueError(f"unknown panel kind {kind!r}; choose one of {', '.join(KINDS)}")
