@@ -168,6 +168,10 @@ class DeconvnetCallback(VizCallback):
 
     # -- train begin ----------------------------------------------------------------------------
     def setup(self):
+        # The step whose probes panel holds the probe images. A fixed array is written once
+        # per run (the largest part of a logged step otherwise, the same pixels every time);
+        # the patches name that step.
+        self._probes_step = None
         probe = self._resolve_probe_model()
         check_layers(probe, self.layers)
         if self.channels is not None:
@@ -267,8 +271,10 @@ class DeconvnetCallback(VizCallback):
         if found is not None:
             self._scan_views(views, found)
         with self.writer.as_default(step=step):
-            if display is not None:
+            if display is not None and (self._probes_step is None
+                                        or callable(self.probe_images)):
                 self._write_probes(display)
+                self._probes_step = step
             for path, view in views.items():
                 if not any(view["sets"]):
                     self._say_once(("none", path), f"layer {path!r}: no finite activation to "
@@ -431,7 +437,8 @@ class DeconvnetCallback(VizCallback):
         for u, b, (_, at), t in zip(top + evo + maps, boxes, patches, patch_tiles):
             patch_json.append(dict(_unit_json(u), role="patch"))
             if at is not None:
-                patch_json[-1].update(source=at, crop=[int(v) for v in b])
+                patch_json[-1].update(source=at, source_step=self._probes_step,
+                                      crop=[int(v) for v in b])
             else:
                 patch_pngs.append(metadata.encode_png(t))
         own = [i for i, t in enumerate(patch_json) if "crop" not in t]

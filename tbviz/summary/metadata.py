@@ -25,7 +25,9 @@ A panel summary is written with
   blobs 1..n are PNG images of the tiles, in the order the JSON lists them, except
   the tiles that carry a ``crop`` (version 2): those have no image of their own, the
   dashboard cuts them out of image ``source`` of the panel named by the content's
-  ``sources`` tag (a PROBES panel, blob ``source + 1``) at the same step:
+  ``sources`` tag (a PROBES panel, blob ``source + 1``) at the tile's ``source_step``
+  (a fixed array of probe images is written once per run, at its first step) or, without
+  one, at the same step:
   ``"crop": [top, bottom, left, right]`` in the pixels of that image, whose size is
   the content's ``source_size``, ``[height, width]``. So an input patch is stored
   once, as part of its probe image, however many units and layers show it. A tile

@@ -114,7 +114,8 @@ function byRole(frame) {
 // -- one tile: the image and what it shows -------------------------------------------------
 // Tile k's image: its own blob (the tiles without a crop are blobs 1..n, in order) or, for a
 // tile with a crop, the part of the image it is cut from: blob source + 1 of the tile's or
-// else the panel's sources at the same step (see tbviz/summary/metadata.py).
+// else the panel's sources at the tile's source_step, or else the same step (see
+// tbviz/summary/metadata.py).
 function tileImage(run, panel, frame, k) {
   const t = frame.tiles[k];
   const img = h("img", {
@@ -133,7 +134,8 @@ function tileImage(run, panel, frame, k) {
   const [, width] = t.source_size ?? panel.source_size;
   const w = right - left;
   const hgt = bottom - top;
-  img.src = blobURL(run, t.sources ?? panel.sources, frame, t.source + 1);
+  const from = t.source_step != null ? { step: t.source_step, wall_time: 0 } : frame;
+  img.src = blobURL(run, t.sources ?? panel.sources, from, t.source + 1);
   img.style.width = `${(100 * width) / w}%`;
   img.style.left = `${(-100 * left) / w}%`;
   img.style.top = `${(-100 * top) / hgt}%`;
