@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transform-net layers for deconvnet images ('' for none)")
     t.add_argument("--vgg-layers", type=_csv, default=list(VGG_PROBE_LAYERS),
                    help="VGG19 layers for deconvnet images, seen through the stylized output")
+    t.add_argument("--scan-dir", default=None,
+                   help="photos whose every feature map's top 9 is shown at each log step "
+                        "(Zeiler & Fergus Fig. 2; default with --scan-images: COCO's val2017/ "
+                        "beside a train2017/ --content-dir, else the last N content photos, "
+                        "then held out of training)")
+    t.add_argument("--scan-images", type=_positive, default=None,
+                   help="how many photos to scan (default 256 with --scan-dir)")
     t.add_argument("--no-viz", action="store_true", help="no tbviz summaries (losses still print)")
     t.add_argument("--output", default=None,
                    help="final transform-net .keras file (default: <log-dir>/transform_net.keras)")
@@ -197,7 +204,8 @@ def train_command(args) -> int:
               loss_every=args.loss_every, probe_images=args.probe_images,
               probe_size=args.probe_size, transform_layers=args.transform_layers,
               vgg_layers=args.vgg_layers, output=args.output, verbose=0 if args.quiet else 1,
-              debug_nan_at_step=args.debug_nan_at_step)
+              debug_nan_at_step=args.debug_nan_at_step, scan_dir=args.scan_dir,
+              scan_images=args.scan_images)
     except TrainingStopped as e:
         print(f"style-transfer train: error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -167,6 +167,25 @@ def training_dataset(files, image_size: int = 256, batch_size: int = 4, seed: in
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def scan_dataset(files, size: int, batch_size: int = 16) -> tf.data.Dataset:
+    """Central ``size`` squares of ``files`` in batches, in file order, read as they are used
+    (for :func:`tbviz.deconvnet.scan`; unreadable files are skipped).
+
+    >>> ds = scan_dataset(bundled_photos()[:2], 32)
+    >>> [tuple(b.shape) for b in ds]
+    [(2, 32, 32, 3)]
+    """
+    def load(path):
+        image = resize_shorter(decode(tf.io.read_file(path)), size)
+        top = (tf.shape(image)[0] - size) // 2
+        left = (tf.shape(image)[1] - size) // 2
+        return tf.ensure_shape(image[top:top + size, left:left + size], [size, size, 3])
+
+    ds = tf.data.Dataset.from_tensor_slices([os.fspath(f) for f in files])
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(1)
+
+
 def check_readable(files, tries: int = 32) -> int:
     """Decode up to ``tries`` files; raise ``ValueError`` if none reads (returns the count read).
 

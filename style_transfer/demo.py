@@ -54,6 +54,33 @@ def loss_network(vgg_weights: str):
         return "random", None
 
 
+#: scikit-image's colour photographs, scanned by the demo beside the bundled photos.
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
+                  "hubble_deep_field")
+
+
+def scan_photos(folder: str) -> str:
+    """The demo's scan data in ``folder``: the bundled photos plus scikit-image's, where
+    it is installed; returns ``folder``."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    for path in data.bundled_photos():
+        shutil.copy(path, folder)
+    try:
+        import skimage.data
+    except ImportError:
+        return folder
+    for name in SKIMAGE_PHOTOS:
+        try:
+            image = getattr(skimage.data, name)()
+        except Exception:  # noqa: BLE001 (a photo scikit-image would have to download)
+            continue
+        if image.ndim == 3 and image.shape[-1] == 3:
+            Image.fromarray(image).save(os.path.join(folder, f"skimage_{name}.png"))
+    return folder
+
+
 def demo(*, log_dir="runs/demo", style="wave", vgg_weights="imagenet", image_size=128,
          batch_size=2, epochs=3, steps_per_epoch=40) -> str:
     """Train on the bundled photos and ``style`` painting, stylize the photos into
@@ -67,12 +94,14 @@ def demo(*, log_dir="runs/demo", style="wave", vgg_weights="imagenet", image_siz
     recipe = dict(lr=2e-3, transform_layers=TRANSFORM_PROBE_LAYERS, vgg_layers=VGG_PROBE_LAYERS)
     if weights == "random":
         recipe.update(RANDOM_VGG_PRESET)
+    scan_dir = scan_photos(os.path.join(log_dir, "scan_photos"))
     net = train(content_dir=data.asset_path("photos"),
                 style_image=data.asset_path("styles", f"{style}.jpg"), log_dir=log_dir,
                 vgg_weights=weights, vgg=vgg, epochs=epochs, batch_size=batch_size,
                 image_size=image_size, steps_per_epoch=steps_per_epoch,
                 log_every=max(1, steps_per_epoch // 2), loss_every=2,
-                checkpoint_every=steps_per_epoch, **recipe)
+                checkpoint_every=steps_per_epoch, scan_dir=scan_dir,
+                scan_images=len(os.listdir(scan_dir)), **recipe)
     out_dir = os.path.join(log_dir, "stylized")
     stylize(net, [data.asset_path("photos")], out_dir)
     print("\n" + "=" * 78)

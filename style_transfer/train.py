@@ -124,7 +124,8 @@ def build_model(style, *, vgg_weights="imagenet", vgg=None, content_layer=CONTEN
 
 
 def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM_PROBE_LAYERS,
-                    vgg_layers=VGG_PROBE_LAYERS, log_every=100, loss_every=10) -> list:
+                    vgg_layers=VGG_PROBE_LAYERS, log_every=100, loss_every=10,
+                    scan_files=None) -> list:
     """Every tbviz callback of the recipe, in one place.
 
     * ``tbviz.TensorBoardViz``: op graph of ``model.compute_losses`` (name scopes
@@ -136,23 +137,68 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
     * :class:`~style_transfer.callbacks.StylizedProbes`: the stylized photos.
 
     Images every ``log_every`` steps and every epoch, loss scalars every ``loss_every``.
+    With ``scan_files`` (``--scan-dir`` / ``--scan-images``), each log step also scans
+    them (:func:`tbviz.deconvnet.scan`): the transform-net's layers on the photos,
+    VGG19's on their stylized outputs (run ``train``) and on the photos themselves,
+    what VGG19 learned from the content images (run ``vgg_on_photos``).
     """
     import tbviz
 
     every = dict(every_n_epochs=1, every_n_steps=log_every)
+    scan = {}
+    if scan_files:
+        photos_ds = data.scan_dataset(scan_files, photos.shape[1])
+        scan = dict(scan_data=photos_ds, scan_limit=len(scan_files))
     callbacks = [StylizedProbes(log_dir, photos, names, **every)]
     transform = {"probe_images": photos, "layers": list(transform_layers),
-                 "probe_model": lambda m: m.transform_net}
+                 "probe_model": lambda m: m.transform_net, **scan}
     callbacks.append(tbviz.TensorBoardViz(
         log_dir, **every, deconvnet=transform if transform_layers else False,
         graph={"graph_fn": model.compute_losses,
                "input_spec": tf.TensorSpec([None, None, None, 3], tf.float32)},
         losses={"every_n_steps": loss_every}))
     if vgg_layers:
+        stylized = {}
+        if scan:  # the scanned photos as the current transform-net stylizes them
+            stylized = dict(scan_data=lambda m: (m.stylize(b).numpy() for b in photos_ds),
+                            scan_limit=scan["scan_limit"])
         callbacks.append(tbviz.DeconvnetCallback(
             log_dir, lambda m: m.stylize(photos), list(vgg_layers),
-            probe_model=lambda m: m.vgg, **every))
+            probe_model=lambda m: m.vgg, **stylized, **every))
+        if scan:
+            callbacks.append(tbviz.DeconvnetCallback(
+                log_dir, layers=list(vgg_layers), probe_model=lambda m: m.vgg,
+                run="vgg_on_photos", **scan, **every))
     return callbacks
+
+
+#: Photos scanned by default when only --scan-dir is given.
+SCAN_IMAGES = 256
+
+
+def scan_files(content_dir, files, scan_dir=None, scan_images=None):
+    """``(photos to scan, content files left for training)`` from --scan-dir/--scan-images:
+    ``scan_dir``'s first ``scan_images`` photos, by default COCO's val2017/ beside a
+    train2017/ ``content_dir``, else the last ``scan_images`` content files, held out."""
+    if scan_dir is None and scan_images is None:
+        return None, files
+    n = scan_images or SCAN_IMAGES
+    folder = scan_dir
+    if folder is None:
+        content = os.path.normpath(content_dir)
+        val = os.path.join(os.path.dirname(content), "val2017")
+        if os.path.basename(content) == "train2017" and os.path.isdir(val):
+            folder = val
+    if folder is None:
+        if len(files) <= n:
+            raise ValueError(f"--scan-images {n}: --content-dir has only {len(files)} photos, "
+                             "and training needs some; scan fewer or give --scan-dir")
+        return files[-n:], files[:-n]  # held out: training never sees them
+    try:
+        scan, _ = data.list_images(folder)
+    except ValueError as e:
+        raise ValueError(f"--scan-dir: {e}") from None
+    return scan[:n], files
 
 
 def epoch_phases(epochs: int, steps: int, epoch: int, done: int) -> list[tuple]:
@@ -248,7 +294,7 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
           checkpoint_every=500, resume=False, mixed_precision=False, jit_compile=False,
           viz=True, log_every=100, loss_every=10, probe_images=None, probe_size=None,
           transform_layers=TRANSFORM_PROBE_LAYERS, vgg_layers=VGG_PROBE_LAYERS, output=None,
-          verbose=1, debug_nan_at_step=None) -> str | None:
+          verbose=1, debug_nan_at_step=None, scan_dir=None, scan_images=None) -> str | None:
     """Train a transform-net for one style image; see the module docstring.
 
     Returns the path of the saved transform-net (``None`` on a worker that is
@@ -261,7 +307,8 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
     used for deconvnet images (default: the bundled photos), cropped to
     ``probe_size`` (default ``min(image_size, 256)``). ``viz=False``: no tbviz
     summaries. ``output``: default ``<log_dir>/transform_net.keras``;
-    ``checkpoint_dir``: default ``<log_dir>/checkpoints``.
+    ``checkpoint_dir``: default ``<log_dir>/checkpoints``. ``scan_dir`` / ``scan_images``:
+    photos scanned at every log step (see :func:`scan_files`).
     """
     with _global_policy_restored():  # mixed precision must not leak into what runs next
         # 1. Everything a user can get wrong, checked before anything is written.
@@ -275,6 +322,7 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
         except ValueError as e:
             raise ValueError(f"--content-dir: {e}; pass a folder of photos (e.g. COCO's "
                              "train2017/) or a glob such as 'photos/*.jpg'") from None
+        scanned, files = scan_files(content_dir, files, scan_dir, scan_images)
         chief = writers.is_chief(strategy)
         replicas = strategy.num_replicas_in_sync if strategy else 1
         if batch_size % replicas:
@@ -295,6 +343,9 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
                 to_create += check_creatable(path, option)
         print(f"content: {len(files)} image file(s) in {content_dir}"
               + (f" ({ignored} other file(s) ignored)" if ignored else ""), flush=True)
+        if scanned:
+            print(f"scan: {len(scanned)} photo(s) from "
+                  f"{os.path.dirname(scanned[0]) or '.'}, every log step", flush=True)
         try:
             data.check_readable(files)
         except ValueError as e:
@@ -332,7 +383,7 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
                 callbacks += tbviz_callbacks(model, log_dir, photos, names,
                                              transform_layers=transform_layers,
                                              vgg_layers=vgg_layers, log_every=log_every,
-                                             loss_every=loss_every)
+                                             loss_every=loss_every, scan_files=scanned)
             with run_writer(log_dir, first_step + 1, enabled=viz and chief):
                 failure = fit(model, files, state=state, callbacks=callbacks, epochs=epochs,
                               steps_per_epoch=steps_per_epoch or max(1, len(files) // batch_size),

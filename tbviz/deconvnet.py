@@ -8,7 +8,9 @@ Three functions of a model (arrays in, arrays out, no TensorBoard):
   projected back to input pixels with the ``"deconvnet"``, ``"guided"`` or
   ``"gradient"`` backward rule (see :mod:`tbviz.backward_rules`);
 * :func:`patches` - the input crop under each unit's receptive field, to show
-  beside its projection.
+  beside its projection;
+* :func:`scan` (in :mod:`tbviz.scan`) - each feature map's strongest units over a
+  whole dataset in one streaming pass, with the crops to project them from.
 
 A projection is autodiff with a swapped ReLU rule: convolutions run their
 transposed filters and max-pooling routes the signal to the recorded argmax
@@ -68,7 +70,8 @@ from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_images, check_layers
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels",
-           "unit_table", "crops", "batch_plan", "project", "patches", "windows", "support_window"]
+           "unit_table", "crops", "batch_plan", "project", "patches", "windows", "support_window",
+           "scan", "Scan"]
 
 log = logging.getLogger(__name__)
 
@@ -724,3 +727,7 @@ def patches(model, images, layer: str, units) -> list[np.ndarray]:
     table = p.unit_table(layer, images.shape[1:], units, n_images=len(images))
     boxes = p.windows(layer, images.shape[1:], table)
     return [images[i, t:b, lft:r].copy() for i, (t, b, lft, r) in zip(table[:, 0], boxes)]
+
+
+# The dataset-wide scan lives in its own module; imported last, as it uses this one.
+from tbviz.scan import Scan, scan  # noqa: E402,F401

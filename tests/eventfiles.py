@@ -58,7 +58,8 @@ def images(run_dir, tag):
 def panels(run_dir, tag):
     """``(content, [(step, header, [uint8 array per tile])])`` of a tbviz panel tag: each
     tile's image as the dashboard shows it, a tile with a ``crop`` cut out of its source
-    image (the content's ``sources`` panel at the same step)."""
+    image (the content's ``sources`` panel at the tile's ``source_step``, else the same
+    step)."""
     acc = load(run_dir)
     md = acc.SummaryMetadata(tag)
     assert md.plugin_data.plugin_name == metadata.PLUGIN_NAME
@@ -82,7 +83,7 @@ def panels(run_dir, tag):
         for t in header["tiles"]:
             if "crop" in t:
                 top, bottom, left, right = t["crop"]
-                pics.append(source(t, event.step)[top:bottom, left:right])
+                pics.append(source(t, t.get("source_step", event.step))[top:bottom, left:right])
             else:
                 pics.append(next(own))
         assert next(own, None) is None, f"{tag} step {event.step}: images no tile describes"

@@ -49,6 +49,23 @@ def train_deconvnet_run(log_dir, model, layers, epochs: int, top_k: int = 9, n: 
     return os.path.join(log_dir, "train")
 
 
+def write_scan_run(log_dir, n_maps: int = 3, top_k: int = 4, epochs: int = 2):
+    """A deconvnet run with scan data only (40 photos): the feature-map view of conv1 of a
+    small Sequential for ``n_maps`` fixed maps. Returns the run directory."""
+    import keras
+
+    import tbviz
+
+    model = models.sequential((24, 24, 3))
+    x = np.stack([photo(i, 24) for i in range(40)]).astype(np.float32)
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = tbviz.DeconvnetCallback(log_dir, layers=["conv1"], scan_data=x, top_k=top_k,
+                                 channels=list(range(n_maps)))
+    model.fit(x[:8], np.arange(8) % 3, epochs=epochs, verbose=0, callbacks=[cb])
+    return os.path.join(log_dir, "train")
+
+
 def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
     """Heatmaps over probe photos, by the contract (as ``AttributionCallback`` writes them)."""
     with tf.summary.create_file_writer(str(run_dir)).as_default():

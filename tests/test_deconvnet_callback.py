@@ -72,11 +72,12 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
     # Images-dashboard copy, no raw tensors (both opt-in); and what the part cost.
     assert sorted(acc.Tags()["tensors"]) == sorted(
         [f"tbviz/deconvnet/{layer}/{kind}" for layer in ("conv1", "relu2")
-         for kind in ("topk", "evolution")] + [f"tbviz/deconvnet/{model.name}/probes"]
+         for kind in ("topk", "evolution", "perimage")] + [f"tbviz/deconvnet/{model.name}/probes"]
         + ["tbviz/cost/deconvnet", "tbviz/cost/deconvnet_setup"])
-    for tag in acc.Tags()["tensors"]:
+    for tag in acc.Tags()["tensors"]:  # the fixed probe images once, at the first step
         if tag != "tbviz/cost/deconvnet_setup":  # once, at train begin (step 0)
-            assert [e.step for e in acc.Tensors(tag)] == [2, 4], tag
+            assert [e.step for e in acc.Tensors(tag)] == (
+                [2] if tag.endswith("/probes") else [2, 4]), tag
 
     # The last step was written with the final weights: recompute it with the pure functions.
     layer = "relu2"
@@ -110,12 +111,14 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
         # rounding may differ, and move a pixel across a rounding boundary by one level.
         np.testing.assert_allclose(tiles[i].astype(int), enlarge(want, side).astype(int),
                                    atol=1)
-        # The patch is cut by the dashboard from the probe image, stored once per step.
+        # The patch is cut by the dashboard from the probe image, stored once per run
+        # (a fixed array does not change): at the first logged step, which the tile names.
         assert header["tiles"][4 + i]["crop"] == list(box)
+        assert header["tiles"][4 + i]["source_step"] == 2
         np.testing.assert_array_equal(tiles[4 + i], np.round(patches[i]).astype(np.uint8))
     assert max(t.shape[0] for t in tiles[:4]) >= 64  # an 8x8 field is enlarged to be seen
     probe_steps = panels(acc, probes_tag)[1]
-    assert [step for step, _, _ in probe_steps] == [2, 4]
+    assert [step for step, _, _ in probe_steps] == [2]
     np.testing.assert_array_equal(probe_steps[-1][2], np.round(probes).astype(np.uint8))
 
     # Evolution: the same fixed channels at every step, each its strongest unit.
@@ -137,6 +140,24 @@ def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
                                    atol=1)
     shared = [t for t in evo[-1][1]["tiles"][:4] if "crop" in t]
     assert 0 < len(shared) == len(set(final) & set(units)) < 4  # both kinds of tile here
+    assert all(t["sources"] == f"tbviz/deconvnet/{layer}/topk" for t in shared)
+
+    # Through the layers: each probe image's strongest unit, its projection; one also in the
+    # top-k is again that panel's tile.
+    _, header, tiles = panels(acc, f"tbviz/deconvnet/{layer}/perimage")[1][-1]
+    own = [deconvnet.strongest(model, probes[i:i + 1], layer, k=1)[0] for i in range(3)]
+    assert [(t["image_index"], t["row"], t["col"], t["channel"]) for t in header["tiles"]] == [
+        (i, u.row, u.col, u.channel) for i, u in enumerate(own)]
+    own = [u._replace(image_index=i) for i, u in enumerate(own)]
+    own_proj = deconvnet.project(model, probes, layer, own)
+    own_boxes = deconvnet.windows(model, probes.shape[1:], layer, own)
+    for i, ((t, b, lft, r), p) in enumerate(zip(own_boxes, own_proj)):
+        want = tiles_lib.to_rgb(tiles_lib.normalize(p[None, t:b, lft:r]))[0]
+        # Projected in another batch than the callback's: within one level (see above).
+        np.testing.assert_allclose(tiles[i].astype(int), enlarge(want, side).astype(int), atol=1)
+    shared = [t for t in header["tiles"] if "crop" in t]
+    assert len(shared) == len({(u.image_index, u.row, u.col, u.channel) for u in own}
+                              & {(u.image_index, u.row, u.col, u.channel) for u in units})
     assert all(t["sources"] == f"tbviz/deconvnet/{layer}/topk" for t in shared)
 
 

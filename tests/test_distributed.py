@@ -56,7 +56,8 @@ def test_mirrored_two_replicas_matches_single_device_and_logs_everything(tmp_pat
             <= EPS * np.linalg.norm(w1) + rtol * np.linalg.norm(w1 - w0))
     tags = set(load(tmp_path / "mirrored" / "train").Tags()["tensors"])
     assert {"epoch_xent", "seq/conv1/kernel", "gradients/seq/conv1/kernel",
-            "tbviz/deconvnet/seq/conv1/topk", "attribution/grad_cam"} <= tags
+            "tbviz/deconvnet/seq/conv1/topk", "attribution/grad_cam",
+            "tbviz/deconvnet/seq/conv1/featuremaps"} <= tags
 
 
 @pytest.mark.slow
@@ -69,4 +70,5 @@ def test_multiworker_on_loopback_only_chief_writes(tmp_path):
     assert len([f for f in files if f.startswith("train")]) == 1, files  # the chief's only
     assert all(f.startswith("train") for f in files), files
     tags = set(load(log_dir / "train").Tags()["tensors"])
-    assert {"epoch_xent", "batch_xent", "seq/conv1/kernel", "tbviz/deconvnet/seq/conv1/topk"} <= tags
+    assert {"epoch_xent", "batch_xent", "seq/conv1/kernel", "tbviz/deconvnet/seq/conv1/topk",
+            "tbviz/deconvnet/seq/conv1/featuremaps"} <= tags

@@ -69,6 +69,7 @@ def server(browser, tmp_path_factory):
     shutil.copytree(shared, logdir)
     runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
     plugin_logs.write_two_networks(logdir / "two_nets" / "train")
+    runs["scan/train"] = plugin_logs.write_scan_run(str(logdir / "scan"))
     plugin_logs.write_from_the_future(logdir / "future" / "train")
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
@@ -174,7 +175,9 @@ def test_keyboard_layer_picker_and_step_slider(tab):
     page.keyboard.press("ArrowLeft")
     frame.wait_for_function("() => document.querySelector('.steps output').textContent"
                             " === 'step 4 (4 of 5)'")
-    frame.wait_for_function("() => [...document.images].every(i => i.src.includes('step=4&'))")
+    # tiles of step 4; patches are crops of the probe images, written once per run
+    frame.wait_for_function("() => [...document.images].every(i => i.closest('.crop') ? "
+                            "i.src.includes('probes') : i.src.includes('step=4&'))")
     assert all_decoded(frame, 18) == 18
     # views are tabs: arrow keys move between them
     frame.focus("[role=tab][aria-selected=true]")
@@ -199,11 +202,16 @@ def test_layers_of_two_networks_are_listed_apart_in_their_order(tab):
     assert all_decoded(frame, 2) == 2
 
 
+def show_instead_of_cnn(frame, run, view):
+    """Show ``run`` (not the default cnn/train) in ``view``, as a user would pick them."""
+    frame.get_by_role("checkbox", name=run, exact=True).check()
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
+    frame.get_by_role("tab", name=view).click()
+
+
 def test_evolution_of_50_steps_fetches_only_the_chosen_columns(tab, server, tmp_path):
     page, frame, blobs = tab
-    frame.get_by_role("checkbox", name="long/train", exact=True).check()
-    frame.get_by_role("checkbox", name="cnn/train", exact=True).uncheck()
-    frame.get_by_role("tab", name="Evolution").click()
+    show_instead_of_cnn(frame, "long/train", "Evolution")
     frame.wait_for_selector("table.evo")
     # default columns: the 1st, 2nd, 5th, 10th, 20th and 50th (= last) logged step
     heads = texts(frame, "table.evo thead th")
@@ -251,6 +259,61 @@ def test_runs_side_by_side_stylized_and_attribution(tab, server, tmp_path):
     assert texts(frame, ".grid.wide figcaption") == [
         f"image {t['image_index']}\ntarget {t['target']}" for t in tiles]
     assert len(tiles) == 3 and all_decoded(frame, 3) == 3
+
+
+def test_feature_maps_view_shows_each_maps_top_k_beside_patches(tab, server, tmp_path):
+    page, frame, _ = tab
+    show_instead_of_cnn(frame, "scan/train", "Feature maps")
+    frame.wait_for_selector(".fmap")
+    header = plugin_logs.header(server[1]["scan/train"], "tbviz/deconvnet/conv1/featuremaps")
+    assert texts(frame, ".fmap h4") == [f"map {g['channel']}" for g in header["groups"]]
+    assert len(header["groups"]) == 3
+    # per map: its 4 projections, then their 4 patches, captioned with value and image
+    captions = texts(frame, ".fmap figcaption")
+    projections = [t for t in header["tiles"] if t["role"] == "projection"]
+    patches = [t for t in header["tiles"] if t["role"] == "patch"]
+    want = []
+    for g in header["groups"]:
+        for side in (projections, patches):
+            want += [f"{side[u]['value']:.4g}\nimg {side[u]['image_index']}" for u in g["units"]]
+    assert captions == want
+    assert all_decoded(frame, 24) == 24
+    shoot(page, tmp_path, "dashboard-featuremaps.png")
+    # a map's title opens the evolution of the fixed maps
+    frame.get_by_role("button", name="map 1", exact=True).click()
+    frame.wait_for_selector("table.evo")
+    assert frame.get_by_role("tab", name="Evolution").get_attribute("aria-selected") == "true"
+    assert texts(frame, "table.evo tbody th") == ["map 0", "map 1", "map 2"]
+
+
+def test_through_the_layers_follows_each_probe_photo_and_panels_download_as_png(tab, server,
+                                                                               tmp_path):
+    page, frame, _ = tab
+    frame.get_by_role("tab", name="Through the layers").click()
+    frame.wait_for_selector("table.layers-through")
+    # columns: the logged layers in network order; rows: the 4 probe photos
+    assert texts(frame, "table.layers-through thead th") == ["", "conv1", "block/inner_conv"]
+    assert texts(frame, "table.layers-through tbody th") == [f"photo {i}" for i in range(4)]
+    captions = frame.locator("table.layers-through tbody tr").nth(2).locator("figcaption")
+    for n, layer in enumerate(("conv1", "block/inner_conv")):
+        t = plugin_logs.header(server[1]["cnn/train"], f"tbviz/deconvnet/{layer}/perimage")
+        t = t["tiles"][2]
+        assert t["image_index"] == 2
+        assert captions.nth(n).inner_text().splitlines() == [f"{t['value']:.4g}",
+                                                             f"map {t['channel']}"]
+    assert all_decoded(frame, 8) == 8
+    # any panel downloads as one PNG of what is on screen
+    frame.get_by_role("tab", name="Top-k").click()
+    frame.wait_for_selector(".zf figure.tile img")
+    all_decoded(frame, 18)
+    with page.expect_download() as download:
+        frame.locator(".panel h3 button.download").first.click()
+    path = tmp_path / "topk.png"
+    download.value.save_as(path)
+    from PIL import Image
+
+    picture = Image.open(path)
+    assert picture.format == "PNG" and min(picture.size) > 100
 
 
 def test_panels_of_a_newer_tbviz_are_said_not_drawn(tab):

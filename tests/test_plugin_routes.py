@@ -108,9 +108,10 @@ def test_panels_list_every_run_with_its_contract(client):
     # only tbviz panels: the callback's opt-in image grids and raw tensors are not listed
     assert sorted(cnn) == ["tbviz/attribution/grad_cam",
                            "tbviz/deconvnet/block/inner_conv/evolution",
+                           "tbviz/deconvnet/block/inner_conv/perimage",
                            "tbviz/deconvnet/block/inner_conv/topk",
-                           "tbviz/deconvnet/conv1/evolution", "tbviz/deconvnet/conv1/topk",
-                           "tbviz/deconvnet/func/probes"]
+                           "tbviz/deconvnet/conv1/evolution", "tbviz/deconvnet/conv1/perimage",
+                           "tbviz/deconvnet/conv1/topk", "tbviz/deconvnet/func/probes"]
     assert cnn["tbviz/deconvnet/func/probes"]["kind"] == "probes"
     assert cnn["tbviz/deconvnet/conv1/topk"]["sources"] == "tbviz/deconvnet/func/probes"
     inner, conv1 = cnn["tbviz/deconvnet/block/inner_conv/topk"], cnn["tbviz/deconvnet/conv1/topk"]
@@ -212,7 +213,8 @@ def test_a_patch_is_its_probe_image_served_once_and_cut_to_the_units_field(clien
     size = panel["source_size"][0]
     for t in frame["tiles"][9:]:
         r = client.get(PREFIX + "/blob", query_string=dict(
-            run="cnn/train", tag=panel["sources"], step=5, index=t["source"] + 1))
+            run="cnn/train", tag=panel["sources"], step=t.get("source_step", 5),
+            index=t["source"] + 1))
         source = np.asarray(Image.open(io.BytesIO(r.get_data())))
         # the probe images are plugin_logs.photo(i) / 255, shown back in [0, 255]
         np.testing.assert_array_equal(source, plugin_logs.photo(t["image_index"], size))

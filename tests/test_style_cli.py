@@ -219,6 +219,13 @@ def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, ca
     # Trained with the random-weight recipe's loss layers, not the paper's.
     style_terms = {t for t in tags if t.startswith("batch_style_loss_")}
     assert style_terms == {f"batch_style_loss_{n}" for n in demo.RANDOM_VGG_PRESET["style_layers"]}
+    # the demo scans the bundled photos plus scikit-image's
+    scanned = os.listdir(log_dir / "scan_photos")
+    assert any(n.startswith("skimage_") for n in scanned) and len(scanned) > len(stylized)
+    assert "tbviz/deconvnet/block1_conv1/featuremaps" in tags
+    # a light run: the panels only, no Images-dashboard grid (opt-in, image_grids=True)
+    assert eventfiles.tags(log_dir / "vgg_on_photos") == [
+        "tbviz/deconvnet/block1_conv1/evolution", "tbviz/deconvnet/block1_conv1/featuremaps"]
     # It never deletes a folder that is not one of its own runs.
     other = tmp_path / "mine"
     other.mkdir()
@@ -254,3 +261,51 @@ def test_train_with_mixed_precision_applies_its_steps(tmp_path, content_dir):
     assert "global step 3" in buf.getvalue()
     net = load_transform_net(log_dir / "transform_net.keras")
     assert all(np.isfinite(w).all() for w in net.get_weights())
+
+
+def test_scan_files_default_to_val2017_or_a_held_out_slice(tmp_path):
+    from style_transfer.train import scan_files
+
+    for split in ("train2017", "val2017"):
+        (tmp_path / "coco" / split).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(
+                tmp_path / "coco" / split / f"{i}.png")
+    train = sorted(str(p) for p in (tmp_path / "coco" / "train2017").iterdir())
+
+    scan, files = scan_files(str(tmp_path / "coco" / "train2017"), train, scan_images=2)
+    assert files == train
+    assert [os.path.basename(os.path.dirname(p)) for p in scan] == ["val2017"] * 2
+    other = tmp_path / "photos"
+    shutil.copytree(tmp_path / "coco" / "train2017", other)
+    mine = sorted(str(p) for p in other.iterdir())
+    scan, files = scan_files(str(other), mine, scan_images=1)
+    assert scan == mine[-1:] and files == mine[:-1]  # held out of training
+    assert scan_files(str(other), mine) == (None, mine)  # no scan asked for
+    with pytest.raises(ValueError, match="only 3 photos"):
+        scan_files(str(other), mine, scan_images=3)
+
+
+def test_train_scans_transform_net_and_vgg_on_stylized_outputs_and_on_the_photos(tmp_path,
+                                                                                  content_dir):
+    log_dir = tmp_path / "run"
+    argv = ["train", "--content-dir", str(content_dir), "--log-dir", str(log_dir),
+            "--style-image", data.asset_path("styles", "wave.jpg"),
+            "--scan-dir", data.asset_path("photos"), "--scan-images", "3",
+            *TRAIN[:3], "1", *TRAIN[4:]]  # one epoch
+    assert cli.main(argv) == 0
+    for run, layer in (("train", "conv1"), ("train", "block1_conv1"),
+                       ("vgg_on_photos", "block1_conv1")):
+        content, steps = eventfiles.panels(log_dir / run, f"tbviz/deconvnet/{layer}/featuremaps")
+        _, header, _ = steps[-1]
+        assert {t["image_index"] for t in header["tiles"]} <= {0, 1, 2}  # the 3 scanned photos
+
+    # VGG19 on the stylized photos and on the photos themselves see different images
+    def patches(run):
+        _, steps = eventfiles.panels(log_dir / run, "tbviz/deconvnet/block1_conv1/featuremaps")
+        _, header, pics = steps[-1]
+        return [p for t, p in zip(header["tiles"], pics) if t["role"] == "patch"]
+
+    stylized, plain = patches("train"), patches("vgg_on_photos")
+    assert stylized and plain
+    assert stylized[0].shape != plain[0].shape or not np.array_equal(stylized[0], plain[0])

@@ -6,15 +6,25 @@ the tbviz tab's panels (see :mod:`tbviz.summary.metadata`):
 ``tbviz/deconvnet/<layer>/topk`` (the top-k projections beside the input
 patches under them) and ``tbviz/deconvnet/<layer>/evolution`` (the strongest
 unit of each of a fixed set of feature maps, chosen at train begin, so the
-step slider shows how they change). Contrast is normalized per tile, as in
+step slider shows how they change) and ``tbviz/deconvnet/<layer>/perimage``
+(each probe image's strongest unit). Contrast is normalized per tile, as in
 the paper. The input patches are crops of the probe images, which are written
-once per trigger as ``tbviz/deconvnet/<model>/probes``. Each image is stored
-once; two opt-in extras would each about double the event data (README,
-"A light run"):
+once per trigger as ``tbviz/deconvnet/<model>/probes``.
+
+With ``scan_data`` (Zeiler & Fergus' Figs. 2 and 3 over a whole dataset, see
+:func:`tbviz.deconvnet.scan`) it also writes ``tbviz/deconvnet/<layer>/featuremaps``
+(per fixed feature map, its top-k projections beside their input patches, over
+all the scanned images), and the evolution shows each fixed map's strongest
+unit over the scanned data. Those patches come from the dataset, not from the
+probe images, so they are stored as tiles of their own.
+
+Each image is stored once; two opt-in extras would each about double the event
+data (README, "A light run"):
 
 * ``image_grids=True``: the same tiles as grids for the stock Images dashboard,
   ``deconvnet/<layer>/projections`` (a 3x3 grid for k=9),
-  ``deconvnet/<layer>/patches`` (same order) and ``deconvnet/<layer>/evolution``;
+  ``deconvnet/<layer>/patches`` (same order), ``deconvnet/<layer>/evolution``
+  and, with scan data, ``deconvnet/<layer>/featuremaps``;
 * ``raw=True``: raw data for later tools (plugin ``metadata.RAW_PLUGIN_NAME``,
   tensor summaries): ``deconvnet/<layer>/raw`` (float16 projections cut to each
   unit's receptive field) and ``deconvnet/<layer>/units`` (one row per raw
@@ -37,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -52,12 +63,16 @@ from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 
 
-#: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows;
-#: ``top, bottom, left, right`` is the receptive field (clipped to the image) the raw tile
-#: covers, from its top-left corner.
+#: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows,
+#: 2 for the feature-map rows of a scan (each map's units strongest first; ``image_index``
+#: counts images in the order the scan data yields them, as do evolution rows with scan
+#: data); ``top, bottom, left, right`` is the receptive field (clipped to the image) the raw
+#: tile covers, from its top-left corner.
 UNIT_COLUMNS = ("set", "image_index", "row", "col", "channel", "value",
                 "top", "bottom", "left", "right")
 MIN_TILE = 64  # tiny tiles (a 5x5 field) are enlarged, nearest-neighbour, to at least this
+SCAN_CHANNELS = 16  # feature maps per layer followed with scan data, unless told otherwise
+FIRING_IMAGES = 512  # images scanned at train begin to see which feature maps fire
 
 
 class DeconvnetCallback(VizCallback):
@@ -78,26 +93,48 @@ class DeconvnetCallback(VizCallback):
         distinct: top-k with at most one unit per (image, feature map) (default), so the
             grid shows k different patterns, not neighbouring positions of one;
             ``False``: the k strongest units, wherever they are.
-        channels: feature maps whose evolution to show: a list (for every layer) or
-            ``{layer: list}``; by default the ``top_k`` channels with the highest mean
-            activation on the probe images at train begin.
+        channels: the fixed feature maps (evolution, and with scan data the feature-map
+            view): a list (for every layer), ``{layer: list}``, or an int, that many maps
+            per layer chosen once at train begin. The default is 16 with ``scan_data``
+            (spread at random, ``seed``, over the maps that fire on the first scanned
+            images), else the ``top_k`` channels with the highest mean activation on the
+            probe images (an int sets that count).
         image_grids: also write the tiles as grids for the stock Images dashboard (a second
             copy of what the tbviz tab shows; for TensorBoard without tbviz installed).
         raw: also write the float16 projections and the unit table for later tools.
+        scan_data: images to scan at each trigger (NumPy array, ``tf.data.Dataset`` of
+            image batches or ``(images, labels)`` batches, any iterable of batches; see
+            :func:`tbviz.deconvnet.scan`), or a callable ``model -> such data`` evaluated
+            at every trigger (e.g. the photos stylized by the current transform-net);
+            then ``probe_images`` is optional.
+        scan_limit: most images scanned per trigger (needed for an infinite dataset).
+        seed: the random choice of an int ``channels`` among firing maps.
+        run: the run sub-directory written to (``"train"``); another name keeps two views
+            of the same layers apart (VGG19 on stylized outputs and on the photos, say).
         strict: re-raise a failure instead of switching the deconvnet off.
 
     All arguments are checked here or at train begin, before any training step.
     """
 
-    def __init__(self, log_dir, probe_images, layers, top_k: int = 9,
+    def __init__(self, log_dir, probe_images=None, layers=None, top_k: int = 9,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
                  probe_model=None, channels=None, distinct: bool = True,
-                 image_grids: bool = False, raw: bool = False, strict: bool = False):
+                 image_grids: bool = False, raw: bool = False, scan_data=None,
+                 scan_limit: int | None = None, seed: int = 0, run: str = "train",
+                 strict: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
                          strict=strict)
+        if not isinstance(run, str) or not run or os.sep in run:
+            raise ValueError(f"run must be a folder name such as 'train', got {run!r}")
+        self.run = run
         self.distinct = bool(distinct)
         self.image_grids, self.raw = bool(image_grids), bool(raw)
+        if probe_images is None and scan_data is None:
+            raise ValueError("give probe_images, scan_data or both")
+        self.scan_data = scan_data
+        self.scan_limit = positive_int("scan_limit", scan_limit, allow_none=True)
+        self.seed = int(seed)
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
@@ -105,7 +142,7 @@ class DeconvnetCallback(VizCallback):
         self.top_k = positive_int("top_k", top_k)
         self.max_batch = positive_int("max_batch", max_batch)
         self.rule = check_rule(rule)
-        if not callable(probe_images):
+        if probe_images is not None and not callable(probe_images):
             arr = np.asarray(probe_images)
             if arr.dtype == object or arr.ndim not in (3, 4):
                 raise ValueError("probe_images must be an (N, H, W, C) array or a callable "
@@ -117,17 +154,28 @@ class DeconvnetCallback(VizCallback):
             raise ValueError("probe_model must be None, a keras.Model or a callable "
                              f"model -> keras.Model, got {type(probe_model).__name__}")
         self.probe_model = probe_model
+        if channels is None and scan_data is not None:
+            channels = SCAN_CHANNELS
+        if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
+            self.n_channels, channels = positive_int("channels", channels), None
+        else:
+            self.n_channels = self.top_k
         if channels is not None and not isinstance(channels, dict):
             channels = {path: channels for path in self.layers}
         self.channels = channels
         self._projector = None
         self._image_shape = None
+        self._scan_shape = None
         self._fixed: dict = {}
         self._layer_index: dict = {}
         self._plain_note = None
 
     # -- train begin ----------------------------------------------------------------------------
     def check(self):
+        # The step whose probes panel holds the probe images. A fixed array is written once
+        # per run (the largest part of a logged step otherwise, the same pixels every time);
+        # the patches name that step.
+        self._probes_step = None
         probe = self._resolve_probe_model()
         check_layers(probe, self.layers)
         if self.channels is not None:
@@ -139,31 +187,50 @@ class DeconvnetCallback(VizCallback):
             self._fixed, self._image_shape = {}, None  # a new model: start afresh
         paths = layer_paths(probe)
         self._layer_index = {p: paths.index(p) for p in self.layers}
-        images = self._images(probe, strict=True)
-        self._image_shape = images.shape[1:]
-        shapes = _check_projectable(probe, self._image_shape, self.layers)
+        images = None
+        if self.probe_images is not None:
+            images = self._images(probe, strict=True)
+            self._image_shape = images.shape[1:]
+        firing = None
+        if self.scan_data is not None:
+            # Which maps fire (and the image size) from a first look at the scan data; the
+            # scan also checks the data against the model, before any training step.
+            limit = min(self.scan_limit or FIRING_IMAGES, FIRING_IMAGES)
+            look = deconvnet.scan(probe, self._scan_data(), self.layers, k=1, limit=limit)
+            self._scan_shape = look.image_shape
+            firing = {path: [c for c, units in look[path].items()
+                             if units and units[0].value > 0] for path in self.layers}
+        shapes = _check_projectable(probe, self._image_shape or self._scan_shape, self.layers)
         for path, chosen in (self.channels or {}).items():
-            if path not in shapes:
-                continue  # a layer that never runs: the projector says so at setup
-            check_channels(chosen, shapes[path][-1], path)
-        self._checked = probe, images
+            if path in shapes:  # a layer that never runs: the projector says so at setup
+                check_channels(chosen, shapes[path][-1], path)
+        self._checked = probe, images, firing
 
     def setup(self):
-        probe, images = self._checked
+        probe, images, firing = self._checked
         self._projector = deconvnet.projector(probe, self.layers, self.rule)
-        self._projector.prepare(self._image_shape)  # every trace happens now, never later
+        if images is not None:
+            self._projector.prepare(self._image_shape)  # every trace happens now, never later
+            acts = self._projector.activations(images)
         # A rule that met no activation computed the plain gradient: label it so.
         self._plain_note = plain_gradient_note(probe, self.rule)
         if self._plain_note:
             self._say_once("plain", self._plain_note)
-        acts = self._projector.activations(images)
+        shapes = self._projector.output_shapes(self._image_shape or self._scan_shape)
         for path in self.layers:
+            n_ch = shapes[path][-1]
             chosen = (self.channels or {}).get(path)
             if chosen is None:
                 if path in self._fixed:  # a later fit() of the same run keeps the same maps
                     continue
-                chosen = deconvnet.top_channels(acts[path], k=self.top_k)
-            self._fixed[path] = [int(c) for c in chosen]  # given ones: checked in check()
+                if firing is not None:
+                    chosen = _spread(firing[path], n_ch, self.n_channels, self.seed)
+                else:
+                    chosen = deconvnet.top_channels(acts[path], k=self.n_channels)
+            self._fixed[path] = check_channels(chosen, n_ch, path)
+
+    def _scan_data(self):
+        return self.scan_data(self.model) if callable(self.scan_data) else self.scan_data
 
     def _resolve_probe_model(self):
         if self.probe_model is None:
@@ -195,14 +262,60 @@ class DeconvnetCallback(VizCallback):
     def _say_once(self, key, message):
         self.warn_once(key, "tbviz.DeconvnetCallback: %s", message)
 
-    # -- each trigger ---------------------------------------------------------------------------
+    # -- each trigger ----------------------------------------------------------------------------
     def write(self, step, logs):
+        found = None
+        if self.scan_data is not None:
+            # Every worker scans its shard (the merge is a collective); the chief writes.
+            found = deconvnet.scan(self._projector.model, self._scan_data(), self.layers,
+                                   k=self.top_k, channels=self._fixed, limit=self.scan_limit,
+                                   distinct=self.distinct)
         if not self.chief:
             return
+        # per layer: the units of each set (0 top-k, 1 evolution, 2 feature maps) and, in
+        # that order, their projections, receptive-field boxes and input patches, each patch
+        # (uint8 tile, index of the probe image it is a crop of, or None: a tile of its own)
+        views = {path: {"sets": ([], [], []), "raw": [], "boxes": [], "patches": []}
+                 for path in self.layers}
+        display = None
+        if self.probe_images is not None:
+            display = self._probe_views(views, with_evolution=found is None)
+            if display is None:
+                return
+        if found is not None:
+            self._scan_views(views, found)
+        with self.writer.as_default(step=step):
+            if display is not None and (self._probes_step is None
+                                        or callable(self.probe_images)):
+                self._write_probes(display)
+                self._probes_step = step
+            for path, view in views.items():
+                if not any(view["sets"]):
+                    self._say_once(("none", path), f"layer {path!r}: no finite activation to "
+                                    "project; nothing logged for it")
+                    continue
+                raw = np.concatenate(view["raw"])
+                if not np.all(np.isfinite(raw)):
+                    self._say_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
+                                    "projections (non-finite weights?); shown as 0")
+                    raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+                self._write_layer(path, view["sets"], raw, view["boxes"], view["patches"],
+                                  display, view.get("per_image"))
+
+    def _boxes(self, path, image_shape, units, raw):
+        if self._projector.field(path, image_shape) is None:
+            # No field from the layers (instance norm, custom layers): cut each tile
+            # to where its projection matters instead of showing the whole image.
+            return [deconvnet.support_window(r) for r in raw]
+        return self._projector.windows(path, image_shape, units)
+
+    def _probe_views(self, views, with_evolution: bool):
+        """Top-k (and evolution) over the probe images into ``views``; returns the probe
+        images for display, or None: skip this step."""
         proj = self._projector
         images = self._images(proj.model, strict=False)
         if images is None:
-            return
+            return None
         acts = proj.activations(images)
         chosen = {}
         for path in self.layers:
@@ -210,33 +323,72 @@ class DeconvnetCallback(VizCallback):
                 self._say_once(("acts", path), f"layer {path!r} has NaN or Inf activations; "
                                 "those units are left out of the deconvnet views")
             top = deconvnet.top_units(acts[path], k=self.top_k, distinct=self.distinct)
-            evo = deconvnet.top_units(acts[path], channels=self._fixed[path])
+            evo = (deconvnet.top_units(acts[path], channels=self._fixed[path])
+                   if with_evolution else [])  # with scan data it comes from the scan
             chosen[path] = (top, evo)
-        # A unit both in the top-k and strongest of its map is projected once.
-        unique = {p: list(dict.fromkeys(t + e)) for p, (t, e) in chosen.items()}
+        # Each probe image's strongest unit per layer: the image followed through the layers.
+        per_image = {path: [u._replace(image_index=i) for i in range(len(images))
+                            for u in deconvnet.top_units(acts[path][i:i + 1], k=1)]
+                     for path in self.layers}
+        # A unit in more than one view is projected once.
+        unique = {p: list(dict.fromkeys(t + e + per_image[p])) for p, (t, e) in chosen.items()}
         projections = proj.project(images, unique, max_batch=self.max_batch)
         display = tiles_lib.for_display(images)
-        with self.writer.as_default(step=step):
-            self._write_probes(display)
-            for path in self.layers:
-                top, evo = chosen[path]
-                units = top + evo
-                if not units:
-                    self._say_once(("none", path), f"layer {path!r}: no finite activation to "
-                                    "project; nothing logged for it")
-                    continue
-                where = {u: i for i, u in enumerate(unique[path])}
-                raw = projections[path][[where[u] for u in units]]
-                if not np.all(np.isfinite(raw)):
-                    self._say_once(("proj", path), f"layer {path!r}: NaN or Inf in the "
-                                    "projections (non-finite weights?); shown as 0")
-                    raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-                boxes = proj.windows(path, self._image_shape, units)
-                if proj.field(path, self._image_shape) is None:
-                    # No field from the layers (instance norm, custom layers): cut each tile
-                    # to where its projection matters instead of showing the whole image.
-                    boxes = [deconvnet.support_window(r) for r in raw]
-                self._write_layer(path, top, evo, raw, boxes, display)
+        for path, (top, evo) in chosen.items():
+            units = top + evo
+            where = {u: i for i, u in enumerate(unique[path])}
+            raw = projections[path][[where[u] for u in units]]
+            boxes = self._boxes(path, self._image_shape, units, raw)
+            view = views[path]
+            view["sets"][0].extend(top)
+            view["sets"][1].extend(evo)
+            view["raw"].append(raw)
+            view["boxes"].extend(boxes)
+            view["patches"].extend((_cut(display[u.image_index], b), int(u.image_index))
+                                   for u, b in zip(units, boxes))
+            own = projections[path][[where[u] for u in per_image[path]]]
+            view["per_image"] = (per_image[path], own,
+                                 self._boxes(path, self._image_shape, per_image[path], own))
+        return display
+
+    def _scan_views(self, views, found):
+        """The evolution (each fixed map's strongest unit) and the feature-map view of a scan."""
+        shape = found.image_shape
+        for path in self.layers:
+            channels = [c for c in self._fixed[path] if found[path][c]]
+            maps = [u for c in channels for u in found[path][c]]
+            if not maps:
+                continue
+            projected = found.project(path, rule=self.rule, max_batch=self.max_batch)
+            raw = np.concatenate([projected[c] for c in channels])
+            evo_at = np.cumsum([0] + [len(found[path][c]) for c in channels])[:-1]
+            boxes = self._boxes(path, shape, maps, raw)
+            patches = found.patches(path)
+            crops = [p for c in channels for p in patches[c]]
+            if self._projector.field(path, shape) is None:  # the patch is the whole image
+                crops = [_cut(p, b) for p, b in zip(crops, boxes)]
+            # Dataset images are not among the probe images: each patch is a tile of its own.
+            display = [(p, None) for p in _display_patches(crops)]
+            view = views[path]
+            view["sets"][1].extend(maps[i] for i in evo_at)
+            view["sets"][2].extend(maps)
+            view["raw"] += [raw[evo_at], raw]
+            view["boxes"] += [boxes[i] for i in evo_at] + boxes
+            view["patches"] += [display[i] for i in evo_at] + display
+
+    def _write_per_image(self, path, units, raw, boxes, scale, in_topk):
+        """Panel ``perimage``: each probe image's strongest unit of ``path`` (Liu et al.'s
+        Fig. 2 puts these side by side, layer after layer)."""
+        raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+        tiles, pngs = self._projection_tiles(
+            path, units, [_enlarge(_tile(r, b), scale) for r, b in zip(raw, boxes)], in_topk)
+        rule = self._computed_rule()
+        metadata.write_panel(
+            f"tbviz/deconvnet/{path}/perimage", metadata.PERIMAGE, pngs, tiles,
+            description=f"{rule} projection of each probe image's strongest unit of {path}"
+                        + (f" ({self._plain_note})" if self._plain_note else ""),
+            layer=path, layer_index=self._layer_index[path], rule=rule,
+            model=self._projector.model.name)
 
     def _computed_rule(self):
         """The rule the projections follow: the plain gradient where the rule met no activation."""
@@ -256,55 +408,86 @@ class DeconvnetCallback(VizCallback):
                         "at; the input patches of its panels are cut from them",
             model=self._projector.model.name)
 
-    def _write_layer(self, path, top, evo, raw, boxes, display):
-        k = len(top)
+    def _projection_tiles(self, path, units, tiles, in_topk):
+        """Tile JSON and the PNGs of ``units`` ' projection ``tiles``; a unit also in the top-k
+        (``in_topk``: unit -> its tile there) shows that panel's tile, the whole of it, stored
+        once."""
+        json_tiles, pngs = [], []
+        for u, t in zip(units, tiles):
+            json_tiles.append(dict(_unit_json(u), role="projection"))
+            if u in in_topk:
+                i, shape = in_topk[u]
+                json_tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=i,
+                                      crop=[0, shape[0], 0, shape[1]], source_size=list(shape))
+            else:
+                pngs.append(metadata.encode_png(t))
+        return json_tiles, pngs
+
+    def _write_layer(self, path, sets, raw, boxes, patches, display, per_image=None):
+        top, evo, maps = sets
+        k, n_evo = len(top), len(evo)
         rule = self._computed_rule()
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
+        source = "the scanned images" if self.scan_data is not None else "the probe images"
         note = (f"{rule} projections of the strongest activations of {path} over the probe "
                 "images; contrast normalized per tile"
                 + (f" ({self._plain_note})" if self._plain_note else ""))
+        # (a probe image's patch needs a tile of its own only in the Images-dashboard grids)
+        patch_tiles = [_enlarge(p, scale) if self.image_grids or at is None else None
+                       for p, at in patches]
         if self.image_grids:
-            patch_tiles = [_enlarge(_cut(display[u.image_index], b), scale)
-                           for u, b in zip(top + evo, boxes)]
-            self._write_grids(path, top, evo, proj_tiles, patch_tiles, note)
+            self._write_grids(path, top, evo, proj_tiles, patch_tiles, note, source)
         # "model" lets the dashboard group layers when two networks log into one run
         # (the style pipeline's transform-net and VGG19).
         content = {"layer": path, "layer_index": self._layer_index[path], "rule": rule,
-                   "k": self.top_k, "model": self._projector.model.name,
-                   "sources": self.probes_tag, "source_size": list(display.shape[1:3])}
-        # A patch is its probe image cut to the unit's receptive field: stored once, in the
-        # probes panel, and cut out by the dashboard.
-        patches = [dict(_unit_json(u), role="patch", source=int(u.image_index),
-                        crop=[int(v) for v in b]) for u, b in zip(top + evo, boxes)]
+                   "k": self.top_k, "model": self._projector.model.name}
+        if display is not None:
+            content.update(sources=self.probes_tag, source_size=list(display.shape[1:3]))
+        # A patch of a probe image is that image cut to the unit's receptive field: stored
+        # once, in the probes panel, and cut out by the dashboard. A scanned patch is a tile
+        # of its own (its dataset image is not stored).
+        patch_json, patch_pngs = [], []
+        for u, b, (_, at), t in zip(top + evo + maps, boxes, patches, patch_tiles):
+            patch_json.append(dict(_unit_json(u), role="patch"))
+            if at is not None:
+                patch_json[-1].update(source=at, source_step=self._probes_step,
+                                      crop=[int(v) for v in b])
+            else:
+                patch_pngs.append(metadata.encode_png(t))
+        own = [i for i, t in enumerate(patch_json) if "crop" not in t]
+        png_of = dict(zip(own, patch_pngs))
         if k:
             tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
-                     + [dict(t, unit=i) for i, t in enumerate(patches[:k])])
+                     + [dict(t, unit=i) for i, t in enumerate(patch_json[:k])])
             metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK,
-                                 [metadata.encode_png(t) for t in proj_tiles[:k]], tiles,
+                                 [metadata.encode_png(t) for t in proj_tiles[:k]]
+                                 + [png_of[i] for i in range(k) if i in png_of], tiles,
                                  description=note, **content)
+        in_topk = {u: (i, proj_tiles[i].shape[:2]) for i, u in enumerate(top)}
         if evo:
-            # A unit also in the top-k shows that panel's tile (the whole of it), stored once.
-            rank = {u: i for i, u in enumerate(top)}
-            tiles, pngs = [], []
-            for u, t in zip(evo, proj_tiles[k:]):
-                tiles.append(dict(_unit_json(u), role="projection"))
-                if u in rank:
-                    tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=rank[u],
-                                     crop=[0, t.shape[0], 0, t.shape[1]],
-                                     source_size=list(t.shape[:2]))
-                else:
-                    pngs.append(metadata.encode_png(t))
+            # Evolution units of a scan are units of the scanned images, never of the top-k.
+            tiles, pngs = self._projection_tiles(path, evo, proj_tiles[k:k + n_evo],
+                                                 {} if maps else in_topk)
+            at = range(k, k + n_evo)
             metadata.write_panel(f"tbviz/deconvnet/{path}/evolution", metadata.EVOLUTION,
-                                 pngs, tiles + patches[k:],
-                                 description="strongest unit of each fixed feature map of "
-                                             + path, **content)
+                                 pngs + [png_of[i] for i in at if i in png_of],
+                                 tiles + patch_json[k:k + n_evo],
+                                 description=f"strongest unit over {source} of each fixed "
+                                             f"feature map of {path}", **content)
+        if maps:
+            at = range(k + n_evo, len(boxes))
+            self._write_feature_maps(path, maps, proj_tiles[k + n_evo:],
+                                     patch_tiles[k + n_evo:], [png_of[i] for i in at],
+                                     patch_json[k + n_evo:], content, rule)
         if self.raw:
-            self._write_raw(path, top, evo, raw, boxes)
+            self._write_raw(path, sets, raw, boxes)
+        if per_image:
+            self._write_per_image(path, *per_image, scale, in_topk)
 
-    def _write_grids(self, path, top, evo, proj_tiles, patch_tiles, note):
+    def _write_grids(self, path, top, evo, proj_tiles, patch_tiles, note, source):
         """The opt-in copy of the tiles as grids for the stock Images dashboard."""
-        k = len(top)
+        k, n_evo = len(top), len(evo)
         if k:
             tf.summary.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
@@ -315,19 +498,49 @@ class DeconvnetCallback(VizCallback):
                                          f"{k} units of {path}, same order as projections")
         if evo:
             tf.summary.image(f"deconvnet/{path}/evolution",
-                             tiles_lib.grid(proj_tiles[k:])[None], max_outputs=1,
-                             description=note + "; one fixed feature map per tile, channels "
+                             tiles_lib.grid(proj_tiles[k:k + n_evo])[None], max_outputs=1,
+                             description=f"{self._computed_rule()} projection of the strongest "
+                                         f"unit over {source} of each fixed feature map of "
+                                         f"{path}, channels "
                                          + ", ".join(str(u.channel) for u in evo))
 
-    def _write_raw(self, path, top, evo, raw, boxes):
+    def _write_feature_maps(self, path, maps, proj_tiles, patch_tiles, patch_pngs, patch_json,
+                            content, rule):
+        """Zeiler & Fergus' Fig. 2: per feature map its top-k projections beside their patches."""
+        by_map: dict = {}
+        for i, u in enumerate(maps):
+            by_map.setdefault(u.channel, []).append(i)
+        if self.image_grids:
+            blocks, cols = [], math.ceil(math.sqrt(self.top_k))  # 3x3 for the paper's 9
+            for ks in by_map.values():
+                left = tiles_lib.grid([proj_tiles[i] for i in ks], cols=cols)
+                right = tiles_lib.grid([patch_tiles[i] for i in ks], cols=cols)
+                gap = np.full((max(len(left), len(right)), 6, 3), 255, np.uint8)
+                blocks.append(tiles_lib.grid([left, gap, right], cols=3, pad=0))
+            tf.summary.image(f"deconvnet/{path}/featuremaps",
+                             tiles_lib.grid(blocks, pad=12)[None], max_outputs=1,
+                             description=f"{rule} projections of the top {self.top_k} units of "
+                                         f"each of {len(by_map)} feature maps of {path} over "
+                                         "the scanned images (left) beside their input patches "
+                                         "(right); channels " + ", ".join(map(str, by_map)))
+        tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(maps)]
+                 + [dict(t, unit=i) for i, t in enumerate(patch_json)])
+        groups = [{"channel": int(c), "units": ks} for c, ks in by_map.items()]
+        metadata.write_panel(f"tbviz/deconvnet/{path}/featuremaps", metadata.FEATUREMAPS,
+                             [metadata.encode_png(t) for t in proj_tiles] + patch_pngs, tiles,
+                             groups=groups,
+                             description=f"top {self.top_k} units of each fixed feature map of "
+                                         f"{path} over the scanned images", **content)
+
+    def _write_raw(self, path, sets, raw, boxes):
         h, w = max(b[1] - b[0] for b in boxes), max(b[3] - b[2] for b in boxes)
         cut = np.zeros((len(boxes), h, w, raw.shape[-1]), np.float16)
         limit = float(np.finfo(np.float16).max)
         for i, (t, b, lft, r) in enumerate(boxes):
             cut[i, :b - t, :r - lft] = np.clip(raw[i, t:b, lft:r], -limit, limit)
-        table = np.array([(0 if i < len(top) else 1, u.image_index, u.row, u.col, u.channel,
-                           u.value) + tuple(box)
-                          for i, (u, box) in enumerate(zip(top + evo, boxes))], np.float64)
+        units = [(n, u) for n, units in enumerate(sets) for u in units]
+        table = np.array([(n, u.image_index, u.row, u.col, u.channel, u.value) + tuple(box)
+                          for (n, u), box in zip(units, boxes)], np.float64)
         about = {"layer": path, "rule": self._computed_rule(), "columns": list(UNIT_COLUMNS)}
         tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
                          metadata=metadata.create_raw_metadata(
@@ -357,6 +570,26 @@ def _check_projectable(model, image_shape, layers) -> dict:
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------
+
+def _display_patches(patches):
+    """Scanned input patches as uint8 RGB by the rule of :func:`tiles_lib.for_display`,
+    applied to all of them at once (a dark crop of a [0, 255] image alone could pass for
+    a [0, 1] one)."""
+    flat = tiles_lib.for_display(np.concatenate(
+        [p.reshape(1, 1, -1, p.shape[-1]) for p in patches], axis=2))[0, 0]
+    ends = np.cumsum([p.shape[0] * p.shape[1] for p in patches])[:-1]
+    return [f.reshape(p.shape[:2] + (3,)) for f, p in zip(np.split(flat, ends), patches)]
+
+
+def _spread(firing, n_channels, n, seed):
+    """``n`` feature maps drawn at random (``seed``) among those that fire, sorted; maps that
+    do not fire fill up where too few do."""
+    rng = np.random.default_rng(seed)
+    rest = sorted(set(range(n_channels)) - set(firing))
+    fill = max(n - len(firing), 0)
+    pick = list(rng.permutation(firing)[:n]) + list(rng.permutation(rest)[:fill])
+    return sorted(int(c) for c in pick)
+
 
 def _cut(image, box):
     t, b, lft, r = box

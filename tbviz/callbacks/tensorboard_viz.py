@@ -145,9 +145,12 @@ class TensorBoardViz(keras.callbacks.Callback):
             key is an error listing the keys the callback takes. ``feature_maps="auto"``
             (default) is on when the trained model takes the probe images and has conv layers;
             ``convergence=True`` (default) when it takes at least 4 (debiased CKA needs 4).
-        layers, top_k: short for ``deconvnet={"layers": ..., "top_k": ...}``: the layers
-            (paths like ``"vgg19/block3_conv1"``; default: up to four conv layers spread
-            through the network, ``[]`` for none) and the units per layer.
+        layers, top_k, scan_data: short for ``deconvnet={"layers": ..., "top_k": ...,
+            "scan_data": ...}``: the layers (paths like ``"vgg19/block3_conv1"``; default: up
+            to four conv layers spread through the network, ``[]`` for none), the units per
+            layer, and the images to scan for the feature-map view (with them the deconvnet
+            runs without probe images too; ``scan_limit``, ``channels`` and the others go in
+            the dict).
 
     ``attribution`` also takes a list of methods, e.g. ``["saliency", "grad_cam"]``.
     The histograms, feature-map, attribution, synthesis and convergence parts probe the model
@@ -159,7 +162,7 @@ class TensorBoardViz(keras.callbacks.Callback):
 
     def __init__(self, log_dir, probe_images=None, probe_labels=None, layers=None, *,
                  every_n_epochs=1, every_n_steps=None, strict=False, top_k=None,
-                 graph=True, losses=True, histograms=True, deconvnet=True,
+                 scan_data=None, graph=True, losses=True, histograms=True, deconvnet=True,
                  feature_maps="auto", attribution=None, synthesis=None, convergence=True):
         super().__init__()
         self.log_dir = log_dir
@@ -179,7 +182,7 @@ class TensorBoardViz(keras.callbacks.Callback):
             ("convergence", convergence),
             ("feature_maps", {} if self._auto_maps else feature_maps))}
         if options["deconvnet"] is not None:
-            for key, value in (("layers", layers), ("top_k", top_k)):
+            for key, value in (("layers", layers), ("top_k", top_k), ("scan_data", scan_data)):
                 if value is None:
                     continue
                 if key in options["deconvnet"]:
@@ -241,7 +244,8 @@ class TensorBoardViz(keras.callbacks.Callback):
         self._model_dependent_added = True
         added = []
         deconvnet = self.options["deconvnet"]
-        if deconvnet is not None and deconvnet.get("probe_images", self.probe_images) is not None:
+        if deconvnet is not None and (deconvnet.get("probe_images", self.probe_images) is not None
+                                      or deconvnet.get("scan_data") is not None):
             layers = deconvnet.get("layers")
             if layers is None:
                 pm = deconvnet.get("probe_model")

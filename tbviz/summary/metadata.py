@@ -25,7 +25,9 @@ A panel summary is written with
   blobs 1..n are PNG images of the tiles, in the order the JSON lists them, except
   the tiles that carry a ``crop`` (version 2): those have no image of their own, the
   dashboard cuts them out of image ``source`` of the panel named by the content's
-  ``sources`` tag (a PROBES panel, blob ``source + 1``) at the same step:
+  ``sources`` tag (a PROBES panel, blob ``source + 1``) at the tile's ``source_step``
+  (a fixed array of probe images is written once per run, at its first step) or, without
+  one, at the same step:
   ``"crop": [top, bottom, left, right]`` in the pixels of that image, whose size is
   the content's ``source_size``, ``[height, width]``. So an input patch is stored
   once, as part of its probe image, however many units and layers show it. A tile
@@ -39,6 +41,9 @@ kind          tag                                        tiles
 ============= ========================================== ===============================
 TOPK          ``tbviz/deconvnet/<layer>/topk``           k projections then k patches
 EVOLUTION     ``tbviz/deconvnet/<layer>/evolution``      fixed feature maps' strongest
+FEATUREMAPS   ``tbviz/deconvnet/<layer>/featuremaps``    per fixed map (a group): its
+                                                         top-k projections, then patches
+PERIMAGE      ``tbviz/deconvnet/<layer>/perimage``       each probe image's strongest
 STYLIZED      ``tbviz/stylized/<name>``                  stylized probe photos
 ATTRIBUTION   ``tbviz/attribution/<method>``             heatmaps over the probe images
 PROBES        ``tbviz/deconvnet/<model>/probes``         the images a deconvnet looked at
@@ -91,7 +96,9 @@ EVOLUTION = "evolution"
 STYLIZED = "stylized"
 ATTRIBUTION = "attribution"
 PROBES = "probes"
-KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES)
+FEATUREMAPS = "featuremaps"
+PERIMAGE = "perimage"
+KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES, FEATUREMAPS, PERIMAGE)
 
 
 #: zlib level of the tiles' PNGs. 6 (PNG's usual) is 8-9% smaller than 1 on the style
@@ -126,7 +133,7 @@ def create_panel_metadata(kind: str, description: str = "",
     >>> create_panel_metadata("histogram")
     Traceback (most recent call last):
     ...
-    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution, probes
+    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution, probes, featuremaps, perimage
     """
     if kind not in KINDS:
         raise ValueError(f"unknown panel kind {kind!r}; choose one of {', '.join(KINDS)}")

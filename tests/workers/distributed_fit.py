@@ -98,8 +98,10 @@ ds = tf.data.Dataset.from_tensor_slices(x).batch(GLOBAL_BATCH)
 options = tf.data.Options()
 options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
 ds = ds.with_options(options)  # every worker sees the same global batches, split per replica
+# scan_data: every worker scans its shard of x at each trigger, merged by a collective
 viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:4], losses={"every_n_steps": 1},
-                           attribution=["saliency", "grad_cam"])
+                           attribution=["saliency", "grad_cam"],
+                           deconvnet={"scan_data": x, "channels": 2})
 first = FirstStep()
 hist = model.fit(ds, epochs=2, verbose=0, callbacks=[first, viz])
 print(json.dumps({**{k: [float(v) for v in vs] for k, vs in hist.history.items()},

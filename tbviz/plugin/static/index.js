@@ -11,9 +11,13 @@
 //   steps    stepSlider (one logged step at a time) or stepChips (chosen steps side by side)
 //   draw     (run, panel) => a function of the frame (stepSlider) or frames (stepChips)
 //            returning the element that shows them
+//   whole    instead of steps and draw: (column, run entry) => draws all the run's panels of
+//            the kind at once (one picture across layers)
 const VIEWS = [
   { kind: "topk", label: "Top-k", layered: true, steps: stepSlider, draw: topkView },
   { kind: "evolution", label: "Evolution", layered: true, steps: stepChips, draw: evolutionView },
+  { kind: "featuremaps", label: "Feature maps", layered: true, steps: stepSlider, draw: featuremapsView },
+  { kind: "perimage", label: "Through the layers", layered: false, whole: throughLayers },
   { kind: "stylized", label: "Stylized probes", layered: false, steps: stepChips, draw: stylizedView },
   { kind: "attribution", label: "Attribution", layered: false, steps: stepSlider, draw: attributionView },
   { kind: "probes", label: "Probe images", layered: false, steps: stepChips, draw: stylizedView },
@@ -110,7 +114,8 @@ function byRole(frame) {
 // -- one tile: the image and what it shows -------------------------------------------------
 // Tile k's image: its own blob (the tiles without a crop are blobs 1..n, in order) or, for a
 // tile with a crop, the part of the image it is cut from: blob source + 1 of the tile's or
-// else the panel's sources at the same step (see tbviz/summary/metadata.py).
+// else the panel's sources at the tile's source_step, or else the same step (see
+// tbviz/summary/metadata.py).
 function tileImage(run, panel, frame, k) {
   const t = frame.tiles[k];
   const img = h("img", {
@@ -129,7 +134,8 @@ function tileImage(run, panel, frame, k) {
   const [, width] = t.source_size ?? panel.source_size;
   const w = right - left;
   const hgt = bottom - top;
-  img.src = blobURL(run, t.sources ?? panel.sources, frame, t.source + 1);
+  const from = t.source_step != null ? { step: t.source_step, wall_time: 0 } : frame;
+  img.src = blobURL(run, t.sources ?? panel.sources, from, t.source + 1);
   img.style.width = `${(100 * width) / w}%`;
   img.style.left = `${(-100 * left) / w}%`;
   img.style.top = `${(-100 * top) / hgt}%`;
@@ -273,6 +279,47 @@ function topkView(run, panel) {
   };
 }
 
+// Zeiler & Fergus' Fig. 2: per feature map (a group of the frame) its top-k projections
+// over the scanned data beside their input patches. A map's title opens its evolution.
+function featuremapsView(run, panel) {
+  return (frame) => {
+    const [proj, patch] = byRole(frame);
+    const caption = (t) => [fmt(t.value), t.image_index != null ? `img ${t.image_index}` : null];
+    const grid = (idx, cls) =>
+      h(
+        "div",
+        { class: "grid", style: `--cols:${Math.ceil(Math.sqrt(idx.length || 1))}` },
+        idx.map((i) => tile(run, panel, frame, i, caption(frame.tiles[i]), cls)),
+      );
+    const blocks = (frame.groups ?? []).map((g) =>
+      h(
+        "div",
+        { class: "fmap" },
+        h(
+          "h4",
+          {},
+          h(
+            "button",
+            {
+              class: "preset",
+              title: "open this map's strongest unit across steps",
+              onclick: () => pickView("evolution"),
+            },
+            `map ${g.channel}`,
+          ),
+        ),
+        h(
+          "div",
+          { class: "zf" },
+          h("div", { class: "zf-half" }, grid(g.units.map((u) => proj[u]), "proj")),
+          h("div", { class: "zf-half" }, grid(g.units.map((u) => patch[u]), "patch")),
+        ),
+      ),
+    );
+    return h("div", { class: "fmaps" }, frameError(frame), blocks);
+  };
+}
+
 function evolutionView(run, panel) {
   return (frs) => {
     // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
@@ -395,8 +442,89 @@ const frameError = (f) => (f.error ? h("p", { class: "error" }, f.error) : null)
 const fail = (where) => (err) =>
   where.replaceChildren(h("p", { class: "error" }, String(err.message ?? err)));
 
+// Liu et al.'s Fig. 2: each probe photo (rows) followed through the logged layers (columns,
+// in network order), ending with its stylized output where the run has one; last steps.
+async function throughLayers(col, entry) {
+  const order = (a, b) =>
+    (a.model ?? "").localeCompare(b.model ?? "") || (a.layer_index ?? 0) - (b.layer_index ?? 0);
+  const panels = entry.panels.filter((p) => p.kind === "perimage").sort(order);
+  const stylized = entry.panels.find((p) => p.kind === "stylized");
+  const columns = stylized ? [...panels, stylized] : panels;
+  const last = async (p) => {
+    const steps = (await getAll("steps", { run: entry.run, tag: p.tag })).map((s) => s.step);
+    return steps.length ? (await frames(entry.run, p.tag, [steps.at(-1)]))[0] : null;
+  };
+  const frs = await Promise.all(columns.map(last));
+  const rows = Math.max(0, ...frs.slice(0, panels.length).map((f) => f?.tiles.length ?? 0));
+  const cell = (p, f, i) => {
+    const t = f?.tiles[i];
+    if (!t) return h("td", { class: "note" }, "–");
+    const lines = p.kind === "stylized" ? [`step ${f.step}`] : [fmt(t.value), `map ${t.channel}`];
+    return h("td", {}, tile(entry.run, p, f, i, lines));
+  };
+  col.append(
+    h(
+      "table",
+      { class: "evo layers-through" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", {}, ""),
+          columns.map((p) =>
+            h("th", { scope: "col" }, p.kind === "stylized" ? "stylized" : p.layer),
+          ),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        [...Array(rows).keys()].map((i) =>
+          h(
+            "tr",
+            {},
+            h("th", { scope: "row" }, `photo ${i}`),
+            columns.map((p, c) => cell(p, frs[c], i)),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+// Any panel as one PNG: its images drawn where they are on screen.
+async function downloadPNG(section, name) {
+  const box = section.getBoundingClientRect();
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.ceil(box.width);
+  canvas.height = Math.ceil(box.height);
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.imageSmoothingEnabled = false; // tiles are enlarged nearest-neighbour, keep them sharp
+  for (const img of section.querySelectorAll("img")) {
+    if (!img.complete) await new Promise((r) => img.addEventListener("load", r, { once: true }));
+    const r = img.getBoundingClientRect();
+    // A crop (a patch cut from a probe image) shows only the part inside its frame.
+    const c = (img.closest(".crop") ? img.parentElement : img).getBoundingClientRect();
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(c.left - box.left, c.top - box.top, c.width, c.height);
+    ctx.clip();
+    ctx.drawImage(img, r.left - box.left, r.top - box.top, r.width, r.height);
+    ctx.restore();
+  }
+  const a = h("a", { href: canvas.toDataURL("image/png"), download: `${name}.png` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
 async function drawRun(col, entry) {
   const view = viewOf(state.view);
+  if (view.whole) return view.whole(col, entry);
   const ofView = entry.panels.filter((p) => p.kind === view.kind);
   let panels = ofView.filter((p) => !view.layered || layerKey(p) === state.layer);
   if (view.layered && !panels.length) {
@@ -417,10 +545,21 @@ async function drawRun(col, entry) {
     return;
   }
   for (const p of panels) {
+    const name = `${entry.run}-${p.tag}`.replace(/[^\w.-]+/g, "_");
     const sub = h(
       "section",
       { class: "panel" },
-      h("h3", {}, p.tag.replace(/^tbviz\//, ""), p.rule ? h("small", {}, ` · ${p.rule}`) : null),
+      h(
+        "h3",
+        {},
+        p.tag.replace(/^tbviz\//, ""),
+        p.rule ? h("small", {}, ` · ${p.rule}`) : null,
+        h(
+          "button",
+          { class: "preset download", onclick: (e) => downloadPNG(e.target.closest("section"), name) },
+          "PNG",
+        ),
+      ),
     );
     if (p.description) sub.append(h("p", { class: "note" }, p.description));
     col.append(sub);
