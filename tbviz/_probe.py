@@ -22,6 +22,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from tbviz import tokens
 from tbviz.layers import capture_outputs, layer_paths
 
 _FUNCS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -111,6 +112,45 @@ def check_layer_rank(model, image_shape, layer: str, ranks, what: str) -> tuple:
     return shape
 
 
+def _grid(shape, image_shape, token_grid, class_token):
+    try:
+        return tokens.token_grid(shape, image_shape, token_grid, class_token)
+    except ValueError:
+        return None
+
+
+def check_spatial(model, image_shape, layer: str, what: str, token_grid=None,
+                  class_token=None) -> tuple:
+    """``(h, w, skip)`` of ``layer``'s output as a spatial grid (see :mod:`tbviz.tokens`):
+    a 4-D ``(N, h, w, C)`` feature map, or a vision transformer's patch tokens. A
+    ``ValueError`` naming the layers that fit otherwise."""
+    shapes = layer_output_shapes(model, image_shape)
+    if layer not in shapes:
+        raise ValueError(f"layer {layer!r} does not run when model {model.name!r} is called, so "
+                         f"it has no output to {what}")
+    grid = tokens.token_grid(shapes[layer], image_shape, token_grid, class_token)
+    if grid is None:
+        fitting = [p for p, s in shapes.items()
+                   if _grid(s, image_shape, token_grid, class_token) is not None]
+        raise ValueError(
+            f"layer {layer!r} has output shape {shapes[layer]}; {what} needs a 4-D (N, h, w, C) "
+            "output or a vision transformer's patch tokens (N, T, D) (T = h*w at the image's "
+            "aspect ratio, plus one class token or none; else say token_grid=(h, w) and "
+            f"class_token=). Layers that fit: {', '.join(fitting) or '(none)'}")
+    return grid
+
+
+def last_spatial_layer(model, image_shape, token_grid=None, class_token=None) -> str:
+    """Path of the last layer whose output is a spatial grid (:func:`check_spatial`)."""
+    shapes = layer_output_shapes(model, image_shape)
+    fitting = [p for p, s in shapes.items()
+               if _grid(s, image_shape, token_grid, class_token) is not None]
+    if not fitting:
+        raise ValueError(f"model {model.name!r} has no layer with a 4-D (N, h, w, C) output or "
+                         "patch tokens to weigh")
+    return fitting[-1]
+
+
 def layer_outputs(model, x: np.ndarray, layer: str, max_batch: int = 32) -> np.ndarray:
     """The output of ``layer`` for images ``x``, by a probe traced once per image shape."""
     def build(ref):
@@ -122,4 +162,6 @@ def layer_outputs(model, x: np.ndarray, layer: str, max_batch: int = 32) -> np.n
         return forward
 
     forward = traced(model, ("layer_output", layer, x.shape[1:]), build)
-    return np.concatenate([forward(x[s]).numpy() for s in batches(len(x), max_batch)])
+    # float32 whatever the compute dtype (a mixed_float16 model's layers give float16).
+    return np.concatenate([forward(x[s]).numpy() for s in batches(len(x), max_batch)]
+                          ).astype(np.float32, copy=False)

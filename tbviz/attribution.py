@@ -52,7 +52,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbviz import _probe
+from tbviz import _probe, tokens
 from tbviz.backward_rules import backward_rule, gradients
 from tbviz.checks import positive_int, positive_pair
 from tbviz.layers import capture_outputs, check_images, check_layers, get_layer, layer_paths
@@ -121,7 +121,8 @@ def _score(outputs, idx, fn, logits: bool):
                              f"got shape {tuple(s.shape)}")
         return tf.cast(s, tf.float32)
     y = _probe.pre_softmax(outputs) if logits else outputs
-    return tf.gather(y, idx, axis=1, batch_dims=1)
+    # float32 scores (and so gradients of float32 precision) under mixed precision too.
+    return tf.gather(tf.cast(y, tf.float32), idx, axis=1, batch_dims=1)
 
 
 def _prepare(model, images, target, max_batch):
@@ -433,8 +434,9 @@ def cam(model, images, target, upsample: bool = True, max_batch: int = 32) -> np
     return _upsample(maps, x.shape[1:3]) if upsample else maps
 
 
-def last_conv_layer(model, image_shape) -> str:
-    """Path of the last layer with a 4-D ``(N, h, w, C)`` output: Grad-CAM's default layer.
+def last_conv_layer(model, image_shape, token_grid=None, class_token=None) -> str:
+    """Path of the last layer with a 4-D ``(N, h, w, C)`` output or a vision transformer's
+    patch tokens (see :mod:`tbviz.tokens`): Grad-CAM's default layer.
 
     >>> import keras
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c"),
@@ -442,23 +444,42 @@ def last_conv_layer(model, image_shape) -> str:
     >>> last_conv_layer(m, (8, 8, 3))
     'c'
     """
-    shapes = _probe.layer_output_shapes(model, image_shape)
-    four_d = [p for p, s in shapes.items() if len(s) == 4]
-    if not four_d:
-        raise ValueError(f"model {model.name!r} has no layer with a 4-D (N, h, w, C) output for "
-                         "Grad-CAM to weigh")
-    return four_d[-1]
+    return _probe.last_spatial_layer(model, image_shape, token_grid, class_token)
+
+
+def grad_cam_layer(model, image_shape, layer: str | None = None, token_grid=None,
+                   class_token=None) -> tuple[str, tuple[int, int, int]]:
+    """``(layer, (h, w, skip))``: Grad-CAM's layer (``None``: :func:`last_conv_layer`) and
+    its output as a grid (:func:`tbviz.tokens.token_grid`); a ``ValueError`` naming the
+    layers that fit when it is not one.
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c"),
+    ...     keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> grad_cam_layer(m, (8, 8, 3))
+    ('c', (6, 6, 0))
+    """
+    image_shape = tuple(image_shape)
+    if layer is None:
+        layer = last_conv_layer(model, image_shape, token_grid, class_token)
+    check_layers(model, [layer])
+    grid = _probe.check_spatial(model, image_shape, layer, "Grad-CAM", token_grid, class_token)
+    return layer, grid
 
 
 def grad_cam(model, images, target, layer: str | None = None, upsample: bool = True,
-             max_batch: int = 32) -> np.ndarray:
+             max_batch: int = 32, token_grid=None, class_token=None) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017): ``relu(sum_k alpha_k A_k)``, ``alpha_k`` the
     spatial mean of the target score's gradient w.r.t. feature map ``A_k`` of ``layer``.
 
     ``layer`` is a path (``"conv5"`` or ``"backbone/conv5"``); ``None`` picks the last
-    layer with a 4-D output (:func:`last_conv_layer`). Returns ``(N, H, W)``, bilinearly
-    upsampled to the images, or ``(N, h, w)`` with ``upsample=False``. On a
+    layer with a 4-D output or patch tokens (:func:`last_conv_layer`). Returns ``(N, H, W)``,
+    bilinearly upsampled to the images, or ``(N, h, w)`` with ``upsample=False``. On a
     conv -> GAP -> Dense model it equals ``relu(cam) / (h * w)``.
+
+    A vision transformer's layer ``(N, T, D)`` is weighed on its patch grid, the class
+    token dropped; the grid is found from ``T`` and the image shape where it can be
+    (:mod:`tbviz.tokens`), else say ``token_grid=(h, w)`` and ``class_token=True/False``.
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c"),
@@ -467,10 +488,7 @@ def grad_cam(model, images, target, layer: str | None = None, upsample: bool = T
     (1, 8, 8)
     """
     x, idx, fn, max_batch = _prepare(model, images, target, max_batch)
-    if layer is None:
-        layer = last_conv_layer(model, x.shape[1:])
-    check_layers(model, [layer])
-    _probe.check_layer_rank(model, x.shape[1:], layer, {4}, "Grad-CAM")
+    layer, grid = grad_cam_layer(model, x.shape[1:], layer, token_grid, class_token)
 
     def build(ref):
         @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32),
@@ -478,13 +496,16 @@ def grad_cam(model, images, target, layer: str | None = None, upsample: bool = T
         def gcam(xb, ib):
             with capture_outputs(ref(), [layer]) as seen:
                 y = ref()(xb, training=False)
-            a = seen[layer]
-            g = gradients(tf.reduce_sum(_score(y, ib, fn, logits=True)), a)
+            out = seen[layer]
+            g = gradients(tf.reduce_sum(_score(y, ib, fn, logits=True)), out)
+            # Weighed on the patch grid (tokens reshaped, class token dropped), in float32
+            # whatever the layer computes in.
+            a, g = (tf.cast(tokens.to_grid(t, grid), tf.float32) for t in (out, g))
             alpha = tf.reduce_mean(g, axis=[1, 2], keepdims=True)
             return tf.nn.relu(tf.reduce_sum(alpha * a, axis=-1))
         return gcam
 
-    gcam = _probe.traced(model, ("grad_cam", layer, x.shape[1:], fn), build)
+    gcam = _probe.traced(model, ("grad_cam", layer, grid, x.shape[1:], fn), build)
     maps = np.concatenate([gcam(x[s], idx[s]).numpy() for s in _probe.batches(len(x), max_batch)])
     return _upsample(maps, x.shape[1:3]) if upsample else maps
 

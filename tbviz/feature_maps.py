@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from tbviz import _probe
+from tbviz import _probe, tokens
 from tbviz.checks import positive_int
 from tbviz.layers import check_images, check_layers, get_layer, layer_paths
 from tbviz.summary.images import grid, normalize, to_rgb
@@ -51,12 +51,16 @@ def _enlarge(tiles: np.ndarray, scale: int) -> np.ndarray:
 
 
 def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = None,
-                 pad: int = 1, max_batch: int = 32, channels=None) -> np.ndarray:
+                 pad: int = 1, max_batch: int = 32, channels=None, token_grid=None,
+                 class_token=None) -> np.ndarray:
     """The layer's output channels for each image, as one tiled ``uint8`` grid per image.
 
-    ``layer`` must have a 4-D ``(N, h, w, C)`` output; ``channels`` picks some of
-    its channels (a slice or a list of indices; default all). Each image's maps share one
-    min-max scale (black = the image's lowest value in any channel). Returns
+    ``layer`` must have a 4-D ``(N, h, w, C)`` output, or be a vision transformer's
+    ``(N, T, D)`` patch tokens, shown on their ``h x w`` grid without the class token
+    (found by :mod:`tbviz.tokens`, or given as ``token_grid=(h, w)`` and ``class_token``);
+    ``channels`` picks some of its channels (a slice or a list of indices; default all).
+    Each image's maps share one min-max scale (black = the image's lowest value in any
+    channel). Returns
     ``(N, rows*(h*scale+pad)-pad, cols*(w*scale+pad)-pad, 3)``; ``cols`` defaults
     to ``ceil(sqrt(C))``; padding is white.
 
@@ -68,11 +72,24 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     x = check_images(model, images)
     check_layers(model, [layer])
     scale = positive_int("scale", scale)
-    _probe.check_layer_rank(model, x.shape[1:], layer, {4}, "feature_maps()")
-    maps = _probe.layer_outputs(model, x, layer, positive_int("max_batch", max_batch))
+    grid = _probe.check_spatial(model, x.shape[1:], layer, "feature_maps()", token_grid,
+                                class_token)
+    maps = grid_outputs(model, x, layer, grid, positive_int("max_batch", max_batch))
     if channels is not None:
         maps = maps[..., channels]
     return map_grids(maps, scale=scale, cols=cols, pad=pad)
+
+
+def grid_outputs(model, x, layer: str, grid, max_batch: int = 32) -> np.ndarray:
+    """``layer``'s float32 outputs for images ``x`` as ``(N, h, w, C)``, patch tokens
+    reshaped to ``grid`` (from :func:`tbviz.tokens.token_grid`).
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Reshape((16, 12), name="t")])
+    >>> grid_outputs(m, np.zeros((2, 8, 8, 3), "float32"), "t", (4, 4, 0)).shape
+    (2, 4, 4, 12)
+    """
+    return tokens.to_grid(_probe.layer_outputs(model, x, layer, max_batch), grid)
 
 
 def map_grids(maps, scale: int = 1, cols: int | None = None, pad: int = 1) -> np.ndarray:

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz import _probe
-from tbviz.checks import channels as check_channels
+from tbviz.checks import channels as channel_indices
 from tbviz.checks import number, positive_int
 from tbviz.checks import value_range as check_value_range
 from tbviz.layers import capture_outputs, check_images, check_layers, image_input_shape
@@ -105,7 +105,7 @@ def _unit_objective(a, channels, unit: str):
     """Channel ``channels[i]`` of row ``i`` of layer output ``a``, read before a final
     softmax or ReLU (see :func:`tbviz._probe.pre_relu`): its mean over positions, or
     its unit at the center position."""
-    a = _probe.pre_relu(_probe.pre_softmax(a))
+    a = tf.cast(_probe.pre_relu(_probe.pre_softmax(a)), tf.float32)  # float16 layers too
     if a.shape.rank == 4:
         if unit == "center":
             a = a[:, a.shape[1] // 2, a.shape[2] // 2]
@@ -149,6 +149,38 @@ def _shift(rng, jitter: int) -> np.ndarray:
 
 
 # -- activation maximization ------------------------------------------------------------------
+
+def check_channels(model, layer: str, channel, size=None) -> np.ndarray:
+    """``channel`` (an int or a list) as int32 indices of ``layer``'s channels, or a
+    ``ValueError`` naming the valid range.
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c")])
+    >>> check_channels(m, "c", [0, 3]).tolist()
+    [0, 3]
+    """
+    shape = _synthesis_shape(model, size)
+    out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
+    return np.asarray(channel_indices(channel, out[-1], layer), np.int32)
+
+
+def check_octaves(model, octaves) -> int:
+    """``octaves`` if the model can take the smaller images that many octaves need, else a
+    ``ValueError`` saying what to do.
+
+    >>> import keras
+    >>> any_size = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3)])
+    >>> check_octaves(any_size, 3)
+    3
+    """
+    octaves = positive_int("octaves", octaves)
+    want = image_input_shape(model)
+    if octaves > 1 and (want[0] is not None or want[1] is not None):
+        raise ValueError(f"octaves={octaves} dreams at smaller sizes, but model {model.name!r} "
+                         f"only takes {want[:2]} images; use octaves=1 or a model built with "
+                         "keras.Input((None, None, channels))")
+    return octaves
+
 
 def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean",
                         steps: int = 128, lr: float = 0.02, l2: float = 1e-3,
@@ -203,9 +235,8 @@ def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean
     if clip >= 100:
         raise ValueError(f"clip_grad is a percentile of pixels and must be < 100, got {clip_grad}")
     shape = _synthesis_shape(model, size)
-    out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
     single = np.ndim(channel) == 0
-    channels = np.asarray(check_channels(channel, out[-1], layer), np.int32)
+    channels = check_channels(model, layer, channel, size)
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
     kernel = _gaussian(blur_sigma) if blur_every else np.ones(1, np.float32)
@@ -302,7 +333,7 @@ def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02
             with capture_outputs(ref(), [layer]) as seen:
                 ref()(x, training=False)
             axes = list(range(1, phi0.shape.rank))
-            d = tf.reduce_sum(tf.square(seen[layer] - phi0), axis=axes)
+            d = tf.reduce_sum(tf.square(tf.cast(seen[layer], tf.float32) - phi0), axis=axes)
             return d / tf.maximum(tf.reduce_sum(tf.square(phi0), axis=axes), 1e-12)
 
         @tf.function(input_signature=[img, img, img, num, feat, num, num])
@@ -359,16 +390,11 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
     if not layers:
         raise ValueError("deepdream needs at least one layer")
     lo, hi = check_value_range(value_range)
-    octaves, steps = positive_int("octaves", octaves), positive_int("steps", steps)
+    octaves, steps = check_octaves(model, octaves), positive_int("steps", steps)
     octave_scale = number("octave_scale", octave_scale, 1.0)
     lr = number("lr", lr)
     jitter = positive_int("jitter", jitter) if jitter else 0
-    want = image_input_shape(model)
     n, h, w, c = x0.shape
-    if octaves > 1 and (want[0] is not None or want[1] is not None):
-        raise ValueError(f"octaves={octaves} dreams at smaller sizes, but model {model.name!r} "
-                         f"only takes {want[:2]} images; use octaves=1 or a model built with "
-                         "keras.Input((None, None, channels))")
     sizes = [(max(1, round(h / octave_scale ** k)), max(1, round(w / octave_scale ** k)))
              for k in reversed(range(octaves))]
     for path in layers:
@@ -383,7 +409,8 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
             with capture_outputs(ref(), layers) as seen:
                 ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
             energy = tf.add_n([
-                tf.reduce_mean(tf.square(seen[p]), axis=list(range(1, seen[p].shape.rank)))
+                tf.reduce_mean(tf.square(tf.cast(seen[p], tf.float32)),
+                               axis=list(range(1, seen[p].shape.rank)))
                 for p in layers])
             g = _normalized(gradients(tf.reduce_sum(energy), x))
             return tf.clip_by_value(x + lr_t * span * g, lo, hi)

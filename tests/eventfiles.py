@@ -93,3 +93,20 @@ def panels(run_dir, tag):
 
 def tags(run_dir):
     return sorted(load(run_dir).Tags()["tensors"])
+
+
+def texts(run_dir, tag):
+    """``[(step, str)]`` of a ``tf.summary.text`` tag, as TensorBoard's text plugin reads it."""
+    acc = load(run_dir)
+    assert tag in acc.Tags()["tensors"], sorted(acc.Tags()["tensors"])
+    assert acc.SummaryMetadata(tag).plugin_data.plugin_name == "text"
+    return [(e.step, tf.make_ndarray(e.tensor_proto).item().decode()) for e in acc.Tensors(tag)]
+
+
+def histogram_steps(run_dir, tag):
+    """Steps at which histogram ``tag`` was written (as TensorBoard's histogram plugin reads it)."""
+    acc = load(run_dir)
+    if tag not in acc.Tags()["tensors"]:
+        return []
+    assert acc.SummaryMetadata(tag).plugin_data.plugin_name == "histograms"
+    return [e.step for e in acc.Tensors(tag)]

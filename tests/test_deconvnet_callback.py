@@ -69,12 +69,15 @@ def fit_logged(tmp_path, data, **options):
 def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
     model, probes, expected_channels, acc = fit_logged(tmp_path, data)
     # Only the tbviz tab's panels and the probe images their patches are cut from: no
-    # Images-dashboard copy, no raw tensors (both opt-in).
+    # Images-dashboard copy, no raw tensors (both opt-in); and what the part cost.
     assert sorted(acc.Tags()["tensors"]) == sorted(
         [f"tbviz/deconvnet/{layer}/{kind}" for layer in ("conv1", "relu2")
-         for kind in ("topk", "evolution", "perimage")] + [f"tbviz/deconvnet/{model.name}/probes"])
+         for kind in ("topk", "evolution", "perimage")] + [f"tbviz/deconvnet/{model.name}/probes"]
+        + ["tbviz/cost/deconvnet", "tbviz/cost/deconvnet_setup"])
     for tag in acc.Tags()["tensors"]:  # the fixed probe images once, at the first step
-        assert [e.step for e in acc.Tensors(tag)] == ([2] if tag.endswith("/probes") else [2, 4])
+        if tag != "tbviz/cost/deconvnet_setup":  # once, at train begin (step 0)
+            assert [e.step for e in acc.Tensors(tag)] == (
+                [2] if tag.endswith("/probes") else [2, 4]), tag
 
     # The last step was written with the final weights: recompute it with the pure functions.
     layer = "relu2"

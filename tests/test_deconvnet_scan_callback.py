@@ -43,8 +43,10 @@ def test_a_light_scan_run_writes_the_panels_only(tmp_path, planted):
     cb = tbviz.DeconvnetCallback(tmp_path, layers=["conv1"], scan_data=ds, top_k=K,
                                  channels=[0], scan_limit=200)
     fit(model, x, cb, epochs=1)
-    # the Images-dashboard grid follows image_grids=, the units table raw= (both off)
-    assert tags(tmp_path / "train") == ["tbviz/deconvnet/conv1/evolution",
+    # the Images-dashboard grid follows image_grids=, the units table raw= (both off); the
+    # part's cost scalars are there too
+    assert tags(tmp_path / "train") == ["tbviz/cost/deconvnet", "tbviz/cost/deconvnet_setup",
+                                        "tbviz/deconvnet/conv1/evolution",
                                         "tbviz/deconvnet/conv1/featuremaps"]
 
 

@@ -189,3 +189,29 @@ def test_bad_part_options_fail_at_construction_naming_the_choices(tmp_path, kwar
     with pytest.raises(ValueError, match=message):
         tbviz.TensorBoardViz(str(tmp_path), **kwargs)
     assert not os.listdir(tmp_path)
+
+
+def test_strict_reaches_every_part_and_a_parts_own_dict_wins(tmp_path, monkeypatch):
+    model = compile(functional_bn_nested())
+    x, y = data(8)
+    viz = tbviz.TensorBoardViz(str(tmp_path), probe_images=x[:4], probe_labels=y[:4],
+                               strict=True, attribution=True,
+                               synthesis={"maximize": {"conv1": 1}, "steps": 1},
+                               histograms={"strict": False})
+    viz.set_model(model)
+    viz._add_model_dependent_parts()  # deconvnet and feature maps, as at train begin
+    strict = {type(cb).__name__: cb.strict for cb in viz.callbacks}
+    assert strict == {name: name != "HistogramCallback" for name in (
+        "GraphCallback", "LossCallback", "HistogramCallback", "AttributionCallback",
+        "SynthesisCallback", "ConvergenceCallback", "DeconvnetCallback", "FeatureMapsCallback")}
+
+    # And it acts: a convergence failure ends fit under strict=True (off: switched off).
+    import tbviz.callbacks.convergence as convergence
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected CKA failure")
+
+    monkeypatch.setattr(convergence, "cka_from_grams", broken)
+    with pytest.raises(RuntimeError, match="injected CKA failure"):
+        fit(compile(functional_bn_nested()), tmp_path / "strict", epochs=1, strict=True,
+            graph=False, histograms=False, deconvnet=False, feature_maps=False)

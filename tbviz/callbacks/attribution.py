@@ -61,16 +61,20 @@ class AttributionCallback(VizCallback):
         alpha: opacity of the heatmap over the photo.
         sanity: also log the randomization sanity check per method (one map per
             layer with weights per trigger: as many times the method's cost).
+        strict: re-raise a failure of a method instead of switching that method off
+            (see :class:`~tbviz.callbacks.base.VizCallback`).
 
-    Everything is validated at train begin (each method runs once on the first
-    probe image, which also traces its probe); errors name the valid choices.
+    Arguments are validated at train begin; errors name the valid choices. Then each
+    method runs once on the first probe image, which traces its probe: a method that
+    fails there (or later) is switched off with a warning, the others go on.
     """
 
     def __init__(self, log_dir, probe_images, target=None, methods=DEFAULT_METHODS,
                  layer: str | None = None, options: dict | None = None, max_batch: int = 32,
                  alpha: float = 0.6, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None, sanity: bool = False):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 every_n_steps: int | None = None, sanity: bool = False, strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         if probe_images is None or np.size(probe_images) == 0:
             raise ValueError("probe_images must hold at least one image (N, H, W, C)")
         self.probe_images = probe_images
@@ -103,27 +107,36 @@ class AttributionCallback(VizCallback):
         self._probes = self._randomized = None
         self._plain_note = None
 
-    def setup(self):
+    def check(self):
         self._probes = check_images(self.model, self.probe_images, "probe_images")
+        if self.target is not None:
+            attribution.check_target(self.model, self._probes, self.target)
+        given = self.options.get("grad_cam", {})
+        if any(k in given for k in ("layer", "token_grid", "class_token")):
+            attribution.grad_cam_layer(self.model, self._probes.shape[1:], given.get("layer"),
+                                       given.get("token_grid"), given.get("class_token"))
+
+    def setup(self):
         target = self.target
         if target is None:
             target = attribution.top_classes(self.model, self._probes[:1])
-        else:
-            attribution.check_target(self.model, self._probes, target)
-            if not callable(target):
-                target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
+        elif not callable(target):
+            target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
         for method in self.methods:
-            self._attribute(method, self._probes[:1], target)
+            with self.guard("setup", item=method):
+                self._attribute(method, self._probes[:1], target)
         # Guided backprop on a model without a rectifier is the saliency gradient: say so.
-        if "guided_backprop" in self.methods:
-            self._plain_note = plain_gradient_note(self.model, "guided")
+        if "guided_backprop" in self.live(self.methods):
+            with self.guard("setup", item="guided_backprop"):
+                self._plain_note = plain_gradient_note(self.model, "guided")
             if self._plain_note:
                 self.warn_once("plain", "tbviz.AttributionCallback: guided_backprop: %s",
                                self._plain_note)
         if self.sanity:
             from tbviz.sanity import RandomizedCopy
 
-            self._randomized = RandomizedCopy(self.model)  # once: its probes trace once
+            with self.guard("setup", item="sanity"):  # without it, the heatmaps still go on
+                self._randomized = RandomizedCopy(self.model)  # once: its probes trace once
 
     def _attribute(self, method, images, target):
         return getattr(attribution, method)(self.model, images, target, **self.options[method])
@@ -139,23 +152,29 @@ class AttributionCallback(VizCallback):
             labels = [int(t) for t in np.broadcast_to(np.asarray(target), len(probes))]
         photos = for_display(probes)
         with self.writer.as_default(step=step):
-            for method in self.methods:
-                raw = self.finite(f"attribution/{method}",
-                                  self._attribute(method, probes, target))
-                heat = attribution.heatmap(raw)
-                images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
-                about = f"{method} heatmaps over the probe images"
-                if method == "guided_backprop" and self._plain_note:
-                    about += f" (the same as saliency: {self._plain_note})"
-                tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
-                                 description=about)
-                write_panel(f"tbviz/attribution/{method}", "attribution",
-                            [encode_png(im) for im in images],
-                            tiles=[{"method": method, "image_index": i, "target": t}
-                                   for i, t in enumerate(labels)],
-                            description=about, method=method)
-                if self._randomized is not None:
-                    self._write_sanity(method, probes, target)
+            for method in self.live(self.methods):
+                with self.guard(f"step {step}", item=method):
+                    self._write_method(method, probes, target, photos, labels)
+                if (self._randomized is not None and method not in self.failed
+                        and ("sanity", method) not in self.failed):
+                    with self.guard(f"step {step}", item=("sanity", method)):
+                        self._write_sanity(method, probes, target)
+
+    def _write_method(self, method, probes, target, photos, labels):
+        raw = self.finite(f"attribution/{method}",
+                          self._attribute(method, probes, target))
+        heat = attribution.heatmap(raw)
+        images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
+        about = f"{method} heatmaps over the probe images"
+        if method == "guided_backprop" and self._plain_note:
+            about += f" (the same as saliency: {self._plain_note})"
+        tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
+                         description=about)
+        write_panel(f"tbviz/attribution/{method}", "attribution",
+                    [encode_png(im) for im in images],
+                    tiles=[{"method": method, "image_index": i, "target": t}
+                           for i, t in enumerate(labels)],
+                    description=about, method=method)
 
     def _write_sanity(self, method, probes, target):
         stages = attribution.sanity_check(self.model, probes, method, target,

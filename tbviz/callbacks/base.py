@@ -1,10 +1,26 @@
-"""The shared skeleton of every tbviz callback: when to log, and where.
+"""The shared skeleton of every tbviz callback: when to log, where, and never ending ``fit``.
 
-Subclasses implement :meth:`VizCallback.setup` (validate against the model,
-trace probes; runs at train begin) and :meth:`VizCallback.write` (log at one
-trigger). This class decides *when*: every ``every_n_epochs`` epochs and/or every
+Subclasses implement three hooks, run by this class at the right moments:
+
+* :meth:`VizCallback.check` (train begin): validate the user's arguments against
+  the model. Its errors are the user's to fix, so they end ``fit`` at once, before
+  any training step, with a message naming the choices.
+* :meth:`VizCallback.setup` (train begin, after ``check``): prepare (trace probes).
+* :meth:`VizCallback.write` (at each trigger): compute and log.
+
+This class decides *when*: every ``every_n_epochs`` epochs and/or every
 ``every_n_steps`` optimizer steps, and *where*: the shared writer of
 ``<log_dir>/train`` (only on the chief under ``tf.distribute``).
+
+A guest in the training run: everything after ``check`` runs behind one guard,
+:meth:`VizCallback.guard`. An exception there (a trace that fails, an op without a
+gradient, out of memory in a probe, a log directory that disappeared) never ends
+``fit``: the part is switched off for the rest of the run (or only the layer or
+method it was working on, where a subclass guards those one by one), one warning
+names the part, the layer, the cause and what to do, and the text summary
+``tbviz/errors`` says the same in TensorBoard. ``strict=True`` re-raises instead.
+Each part's time per log is written as the scalar ``tbviz/cost/<part>`` (seconds;
+``tbviz/cost/<part>_setup`` once at train begin), so users see what logging costs.
 
 Steps are the optimizer's global step (``model.optimizer.iterations``), so
 curves continue at the right place after a resume and step- and epoch-triggered
@@ -21,25 +37,89 @@ Example:
     ...         with self.writer.as_default(step=step):
     ...             tf.summary.scalar("lr", float(self.model.optimizer.learning_rate))
     >>> cb = LearningRate("runs/lr", every_n_epochs=1)
+    >>> cb.part
+    'learning_rate'
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import time
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tbviz.checks import positive_int
+from tbviz.layers import layer_paths
 from tbviz.summary import writers
 
 log = logging.getLogger("tbviz")
 
+#: Lines of the ``tbviz/errors`` summary so far, per open writer (a run can hold several parts).
+_ERRORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def part_name(cls) -> str:
+    """``"DeconvnetCallback"`` -> ``"deconvnet"``, ``"FeatureMapsCallback"`` -> ``"feature_maps"``.
+
+    >>> part_name(type("HistogramCallback", (), {}))
+    'histogram'
+    """
+    name = cls.__name__.removesuffix("Callback") or cls.__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def advice(err: BaseException) -> str:
+    """What a user can do about ``err`` (one sentence), by the kind of failure.
+
+    >>> advice(MemoryError())
+    'lower max_batch or pass fewer probe images'
+    """
+    text = str(err)
+    if isinstance(err, (MemoryError, tf.errors.ResourceExhaustedError)) or "OOM" in text:
+        return "lower max_batch or pass fewer probe images"
+    if isinstance(err, LookupError) or "gradient" in text.lower():
+        return ("an op in the model's inference pass has no gradient, so nothing can be "
+                "differentiated through it: where the part takes layers, choose ones before it")
+    if isinstance(err, (OSError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
+                        tf.errors.FailedPreconditionError)):
+        return ("the log directory cannot be written any more (deleted, full or read-only?); "
+                "the next run logs again once it can")
+    return "pass strict=True to raise it with its traceback, and report it with the model summary"
+
+
+def _cause(err: BaseException) -> str:
+    """``"Type: message"`` in one line; for an error raised while tracing, the original one
+    (TensorFlow puts it last, under the user-code traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    cause = named[-1] if named else f"{type(err).__name__}: {lines[0] if lines else '?'}"
+    return cause.split(". ")[0].rstrip(".")  # the first sentence; the rest is TF's essay
+
+
+def failing_layer(err: BaseException, model) -> str | None:
+    """The path of the model's layer named in ``err`` (a TensorFlow op name or a Keras
+    "when calling" note), or ``None``; the deepest one when several are named."""
+    text = str(err)
+    found = None
+    for path in layer_paths(model) if model is not None else []:
+        name = re.escape(path.rsplit("/", 1)[-1])
+        # Keras opens a layer's name scope as "name" or "name_<n>" (see tbviz.graphs).
+        if re.search(rf"(^|[/'\" ]){name}(_\d+)?(/|'|\"|\.call)", text):
+            found = path
+    return found
 
 class VizCallback(keras.callbacks.Callback):
-    """Base class: frequency handling, the shared run writer, chief-only writing."""
+    """Base class: frequency handling, the shared run writer, chief-only writing, the guard.
+
+    ``strict=True``: an exception in this part re-raises (ending ``fit``) instead of
+    switching the part off; tests and debugging want it.
+    """
 
     #: Run sub-directory this callback writes to (``train`` like Keras).
     run = "train"
@@ -49,6 +129,8 @@ class VizCallback(keras.callbacks.Callback):
         super().__init__()
         if log_dir is None or not os.fspath(log_dir):
             raise ValueError("log_dir must be a directory path, e.g. 'runs/my_run'")
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be True or False, got {strict!r}")
         self.log_dir = os.fspath(log_dir)
         self.every_n_epochs = positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         self.every_n_steps = positive_int("every_n_steps", every_n_steps, allow_none=True)
@@ -58,10 +140,20 @@ class VizCallback(keras.callbacks.Callback):
         self._held: list[str] = []
         self._last_step = None
         self._warned: set = set()  # keys already warned about, see warn_once()
+        self.failed: dict = {}  # what is switched off for this run -> its warning
+
+    @property
+    def part(self) -> str:
+        """This part's name in warnings, ``tbviz/errors`` and ``tbviz/cost/<part>``."""
+        return part_name(type(self))
 
     # -- hooks for subclasses ---------------------------------------------------------------
+    def check(self) -> None:
+        """Validate the user's arguments against ``self.model`` (raise ``ValueError`` naming
+        the choices). Runs at train begin, unguarded: these errors end ``fit`` at once."""
+
     def setup(self) -> None:
-        """Validate against ``self.model`` and prepare probes. Runs at train begin."""
+        """Prepare probes (trace them). Runs at train begin after :meth:`check`, guarded."""
 
     def write(self, step: int, logs: dict | None) -> None:
         """Write this callback's summaries for global ``step``."""
@@ -94,6 +186,63 @@ class VizCallback(keras.callbacks.Callback):
         tf.summary.scalar(f"nonfinite/{tag}", n)
         return np.where(bad, 0, arr)
 
+    # -- the guard ------------------------------------------------------------------------------
+    def live(self, items) -> list:
+        """``items`` (layers, methods) not switched off by an earlier failure."""
+        return [i for i in items if i not in self.failed]
+
+    @contextlib.contextmanager
+    def guard(self, stage: str, item=None, layer: str | None = None):
+        """Run the block; an exception switches off ``item`` (a method, a layer, a
+        ``(kind, layer)`` pair: only that one, see :meth:`live`) or, without ``item``, this
+        whole part, and is said once in a warning and in ``tbviz/errors`` instead of ending
+        ``fit``; ``layer`` is the layer the block works on, when it is known. ``strict``:
+        re-raise.
+        """
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - a guest never ends the run; strict re-raises
+            if self.strict:
+                raise
+            try:
+                layer = layer or failing_layer(err, self.model)
+            except Exception:  # noqa: BLE001 - naming the layer is a courtesy, never a new error
+                layer = None
+            self._switch_off(stage, item, layer, err)
+
+    def _switch_off(self, stage, item, layer, err):
+        where = f"layer {layer!r}" if layer else "the model"
+        what = ("this part" if item is None else repr(item) if isinstance(item, str)
+                else repr(" ".join(map(str, item))))
+        cause = _cause(err)
+        message = (f"tbviz: {self.part} failed at {stage} on {where} ({cause}); {what} is off "
+                   f"for the rest of this run, training goes on. What to do: {advice(err)}.")
+        self.failed[item] = message
+        log.warning("%s", message)
+        self._write_error(message)
+        if item is None:
+            with contextlib.suppress(Exception):  # the writer itself may be what failed
+                self._release()
+
+    def _write_error(self, message):
+        writer = self.writer
+        if writer is None or not self.chief:
+            return
+        try:
+            lines = _ERRORS.setdefault(writer, [])
+            lines.append("* " + message)
+            with writer.as_default(step=self._last_step or self.global_step):
+                tf.summary.text("tbviz/errors", "\n".join(lines),
+                                description="tbviz parts switched off in this run, and why")
+            writer.flush()
+        except Exception:  # noqa: BLE001 - an unwritable run: the warning has said it
+            pass
+
+    def _cost(self, name, seconds, step):
+        with self.writer.as_default(step=step):
+            tf.summary.scalar(f"tbviz/cost/{name}", seconds,
+                              description="seconds this tbviz part took (device time included)")
+
     # -- writers --------------------------------------------------------------------------------
     def writer_for(self, run: str):
         """The shared writer of ``<log_dir>/<run>``, held until train end."""
@@ -102,11 +251,10 @@ class VizCallback(keras.callbacks.Callback):
         return writers.acquire(path, chief=self.chief)
 
     def _release(self):
+        held, self._held, self.writer = self._held, [], None
         if self.chief:
-            for path in self._held:
+            for path in held:
                 writers.release(path)
-        self._held = []
-        self.writer = None
 
     # -- Keras callback protocol ----------------------------------------------------------------
     @property
@@ -118,28 +266,37 @@ class VizCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.chief = writers.is_chief(getattr(self.model, "distribute_strategy", None))
-        fresh = []  # folders this call creates: removed again if setup() fails
+        fresh = []  # folders this call creates: removed again if check() fails
         if self.chief:
             fresh = [p for p in (self.log_dir, os.path.join(self.log_dir, self.run))
                      if not os.path.exists(p)]
             writers.check_writable(self.log_dir)
         self._release()
+        self.failed, self._last_step = {}, None
         self.writer = self.writer_for(self.run)
         # Batches trained so far; the optimizer's count at start (a resumed run continues).
         self._batches = self._epoch_start = self.global_step
         try:
-            self.setup()
+            self.check()
         except Exception:
             self._release()
             writers.remove_unused(fresh)
             raise
+        with self.guard("setup"):
+            start = time.perf_counter()
+            self.setup()
+            self._cost(f"{self.part}_setup", time.perf_counter() - start, self._batches)
 
     def _trigger(self, logs):
         step = self.global_step
         if step == self._last_step:  # an epoch end right after a step trigger: same state
             return
         self._last_step = step
-        self.write(step, logs)
+        with self.guard(f"step {step}"):
+            start = time.perf_counter()
+            self.write(step, logs)
+            if self.writer is not None:
+                self._cost(self.part, time.perf_counter() - start, step)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._batches
@@ -156,7 +313,10 @@ class VizCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_epochs and self.writer is not None and (epoch + 1) % self.every_n_epochs == 0:
             self._trigger(logs)
-        writers.flush_all()
+        if self.writer is not None:
+            with self.guard(f"epoch {epoch} end (flushing the logs)"):
+                self.writer.flush()
 
     def on_train_end(self, logs=None):
-        self._release()
+        with self.guard("train end (closing the logs)"):
+            self._release()

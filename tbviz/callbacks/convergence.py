@@ -94,12 +94,16 @@ class ConvergenceCallback(VizCallback):
         reduce: ``"flatten"`` (every position of a conv map is a feature) or ``"pool"``
             (channels averaged over positions); see :func:`tbviz.similarity.features`.
         every_n_epochs / every_n_steps: when to compare.
+        strict: re-raise a failure instead of switching the convergence scalars off
+            (see :class:`~tbviz.callbacks.base.VizCallback`).
     """
 
     def __init__(self, log_dir, probe_images, layers=None, threshold: float = 0.99,
                  patience: int = 3, debiased: bool = True, reduce: str = "flatten",
-                 every_n_epochs: int | None = 1, every_n_steps: int | None = None):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 every_n_epochs: int | None = 1, every_n_steps: int | None = None,
+                 strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         if probe_images is None or np.size(probe_images) == 0:
             raise ValueError("probe_images must hold at least one input")
         n = len(probe_images)
@@ -122,7 +126,7 @@ class ConvergenceCallback(VizCallback):
         #: ``{layer: step}`` of the latest settling of each layer.
         self.settled: dict[str, int] = {}
 
-    def setup(self):
+    def check(self):
         model = self.model
         check_fits(model, self.probe_images, "probe_images")
         if self.layers is None:
@@ -132,6 +136,8 @@ class ConvergenceCallback(VizCallback):
                                  "pass layers=[...]")
         else:
             check_layers(model, self.layers)
+
+    def setup(self):
         self._x = tf.constant(np.asarray(self.probe_images, dtype=np.float32))
         self._probe = self._make_probe()
         self._start = self._previous = self._grams()

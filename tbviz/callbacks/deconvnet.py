@@ -52,7 +52,8 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from tbviz import deconvnet
+
+from tbviz import _probe, deconvnet
 from tbviz.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.checks import channels as check_channels
@@ -110,6 +111,7 @@ class DeconvnetCallback(VizCallback):
         seed: the random choice of an int ``channels`` among firing maps.
         run: the run sub-directory written to (``"train"``); another name keeps two views
             of the same layers apart (VGG19 on stylized outputs and on the photos, say).
+        strict: re-raise a failure instead of switching the deconvnet off.
 
     All arguments are checked here or at train begin, before any training step.
     """
@@ -119,8 +121,10 @@ class DeconvnetCallback(VizCallback):
                  rule: str = "deconvnet", max_batch: int = deconvnet.DEFAULT_MAX_BATCH,
                  probe_model=None, channels=None, distinct: bool = True,
                  image_grids: bool = False, raw: bool = False, scan_data=None,
-                 scan_limit: int | None = None, seed: int = 0, run: str = "train"):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 scan_limit: int | None = None, seed: int = 0, run: str = "train",
+                 strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         if not isinstance(run, str) or not run or os.sep in run:
             raise ValueError(f"run must be a folder name such as 'train', got {run!r}")
         self.run = run
@@ -167,7 +171,7 @@ class DeconvnetCallback(VizCallback):
         self._plain_note = None
 
     # -- train begin ----------------------------------------------------------------------------
-    def setup(self):
+    def check(self):
         # The step whose probes panel holds the probe images. A fixed array is written once
         # per run (the largest part of a logged step otherwise, the same pixels every time);
         # the patches name that step.
@@ -183,16 +187,10 @@ class DeconvnetCallback(VizCallback):
             self._fixed, self._image_shape = {}, None  # a new model: start afresh
         paths = layer_paths(probe)
         self._layer_index = {p: paths.index(p) for p in self.layers}
-        self._projector = deconvnet.projector(probe, self.layers, self.rule)
+        images = None
         if self.probe_images is not None:
             images = self._images(probe, strict=True)
             self._image_shape = images.shape[1:]
-            self._projector.prepare(self._image_shape)  # every trace happens now, never later
-            acts = self._projector.activations(images)
-        # A rule that met no activation computed the plain gradient: label it so.
-        self._plain_note = plain_gradient_note(probe, self.rule)
-        if self._plain_note:
-            self._say_once("plain", self._plain_note)
         firing = None
         if self.scan_data is not None:
             # Which maps fire (and the image size) from a first look at the scan data; the
@@ -202,6 +200,22 @@ class DeconvnetCallback(VizCallback):
             self._scan_shape = look.image_shape
             firing = {path: [c for c, units in look[path].items()
                              if units and units[0].value > 0] for path in self.layers}
+        shapes = _check_projectable(probe, self._image_shape or self._scan_shape, self.layers)
+        for path, chosen in (self.channels or {}).items():
+            if path in shapes:  # a layer that never runs: the projector says so at setup
+                check_channels(chosen, shapes[path][-1], path)
+        self._checked = probe, images, firing
+
+    def setup(self):
+        probe, images, firing = self._checked
+        self._projector = deconvnet.projector(probe, self.layers, self.rule)
+        if images is not None:
+            self._projector.prepare(self._image_shape)  # every trace happens now, never later
+            acts = self._projector.activations(images)
+        # A rule that met no activation computed the plain gradient: label it so.
+        self._plain_note = plain_gradient_note(probe, self.rule)
+        if self._plain_note:
+            self._say_once("plain", self._plain_note)
         shapes = self._projector.output_shapes(self._image_shape or self._scan_shape)
         for path in self.layers:
             n_ch = shapes[path][-1]
@@ -536,6 +550,23 @@ class DeconvnetCallback(VizCallback):
         tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
                          metadata=metadata.create_raw_metadata(
                              "one row per raw tile: " + ", ".join(UNIT_COLUMNS), **about))
+
+
+def _check_projectable(model, image_shape, layers) -> dict:
+    """``{layer: output shape}``; a ``ValueError`` for a layer the deconvnet cannot project
+    (a transformer's token sequence, say), naming the layers it can."""
+    shapes = _probe.layer_output_shapes(model, image_shape)
+    for path in layers:
+        shape = shapes.get(path)
+        if shape is not None and len(shape) not in (2, 4):
+            fitting = [p for p, s in shapes.items() if len(s) == 4]
+            kind = "tokens (a vision transformer's?)" if len(shape) == 3 else "values"
+            raise ValueError(
+                f"layer {path!r} outputs {kind} of shape (N,) + {shape[1:]}; the deconvnet "
+                "projects units of a spatial feature map (N, H, W, C) or of a flat (N, features) "
+                "layer back through the layers before it. Spatial layers of this model: "
+                f"{', '.join(fitting) or '(none)'}")
+    return shapes
 
 
 # -- display helpers (no analysis here: just turning arrays into tiles) ---------------------------

@@ -24,8 +24,9 @@ import tensorflow as tf
 from tbviz import _probe
 from tbviz.callbacks.base import VizCallback
 from tbviz.checks import positive_int
-from tbviz.feature_maps import conv_layers, display_scale, kernel_grid, map_grids
+from tbviz.feature_maps import conv_layers, display_scale, grid_outputs, kernel_grid, map_grids
 from tbviz.layers import check_images, check_layers, get_layer
+from tbviz.tokens import token_layers
 
 
 def _paths(value):
@@ -48,12 +49,19 @@ class FeatureMapsCallback(VizCallback):
         max_batch: most images per forward pass.
         max_channels: show at most this many channels of a layer (the first ones);
             a 1280-channel layer would give an unreadable, slow 36x36 grid.
+        token_grid / class_token: a vision transformer's patch grid ``(h, w)`` and whether
+            its first token is a class token, where they cannot be found from the token
+            count (see :mod:`tbviz.tokens`). Token layers are shown on that grid; a model
+            with token layers after its last conv layer shows its last token layer.
+        strict: re-raise a failure instead of switching that layer off.
     """
 
     def __init__(self, log_dir, probe_images=None, layers=None, kernel_layers=None,
                  scale: int | None = None, max_batch: int = 32, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None, max_channels: int = 64):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 every_n_steps: int | None = None, max_channels: int = 64,
+                 token_grid=None, class_token=None, strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         self.probe_images = probe_images
         self.max_channels = positive_int("max_channels", max_channels)
         self.layers = _paths(layers)
@@ -63,24 +71,26 @@ class FeatureMapsCallback(VizCallback):
                              "kernels only")
         self.scale = positive_int("scale", scale, allow_none=True)
         self.max_batch = positive_int("max_batch", max_batch)
+        self.token_grid, self.class_token = token_grid, class_token
+        self._grids = {}
         self._probes = None
         self._scales = {}
 
-    def setup(self):
+    def check(self):
         model = self.model
         convs = conv_layers(model)
         if self.layers is None:  # the first and the last conv layer (once if they are one)
-            first_last = list(dict.fromkeys(convs[:1] + convs[-1:]))
-            self.layers = [] if self.probe_images is None else first_last
+            self.layers = [] if self.probe_images is None else self._default_layers(convs)
         if self.kernel_layers is None:
             self.kernel_layers = convs[:1]
         check_layers(model, self.layers + self.kernel_layers)
         if self.layers:
             self._probes = check_images(model, self.probe_images, "probe_images")
         for layer in self.layers:
-            shape = _probe.check_layer_rank(model, self._probes.shape[1:], layer, {4},
-                                            "feature_maps()")
-            self._scales[layer] = self.scale or display_scale(max(shape[1:3]))
+            grid = _probe.check_spatial(model, self._probes.shape[1:], layer, "feature_maps()",
+                                        self.token_grid, self.class_token)
+            self._grids[layer] = grid
+            self._scales[layer] = self.scale or display_scale(max(grid[:2]))
         for layer in self.kernel_layers:
             kernel_grid(model, layer)  # raises for a layer without a kernel, listing those with one
             size = max(get_layer(model, layer).kernel.shape[:2])
@@ -89,17 +99,38 @@ class FeatureMapsCallback(VizCallback):
             raise ValueError(f"nothing to log: model {model.name!r} has no conv layers "
                              "and no layers were given")
 
+    def _default_layers(self, convs) -> list[str]:
+        last = convs[-1:]
+        if self.probe_images is not None and convs:
+            # A vision transformer: its patch embedding is the only conv. Show its last
+            # layer of tokens on their grid instead of the embedding twice.
+            image_shape = check_images(self.model, self.probe_images, "probe_images").shape[1:]
+            shapes = _probe.layer_output_shapes(self.model, image_shape)
+            order = list(shapes)
+            grids = token_layers(shapes, image_shape, self.token_grid, self.class_token)
+            after = [p for p in grids if convs[-1] in order and
+                     order.index(p) > order.index(convs[-1])]
+            last = after[-1:] or last
+        return list(dict.fromkeys(convs[:1] + last))
+
     def write(self, step, logs):
         with self.writer.as_default(step=step):
-            for layer in self.layers:
-                maps = _probe.layer_outputs(self.model, self._probes, layer, self.max_batch)
-                maps = self.finite(f"feature_maps/{layer}", maps[..., :self.max_channels])
-                grids = map_grids(maps, scale=self._scales[layer])
-                tf.summary.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
-                                 description=f"channels 0..{self.max_channels - 1} (at most) of "
-                                             f"{layer}, one grid per probe image")
-            for layer in self.kernel_layers:
-                self.finite(f"kernels/{layer}", get_layer(self.model, layer).kernel)
-                image = kernel_grid(self.model, layer, scale=self._scales["kernels", layer])
-                tf.summary.image(f"kernels/{layer}", image[None],
-                                 description=f"the filters of {layer}")
+            for layer in self.live(self.layers):
+                with self.guard(f"step {step}", item=layer, layer=layer):
+                    self._write_maps(layer)
+            for item in self.live(("kernels", layer) for layer in self.kernel_layers):
+                with self.guard(f"step {step}", item=item, layer=item[1]):
+                    self._write_kernels(item[1])
+
+    def _write_maps(self, layer):
+        maps = grid_outputs(self.model, self._probes, layer, self._grids[layer], self.max_batch)
+        maps = self.finite(f"feature_maps/{layer}", maps[..., :self.max_channels])
+        grids = map_grids(maps, scale=self._scales[layer])
+        tf.summary.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
+                         description=f"channels 0..{self.max_channels - 1} (at most) of "
+                                     f"{layer}, one grid per probe image")
+
+    def _write_kernels(self, layer):
+        self.finite(f"kernels/{layer}", get_layer(self.model, layer).kernel)
+        image = kernel_grid(self.model, layer, scale=self._scales["kernels", layer])
+        tf.summary.image(f"kernels/{layer}", image[None], description=f"the filters of {layer}")

@@ -35,10 +35,11 @@ class GraphCallback(VizCallback):
         input_spec: ``tf.TensorSpec`` (or list) for ``graph_fn``/the model. Without it, a
             subclassed model that was never called gets its graph written after the
             first training step, once Keras knows its input shape.
+        strict: re-raise a failure to trace or write the graph instead of going without.
     """
 
-    def __init__(self, log_dir, graph_fn=None, input_spec=None):
-        super().__init__(log_dir, every_n_epochs=None, every_n_steps=None)
+    def __init__(self, log_dir, graph_fn=None, input_spec=None, strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=None, every_n_steps=None, strict=strict)
         if graph_fn is not None and not callable(graph_fn):
             raise ValueError(f"graph_fn must be callable, got {type(graph_fn).__name__}")
         self.graph_fn = graph_fn
@@ -47,19 +48,23 @@ class GraphCallback(VizCallback):
         self.input_spec = input_spec
         self._pending = False
 
-    def setup(self):
+    def check(self):
         self._pending = False
+        if self.input_spec is not None:
+            return
         try:
-            self._write_graphs()
+            graphs.input_spec(self.model)
         except ValueError as e:
-            if self.graph_fn is not None and self.input_spec is None:
+            if self.graph_fn is not None:
                 raise ValueError(f"{e}; GraphCallback(graph_fn=...) then needs input_spec=, "
                                  "e.g. input_spec=tf.TensorSpec((None, None, None, 3))") from None
-            if self.input_spec is not None or self.graph_fn is not None:
-                raise
             # A subclassed model that was never called: its input shape is known after
             # the first training step.
             self._pending = True
+
+    def setup(self):
+        if not self._pending:
+            self._write_graphs()
 
     def _write_graphs(self):
         spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
@@ -84,7 +89,8 @@ class GraphCallback(VizCallback):
     def on_train_batch_end(self, batch, logs=None):
         if self._pending and self.writer is not None:
             self._pending = False
-            self._write_graphs()
+            with self.guard("the first step (a subclassed model's graph)"):
+                self._write_graphs()
 
     def on_epoch_end(self, epoch, logs=None):
         pass

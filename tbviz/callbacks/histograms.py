@@ -56,6 +56,10 @@ def check_fits(model, x, name="probe_data"):
                          f"(N,) + {tuple(want[1:])}")
 
 
+#: The guarded item of the gradient and activation histograms (one traced probe for both).
+PROBE = "gradient and activation histograms"
+
+
 class HistogramCallback(VizCallback):
     """Histograms of every weight, and with ``probe_data`` of gradients and activations.
 
@@ -67,16 +71,28 @@ class HistogramCallback(VizCallback):
             model's own loss (``model.compute_loss``) on it, in inference mode;
             without ``y`` only models whose loss needs no labels get gradients.
         include_frozen: also log frozen layers' weights (e.g. a pretrained backbone).
+        strict: re-raise a failure instead of switching the probe (gradients and
+            activations) or the whole part off.
+
+    A probe that fails (an op without a gradient, say) switches off the gradient and
+    activation histograms only; weight histograms go on.
     """
 
+    part = "histograms"  # as TensorBoardViz calls it
+
     def __init__(self, log_dir, every_n_epochs=1, every_n_steps=None, probe_data=None,
-                 include_frozen=False):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 include_frozen=False, strict=False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         self.probe_data = probe_data
         self.include_frozen = include_frozen
         self._epoch = 0
 
     # -- setup ------------------------------------------------------------------------------
+    def check(self):
+        if self.probe_data is not None:
+            check_fits(self.model, split_probe(self.probe_data)[0])
+
     def setup(self):
         model = self.model
         self.weights = stats.weights_by_layer(model, self.include_frozen)
@@ -90,28 +106,32 @@ class HistogramCallback(VizCallback):
         if self.probe_data is None:
             return
         x, y = split_probe(self.probe_data)
-        check_fits(model, x)
-        self.x = tf.convert_to_tensor(np.asarray(x, dtype=np.float32) if np.issubdtype(
-            np.asarray(x).dtype, np.number) else x)
+        try:
+            several = len(input_shapes(model)) > 1
+        except ValueError:  # a subclassed model known only by calling it: one input
+            several = False
+        if not several:
+            x = np.asarray(x)  # a list of images is one batch
+        # One tensor per model input (a list for a model with several), float32 where numeric.
+        self.x = tf.nest.map_structure(lambda a: tf.convert_to_tensor(
+            np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.number) else a),
+            x)
         self.y = None if y is None else tf.convert_to_tensor(np.asarray(y))
         leaves = [p for p in layer_paths(model) if not children(get_layer(model, p))]
         self.act_paths = leaves
         self.relu_paths = set(stats.relu_layers(model))
         self.grad_vars = [v for vs in self.by_layer.values() for v in vs]
-        self._probe = self._make_probe(with_loss=True)
-        try:
-            self._run_probe()
-        except Exception as e:  # noqa: BLE001 - decide below whether it is the user's data
-            if self.y is None:
+        with self.guard("setup", item=PROBE):
+            self._probe = self._make_probe(with_loss=True)
+            try:
+                self._run_probe()
+            except Exception:  # noqa: BLE001 - without labels, the loss may be what fails
+                if self.y is not None:
+                    raise
                 self.warn_once("nograd", "tbviz: no gradient histograms: the model's loss needs "
                                 "labels; pass probe_data=(x, y)")
                 self._probe = self._make_probe(with_loss=False)
-                try:
-                    self._run_probe()
-                except Exception as e2:
-                    raise ValueError(f"probe_data does not fit model {model.name!r}: {e2}") from e2
-            else:
-                raise ValueError(f"probe_data does not fit model {model.name!r}: {e}") from e
+                self._run_probe()
 
     def _make_probe(self, with_loss):
         model, paths, variables = self.model, self.act_paths, self.grad_vars
@@ -153,8 +173,9 @@ class HistogramCallback(VizCallback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.writer is not None and self._next_step_triggers(batch):
-            self._snapshot = (self.global_step + 1,
-                              {k: [v.numpy() for v in vs] for k, vs in self.by_layer.items()})
+            with self.guard(f"batch {batch} begin (weights before the step)"):
+                self._snapshot = (self.global_step + 1,
+                                  {k: [v.numpy() for v in vs] for k, vs in self.by_layer.items()})
 
     # -- writing ----------------------------------------------------------------------------
     def _histogram(self, tag, values):
@@ -170,8 +191,9 @@ class HistogramCallback(VizCallback):
             for tag, v in self.weights:
                 self._histogram(tag, v)
             self._write_update_ratios(step)
-            if self._probe is not None:
-                self._write_probe()
+            if self._probe is not None and PROBE not in self.failed:
+                with self.guard(f"step {step}", item=PROBE):
+                    self._write_probe()
 
     def _write_update_ratios(self, step):
         snap, self._snapshot = self._snapshot, None

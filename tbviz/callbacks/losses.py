@@ -91,10 +91,14 @@ class LossCallback(VizCallback):
             ending in ``loss`` in one chart.
         every_n_steps: write ``batch_<key>`` every this many optimizer steps
             (``None``: epoch scalars only).
+        strict: re-raise a failure to write instead of switching the scalars off.
     """
 
-    def __init__(self, log_dir, groups=None, every_n_steps: int | None = 10):
-        super().__init__(log_dir, every_n_epochs=1, every_n_steps=every_n_steps)
+    part = "losses"  # as TensorBoardViz calls it
+
+    def __init__(self, log_dir, groups=None, every_n_steps: int | None = 10,
+                 strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=1, every_n_steps=every_n_steps, strict=strict)
         if groups is not None:
             if not isinstance(groups, dict) or not all(
                     isinstance(v, (list, tuple)) and v for v in groups.values()):
@@ -126,6 +130,10 @@ class LossCallback(VizCallback):
     def on_epoch_end(self, epoch, logs=None):
         if self.writer is None:
             return
+        with self.guard(f"epoch {epoch} end"):
+            self._write_epoch(epoch, logs)
+
+    def _write_epoch(self, epoch, logs):
         values = numeric_logs(logs)
         self._maybe_layout(values)
         train = {k: v for k, v in values.items() if not k.startswith("val_")}

@@ -64,6 +64,7 @@ class SynthesisCallback(VizCallback):
         options: extra keyword arguments per kind, e.g. ``{"maximize": {"jitter": 4},
             "invert": {"tv_weight": 0.1}, "dream": {"octaves": 2}}``. DeepDream uses 3
             octaves on models that take any image size and 1 otherwise, unless given.
+        strict: re-raise a failure instead of switching that layer's synthesis off.
 
     Nothing here touches the weights or TensorFlow's random state: training is
     bit-identical with and without this callback.
@@ -72,8 +73,9 @@ class SynthesisCallback(VizCallback):
     def __init__(self, log_dir, probe_images=None, maximize: dict | None = None, invert=None,
                  dream=None, steps: int = 32, value_range=(0.0, 255.0),
                  options: dict | None = None, every_n_epochs: int | None = 1,
-                 every_n_steps: int | None = None):
-        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps)
+                 every_n_steps: int | None = None, strict: bool = False):
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                         strict=strict)
         self.maximize = dict(maximize or {})
         for layer, channels in self.maximize.items():
             if not isinstance(layer, str) or not (
@@ -108,7 +110,7 @@ class SynthesisCallback(VizCallback):
         return {"steps": self.steps, "value_range": self.value_range,
                 **self.options.get(kind, {}), **override}
 
-    def setup(self):
+    def check(self):
         model = self.model
         check_layers(model, list(self.maximize) + self.invert + self.dream)
         if self.probe_images is not None and np.size(self.probe_images):
@@ -116,42 +118,62 @@ class SynthesisCallback(VizCallback):
         if self.dream and "octaves" not in self.options.get("dream", {}):
             flexible = image_input_shape(model)[:2] == (None, None)
             self.options.setdefault("dream", {})["octaves"] = 3 if flexible else 1
-        # One step of each, which validates every argument against the model and
-        # traces the probes now rather than at the first trigger.
-        for layer, channels in self.maximize.items():
-            self._channels[layer] = (list(range(int(channels))) if np.ndim(channels) == 0
-                                     else [int(c) for c in channels])
-            synthesis.maximize_activation(model, layer, self._channels[layer],
-                                          **self._kwargs("maximize", steps=1))
-        for layer in self.invert:
-            synthesis.invert_features(model, self._probes[:1], layer,
-                                      **self._kwargs("invert", steps=1))
         if self.dream:
-            synthesis.deepdream(model, self._probes[:1], self.dream,
-                                **self._kwargs("dream", steps=1))
+            synthesis.check_octaves(model, self.options["dream"]["octaves"])
+        size = self.options.get("maximize", {}).get("size")
+        for layer, channels in self.maximize.items():
+            chosen = list(range(int(channels))) if np.ndim(channels) == 0 else channels
+            self._channels[layer] = synthesis.check_channels(model, layer, chosen, size).tolist()
+
+    def setup(self):
+        # One step of each, which tries every argument on the model and traces the
+        # probes now rather than at the first trigger.
+        model = self.model
+        for layer, channels in self._channels.items():
+            with self.guard("setup", item=("maximize", layer), layer=layer):
+                synthesis.maximize_activation(model, layer, channels,
+                                              **self._kwargs("maximize", steps=1))
+        for layer in self.invert:
+            with self.guard("setup", item=("invert", layer), layer=layer):
+                synthesis.invert_features(model, self._probes[:1], layer,
+                                          **self._kwargs("invert", steps=1))
+        if self.dream:
+            with self.guard("setup", item=("dream",) + tuple(self.dream)):
+                synthesis.deepdream(model, self._probes[:1], self.dream,
+                                    **self._kwargs("dream", steps=1))
 
     def write(self, step, logs):
-        model, lo_hi = self.model, self.value_range
         with self.writer.as_default(step=step):
-            for layer, channels in self._channels.items():
-                images, _ = synthesis.maximize_activation(model, layer, channels,
-                                                          **self._kwargs("maximize"))
-                images = self.finite(f"synthesis/{layer}", images)
-                for channel, image in zip(channels, to_uint8(images, lo_hi)):
-                    tf.summary.image(f"synthesis/{layer}/{channel}", image[None],
-                                     description=f"input maximizing channel {channel} of {layer}")
-            for layer in self.invert:
-                rec, _ = synthesis.invert_features(model, self._probes, layer,
-                                                   **self._kwargs("invert"))
-                rec = self.finite(f"synthesis/inversion/{layer}", rec)
-                tf.summary.image(f"synthesis/inversion/{layer}", to_uint8(rec, lo_hi),
-                                 max_outputs=len(rec),
-                                 description=f"probe images reconstructed from {layer}")
-            if self.dream:
-                dreams = synthesis.deepdream(model, self._probes, self.dream,
-                                             **self._kwargs("dream"))
-                dreams = self.finite("synthesis/deepdream", dreams)
-                tf.summary.image("synthesis/deepdream", to_uint8(dreams, lo_hi),
-                                 max_outputs=len(dreams),
-                                 description="DeepDream of the probe images on "
-                                             + ", ".join(self.dream))
+            for kind, layer in self.live(("maximize", layer) for layer in self._channels):
+                with self.guard(f"step {step}", item=(kind, layer), layer=layer):
+                    self._write_maximized(layer, self._channels[layer])
+            for kind, layer in self.live(("invert", layer) for layer in self.invert):
+                with self.guard(f"step {step}", item=(kind, layer), layer=layer):
+                    self._write_inversion(layer)
+            dream = ("dream",) + tuple(self.dream)
+            if self.dream and dream not in self.failed:
+                with self.guard(f"step {step}", item=dream):
+                    self._write_dream()
+
+    def _write_maximized(self, layer, channels):
+        images, _ = synthesis.maximize_activation(self.model, layer, channels,
+                                                  **self._kwargs("maximize"))
+        images = self.finite(f"synthesis/{layer}", images)
+        for channel, image in zip(channels, to_uint8(images, self.value_range)):
+            tf.summary.image(f"synthesis/{layer}/{channel}", image[None],
+                             description=f"input maximizing channel {channel} of {layer}")
+
+    def _write_inversion(self, layer):
+        rec, _ = synthesis.invert_features(self.model, self._probes, layer,
+                                           **self._kwargs("invert"))
+        rec = self.finite(f"synthesis/inversion/{layer}", rec)
+        tf.summary.image(f"synthesis/inversion/{layer}", to_uint8(rec, self.value_range),
+                         max_outputs=len(rec),
+                         description=f"probe images reconstructed from {layer}")
+
+    def _write_dream(self):
+        dreams = synthesis.deepdream(self.model, self._probes, self.dream, **self._kwargs("dream"))
+        dreams = self.finite("synthesis/deepdream", dreams)
+        tf.summary.image("synthesis/deepdream", to_uint8(dreams, self.value_range),
+                         max_outputs=len(dreams),
+                         description="DeepDream of the probe images on " + ", ".join(self.dream))

@@ -133,7 +133,9 @@ class TensorBoardViz(keras.callbacks.Callback):
         every_n_epochs / every_n_steps: when histograms and images are written (a part's
             own ``every_n_...`` in its dict wins). Losses are logged every epoch and
             every ``losses={"every_n_steps": n}`` steps (default 10).
-        strict: passed to every part that takes it (see :class:`~tbviz.callbacks.base.VizCallback`).
+        strict: passed to every part (its own dict's ``strict`` wins): a part re-raises its
+            failures instead of switching itself off (see
+            :class:`~tbviz.callbacks.base.VizCallback`); for tests and debugging.
         graph, losses, histograms, deconvnet, feature_maps, attribution, synthesis, convergence:
             ``True``, ``False`` or a dict of keyword arguments of the part's callback (see
             the module doc), e.g. ``deconvnet={"distinct": False, "channels": [0, 3]}``,

@@ -98,10 +98,12 @@ def release(path: str) -> None:
         if entry is None:
             return
         entry[1] -= 1
-        entry[0].flush()
-        if entry[1] <= 0:
-            entry[0].close()
-            del _open[path]
+        try:
+            entry[0].flush()  # raises when the run folder was deleted or the disk is full
+        finally:
+            if entry[1] <= 0:
+                del _open[path]  # forgotten even then, so a later acquire opens a fresh one
+                entry[0].close()
 
 
 def mark_start(writer, step: int) -> None:

@@ -1,0 +1,115 @@
+"""A vision transformer's tokens as the grid of image patches they came from.
+
+A ViT layer outputs ``(N, T, D)``: one token per image patch, in row-major order
+(the order a patch-embedding ``Conv2D`` with ``strides=patch`` followed by a
+reshape gives), often after one class token. Spatial methods (Grad-CAM, feature
+maps) need ``(N, h, w, D)``. :func:`token_grid` finds ``(h, w)`` and whether to
+drop a leading class token from the token count and the image shape alone, where
+that is unambiguous:
+
+* ``T = h * w`` with ``h / w = H / W`` (no class token), or
+* ``T = h * w + 1`` (a class token first, dropped),
+
+and otherwise takes them as given (``grid=(h, w)``, ``class_token=True/False``).
+A 4-D ``(N, h, w, C)`` output is a grid already.
+
+Example:
+    >>> import numpy as np
+    >>> from tbviz.tokens import token_grid, to_grid
+    >>> token_grid((1, 17, 8), (32, 32, 3))    # 4x4 patches of 8 pixels and a class token
+    (4, 4, 1)
+    >>> token_grid((1, 8, 8, 8), (32, 32, 3))  # a conv feature map: already a grid
+    (8, 8, 0)
+    >>> to_grid(np.zeros((2, 17, 8)), (4, 4, 1)).shape
+    (2, 4, 4, 8)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+#: Fewer patch tokens than this are not taken for a grid without being told (a pooled
+#: or class-token-only output would be a "1x1 grid").
+MIN_AUTO_TOKENS = 4
+
+
+def _fits(n: int, height: int, width: int):
+    """``(h, w)`` with ``h * w == n`` and the image's aspect ratio, or ``None``."""
+    if n < MIN_AUTO_TOKENS or not (height and width):
+        return None
+    h = round(math.sqrt(n * height / width))
+    if h < 1 or n % h:
+        return None
+    w = n // h
+    return (h, w) if h * width == w * height else None
+
+
+def token_grid(shape, image_shape, grid=None, class_token=None):
+    """``(h, w, skip)`` for a layer output ``shape`` (batch axis included) on images of
+    ``image_shape`` ``(H, W, C)``: the patch grid and how many leading tokens to drop.
+    ``None`` when a 3-D output is not a token grid (or the rank is neither 3 nor 4).
+
+    ``grid`` ``(h, w)`` and ``class_token`` (``True``: one leading token to drop,
+    ``False``: none) say it explicitly; a ``ValueError`` when they do not match ``shape``.
+
+    >>> token_grid((1, 33, 192), (64, 128, 3))   # a 4x8 grid of 16-pixel patches + class
+    (4, 8, 1)
+    >>> token_grid((1, 7, 4), (32, 32, 3)) is None      # 7 or 6 tokens: no square grid
+    True
+    >>> token_grid((1, 10, 4), (32, 32, 3), grid=(3, 3), class_token=True)
+    (3, 3, 1)
+    """
+    shape = tuple(shape)
+    if len(shape) == 4:
+        return int(shape[1]), int(shape[2]), 0
+    if len(shape) != 3 or shape[1] is None:
+        return None
+    tokens = int(shape[1])
+    skips = (0, 1) if class_token is None else (int(bool(class_token)),)
+    if grid is not None:
+        h, w = (int(g) for g in grid)
+        for skip in skips:
+            if h * w + skip == tokens:
+                return h, w, skip
+        told = "" if class_token is None else f" and class_token={class_token}"
+        raise ValueError(f"token_grid={tuple(grid)}{told} does not fit {tokens} tokens: "
+                         f"{h}x{w} = {h * w} patch tokens, plus one class token or none")
+    for skip in skips:
+        hw = _fits(tokens - skip, image_shape[0], image_shape[1])
+        if hw is not None:
+            return hw + (skip,)
+    return None
+
+
+def to_grid(values, grid):
+    """``(N, T, D)`` tokens (array or tensor) as ``(N, h, w, D)`` for ``grid`` from
+    :func:`token_grid`; a 4-D input is returned as it is."""
+    h, w, skip = grid
+    if len(values.shape) == 4:
+        return values
+    if tf.is_tensor(values):
+        return tf.reshape(values[:, skip:], (-1, h, w, values.shape[-1]))
+    return np.reshape(np.asarray(values)[:, skip:], (-1, h, w, values.shape[-1]))
+
+
+def token_layers(shapes: dict, image_shape, grid=None, class_token=None) -> dict:
+    """``{path: (h, w, skip)}`` of the layers in ``shapes`` (``{path: output shape}``, e.g.
+    from :func:`tbviz._probe.layer_output_shapes`) whose 3-D output is a token grid.
+
+    >>> token_layers({"conv": (1, 4, 4, 8), "tokens": (1, 17, 8)}, (32, 32, 3))
+    {'tokens': (4, 4, 1)}
+    """
+    out = {}
+    for path, shape in shapes.items():
+        if len(shape) != 3:
+            continue
+        try:
+            found = token_grid(shape, image_shape, grid, class_token)
+        except ValueError:  # a given grid that does not fit this layer
+            continue
+        if found is not None:
+            out[path] = found
+    return out
