@@ -172,10 +172,6 @@ class DeconvnetCallback(VizCallback):
 
     # -- train begin ----------------------------------------------------------------------------
     def check(self):
-        # The step whose probes panel holds the probe images. A fixed array is written once
-        # per run (the largest part of a logged step otherwise, the same pixels every time);
-        # the patches name that step.
-        self._probes_step = None
         probe = self._resolve_probe_model()
         check_layers(probe, self.layers)
         if self.channels is not None:
@@ -207,6 +203,10 @@ class DeconvnetCallback(VizCallback):
         self._checked = probe, images, firing
 
     def setup(self):
+        # The step whose probes panel holds the probe images. A fixed array is written once
+        # per run (the largest part of a logged step otherwise, the same pixels every time);
+        # the patches name that step.
+        self._probes_step = None
         probe, images, firing = self._checked
         self._projector = deconvnet.projector(probe, self.layers, self.rule)
         if images is not None:
