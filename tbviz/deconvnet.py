@@ -22,15 +22,17 @@ per :class:`Projector`; projectors are cached per model, so repeated calls
 (every epoch, say) never trace again. Three things keep the work small:
 
 * one row per unit, a batch of rows per call (at most ``max_batch``), the
-  forward pass stopping at the unit's layer;
+  forward pass stopping at the unit's layer (a sub-model up to it, where the
+  model's graph allows: tracing covers only the layers a projection goes through);
 * a unit only depends on the input under its receptive field, so where the
   field is known (see :mod:`tbviz.receptive_field`) its row is a crop of the
   image aligned to the layer's total stride, with the image's own padding at
   real borders, and the result is pasted back into a zero canvas: the same
   numbers for a fraction of the work;
-* units that read the same row (same image and crop) share one forward pass,
-  and their backward passes run as one vectorized batch, where pfor can
-  vectorize every op (else they go one row each: no slow while-loop fallback).
+* where all units of an image read the same row (the whole image, or a field
+  about as large as it), they share one forward pass and their backward passes
+  run as one vectorized batch, where pfor can vectorize every op (else they go
+  one row each: no slow while-loop fallback).
 
 Which crop each unit gets and which units go into which call are pure NumPy
 functions, :func:`crops` and :func:`batch_plan`, like :func:`top_units`.
@@ -67,7 +69,7 @@ from tbviz import receptive_field as rf
 from tbviz.backward_rules import backward_rule, check_rule, gradients
 from tbviz.checks import channels as check_channels
 from tbviz.checks import positive_int
-from tbviz.layers import capture_outputs, check_images, check_layers
+from tbviz.layers import check_images, check_layers, forward_to
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels",
            "unit_table", "crops", "batch_plan", "project", "patches", "windows", "support_window",
@@ -341,6 +343,7 @@ class Projector:
         self.rule = check_rule(rule)
         self.trace_count = 0
         self._acts: dict = {}     # image shape -> tf.function
+        self._forwards: dict = {}  # tuple of layers -> forward pass stopping at the deepest
         self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
         self._fields: dict = {}   # (layer, image shape) -> (Axis, Axis) or None
         self._whole: set = set()  # (layer, image shape) the model cannot crop
@@ -365,15 +368,21 @@ class Projector:
             @tf.function(input_signature=[tf.TensorSpec((None,) + image_shape, tf.float32)])
             def fn(x):
                 self.trace_count += 1
-                model = self.model
-                with capture_outputs(model, self.layers) as seen:
-                    model(x, training=False)
+                seen = self._forward(self.layers)(x)
                 for path in self.layers:
                     self._check_output(path, seen, x)
                 return {path: seen[path] for path in self.layers}
 
             self._acts[image_shape] = fn
         return fn
+
+    def _forward(self, layers: tuple):
+        """``x -> {layer: output}`` stopping at the deepest of ``layers`` where the model's
+        graph allows (:func:`tbviz.layers.forward_to`), so a trace covers only the layers a
+        projection goes through; built once per set of layers."""
+        if layers not in self._forwards:
+            self._forwards[layers] = forward_to(self.model, layers)
+        return self._forwards[layers]
 
     def _check_output(self, path, seen, x):
         if path not in seen:
@@ -439,10 +448,8 @@ class Projector:
             @tf.function(input_signature=signature)
             def fn(x, pos):
                 self.trace_count += 1
-                model = self.model
-                with backward_rule(self.rule, model), capture_outputs(model, [layer]) as seen:
-                    model(x, training=False)
-                out = seen[layer]
+                with backward_rule(self.rule, self.model):
+                    out = self._forward((layer,))(x)[layer]
                 if not shared:
                     return _backward(out, x, pos)
                 # pfor turns the units' backward passes into one batched pass after one
@@ -482,6 +489,17 @@ class Projector:
             return False
         return True
 
+    def _image_wide(self, layer, image_shape, crop: bool) -> bool:
+        """Whether all units of one image are projected from one input (the whole image, or
+        one crop per image where the field is about as large as it): only there are their
+        forward passes shared. Units of a smaller field read small crops of their own, cheap
+        to run once each; sharing those would cost one more trace per layer (the vectorized
+        one) for the rare units that happen to share a crop."""
+        if not crop:
+            return True
+        field = self.field(layer, image_shape)
+        return field is None or all(rf.crop_plan(axis) is None for axis in field)
+
     def _fall_back(self, layer, image_shape, err):
         log.info("tbviz.deconvnet: layer %r cannot be projected from crops (%s); "
                  "using whole images", layer, err)
@@ -499,7 +517,8 @@ class Projector:
         for layer in self.layers:
             crop = self._crops_work(layer, image_shape)
             self._project_fn(layer, image_shape, crop).get_concrete_function()
-            self._shares(layer, image_shape, crop)
+            if self._image_wide(layer, image_shape, crop):
+                self._shares(layer, image_shape, crop)
         return self
 
     def project(self, images, units: Mapping[str, Sequence], max_batch: int = DEFAULT_MAX_BATCH,
@@ -525,7 +544,7 @@ class Projector:
         shape = images.shape[1:]
         crop = crop and self._crops_work(layer, shape)
         boxes, positions = crops(table, self.field(layer, shape) if crop else None, shape)
-        plan = batch_plan(table, boxes, max_batch)
+        plan = batch_plan(table, boxes, max_batch, share=self._image_wide(layer, shape, crop))
         if any(shared for shared, _ in plan) and not self._shares(layer, shape, crop):
             plan = batch_plan(table, boxes, max_batch, share=False)
         canvas = np.zeros((len(table),) + shape, np.float32)

@@ -25,7 +25,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+import weakref
+from typing import Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -126,6 +127,81 @@ def capture_outputs(model, paths: Iterable[str]):
                 object.__setattr__(layer, "call", original)
             else:
                 object.__delattr__(layer, "call")
+
+
+def up_to(model, path: str):
+    """A Keras model from ``model``'s image input to the output of the layer at ``path``.
+
+    It runs no layer after that one, and accepts images of any size (crops); a path
+    into a nested model goes through the outer layers up to the nested model's input.
+    Raises ``ValueError`` or ``AttributeError`` where the graph does not allow it (a
+    subclassed model, a layer called more than once). The sub-model shares the
+    model's layers (and so its live weights).
+
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
+    ...                       keras.layers.Conv2D(2, 3, name="c2")])
+    >>> [layer.name for layer in up_to(m, "c1").layers[1:]]
+    ['c1']
+    """
+    head, _, rest = path.partition("/")
+    layer = model.get_layer(head)
+    if not rest:
+        sub = keras.Model(model.inputs, layer.output)
+    else:
+        before = keras.Model(model.inputs, layer.input)
+        before.input_spec = None
+        after = up_to(layer, rest)
+        x = keras.Input(model.inputs[0].shape[1:])
+        sub = keras.Model(x, after(before(x)))
+    # Our own sub-model may run on crops smaller than the model's declared input.
+    sub.input_spec = None
+    return sub
+
+
+def forward_to(model, paths: Sequence[str]):
+    """``x -> {path: output}`` in inference mode, running the model no further than it must.
+
+    One sub-model ends at the listed layers where the graph allows (see :func:`up_to`;
+    for one nested path or top-level layers): a probe traced through it traces only
+    the layers up to the deepest one, not the whole model. Otherwise the outputs are
+    captured while the whole model runs (subclassed models, several nested paths).
+
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
+    ...                       keras.layers.Conv2D(2, 3, name="c2")])
+    >>> tuple(forward_to(m, ["c1"])(np.zeros((1, 8, 8, 3), "float32"))["c1"].shape)
+    (1, 6, 6, 4)
+    """
+    paths = list(paths)
+    try:
+        if len(paths) == 1:
+            sub = up_to(model, paths[0])
+        elif all("/" not in p for p in paths):
+            sub = keras.Model(model.inputs, [model.get_layer(p).output for p in paths])
+            sub.input_spec = None
+        else:
+            sub = None
+    except (AttributeError, ValueError, TypeError):
+        sub = None
+    if sub is not None:
+        def truncated(x):
+            outs = sub(x, training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            return dict(zip(paths, outs))
+        return truncated
+
+    ref = weakref.ref(model)  # cached per model (weakly): the function must not keep it alive
+
+    def whole(x):
+        model = ref()
+        with capture_outputs(model, paths) as seen:
+            model(x, training=False)
+        missing = [p for p in paths if p not in seen]
+        if missing:
+            raise ValueError(f"layer(s) {', '.join(map(repr, missing))} did not run when model "
+                             f"{model.name!r} was called on images; choose a layer on the path "
+                             "from the image input")
+        return {p: seen[p] for p in paths}
+    return whole
 
 
 def input_shapes(model) -> list[tuple]:

@@ -43,84 +43,16 @@ import warnings
 import weakref
 from typing import Mapping, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tbviz import receptive_field as rf
 from tbviz import checks
 from tbviz.checks import positive_int
-from tbviz.layers import capture_outputs, check_layers, image_input_shape
+from tbviz.layers import check_layers, forward_to, image_input_shape
 from tbviz.backward_rules import backward_rule, check_rule
 
 __all__ = ["scan", "Scan"]
-
-
-# --------------------------------------------------------------------------------------------
-# Forward passes that stop at the deepest listed layer
-
-
-def _up_to(model, path: str):
-    """A Keras model from ``model``'s image input to the output of the layer at ``path``.
-
-    It runs no layer after that one, and accepts images of any size (crops); a path
-    into a nested model goes through the outer layers up to the nested model's input.
-    Raises ``ValueError`` or ``AttributeError`` where the graph does not allow it (a
-    subclassed model, a layer called more than once).
-    """
-    head, _, rest = path.partition("/")
-    layer = model.get_layer(head)
-    if not rest:
-        sub = keras.Model(model.inputs, layer.output)
-    else:
-        before = keras.Model(model.inputs, layer.input)
-        before.input_spec = None
-        after = _up_to(layer, rest)
-        x = keras.Input(model.inputs[0].shape[1:])
-        sub = keras.Model(x, after(before(x)))
-    # Our own sub-model may run on crops smaller than the model's declared input.
-    sub.input_spec = None
-    return sub
-
-
-def _forward(model, layers: Sequence[str]):
-    """``x -> {layer: output}`` in inference mode, running the model no further than it must.
-
-    One sub-model ends at the listed layers where the graph allows (see :func:`_up_to`;
-    for one nested path or top-level layers). Otherwise the outputs are captured while the
-    whole model runs (inside a ``tf.function`` TensorFlow can prune the ops after the last
-    captured layer, as nothing reads them; not measured).
-    """
-    layers = list(layers)
-    try:
-        if len(layers) == 1:
-            sub = _up_to(model, layers[0])
-        elif all("/" not in p for p in layers):
-            sub = keras.Model(model.inputs, [model.get_layer(p).output for p in layers])
-            sub.input_spec = None
-        else:
-            sub = None
-    except (AttributeError, ValueError, TypeError):
-        sub = None
-    if sub is not None:
-        def truncated(x):
-            outs = sub(x, training=False)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            return dict(zip(layers, outs))
-        return truncated
-
-    ref = weakref.ref(model)  # cached per model (weakly): the function must not keep it alive
-
-    def whole(x):
-        model = ref()
-        with capture_outputs(model, layers) as seen:
-            model(x, training=False)
-        missing = [p for p in layers if p not in seen]
-        if missing:
-            raise ValueError(f"layer(s) {', '.join(map(repr, missing))} did not run when model "
-                             f"{model.name!r} was called on images")
-        return {p: seen[p] for p in layers}
-    return whole
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +300,7 @@ def _projection_fn(model, layer, rule):
     if (layer, rule) not in per_model:
         from tbviz.deconvnet import _backward
 
-        forward = _forward(model, [layer])
+        forward = forward_to(model, [layer])
         ref = weakref.ref(model)
 
         @tf.function(reduce_retracing=True)
@@ -469,7 +401,7 @@ class _Scanner:
     """The traced per-batch step and the cross-replica merge of one kind of scan."""
 
     def __init__(self, model, layers, image_shape, k, channels, distinct, strategy):
-        self.forward = _forward(model, layers)
+        self.forward = forward_to(model, layers)
         outs = tf.function(self.forward).get_concrete_function(
             tf.TensorSpec((None,) + image_shape, tf.float32)).structured_outputs
         self.plan = {}

@@ -9,8 +9,10 @@ import keras
 import numpy as np
 import pytest
 
+import tbviz.layers
 from tbviz import deconvnet
 from tbviz.deconvnet import Unit
+from tbviz.receptive_field import crop_plan
 
 # Float results of different computations: ./scripts/test.sh --numerics runs these under
 # other kernels and thread counts.
@@ -479,7 +481,11 @@ def test_traced_once_for_repeated_calls(images):
     assert deconvnet.projector(model, ["block1", "block2"]) is proj  # cached per model
     proj.prepare(images.shape[1:])
     traced = proj.trace_count
-    assert traced == 1 + 2 * 2  # activations + (shared forward, one row per unit) per layer
+    # Activations, one row-per-unit projection per layer, and the shared (vectorized) one only
+    # for block2, whose field is about the whole image: block1's small crops go one row each.
+    fields = [proj.field(layer, images.shape[1:]) for layer in ("block1", "block2")]
+    assert [all(crop_plan(a) is None for a in f) for f in fields] == [False, True]
+    assert traced == 1 + 2 + 1
     rng = np.random.default_rng(0)
     for epoch in range(5):
         probe = images + rng.normal(0, 0.1, images.shape).astype("float32")
@@ -544,7 +550,12 @@ def test_layers_off_the_image_path_are_refused(images):
     assert deconvnet.project(model, images, "branches/conv", units).shape == (2, 8, 8, 2)
 
 
-def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images):
+def no_sub_model(model, path):
+    """Stands in for :func:`tbviz.layers.up_to` where a model's graph allows no sub-model."""
+    raise ValueError("no sub-model")
+
+
+def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images, monkeypatch):
     # The head needs the static size of its input: tracing it on crops of unknown size fails.
     x = keras.Input((8, 8, 2))
     y = L.Conv2D(3, 3, padding="same", activation="relu", name="c1")(x)
@@ -552,6 +563,12 @@ def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images):
                     name="static_flatten")(y)
     model = keras.Model(x, L.Dense(2)(flat))
     model.get_layer("c1").set_weights([v.astype("float32") for v in weights()["c1"]])
+    # c1's projections run a sub-model up to c1, so the head never runs: crops work.
+    assert ("c1", images.shape[1:]) not in deconvnet.Projector(model, ["c1"]).prepare(
+        images.shape[1:])._whole
+    # Where no sub-model can be built (a layer called twice, say), the whole model runs,
+    # head included: then c1 is projected from whole images.
+    monkeypatch.setattr(tbviz.layers, "up_to", no_sub_model)
     proj = deconvnet.Projector(model, ["c1"]).prepare(images.shape[1:])
     assert ("c1", images.shape[1:]) in proj._whole
     units = deconvnet.top_units(proj.activations(images)["c1"], k=5)
@@ -666,3 +683,25 @@ def test_reflection_padding_projects_without_pfor_fallback(caplog):
     # The same rows through the same graph, batched differently: float32 summation order.
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6 * np.abs(alone).max())
     assert np.abs(alone).max() > 0
+
+
+def test_projections_trace_only_the_layers_up_to_their_own(images, monkeypatch):
+    # Count the head's Python calls: a probe traced through the whole model runs it once per
+    # trace, one stopping at the projected layer never does.
+    model = small_net("ReLU", weights())
+    head = model.get_layer("fc")
+    calls = []
+    original = head.call
+    object.__setattr__(head, "call", lambda *a, **k: calls.append(1) or original(*a, **k))
+    proj = deconvnet.Projector(model, ["block1", "block2"]).prepare(images.shape[1:])
+    units = {layer: deconvnet.top_units(acts, k=5)
+             for layer, acts in proj.activations(images).items()}
+    prefix = proj.project(images, units)
+    assert calls == []
+    # The same units through the whole model (as where no sub-model can be built): the same
+    # projections, up to float32 rounding of the same ops grouped into other graphs.
+    monkeypatch.setattr(tbviz.layers, "up_to", no_sub_model)
+    whole = deconvnet.Projector(model, ["block1", "block2"]).project(images, units)
+    assert calls != []
+    for layer in units:
+        assert_close(prefix[layer], whole[layer])
