@@ -498,16 +498,72 @@ def grad_cam(model, images, target, layer: str | None = None, upsample: bool = T
                 y = ref()(xb, training=False)
             out = seen[layer]
             g = gradients(tf.reduce_sum(_score(y, ib, fn, logits=True)), out)
-            # Weighed on the patch grid (tokens reshaped, class token dropped), in float32
-            # whatever the layer computes in.
-            a, g = (tf.cast(tokens.to_grid(t, grid), tf.float32) for t in (out, g))
-            alpha = tf.reduce_mean(g, axis=[1, 2], keepdims=True)
-            return tf.nn.relu(tf.reduce_sum(alpha * a, axis=-1))
+            return _grad_cam_map(out, g, grid)
         return gcam
 
     gcam = _probe.traced(model, ("grad_cam", layer, grid, x.shape[1:], fn), build)
     maps = np.concatenate([gcam(x[s], idx[s]).numpy() for s in _probe.batches(len(x), max_batch)])
     return _upsample(maps, x.shape[1:3]) if upsample else maps
+
+
+def _grad_cam_map(out, g, grid):
+    """``relu(sum_k alpha_k A_k)`` from the layer output ``out`` and the score's gradient ``g``."""
+    # Weighed on the patch grid (tokens reshaped, class token dropped), in float32 whatever
+    # the layer computes in.
+    a, g = (tf.cast(tokens.to_grid(t, grid), tf.float32) for t in (out, g))
+    alpha = tf.reduce_mean(g, axis=[1, 2], keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(alpha * a, axis=-1))
+
+
+def saliency_and_grad_cam(model, images, target=None, layer: str | None = None,
+                          upsample: bool = True, max_batch: int = 32, token_grid=None,
+                          class_token=None) -> dict:
+    """:func:`saliency` and :func:`grad_cam` of one target by one probe: one forward pass and
+    one backward pass give the score's gradient w.r.t. the input and w.r.t. Grad-CAM's layer.
+
+    A logging callback wants both every time; as two probes they cost two traces of the
+    model and two passes per call. ``target`` takes the same forms as theirs, and also
+    ``None``: the class each image is predicted as (the argmax of the model's output, as
+    :func:`top_classes`), found in the same forward pass. Returns ``{"target": (N,) int32
+    classes (zeros for a callable), "saliency": (N, H, W, C), "grad_cam": (N, H, W)}``, the
+    maps those functions give (up to float32 rounding: the same ops in another graph).
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c"),
+    ...     keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> both = saliency_and_grad_cam(m, np.ones((2, 8, 8, 3)))
+    >>> both["target"].shape, both["saliency"].shape, both["grad_cam"].shape
+    ((2,), (2, 8, 8, 3), (2, 8, 8))
+    """
+    x = check_images(model, images)
+    max_batch = positive_int("max_batch", max_batch)
+    predicted = target is None
+    if predicted:
+        _num_classes(model, x.shape[1:])  # a class to predict: one (N, classes) output
+        idx, fn = np.zeros(len(x), np.int32), None
+    else:
+        idx, fn = check_target(model, x, target)
+    layer, grid = grad_cam_layer(model, x.shape[1:], layer, token_grid, class_token)
+
+    def build(ref):
+        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32),
+                                      tf.TensorSpec((None,), tf.int32)])
+        def both(xb, ib):
+            with backward_rule("gradient", ref()), capture_outputs(ref(), [layer]) as seen:
+                y = ref()(xb, training=False)
+            out = seen[layer]
+            if predicted:
+                ib = tf.argmax(y, axis=-1, output_type=tf.int32)
+            g_x, g_out = gradients(tf.reduce_sum(_score(y, ib, fn, logits=True)), [xb, out])
+            return ib, g_x, _grad_cam_map(out, g_out, grid)
+        return both
+
+    both = _probe.traced(model, ("saliency_and_grad_cam", layer, grid, x.shape[1:], fn,
+                                 predicted), build)
+    parts = [[t.numpy() for t in both(x[s], idx[s])] for s in _probe.batches(len(x), max_batch)]
+    classes, grads, maps = (np.concatenate(p) for p in zip(*parts))
+    return {"target": classes, "saliency": grads,
+            "grad_cam": _upsample(maps, x.shape[1:3]) if upsample else maps}
 
 
 # -- display ----------------------------------------------------------------------------------

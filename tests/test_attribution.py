@@ -325,3 +325,29 @@ def test_probes_are_traced_once_across_calls_and_batch_sizes(rng):
         method(model, x, 1, max_batch=2)
         method(model, x[:3], [0, 1, 0], max_batch=2)
         assert len(calls) == before, method.__name__
+
+
+def test_saliency_and_grad_cam_by_one_probe_give_both_methods_maps(rng):
+    model, logits = gap_model(softmax=True)
+    x = rng.uniform(0, 1, (3, 12, 12, 3)).astype("float32")
+    calls = []
+    conv1 = model.get_layer("conv1")
+    original = conv1.call
+    object.__setattr__(conv1, "call", lambda *a, **k: calls.append(1) or original(*a, **k))
+    at.grad_cam_layer(model, x.shape[1:])  # the shape look-ups: one eager pass each, cached
+    at.check_target(model, x, 0)
+    before = len(calls)
+    both = at.saliency_and_grad_cam(model, x, max_batch=2)  # the predicted classes
+    assert len(calls) == before + 1  # one trace for both maps and the class
+    predicted = np.argmax(logits(x, training=False).numpy(), axis=-1)
+    np.testing.assert_array_equal(both["target"], predicted)
+    # Against the gradient of an eager tape, to the tolerance the saliency test uses, and
+    # Grad-CAM against CAM (relu(cam) / (h * w) on a GAP model), as that test does.
+    want = np.stack([tape_gradient(logits, x[i:i + 1], t)[0] for i, t in enumerate(predicted)])
+    np.testing.assert_allclose(both["saliency"], want, rtol=1e-4, atol=1e-6)
+    c = at.cam(model, x, target=predicted, upsample=False)
+    g = at.saliency_and_grad_cam(model, x, predicted, upsample=False)["grad_cam"]
+    np.testing.assert_allclose(g, np.maximum(c, 0) / c[0].size, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(both["grad_cam"], at.grad_cam(model, x, predicted),
+                               rtol=1e-4, atol=1e-7)
+    assert g.max() > 0

@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
@@ -40,6 +42,10 @@ from tbviz.summary.images import for_display, overlay
 from tbviz.summary.metadata import encode_png, write_panel
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "grad_cam")
+#: Methods computed together by one probe when both are asked for (one trace, one pass).
+JOINT = ("saliency", "grad_cam")
+
+log = logging.getLogger(__name__)
 
 
 class AttributionCallback(VizCallback):
@@ -106,6 +112,7 @@ class AttributionCallback(VizCallback):
         self.sanity = bool(sanity)
         self._probes = self._randomized = None
         self._plain_note = None
+        self._joint = False
 
     def check(self):
         self._probes = check_images(self.model, self.probe_images, "probe_images")
@@ -118,11 +125,17 @@ class AttributionCallback(VizCallback):
 
     def setup(self):
         target = self.target
-        if target is None:
-            target = attribution.top_classes(self.model, self._probes[:1])
-        elif not callable(target):
+        if target is not None and not callable(target):
             target = np.broadcast_to(np.asarray(target), len(self._probes))[:1]
+        # Saliency and Grad-CAM together: one probe (one trace) gives both and the class.
+        self._joint = set(JOINT) <= set(self.methods)
+        joint = self._both(self._probes[:1], target)
+        if target is None:
+            target = (joint["target"] if joint is not None
+                      else attribution.top_classes(self.model, self._probes[:1]))
         for method in self.methods:
+            if joint is not None and method in JOINT:
+                continue
             with self.guard("setup", item=method):
                 self._attribute(method, self._probes[:1], target)
         # Guided backprop on a model without a rectifier is the saliency gradient: say so.
@@ -141,11 +154,29 @@ class AttributionCallback(VizCallback):
     def _attribute(self, method, images, target):
         return getattr(attribution, method)(self.model, images, target, **self.options[method])
 
+    def _both(self, images, target):
+        """:func:`tbviz.attribution.saliency_and_grad_cam` while both methods are live, else
+        None. Where the joint probe fails, each method goes its own way from then on (with
+        its own probe and guard, so one failing method leaves the other on)."""
+        if not (self._joint and self.live(JOINT) == list(JOINT)):
+            return None
+        try:
+            return attribution.saliency_and_grad_cam(self.model, images, target,
+                                                     **self.options["grad_cam"])
+        except Exception as err:  # noqa: BLE001 - the methods alone are tried (and guarded)
+            if self.strict:
+                raise
+            log.info("tbviz.AttributionCallback: saliency and Grad-CAM run apart (%s)", err)
+            self._joint = False
+            return None
+
     def write(self, step, logs):
         probes = self._probes
         target = self.target
+        joint = self._both(probes, target)
         if target is None:
-            target = attribution.top_classes(self.model, probes)
+            target = (joint["target"] if joint is not None
+                      else attribution.top_classes(self.model, probes))
         if callable(target):
             labels = [getattr(target, "__name__", "callable")] * len(probes)
         else:
@@ -154,15 +185,17 @@ class AttributionCallback(VizCallback):
         with self.writer.as_default(step=step):
             for method in self.live(self.methods):
                 with self.guard(f"step {step}", item=method):
-                    self._write_method(method, probes, target, photos, labels)
+                    self._write_method(method, probes, target, photos, labels,
+                                       joint.get(method) if joint is not None else None)
                 if (self._randomized is not None and method not in self.failed
                         and ("sanity", method) not in self.failed):
                     with self.guard(f"step {step}", item=("sanity", method)):
                         self._write_sanity(method, probes, target)
 
-    def _write_method(self, method, probes, target, photos, labels):
-        raw = self.finite(f"attribution/{method}",
-                          self._attribute(method, probes, target))
+    def _write_method(self, method, probes, target, photos, labels, raw=None):
+        if raw is None:
+            raw = self._attribute(method, probes, target)
+        raw = self.finite(f"attribution/{method}", raw)
         heat = attribution.heatmap(raw)
         images = np.stack([overlay(p, h, self.alpha) for p, h in zip(photos, heat)])
         about = f"{method} heatmaps over the probe images"
