@@ -143,7 +143,7 @@ def main(argv=None):
         print(f"{name:<18}{r['keras_first_epoch']:>9.1f}s{r['setup']:>7.1f}s"
               f"{r['setup'] / r['keras_first_epoch']:>7.2f}{r['inside']:>8.1f}s"
               f"{r['inside'] / r['keras_first_epoch']:>7.2f}{r['step'] * 1000:>6.0f}ms"
-              f"{r['log']:>8.2f}s{r['log'] / r['step']:>7.1f}  {_top(r['setup_parts'])} | "
+              f"{r['log']:>8.2f}s{r['log'] / r['step']:>7.1f}  {_top(r['setup_parts'], 4)} | "
               f"{_top(r['log_parts'])}{note}", flush=True)
 
 
