@@ -479,6 +479,15 @@ class Projector:
         key = (layer, None if crop else image_shape, True)
         if key in self._unshared:
             return False
+        # Known refusals are read off the one-row function's graph (traced already), rather
+        # than paying a whole vectorized trace to see it fail.
+        rows = self._project_fn(layer, image_shape, crop).get_concrete_function().graph
+        refused = sorted(set(_PFOR_REFUSES) & {op.type for op in rows.get_operations()})
+        if refused:
+            log.info("tbviz.deconvnet: layer %r: units of one image are projected one row each "
+                     "(pfor cannot vectorize %s)", layer, ", ".join(refused))
+            self._unshared.add(key)
+            return False
         try:
             with _pfor_quiet():
                 self._project_fn(layer, image_shape, crop, shared=True).get_concrete_function()
@@ -566,6 +575,13 @@ class Projector:
         if crop:
             self._cropped.add((layer, shape))
         return canvas
+
+
+#: Backward ops pfor refuses to vectorize over units: a depthwise convolution's (its
+#: converter wants a filter that varies with the unit: "expected to be not loop invariant";
+#: MobileNet, EfficientNet, Xception, NASNet, ConvNeXt's grouped convolutions) and a
+#: reflection padding's (no converter).
+_PFOR_REFUSES = ("DepthwiseConv2dNativeBackpropInput", "MirrorPadGrad")
 
 
 def _drop_pfor_records(record) -> bool:

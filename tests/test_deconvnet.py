@@ -705,3 +705,25 @@ def test_projections_trace_only_the_layers_up_to_their_own(images, monkeypatch):
     assert calls != []
     for layer in units:
         assert_close(prefix[layer], whole[layer])
+
+
+def test_a_depthwise_model_pays_no_vectorized_trace_that_would_fail():
+    # pfor cannot vectorize a depthwise convolution's backward over units: seen in the
+    # one-row function's graph, so no vectorized function is traced just to fail.
+    x = keras.Input((8, 8, 2))
+    y = L.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    y = L.Conv2D(3, 3, padding="same", activation="relu", name="c2")(y)
+    y = L.Conv2D(3, 3, strides=2, padding="same", activation="relu", name="c3")(y)
+    model = keras.Model(x, y)
+    images = np.random.default_rng(2).normal(0, 1, (2, 8, 8, 2)).astype("float32")
+    proj = deconvnet.Projector(model, ["c3"]).prepare(images.shape[1:])
+    field = proj.field("c3", images.shape[1:])
+    assert all(crop_plan(a) is None for a in field)  # its units would share their image
+    assert proj.trace_count == 2  # activations and the one-row projection only
+    units = deconvnet.top_units(proj.activations(images)["c3"], k=6)
+    together = proj.project(images, {"c3": units})["c3"]
+    assert proj.trace_count == 2
+    # Each unit alone through the whole image gives the same (float32 summation order only).
+    alone = np.concatenate([proj.project(images, {"c3": [u]}, crop=False)["c3"] for u in units])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6 * np.abs(alone).max())
+    assert np.abs(alone).max() > 0
