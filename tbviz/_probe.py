@@ -74,26 +74,45 @@ def pre_relu(t):
     return _input_of(t, "Relu")
 
 
-def layer_output_shapes(model, image_shape) -> dict:
-    """``{path: output shape}`` of every layer that runs on one image of ``image_shape``.
-
-    Found with one eager forward pass on zeros (cached), which works for any model
-    that accepts such an image, nested and subclassed models included.
-    """
+def _shapes(model, image_shape) -> tuple[dict, tuple | None]:
+    """``({path: output shape}, model output shape or None)`` for one image of ``image_shape``,
+    from one eager forward pass on zeros (cached): every part that needs a shape reads it
+    from this one pass of the whole model."""
     image_shape = tuple(int(s) for s in image_shape)
 
     def build(ref):
         m = ref()
         paths = layer_paths(m)
         with capture_outputs(m, paths) as seen:
-            m(np.zeros((1,) + image_shape, np.float32), training=False)
+            y = m(np.zeros((1,) + image_shape, np.float32), training=False)
         out = {}
         for path in paths:  # keep network order
             if path in seen and hasattr(seen[path], "shape"):
                 out[path] = tuple(seen[path].shape)
-        return out
+        return out, (tuple(y.shape) if hasattr(y, "shape") else None)
 
-    return traced(model, ("layer_output_shapes", image_shape), build)
+    return traced(model, ("shapes", image_shape), build)
+
+
+def layer_output_shapes(model, image_shape) -> dict:
+    """``{path: output shape}`` of every layer that runs on one image of ``image_shape``.
+
+    Found with one eager forward pass on zeros (cached), which works for any model
+    that accepts such an image, nested and subclassed models included.
+    """
+    return _shapes(model, image_shape)[0]
+
+
+def output_shape(model, image_shape) -> tuple | None:
+    """The model's output shape for one image of ``image_shape`` (``None``: several outputs),
+    from the same pass as :func:`layer_output_shapes`.
+
+    >>> import keras
+    >>> output_shape(keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+    ...                                keras.layers.Dense(3)]), (4, 4, 1))
+    (1, 3)
+    """
+    return _shapes(model, image_shape)[1]
 
 
 def check_layer_rank(model, image_shape, layer: str, ranks, what: str) -> tuple:

@@ -64,12 +64,7 @@ METHODS = ("saliency", "smoothgrad", "guided_backprop", "occlusion", "cam", "gra
 
 def _num_classes(model, image_shape) -> int:
     """Size of the model's ``(N, classes)`` output, or a ``ValueError`` saying why not."""
-    def build(ref):
-        m = ref()
-        out = m(np.zeros((1,) + tuple(image_shape), np.float32), training=False)
-        return out.shape if hasattr(out, "shape") else None
-
-    shape = _probe.traced(model, ("output_shape", tuple(image_shape)), build)
+    shape = _probe.output_shape(model, image_shape)
     if shape is None or len(shape) != 2:
         raise ValueError(
             f"a class-index target needs a model with one (N, classes) output; model "
