@@ -40,6 +40,15 @@ def traced(model, key, build):
     return per_model[key]
 
 
+def probe_function(input_signature):
+    """``tf.function`` with ``input_signature`` for a probe: traced once, without autograph.
+
+    A probe's Python is plain at trace time (its branches test Python values, not
+    tensors), so autograph's conversion of it would only add to every trace.
+    """
+    return tf.function(input_signature=input_signature, autograph=False)
+
+
 def batches(n: int, max_batch: int):
     """Slices covering ``range(n)`` in runs of at most ``max_batch``."""
     for start in range(0, n, max_batch):

@@ -140,7 +140,7 @@ def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
     _num_classes(model, x.shape[1:])
 
     def build(ref):
-        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32)])
+        @_probe.probe_function([tf.TensorSpec((None,) + x.shape[1:], tf.float32)])
         def forward(xb):
             return tf.argmax(ref()(xb, training=False), axis=-1, output_type=tf.int32)
         return forward
@@ -153,7 +153,7 @@ def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
 
 def _input_gradients(model, x, idx, fn, rule: str, max_batch: int) -> np.ndarray:
     def build(ref):
-        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32),
+        @_probe.probe_function([tf.TensorSpec((None,) + x.shape[1:], tf.float32),
                                       tf.TensorSpec((None,), tf.int32)])
         def grad(xb, ib):
             with backward_rule(rule, ref()):
@@ -292,7 +292,7 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
         spec = tf.TensorSpec((None, h, w, x.shape[3]), tf.float32)
         vec = tf.TensorSpec((None,), tf.int32)
 
-        @tf.function(input_signature=[spec, spec, vec, vec, vec, vec,
+        @_probe.probe_function([spec, spec, vec, vec, vec, vec,
                                       tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)])
         def scores(images_t, base_t, img, top, left, cls, ph_t, pw_t):
             r = tf.range(h)[None, :, None]
@@ -486,7 +486,7 @@ def grad_cam(model, images, target, layer: str | None = None, upsample: bool = T
     layer, grid = grad_cam_layer(model, x.shape[1:], layer, token_grid, class_token)
 
     def build(ref):
-        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32),
+        @_probe.probe_function([tf.TensorSpec((None,) + x.shape[1:], tf.float32),
                                       tf.TensorSpec((None,), tf.int32)])
         def gcam(xb, ib):
             with capture_outputs(ref(), [layer]) as seen:
@@ -541,7 +541,7 @@ def saliency_and_grad_cam(model, images, target=None, layer: str | None = None,
     layer, grid = grad_cam_layer(model, x.shape[1:], layer, token_grid, class_token)
 
     def build(ref):
-        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32),
+        @_probe.probe_function([tf.TensorSpec((None,) + x.shape[1:], tf.float32),
                                       tf.TensorSpec((None,), tf.int32)])
         def both(xb, ib):
             with backward_rule("gradient", ref()), capture_outputs(ref(), [layer]) as seen:

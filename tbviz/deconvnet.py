@@ -65,6 +65,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tbviz import _probe
 from tbviz import receptive_field as rf
 from tbviz.backward_rules import backward_rule, check_rule, gradients
 from tbviz.checks import channels as check_channels
@@ -321,7 +322,9 @@ class Projector:
     receptive-field crops of any size or from whole images. What goes where is
     planned by :func:`crops` and :func:`batch_plan`. The graphs read the live
     weights, so one projector serves a whole training run; :meth:`prepare` traces
-    everything up front and ``trace_count`` counts the traces.
+    everything up front and ``trace_count`` counts the traces. ``vectorize=False``
+    never shares a forward pass: one trace less per layer whose units share their
+    image, for a slower projection of those units (each runs its own forward pass).
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 1)),
@@ -334,13 +337,15 @@ class Projector:
     2
     """
 
-    def __init__(self, model, layers: Iterable[str], rule: str = "deconvnet"):
+    def __init__(self, model, layers: Iterable[str], rule: str = "deconvnet",
+                 vectorize: bool = True):
         self._model = weakref.ref(model)  # the cache is keyed by the model: no cycle
         self.model_name = model.name
         self.layers = tuple(check_layers(model, layers))
         if not self.layers:
             raise ValueError("give at least one layer")
         self.rule = check_rule(rule)
+        self.vectorize = bool(vectorize)
         self.trace_count = 0
         self._acts: dict = {}     # image shape -> tf.function
         self._forwards: dict = {}  # tuple of layers -> forward pass stopping at the deepest
@@ -365,7 +370,7 @@ class Projector:
     def _acts_fn(self, image_shape):
         fn = self._acts.get(image_shape)
         if fn is None:
-            @tf.function(input_signature=[tf.TensorSpec((None,) + image_shape, tf.float32)])
+            @_probe.probe_function([tf.TensorSpec((None,) + image_shape, tf.float32)])
             def fn(x):
                 self.trace_count += 1
                 seen = self._forward(self.layers)(x)
@@ -445,7 +450,7 @@ class Projector:
                                        tf.float32),
                          tf.TensorSpec((None, 3), tf.int32)]
 
-            @tf.function(input_signature=signature)
+            @_probe.probe_function(signature)
             def fn(x, pos):
                 self.trace_count += 1
                 with backward_rule(self.rule, self.model):
@@ -526,7 +531,7 @@ class Projector:
         for layer in self.layers:
             crop = self._crops_work(layer, image_shape)
             self._project_fn(layer, image_shape, crop).get_concrete_function()
-            if self._image_wide(layer, image_shape, crop):
+            if self.vectorize and self._image_wide(layer, image_shape, crop):
                 self._shares(layer, image_shape, crop)
         return self
 
@@ -553,7 +558,8 @@ class Projector:
         shape = images.shape[1:]
         crop = crop and self._crops_work(layer, shape)
         boxes, positions = crops(table, self.field(layer, shape) if crop else None, shape)
-        plan = batch_plan(table, boxes, max_batch, share=self._image_wide(layer, shape, crop))
+        plan = batch_plan(table, boxes, max_batch,
+                          share=self.vectorize and self._image_wide(layer, shape, crop))
         if any(shared for shared, _ in plan) and not self._shares(layer, shape, crop):
             plan = batch_plan(table, boxes, max_batch, share=False)
         canvas = np.zeros((len(table),) + shape, np.float32)
@@ -623,7 +629,8 @@ def _one_hot(out, pos):
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def projector(model, layers: Iterable[str], rule: str = "deconvnet") -> Projector:
+def projector(model, layers: Iterable[str], rule: str = "deconvnet",
+              vectorize: bool = True) -> Projector:
     """The cached :class:`Projector` of ``model`` for ``layers`` and ``rule``.
 
     Repeated calls with the same arguments return the same object, so its
@@ -636,9 +643,9 @@ def projector(model, layers: Iterable[str], rule: str = "deconvnet") -> Projecto
     """
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
     per_model = _CACHE.setdefault(model, {})
-    key = (layers, rule)
+    key = (layers, rule, bool(vectorize))
     if key not in per_model:
-        per_model[key] = Projector(model, layers, rule)
+        per_model[key] = Projector(model, layers, rule, vectorize)
     return per_model[key]
 
 

@@ -727,3 +727,24 @@ def test_a_depthwise_model_pays_no_vectorized_trace_that_would_fail():
     alone = np.concatenate([proj.project(images, {"c3": [u]}, crop=False)["c3"] for u in units])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6 * np.abs(alone).max())
     assert np.abs(alone).max() > 0
+
+
+def test_without_vectorizing_the_units_of_an_image_run_one_row_each(images):
+    # block2's field is about the whole image, so by default its units of one image share
+    # a forward pass (one more trace); vectorize=False projects them one row each instead.
+    model = small_net("ReLU", weights())
+    shared = deconvnet.Projector(model, ["block1", "block2"]).prepare(images.shape[1:])
+    rows = deconvnet.Projector(model, ["block1", "block2"], vectorize=False)
+    rows.prepare(images.shape[1:])
+    assert (shared.trace_count, rows.trace_count) == (1 + 2 + 1, 1 + 2)
+    units = {layer: deconvnet.top_units(acts, k=6)
+             for layer, acts in rows.activations(images).items()}
+    assert len({u.image_index for u in units["block2"]}) < 6  # some units share an image
+    got, want = rows.project(images, units), shared.project(images, units)
+    assert rows.trace_count == 1 + 2
+    ref = small_reference(weights())
+    for u, p in zip(units["block2"], got["block2"]):
+        assert_close(p, ref.project(images[u.image_index], "block2", u[1:4], "deconvnet"))
+    for layer in units:  # the same rows batched otherwise: float32 summation order only
+        np.testing.assert_allclose(got[layer], want[layer], rtol=0,
+                                   atol=1e-6 * np.abs(want[layer]).max())
