@@ -32,7 +32,8 @@ per :class:`Projector`; projectors are cached per model, so repeated calls
 * where all units of an image read the same row (the whole image, or a field
   about as large as it), they share one forward pass and their backward passes
   run as one vectorized batch, where pfor can vectorize every op (else they go
-  one row each: no slow while-loop fallback).
+  one row each: no slow while-loop fallback). That costs one more trace per such
+  layer: ``Projector(vectorize=False)`` (the deconvnet callback's default) skips it.
 
 Which crop each unit gets and which units go into which call are pure NumPy
 functions, :func:`crops` and :func:`batch_plan`, like :func:`top_units`.
