@@ -80,7 +80,8 @@ def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
 
 
 def write_stylized(run_dir, steps, n: int = 3):
-    """Stylized probe photos, as ``StylizedProbes`` writes them."""
+    """Stylized probe photos, as ``StylizedProbes`` writes them but as PNGs (as a tbviz
+    before panel version 3 did; the tab reads both)."""
     with tf.summary.create_file_writer(str(run_dir)).as_default():
         for step in steps:
             pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]

@@ -169,10 +169,11 @@ class TbvizPlugin(base_plugin.TBPlugin):
             raise errors.NotFoundError(
                 f"step {step} has tiles 1..{len(datum.values) - 1}, not {index}")
         ctx, _ = _context(request)
-        png = self._provider.read_blob(ctx, blob_key=datum.values[index].blob_key)
-        if not png.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise errors.NotFoundError(f"tile {index} of step {step} is not a PNG")
-        return http_util.Respond(request, png, "image/png", expires=IMAGE_MAX_AGE)
+        image = self._provider.read_blob(ctx, blob_key=datum.values[index].blob_key)
+        mime = metadata.image_mime(image)
+        if mime == "image/png" and not image.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise errors.NotFoundError(f"tile {index} of step {step} is not a PNG or WebP image")
+        return http_util.Respond(request, image, mime, expires=IMAGE_MAX_AGE)
 
     # -- data ---------------------------------------------------------------------------------
     def _series(self, request):
