@@ -197,6 +197,15 @@ def dashboard_logs(tmp_path_factory):
     return _BUILT["logs"]
 
 
+def settle_logs(tmp_path_factory):
+    """:func:`write_settle_run` once per test session, as ``settle/train`` of a log
+    directory of its own: ``(root, run_dir)``. Read-only, as :func:`dashboard_logs`."""
+    if "settle" not in _BUILT:
+        root = tmp_path_factory.mktemp("settle_logs")
+        _BUILT["settle"] = (root, write_settle_run(str(root / "settle")))
+    return _BUILT["settle"]
+
+
 def header(run_dir, tag, step=None):
     """Blob 0 of a panel step as written (the last step by default), read back with
     TensorBoard's ``EventAccumulator``."""
