@@ -15,7 +15,9 @@ on the device, and the comparison is exact. It writes
 * a text event ``convergence/<layer>/settled``, "layer X settled at step S", when
   ``vs_previous`` has stayed at or above ``threshold`` for ``patience`` logs in a
   row; S is the first step of that streak. A layer that moves again (below the
-  threshold) and settles again gets a new event. :attr:`settled` holds the steps.
+  threshold) and settles again gets a new event. :attr:`settled` holds the steps. The
+  text is :func:`tbviz.summary.metadata.settled_message`: the tbviz tab reads it back to
+  mark that step in the layer's evolution.
 
 Defaults: debiased CKA, because probe batches are small and layers wide, the case
 where biased CKA is pushed towards 1 whatever the layers do (about
