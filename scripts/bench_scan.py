@@ -4,7 +4,7 @@ On VGG19 and ResNet50V2 (``weights=None``), 4 layers x 16 feature maps x top 9:
 
 (a) scan images/s against ``model.predict`` images/s over the same images, the
     predicting model cut at the deepest scanned layer. Target: >= 0.8x.
-(b) peak RSS while scanning ``--rss`` small vs large image counts, each in a fresh
+(b) peak RSS after scanning ``--rss`` small, then large image counts, in a fresh
     process (the images are generated batch by batch by tf.data, so the data is
     never in memory).
     Target: at most 50 MB apart.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -66,7 +65,11 @@ def timed(fn):
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory (VmHWM: unlike ``ru_maxrss``, a child
+    process does not inherit its parent's peak)."""
+    with open("/proc/self/status") as status:
+        line = next(ln for ln in status if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def bench(name, size, n, rss, repeat=1, k=9, maps=16):
@@ -129,26 +132,24 @@ def bench(name, size, n, rss, repeat=1, k=9, maps=16):
           f"crops {fb_wall:.2f} = {floor_wall:.2f} s: {trigger_wall / floor_wall:.2f}x wall, "
           f"{trigger_cpu / floor_cpu:.2f}x CPU (target <= 1.5x)")
 
-    # (b) peak RSS of a scan alone, each count in a fresh process: this one's peak already
-    # holds predict's outputs, which would hide any growth of the scan
-    small, large = (rss_of_scan(name, size, count) for count in rss)
-    print(f"(b) peak RSS scanning {rss[0]} images {small:.0f} MB, {rss[1]} images "
+    # (b) peak RSS of scans alone, in a fresh process: this one's peak already holds
+    # predict's outputs, which would hide any growth of the scan
+    out = subprocess.run([sys.executable, __file__, "--models", name, "--size", str(size),
+                          "--rss-only", *map(str, rss)], capture_output=True, text=True,
+                         check=True)
+    small, large = map(float, out.stdout.split()[-2:])
+    print(f"(b) peak RSS scanning {rss[0]} images {small:.0f} MB, then {rss[1]} images "
           f"{large:.0f} MB: {large - small:.0f} MB apart (target <= 50 MB)")
 
 
-def rss_of_scan(name, size, count) -> float:
-    """Peak RSS of a fresh process that builds the model and scans ``count`` images."""
-    out = subprocess.run([sys.executable, __file__, "--models", name, "--size", str(size),
-                          "--rss-only", str(count)], capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
-
-
-def scan_only(name, size, count):
+def scan_only(name, size, counts):
+    """Print the peak RSS after a scan of each of ``counts`` images, one after the other."""
     make, layers = MODELS[name]
     model = make(weights=None, include_top=False, input_shape=(size, size, 3))
-    scan(model, images(count, size), layers, k=9,
-         channels={layer: list(range(16)) for layer in layers}, max_batch=BATCH)
-    print(f"{peak_rss_mb():.1f}")
+    for count in counts:
+        scan(model, images(count, size), layers, k=9,
+             channels={layer: list(range(16)) for layer in layers}, max_batch=BATCH)
+        print(f"{peak_rss_mb():.1f}", flush=True)
 
 
 def main(argv=None):
@@ -160,7 +161,7 @@ def main(argv=None):
                         metavar=("SMALL", "LARGE"), help="image counts of (b)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="turns of scan and predict in (a), fastest kept (default 1)")
-    parser.add_argument("--rss-only", type=int, help=argparse.SUPPRESS)  # one (b) process
+    parser.add_argument("--rss-only", type=int, nargs="+", help=argparse.SUPPRESS)  # (b)
     args = parser.parse_args(argv)
     if args.rss_only:
         return scan_only(args.models[0], args.size, args.rss_only)
