@@ -220,7 +220,7 @@ class TbvizPlugin(base_plugin.TBPlugin):
         data = [_lookup(by_step, step) for step in steps]
         panel = self._panel(ctx, eid, run, tag)
         settled = self._settled_of(ctx, eid, run, panel)
-        tiles = _Tiles(self, ctx, eid, run, tag, panel)
+        tiles = _Tiles(self, ctx, eid, run, panel)
         per_step, labels = [], []
         for d in data:
             header = _header(self._provider.read_blob(ctx, blob_key=d.values[0].blob_key),
@@ -230,7 +230,7 @@ class TbvizPlugin(base_plugin.TBPlugin):
             pictures = list(_POOL.map(lambda k: tiles.picture(d, header["tiles"], k),
                                       range(len(header["tiles"]))))
             per_step.append(animation.cells(header["tiles"], pictures, patches))
-            labels.append(_label(d.step, settled))
+            labels.append(_label(d.step, settled, by_step))
         body = animation.encode(animation.frames(per_step, labels), fmt, duration)
         name = re.sub(r"[^\w.-]+", "_", f"{run}-{tag}") + animation.FORMATS[fmt][2]
         return http_util.Respond(request, body, animation.FORMATS[fmt][1],
@@ -238,10 +238,9 @@ class TbvizPlugin(base_plugin.TBPlugin):
                                            f'attachment; filename="{name}"')])
 
     # -- data ---------------------------------------------------------------------------------
-    def _series(self, request, tag=None):
-        """The steps of the validated ``run`` and ``tag`` (by default the request's) of a
-        request, sorted by step."""
-        run, tag = _arg(request, "run"), tag or _arg(request, "tag")
+    def _series(self, request):
+        """The steps of the validated ``run`` and ``tag`` of a request, sorted by step."""
+        run, tag = _arg(request, "run"), _arg(request, "tag")
         ctx, eid = _context(request)
         return self._series_of(ctx, eid, run, tag)
 
@@ -324,9 +323,8 @@ class _Tiles:
     """Tile pictures of one panel as ``uint8`` RGB arrays, crops cut from their sources
     (as the tab cuts them; see :mod:`tbviz.summary.metadata`)."""
 
-    def __init__(self, plugin, ctx, eid, run, tag, panel):
-        self.plugin, self.ctx, self.eid, self.run, self.tag = plugin, ctx, eid, run, tag
-        self.panel = panel
+    def __init__(self, plugin, ctx, eid, run, panel):
+        self.plugin, self.ctx, self.eid, self.run, self.panel = plugin, ctx, eid, run, panel
         self._sources = {}  # (tag, step, index) -> decoded picture
 
     def picture(self, datum, tiles, k):
@@ -367,12 +365,19 @@ def _text(value) -> str:
     return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
 
 
-def _label(step: int, settled) -> str:
-    """A frame's label: its step, and whether the panel's layer had settled by then."""
+def _label(step: int, settled, logged) -> str:
+    """A frame's label: its step, and whether the panel's layer had settled by then. As in
+    the tab, the frame marked "settled" is the first ``logged`` step at or after it.
+
+    >>> entry = {"settled": [{"step": 3, "said_at": 5}]}
+    >>> [_label(s, entry, [2, 4, 6]) for s in (2, 4, 6)]
+    ['step 2', 'step 4 · settled', 'step 6 · settled since step 3']
+    """
     since = [s["step"] for s in (settled or {}).get("settled", []) if s["step"] <= step]
     if not since:
         return f"step {step}"
-    return f"step {step} · settled" if since[-1] == step else \
+    first = min((s for s in logged if s >= since[-1]), default=None)
+    return f"step {step} · settled" if first == step else \
         f"step {step} · settled since step {since[-1]}"
 
 
