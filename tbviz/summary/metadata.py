@@ -52,6 +52,12 @@ ATTRIBUTION   ``tbviz/attribution/<method>``             heatmaps over the probe
 PROBES        ``tbviz/deconvnet/<model>/probes``         the images a deconvnet looked at
 ============= ========================================== ===============================
 
+**Read beside the panels:** :class:`~tbviz.callbacks.convergence.ConvergenceCallback`'s
+scalars ``convergence/<layer>/vs_previous`` (whose description states the rule) and its
+text events ``convergence/<layer>/settled``, written by :func:`settled_message` and read
+back by :func:`parse_settled`: the tab marks the step at which each layer settled in that
+layer's evolution (:func:`match_layer` pairs a panel's layer with a watched layer).
+
 **Adding a kind** takes two lines: a constant here (``SALIENCY_GRID = "saliency_grid"``,
 added to :data:`KINDS`), and one row in ``VIEWS`` of ``tbviz/plugin/static/index.js``
 (``{kind: "saliency_grid", label: ..., layered: ..., steps: ..., draw: ...}``) naming
@@ -80,6 +86,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 from PIL import Image
@@ -104,6 +111,10 @@ FEATUREMAPS = "featuremaps"
 PERIMAGE = "perimage"
 KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES, FEATUREMAPS, PERIMAGE)
 
+#: ConvergenceCallback's tags (``{layer}`` is the layer's path), read by the tab.
+CONVERGENCE_TAG = "convergence/{layer}/vs_previous"
+SETTLED_TAG = "convergence/{layer}/settled"
+_SETTLED = re.compile(r"layer (?P<layer>.+) settled at step (?P<step>-?[0-9]+)")
 
 #: zlib level of :func:`encode_png`. 6 (PNG's usual) is 8-9% smaller than 1 on the style
 #: pipeline's deconvnet tiles for a few ms more per tile; 9 saves 1% more at four times that.
@@ -239,6 +250,51 @@ def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = 
     blobs = tf.constant([header.encode("utf-8")] + pngs, dtype=tf.string)
     return tf.summary.write(tag, blobs, step=step,
                             metadata=create_panel_metadata(kind, description, **content))
+
+
+def settled_message(layer: str, step: int) -> str:
+    """The text of a ``convergence/<layer>/settled`` event: ``layer`` settled at ``step``.
+
+    >>> settled_message("block/conv", 40)
+    'layer block/conv settled at step 40'
+    >>> parse_settled(settled_message("block/conv", 40))
+    ('block/conv', 40)
+    """
+    return f"layer {layer} settled at step {int(step)}"
+
+
+def parse_settled(message) -> tuple[str, int] | None:
+    """``(layer, step)`` of a :func:`settled_message`; None for any other text."""
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    found = _SETTLED.fullmatch(str(message).strip())
+    return (found["layer"], int(found["step"])) if found else None
+
+
+def match_layer(layer: str, model: str | None, watched) -> str | None:
+    """The watched (convergence) layer path that is a panel's ``layer`` of network ``model``.
+
+    Paths differ when the two callbacks see the layer from different networks, e.g. the
+    deconvnet on a VGG19 nested in the trained model (``block1_conv1`` of ``vgg19``) and
+    the convergence scalars on the trained model (``vgg19/block1_conv1``). Tried in
+    order: the same path; ``model/layer``; the one watched path that ends with the
+    panel's (or whose path the panel's ends with) at a ``/``. None when nothing or
+    several paths fit.
+
+    >>> match_layer("block1_conv1", "vgg19", ["vgg19/block1_conv1", "vgg19/block2_conv1"])
+    'vgg19/block1_conv1'
+    >>> match_layer("transform_net/res1/conv", None, ["res1/conv"])
+    'res1/conv'
+    >>> match_layer("conv", None, ["a/conv", "b/conv"]) is None  # two fit: say none
+    True
+    """
+    watched = list(watched)
+    if layer in watched:
+        return layer
+    if model and f"{model}/{layer}" in watched:
+        return f"{model}/{layer}"
+    fits = [w for w in watched if w.endswith("/" + layer) or layer.endswith("/" + w)]
+    return fits[0] if len(fits) == 1 else None
 
 
 def create_raw_metadata(description: str = "", **content) -> summary_pb2.SummaryMetadata:
