@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import glob
 import os
 import sys
@@ -64,6 +65,7 @@ def forcing(cls, **options):
     """``cls.__init__`` with ``options`` whatever the caller passes."""
     init = cls.__init__
 
+    @functools.wraps(init)  # keeps the signature, which TensorBoardViz checks options against
     def forced(self, *args, **kwargs):
         init(self, *args, **{**kwargs, **options})
 

@@ -1,8 +1,9 @@
-"""HTTP side of the tbviz dashboard: JSON and PNG routes over TensorBoard's data provider.
+"""HTTP side of the tbviz dashboard: JSON and image routes over TensorBoard's data provider.
 
 The callbacks write *panels* (see :mod:`tbviz.summary.metadata`): blob-sequence
 summaries whose blob 0 is a JSON header describing the tiles and whose blobs
-1..n are the PNGs of the tiles that are not crops of another panel's images. This plugin lists and serves them; the page itself
+1..n are the images (lossless WebP or PNG) of the tiles that are not crops of another
+panel's images. This plugin lists and serves them; the page itself
 is the static ES module ``static/index.js``.
 
 Routes (under ``/data/plugin/tbviz/``), all read-only:
@@ -14,7 +15,7 @@ route          parameters                              answer
                                                        "problems"}]}``
 ``/steps``     ``run``, ``tag``, ``offset``, ``limit`` ``{"items": [{"step", "wall_time"}]}``
 ``/frames``    ``run``, ``tag``, ``steps=1,5,9``       ``{"frames": [{"step", "tiles", ...}]}``
-``/blob``      ``run``, ``tag``, ``step``, ``index``   the PNG of image ``index`` (1-based)
+``/blob``      ``run``, ``tag``, ``step``, ``index``   image ``index`` (1-based), WebP or PNG
 ``/animation`` ``run``, ``tag``, ``steps`` (default:   the panel across those steps as an
                all), ``format=gif|apng``,              animated image, one frame per step
                ``patches=0|1``, ``duration`` (ms)      (:mod:`tbviz.plugin.animation`)
