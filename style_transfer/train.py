@@ -133,7 +133,8 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
       (instance-norm scale and shift included), the losses in one chart, and
       deconvnet images of the transform-net's ``transform_layers`` for the probe photos;
     * ``tbviz.DeconvnetCallback`` on VGG19's ``vgg_layers`` seen through the stylized
-      probe photos, so its projections evolve as the transform-net learns;
+      probe photos, so its projections evolve as the transform-net learns (its patches
+      are cut from the Stylized panel, which holds those photos);
     * :class:`~style_transfer.callbacks.StylizedProbes`: the stylized photos.
 
     Images every ``log_every`` steps and every epoch, loss scalars every ``loss_every``.
