@@ -7,13 +7,15 @@ and a few steps (``--vgg-weights random``, so nothing is downloaded):
 * **now**: ``style-transfer train`` as it is;
 * **before**: the same command with the opt-in copies forced on, as they were always
   written before: every ``DeconvnetCallback`` with ``image_grids=True, raw=True`` (the
-  Images-dashboard copy of every tile, the float16 raw projections),
-  ``StylizedProbes(image_summary=True)`` and PNG zlib level 1. (Patches stay crops of
-  the probe images, which cannot be switched off: main before this change wrote
-  more, see the README.)
+  Images-dashboard copy of every tile, the float16 raw projections) and its own probes
+  panel (``probes_panel=None``: VGG19's copy of the stylized photos),
+  ``StylizedProbes(image_summary=True)``, and the panels' images as PNG at zlib level 1
+  instead of lossless WebP. (Patches stay crops of the probe images, which cannot be
+  switched off: main before that change wrote more, see the README.)
 
 For each it prints MB of event data per logged step (all of it over the logged steps,
-and without what is written once, like the graph), the biggest tags, and the resident
+and without what is written once, like the graph; a logged step is a step with tbviz
+panels), the biggest tags, the MB per logged step of the 300-log run, and the resident
 memory (RSS, the ``tensorboard`` process and its data server together) of the stock
 ``tensorboard --logdir`` serving a 300-log run made of those steps: the short run's
 logged steps are copied, renumbered, until there are 300 (as a 30k-step run at
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import glob
 import os
 import sys
@@ -59,26 +62,28 @@ LOADED_TAG = "bench/logged_step"
 
 
 def forcing(cls, **options):
-    """``cls.__init__`` with ``options`` as its defaults (the caller's arguments still win)."""
+    """``cls.__init__`` with ``options`` whatever the caller passes."""
     init = cls.__init__
 
+    @functools.wraps(init)  # keeps the signature, which TensorBoardViz checks options against
     def forced(self, *args, **kwargs):
-        init(self, *args, **{**options, **kwargs})
+        init(self, *args, **{**kwargs, **options})
 
     return forced
 
 
 @contextlib.contextmanager
 def old_defaults():
-    """The Images-dashboard copies and raw tensors on, PNG level 1."""
-    saved = DeconvnetCallback.__init__, StylizedProbes.__init__, metadata.PNG_COMPRESS_LEVEL
-    DeconvnetCallback.__init__ = forcing(DeconvnetCallback, image_grids=True, raw=True)
+    """The Images-dashboard copies, raw tensors and VGG19's own probes panel on; PNG level 1."""
+    saved = DeconvnetCallback.__init__, StylizedProbes.__init__, metadata.IMAGE_OPTIONS
+    DeconvnetCallback.__init__ = forcing(DeconvnetCallback, image_grids=True, raw=True,
+                                         probes_panel=None)
     StylizedProbes.__init__ = forcing(StylizedProbes, image_summary=True)
-    metadata.PNG_COMPRESS_LEVEL = 1
+    metadata.IMAGE_OPTIONS = {"format": "PNG", "compress_level": 1}
     try:
         yield
     finally:
-        DeconvnetCallback.__init__, StylizedProbes.__init__, metadata.PNG_COMPRESS_LEVEL = saved
+        DeconvnetCallback.__init__, StylizedProbes.__init__, metadata.IMAGE_OPTIONS = saved
 
 
 def train(log_dir, args):
@@ -102,21 +107,24 @@ def events(run_dir):
 
 
 def sizes(run_dir):
-    """Bytes per tag (``<graph>`` etc. for events without a summary) and its logged steps."""
-    by_tag, steps = collections.Counter(), collections.defaultdict(set)
+    """Bytes per tag (``<graph>`` etc. for events without a summary), its steps, and the
+    steps with tbviz panels (the logged steps)."""
+    by_tag, steps, panels = collections.Counter(), collections.defaultdict(set), set()
     for raw, ev in events(run_dir):
         values = ev.summary.value if ev.HasField("summary") else []
         for v in values:
             by_tag[v.tag] += len(raw) / len(values)
             steps[v.tag].add(ev.step)
+            if v.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME:  # (its first event)
+                panels.add(v.tag)
         if not values:
             by_tag[f"<{ev.WhichOneof('what')}>"] += len(raw)
-    return by_tag, steps
+    return by_tag, steps, set().union(*(steps[t] for t in panels))
 
 
 def report(name, run_dir):
-    by_tag, steps = sizes(run_dir)
-    logged = len(set.union(*[s for t, s in steps.items() if t.startswith("tbviz/")]))
+    by_tag, steps, logged = sizes(run_dir)
+    logged = len(logged)
     total = sum(by_tag.values())
     once = sum(n for t, n in by_tag.items() if len(steps.get(t, ())) <= 1)
     print(f"{name}: {total / MB:.2f} MB over {logged} logged steps = "
@@ -133,18 +141,27 @@ def report(name, run_dir):
 
 def write_long_run(src_run, dst_run, logs):
     """``logs`` logged steps: the logged steps of ``src_run`` repeated and renumbered 1..logs,
-    after what it wrote once (file version, graph). Returns the bytes written."""
+    after what it wrote once (file version, graph, the tags of one step only, such as a
+    fixed array of probe images). Returns the bytes written (without the loading marks)."""
+    evs = [ev for _, ev in events(src_run)]
+    steps = collections.defaultdict(set)
+    for ev in evs:
+        for v in ev.summary.value:
+            steps[v.tag].add(ev.step)
     by_step = collections.defaultdict(list)
     once = []
-    for raw, ev in events(src_run):
-        (by_step[ev.step] if ev.HasField("summary") and ev.step > 0 else once).append(ev)
+    for ev in evs:
+        repeated = ev.step > 0 and any(len(steps[v.tag]) > 1 for v in ev.summary.value)
+        (by_step[ev.step] if repeated else once).append(ev)
     cycle = [by_step[s] for s in sorted(by_step)]
     os.makedirs(dst_run, exist_ok=True)
     path = os.path.join(dst_run, f"events.out.tfevents.{int(time.time())}.bench.v2")
     written = 0
     with tf.io.TFRecordWriter(path) as w:
         for ev in once:
-            w.write(ev.SerializeToString())
+            blob = ev.SerializeToString()
+            written += len(blob)
+            w.write(blob)
         for step in range(1, logs + 1):
             for ev in cycle[(step - 1) % len(cycle)]:
                 copy = event_pb2.Event()
@@ -212,7 +229,8 @@ def main():
             written = write_long_run(os.path.join(run, "train"), os.path.join(long_dir, "train"),
                                      args.logs)
             rss, seconds = serve_rss(long_dir, args.logs, args.timeout)
-            print(f"    {args.logs}-log run: {written / MB:.0f} MB of events; tensorboard "
+            print(f"    {args.logs}-log run: {written / MB:.0f} MB of events "
+                  f"({written / MB / args.logs:.2f} MB per logged step); tensorboard "
                   f"resident {rss / MB:.0f} MB once loaded ({seconds:.0f} s to load)")
             results[name] = per_step, rss
     if len(results) == 2:

@@ -1,12 +1,13 @@
 """Screenshots of the tbviz tab for the README, from a model that is not in the test suite.
 
 Trains a small CNN to tell apart crops of scikit-image's sample photos (no downloads),
-with ``tbviz.DeconvnetCallback`` on its three conv layers and ``tbviz.AttributionCallback``
-(Grad-CAM, guided backprop), serves the run with a real
+with ``tbviz.DeconvnetCallback`` on its three conv layers, ``tbviz.ConvergenceCallback``
+and ``tbviz.AttributionCallback`` (Grad-CAM, guided backprop), serves the run with a real
 TensorBoard (the ``tensorboard`` command when tbviz is installed), opens the tab in
 headless Chromium and saves ``docs/dashboard.png`` (top-k projections beside their input
-patches), ``docs/dashboard-evolution.png`` (feature maps across epochs) and
-``docs/dashboard-attribution.png``.
+patches), ``docs/dashboard-evolution.png`` (feature maps across epochs, the step at which
+the layer settled marked), ``docs/dashboard-evolution.gif`` (that evolution, every
+epoch, as the tab's GIF button downloads it) and ``docs/dashboard-attribution.png``.
 
 Usage::
 
@@ -34,6 +35,8 @@ import tbserver  # noqa: E402
 import tbviz  # noqa: E402
 from test_plugin_browser import _server_command  # noqa: E402
 
+#: The layer shown (the deepest of the three).
+LAYER = "conv3"
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel"]
 SIZE = 48
 
@@ -77,6 +80,7 @@ def train(logdir, epochs):
                                 top_k=9),
         tbviz.AttributionCallback(run, probe_images=x[:4], target=y[:4],
                                   methods=["grad_cam", "guided_backprop"]),
+        tbviz.ConvergenceCallback(run, probe_images=x[:16]),
     ]
     hist = net.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
     print(f"trained {epochs} epochs: accuracy {hist.history['accuracy'][0]:.2f} -> "
@@ -93,17 +97,22 @@ def shoot(url, out_dir):
         page.goto(f"{url}/#tbviz")
         frame = page.wait_for_selector("iframe").content_frame()
         frame.wait_for_selector("figure.tile img")
-        frame.get_by_role("option", name="conv3").click()
+        frame.get_by_role("option", name=LAYER).click()
         done = ("n => document.images.length >= n && "
                 "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
         frame.wait_for_function("() => document.querySelector('.panel h3').textContent"
-                                ".startsWith('deconvnet/conv3')")
+                                ".startsWith('deconvnet/" + LAYER + "')")
         frame.wait_for_function(done, arg=18)
         page.screenshot(path=os.path.join(out_dir, "dashboard.png"))
         frame.get_by_role("tab", name="Evolution").click()
         frame.wait_for_selector("table.evo img")
         frame.wait_for_function(done, arg=9 * 5)
         page.screenshot(path=os.path.join(out_dir, "dashboard-evolution.png"))
+        frame.get_by_role("button", name="all", exact=True).click()
+        with page.expect_download() as download:
+            frame.get_by_role("button", name="GIF", exact=True).click()
+        download.value.save_as(os.path.join(out_dir, "dashboard-evolution.gif"))
+        frame.get_by_role("button", name="spread", exact=True).click()
         frame.get_by_role("tab", name="Attribution").click()
         frame.wait_for_selector(".grid.wide img")
         frame.wait_for_function(done, arg=8)

@@ -38,6 +38,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea  # noqa
 
 import make_method_pictures as objects_task  # noqa: E402
 from tbviz.callbacks.convergence import ConvergenceCallback  # noqa: E402
+from tbviz.summary import metadata  # noqa: E402
 
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass",
           "gravel", "hubble_deep_field", "moon", "rocket")
@@ -122,8 +123,8 @@ def read_run(run_dir):
     for layer in layers:
         tag = f"convergence/{layer}/settled"
         if tag in tags:  # the first settling: "layer X settled at step S"
-            text = tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto).item().decode()
-            settled[layer] = int(text.rsplit(" ", 1)[-1])
+            text = tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto).item()
+            settled[layer] = metadata.parse_settled(text)[1]
     return layers, curves, settled
 
 

@@ -40,9 +40,15 @@ class StylizedProbes(VizCallback):
 
     The unstylized photos are logged once at train begin as ``stylized/originals``.
     The model must have a ``stylize(images)`` method (``StyleTransferModel`` has).
+
+    A ``tbviz.DeconvnetCallback`` that looks at the stylized photos, after this one in the
+    callback list and logging at the same steps, takes ``probe_images=this.stylized`` and
+    ``probes_panel=this.panel_tag``: it cuts its input patches from this panel instead of
+    storing the same pixels again, and the photos are stylized once per step.
     """
 
     tag = "stylized/probes"
+    panel_tag = "tbviz/" + tag
 
     def __init__(self, log_dir, photos, names=None, every_n_epochs: int | None = 1,
                  every_n_steps: int | None = None, image_summary: bool = False):
@@ -70,8 +76,19 @@ class StylizedProbes(VizCallback):
                       else [f"photo {i}" for i in range(len(photos))])
         if len(self.names) != len(self.photos):
             raise ValueError(f"{len(self.photos)} photos but {len(self.names)} names")
+        self._latest = (None, None)
+
+    def stylized(self, model) -> np.ndarray:
+        """``model.stylize(photos)`` as float32: what this callback's panel shows at this
+        step (before rounding to ``uint8``) when it has just logged it, computed once
+        and shared; else computed now."""
+        step, images = self._latest
+        if model is self.model and images is not None and step == self.global_step:
+            return images
+        return np.asarray(model.stylize(self.photos), np.float32)
 
     def setup(self):
+        self._latest = (None, None)  # (step, stylized photos) of the last log of this fit
         if not callable(getattr(self.model, "stylize", None)):
             raise ValueError(f"StylizedProbes needs a model with a stylize(images) method; "
                              f"{type(self.model).__name__} has none")
@@ -82,11 +99,13 @@ class StylizedProbes(VizCallback):
     def write(self, step, logs):
         tiles = [{"label": name, "index": i} for i, name in enumerate(self.names)]
         with self.writer.as_default(step=step):
-            stylized = to_uint8(self.finite(self.tag, self.model.stylize(self.photos)))
+            raw = np.asarray(self.model.stylize(self.photos), np.float32)
+            self._latest = (step, raw)
+            stylized = to_uint8(self.finite(self.tag, raw))
             if self.image_summary:
                 tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
-            metadata.write_panel("tbviz/" + self.tag, metadata.STYLIZED,
-                                 [metadata.encode_png(img) for img in stylized], tiles=tiles,
+            metadata.write_panel(self.panel_tag, metadata.STYLIZED,
+                                 [metadata.encode_image(img) for img in stylized], tiles=tiles,
                                  description="The transform-net's output on fixed probe photos")
 
 

@@ -133,7 +133,8 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
       (instance-norm scale and shift included), the losses in one chart, and
       deconvnet images of the transform-net's ``transform_layers`` for the probe photos;
     * ``tbviz.DeconvnetCallback`` on VGG19's ``vgg_layers`` seen through the stylized
-      probe photos, so its projections evolve as the transform-net learns;
+      probe photos, so its projections evolve as the transform-net learns (its patches
+      are cut from the Stylized panel, which holds those photos);
     * :class:`~style_transfer.callbacks.StylizedProbes`: the stylized photos.
 
     Images every ``log_every`` steps and every epoch, loss scalars every ``loss_every``.
@@ -149,7 +150,8 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
     if scan_files:
         photos_ds = data.scan_dataset(scan_files, photos.shape[1])
         scan = dict(scan_data=photos_ds, scan_limit=len(scan_files))
-    callbacks = [StylizedProbes(log_dir, photos, names, **every)]
+    probes = StylizedProbes(log_dir, photos, names, **every)
+    callbacks = [probes]
     transform = {"probe_images": photos, "layers": list(transform_layers),
                  "probe_model": lambda m: m.transform_net, **scan}
     callbacks.append(tbviz.TensorBoardViz(
@@ -162,9 +164,11 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
         if scan:  # the scanned photos as the current transform-net stylizes them
             stylized = dict(scan_data=lambda m: (m.stylize(b).numpy() for b in photos_ds),
                             scan_limit=scan["scan_limit"])
+        # VGG19 looks at the stylized photos, which the Stylized panel already holds: the
+        # patches are cut from it (README, "A light run").
         callbacks.append(tbviz.DeconvnetCallback(
-            log_dir, lambda m: m.stylize(photos), list(vgg_layers),
-            probe_model=lambda m: m.vgg, **stylized, **every))
+            log_dir, probes.stylized, list(vgg_layers), probe_model=lambda m: m.vgg,
+            probes_panel=probes.panel_tag, **stylized, **every))
         if scan:
             callbacks.append(tbviz.DeconvnetCallback(
                 log_dir, layers=list(vgg_layers), probe_model=lambda m: m.vgg,

@@ -66,6 +66,57 @@ def write_scan_run(log_dir, n_maps: int = 3, top_k: int = 4, epochs: int = 2):
     return os.path.join(log_dir, "train")
 
 
+class Kicks:
+    """A Keras callback: learning rate 0 (nothing learns), except that at step ``s`` of
+    ``{s: layer}`` the layer's first filter is scaled 30x (after that step's update,
+    before any tbviz callback looks), so the layer and those above it move at ``s`` only."""
+
+    def __new__(cls, kicks):
+        import keras
+
+        class _Kicks(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.model.optimizer.learning_rate.assign(0.0)
+
+            def on_train_batch_end(self, batch, logs=None):
+                layer = kicks.get(int(self.model.optimizer.iterations.numpy()))
+                if layer is not None:
+                    kernel = self.model.get_layer(layer).kernel
+                    scale = np.ones(kernel.shape[-1], np.float32)
+                    scale[0] = 30.0
+                    kernel.assign(kernel * scale)
+
+        return _Kicks()
+
+
+#: The settle run's layers: conv1 moves at step 2 only (settles at 3, said at 5 with
+#: patience 3); conv2 moves at 2 (with conv1 under it) and again at 5, so it never settles.
+SETTLE_KICKS = {2: "conv1", 5: "conv2"}
+SETTLE_EPOCHS = 7
+
+
+def write_settle_run(log_dir, layers=("conv1", "conv2")):
+    """Deconvnet evolution and convergence of ``layers`` of a small Sequential over 7 epochs
+    of one step, where nothing learns but :data:`SETTLE_KICKS` moves the layers. Returns
+    the run directory."""
+    import keras
+
+    import tbviz
+
+    keras.utils.set_random_seed(3)
+    model = models.sequential()
+    x = np.stack([photo(i, 12) for i in range(8)]).astype(np.float32) / 255
+    model.compile(keras.optimizers.SGD(0.0),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callbacks = [Kicks(SETTLE_KICKS),
+                 tbviz.DeconvnetCallback(log_dir, probe_images=x[:4], layers=list(layers),
+                                         top_k=4, channels=[0, 1, 2]),
+                 tbviz.ConvergenceCallback(log_dir, x[:8], layers=list(layers), patience=3)]
+    model.fit(x, np.arange(8) % 3, epochs=SETTLE_EPOCHS, batch_size=8, verbose=0,
+              callbacks=callbacks)
+    return os.path.join(log_dir, "train")
+
+
 def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
     """Heatmaps over probe photos, by the contract (as ``AttributionCallback`` writes them)."""
     with tf.summary.create_file_writer(str(run_dir)).as_default():
@@ -80,7 +131,8 @@ def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
 
 
 def write_stylized(run_dir, steps, n: int = 3):
-    """Stylized probe photos, as ``StylizedProbes`` writes them."""
+    """Stylized probe photos, as ``StylizedProbes`` writes them but as PNGs (as a tbviz
+    before panel version 3 did; the tab reads both)."""
     with tf.summary.create_file_writer(str(run_dir)).as_default():
         for step in steps:
             pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]
@@ -144,6 +196,15 @@ def dashboard_logs(tmp_path_factory):
         root = tmp_path_factory.mktemp("dashboard_logs")
         _BUILT["logs"] = (root, write_dashboard_logs(str(root)))
     return _BUILT["logs"]
+
+
+def settle_logs(tmp_path_factory):
+    """:func:`write_settle_run` once per test session, as ``settle/train`` of a log
+    directory of its own: ``(root, run_dir)``. Read-only, as :func:`dashboard_logs`."""
+    if "settle" not in _BUILT:
+        root = tmp_path_factory.mktemp("settle_logs")
+        _BUILT["settle"] = (root, write_settle_run(str(root / "settle")))
+    return _BUILT["settle"]
 
 
 def header(run_dir, tag, step=None):

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import eventfiles
 import models
+import plugin_logs
 from test_cka import hsic_biased, hsic_unbiased, reference_cka
 from test_plugin_routes import make_client
 from tbviz.callbacks.convergence import ConvergenceCallback
@@ -111,23 +112,6 @@ def _custom_scalars_plugin():
     return custom_scalars_plugin.CustomScalarsPlugin
 
 
-class Freeze(keras.callbacks.Callback):
-    """Learning rate 0 except at step ``kick``, where the head's first unit is scaled 30x
-    (after that step's update, before the convergence callback looks)."""
-
-    def __init__(self, kick):
-        super().__init__()
-        self.kick = kick
-
-    def on_train_begin(self, logs=None):
-        self.model.optimizer.learning_rate.assign(0.0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.kick:
-            kernel = self.model.get_layer("d").kernel
-            kernel.assign(kernel * np.r_[30.0, np.ones(kernel.shape[1] - 1)])
-
-
 def settled_texts(run_dir, layer):
     acc = eventfiles.load(run_dir)
     return [(e.step, tf.make_ndarray(e.tensor_proto).item().decode())
@@ -142,7 +126,7 @@ def test_settled_after_patience_quiet_logs_and_again_after_a_move(tmp_path):
     cb = ConvergenceCallback(tmp_path, x[:10], layers=["d"], patience=3, every_n_epochs=None,
                              every_n_steps=1)
     model.fit(x, np.zeros((40, 2)), batch_size=4, epochs=1, verbose=0,
-              callbacks=[Freeze(kick=5), cb])
+              callbacks=[plugin_logs.Kicks({5: "d"}), cb])
     prev = dict(eventfiles.scalars(tmp_path / "train", "convergence/d/vs_previous"))
     assert prev[5] < 0.9 and all(prev[s] == pytest.approx(1.0, abs=TOL) for s in prev if s != 5)
     # Quiet at 1, 2, 3: settled at step 1, said at step 3; moved at 5; quiet again 6, 7, 8.

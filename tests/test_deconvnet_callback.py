@@ -65,6 +65,58 @@ def fit_logged(tmp_path, data, **options):
     return model, probes, channels, load(tmp_path / "train")
 
 
+class ShowsProbes(keras.callbacks.Callback):
+    """Writes the probe images as a tbviz panel at every epoch end, as ``StylizedProbes``
+    writes the photos that the style pipeline's VGG19 looks at."""
+
+    tag = "tbviz/shown/probes"
+
+    def __init__(self, run_dir, images):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(str(run_dir))
+        self.images = images
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = tiles_lib.for_display(self.images)
+        with self.writer.as_default(step=int(self.model.optimizer.iterations.numpy())):
+            metadata.write_panel(self.tag, metadata.STYLIZED,
+                                 [metadata.encode_image(im) for im in shown],
+                                 tiles=[{"label": f"photo {i}", "index": i}
+                                        for i in range(len(shown))])
+        self.writer.flush()
+
+
+def test_patches_are_cut_from_a_probes_panel_another_callback_writes(tmp_path, data):
+    x, y = data
+    model, probes = small_model(), x[:3]
+    shows = ShowsProbes(tmp_path / "train", probes)
+    cb = tbviz.DeconvnetCallback(tmp_path, probe_images=probes, layers=["relu2"], top_k=4,
+                                 probes_panel=shows.tag)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[shows, cb])
+    acc = load(tmp_path / "train")
+    assert f"tbviz/deconvnet/{model.name}/probes" not in acc.Tags()["tensors"]  # stored once
+    content, steps = panels(acc, "tbviz/deconvnet/relu2/topk")
+    assert content["sources"] == shows.tag and content["source_size"] == [12, 12]
+    step, header, tiles = steps[-1]
+    units = deconvnet.strongest(model, probes, "relu2", k=4, distinct=True)
+    boxes = deconvnet.windows(model, probes.shape[1:], "relu2", units)
+    patches = deconvnet.patches(model, probes, "relu2", units)
+    assert step == 4 and [t["role"] for t in header["tiles"]] == ["projection"] * 4 + ["patch"] * 4
+    for i, (box, patch) in enumerate(zip(boxes, patches)):
+        t = header["tiles"][4 + i]
+        assert t["crop"] == list(box) and "source_step" not in t  # this step's images
+        np.testing.assert_array_equal(tiles[4 + i], np.round(patch).astype(np.uint8))
+
+
+def test_probes_panel_is_a_tbviz_tag_beside_probe_images():
+    with pytest.raises(ValueError, match="probes_panel must be None or the tag"):
+        tbviz.DeconvnetCallback("/tmp/x", probe_images=np.zeros((1, 8, 8, 3)), layers=["c"],
+                                probes_panel="stylized/probes")
+    with pytest.raises(ValueError, match="give probe_images too"):
+        tbviz.DeconvnetCallback("/tmp/x", scan_data=np.zeros((1, 8, 8, 3)), layers=["c"],
+                                probes_panel="tbviz/stylized/probes")
+
+
 @pytest.mark.numerics
 def test_defaults_write_each_tile_once_as_the_tabs_panels(tmp_path, data):
     model, probes, expected_channels, acc = fit_logged(tmp_path, data)

@@ -70,6 +70,7 @@ def server(browser, tmp_path_factory):
     runs = {run: str(logdir / Path(path).relative_to(shared)) for run, path in runs.items()}
     plugin_logs.write_two_networks(logdir / "two_nets" / "train")
     runs["scan/train"] = plugin_logs.write_scan_run(str(logdir / "scan"))
+    runs["settle/train"] = plugin_logs.write_settle_run(str(logdir / "settle"))
     plugin_logs.write_from_the_future(logdir / "future" / "train")
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
@@ -284,6 +285,16 @@ def test_feature_maps_view_shows_each_maps_top_k_beside_patches(tab, server, tmp
     frame.wait_for_selector("table.evo")
     assert frame.get_by_role("tab", name="Evolution").get_attribute("aria-selected") == "true"
     assert texts(frame, "table.evo tbody th") == ["map 0", "map 1", "map 2"]
+    assert texts(frame, "table.evo tr.focus th") == ["map 1"]  # the map clicked
+    # that evolution downloads as an animated APNG, one frame per logged step (2 epochs)
+    with page.expect_download() as download:
+        frame.get_by_role("button", name="APNG", exact=True).click()
+    path = tmp_path / "featuremaps-evolution.png"
+    download.value.save_as(path)
+    from PIL import Image
+
+    picture = Image.open(path)
+    assert picture.format == "PNG" and picture.is_animated and picture.n_frames == 2
 
 
 def test_through_the_layers_follows_each_probe_photo_and_panels_download_as_png(tab, server,
@@ -314,6 +325,48 @@ def test_through_the_layers_follows_each_probe_photo_and_panels_download_as_png(
 
     picture = Image.open(path)
     assert picture.format == "PNG" and min(picture.size) > 100
+
+
+def test_evolution_marks_where_the_layer_settled_and_downloads_as_an_animation(tab, tmp_path):
+    page, frame, _ = tab
+    show_instead_of_cnn(frame, "settle/train", "Evolution")
+    frame.wait_for_selector("table.evo th.settled")
+    # conv1 settled at step 3 (plugin_logs.SETTLE_KICKS): its column is shown by default,
+    # beside the spread of the 7 logged steps, and marked, the rule in its tooltip
+    heads = texts(frame, "table.evo thead th")
+    assert heads[0] == "map" and [h.split("settled")[0].strip() for h in heads[1:]] == [
+        "step 1", "step 2", "step 3", "step 5", "step 7"]
+    marked = frame.locator("table.evo th.settled")
+    assert marked.count() == 1 and marked.inner_text().startswith("step 3")
+    assert "0.99 for 3 logs in a row" in marked.get_attribute("title")
+    assert frame.locator("table.evo td.settled").count() == 3  # one per fixed map
+    assert frame.locator(".settled-note").inner_text().replace("\n", " ") == \
+        "settled at step 3"
+    shoot(page, tmp_path, "dashboard-settled.png")
+    # every logged step, downloaded as an animated GIF: one frame per step
+    frame.get_by_role("button", name="all", exact=True).click()
+    frame.wait_for_function("() => document.querySelectorAll('table.evo thead th').length === 8")
+    with page.expect_download() as download:
+        frame.get_by_role("button", name="GIF", exact=True).click()
+    path = tmp_path / "evolution.gif"
+    download.value.save_as(path)
+    assert download.value.suggested_filename == \
+        "settle_train-tbviz_deconvnet_conv1_evolution.gif"
+    from PIL import Image
+
+    picture = Image.open(path)
+    assert picture.format == "GIF" and picture.n_frames == plugin_logs.SETTLE_EPOCHS
+    # conv2 was watched and never settled: said, nothing marked
+    frame.locator("[role=option]", has_text="conv2").click()
+    frame.wait_for_function("() => document.querySelector('.settled-note')?.textContent"
+                            " === 'not settled yet'")
+    assert frame.locator("table.evo th.settled").count() == 0
+    # the cnn run has no convergence scalars: no word about settling at all
+    show_instead_of = frame.get_by_role("checkbox", name="settle/train", exact=True)
+    frame.get_by_role("checkbox", name="cnn/train", exact=True).check()
+    show_instead_of.uncheck()
+    frame.wait_for_selector("table.evo")
+    assert frame.locator(".settled-note").count() == 0
 
 
 def test_panels_of_a_newer_tbviz_are_said_not_drawn(tab):

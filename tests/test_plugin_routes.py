@@ -192,13 +192,18 @@ def test_frames_carry_the_headers_the_callbacks_wrote(logdir, client):
         assert values == sorted(values, reverse=True)  # strongest first
 
 
-def test_blob_is_the_written_png_with_cache_headers(logdir, client):
-    tag = "tbviz/deconvnet/block/inner_conv/topk"
-    blobs = written_blobs(logdir, "cnn/train", tag, 4)
-    for index in (1, 5, 9):
-        r = client.get(PREFIX + "/blob", query_string=dict(run="cnn/train", tag=tag, step=4,
+@pytest.mark.parametrize("run, tag, mime", [
+    ("cnn/train", "tbviz/deconvnet/block/inner_conv/topk", "image/webp"),  # DeconvnetCallback's
+    ("style/train", "tbviz/stylized/probes", "image/png"),  # written with encode_png
+])
+def test_blob_is_the_written_image_with_its_type_and_cache_headers(logdir, client, run, tag, mime):
+    step = 4 if run == "cnn/train" else 1
+    blobs = written_blobs(logdir, run, tag, step)
+    for index in [i for i in (1, 5, 9) if i < len(blobs)]:
+        r = client.get(PREFIX + "/blob", query_string=dict(run=run, tag=tag, step=step,
                                                           index=index))
-        assert r.status_code == 200 and r.mimetype == "image/png"
+        assert r.status_code == 200 and r.mimetype == mime
+        assert Image.open(io.BytesIO(r.get_data())).format == mime.split("/")[1].upper()
         assert "max-age=86400" in r.headers["Cache-Control"]
         served = np.asarray(Image.open(io.BytesIO(r.get_data())))
         expected = np.asarray(Image.open(io.BytesIO(blobs[index])))

@@ -12,8 +12,9 @@ import tensorflow as tf
 from PIL import Image
 
 import eventfiles
-from style_transfer import cli, data
+from style_transfer import cli, data, vgg
 from style_transfer.transform_net import load_transform_net
+from tbviz import deconvnet
 from tbviz.summary import metadata
 
 TRAIN = ["--vgg-weights", "random", "--epochs", "2", "--steps-per-epoch", "3",
@@ -119,6 +120,39 @@ def test_train_logs_deconvnet_of_transform_net_and_of_vgg_through_the_stylized_o
     assert [t["role"] for t in first_header["tiles"]] == [t["role"] for t in last_header["tiles"]]
     assert any(first[i].shape != last[i].shape or not np.array_equal(first[i], last[i])
                for i in patch)
+
+
+def test_vgg19_cuts_its_patches_from_the_stylized_panel_stored_once(trained):
+    acc = eventfiles.load(trained["log_dir"] / "train")
+    tags = acc.Tags()["tensors"]
+    # The photos VGG19 looks at are the Stylized panel's: no second copy of them.
+    assert "tbviz/deconvnet/vgg19/probes" not in tags
+    assert "tbviz/deconvnet/transform_net/probes" in tags  # the transform-net's own photos
+    content, steps = eventfiles.panels(acc, "tbviz/deconvnet/block1_conv1/topk")
+    assert content["sources"] == "tbviz/stylized/probes" and content["source_size"] == [32, 32]
+    step, header, tiles = steps[-1]
+    assert step == 6
+    # Independently: the saved (final) transform-net stylizes the probe photos again.
+    photos, _ = data.load_probe_photos(
+        [data.asset_path("photos", "coffee.jpg"), trained["argv"][trained["argv"].index(
+            "--probe-images") + 2]], 32)
+    net = load_transform_net(trained["log_dir"] / "transform_net.keras")
+    stylized = np.clip(net(photos, training=False).numpy(), 0, 255)
+    # Another call than the run's (eager, not its tf.function): float32 rounding may move
+    # a value across a rounding boundary, by one level.
+    shown = eventfiles.panels(acc, "tbviz/stylized/probes")[1][-1][2]
+    np.testing.assert_allclose(np.stack(shown).astype(int),
+                               np.round(stylized).astype(int), atol=1)
+    patches = [(t, im) for t, im in zip(header["tiles"], tiles) if t["role"] == "patch"]
+    units = [deconvnet.Unit(t["image_index"], t["row"], t["col"], t["channel"], t["value"])
+             for t, _ in patches]
+    boxes = deconvnet.windows(vgg.build_vgg("random", layers=("block1_conv1",)), (32, 32, 3),
+                              "block1_conv1", units)
+    assert len(patches) == 9
+    for (t, im), u, (top, bottom, left, right) in zip(patches, units, boxes):
+        assert "source_step" not in t and t["crop"] == [top, bottom, left, right]
+        want = np.round(stylized[u.image_index, top:bottom, left:right]).astype(int)
+        np.testing.assert_allclose(im.astype(int), want, atol=1)  # (as above)
 
 
 def test_resume_mid_epoch_continues_exactly(trained, tmp_path, content_dir):

@@ -15,7 +15,9 @@ on the device, and the comparison is exact. It writes
 * a text event ``convergence/<layer>/settled``, "layer X settled at step S", when
   ``vs_previous`` has stayed at or above ``threshold`` for ``patience`` logs in a
   row; S is the first step of that streak. A layer that moves again (below the
-  threshold) and settles again gets a new event. :attr:`settled` holds the steps.
+  threshold) and settles again gets a new event. :attr:`settled` holds the steps. The
+  text is :func:`tbviz.summary.metadata.settled_message`: the tbviz tab reads it back to
+  mark that step in the layer's evolution.
 
 Defaults: debiased CKA, because probe batches are small and layers wide, the case
 where biased CKA is pushed towards 1 whatever the layers do (about
@@ -51,7 +53,7 @@ from tbviz.callbacks.histograms import check_fits
 from tbviz.checks import positive_int
 from tbviz.layers import capture_outputs, check_layers, children, get_layer, layer_paths
 from tbviz.similarity import REDUCTIONS, cka_from_grams
-from tbviz.summary import layouts
+from tbviz.summary import layouts, metadata
 
 #: Layers watched by default: every convolution and dense layer.
 WATCHED = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
@@ -123,6 +125,10 @@ class ConvergenceCallback(VizCallback):
         self.threshold = float(threshold)
         self.patience = positive_int("patience", patience)
         self.debiased, self.reduce = bool(debiased), reduce
+        #: When a layer counts as settled, in words (the scalars' and events' description;
+        #: the tbviz tab shows it beside the marked step).
+        self.rule = (f"settled when vs_previous >= {self.threshold:g} for {self.patience} logs "
+                     "in a row")
         #: ``{layer: step}`` of the latest settling of each layer.
         self.settled: dict[str, int] = {}
 
@@ -177,7 +183,8 @@ class ConvergenceCallback(VizCallback):
                     self.warn_once(("nan", path), "tbviz.ConvergenceCallback: layer %s is "
                                    "constant or not finite on the probe images; no CKA", path)
                     continue
-                tf.summary.scalar(f"convergence/{path}/vs_previous", vs_previous)
+                tf.summary.scalar(metadata.CONVERGENCE_TAG.format(layer=path), vs_previous,
+                                  description=f"linear CKA with the previous log; {self.rule}")
                 tf.summary.scalar(f"convergence/{path}/vs_start", vs_start)
                 self._count(path, step, vs_previous)
         self._previous = grams
@@ -191,6 +198,6 @@ class ConvergenceCallback(VizCallback):
         self._streak[path] = (quiet, first)
         if quiet == self.patience:
             self.settled[path] = first
-            tf.summary.text(f"convergence/{path}/settled", f"layer {path} settled at step "
-                            f"{first}", description=f"vs_previous >= {self.threshold} for "
-                            f"{self.patience} logs in a row from step {first}")
+            tf.summary.text(metadata.SETTLED_TAG.format(layer=path),
+                            metadata.settled_message(path, first),
+                            description=f"{self.rule}; from step {first}")

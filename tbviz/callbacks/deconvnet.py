@@ -9,7 +9,10 @@ unit of each of a fixed set of feature maps, chosen at train begin, so the
 step slider shows how they change) and ``tbviz/deconvnet/<layer>/perimage``
 (each probe image's strongest unit). Contrast is normalized per tile, as in
 the paper. The input patches are crops of the probe images, which are written
-once per trigger as ``tbviz/deconvnet/<model>/probes``.
+as ``tbviz/deconvnet/<model>/probes`` (a fixed array once per run, images that
+change at every trigger), unless another callback's panel already holds them
+(``probes_panel``: the style pipeline's VGG19 cuts its patches from the stylized
+photos of ``tbviz/stylized/probes``).
 
 With ``scan_data`` (Zeiler & Fergus' Figs. 2 and 3 over a whole dataset, see
 :func:`tbviz.deconvnet.scan`) it also writes ``tbviz/deconvnet/<layer>/featuremaps``
@@ -117,6 +120,12 @@ class DeconvnetCallback(VizCallback):
             layer at train begin (DenseNet121 at 96x96 on 2 loaded cores: 46 s more at train
             begin, 1.1 s less per log). Worth it for a run that logs many times (every few
             steps); off by default, as the first epoch is where the setup is paid.
+        probes_panel: tag of a tbviz panel of this run that another callback, earlier in
+            the callback list, writes at every step this one logs, whose image i is probe
+            image i as this step's ``probe_images`` gives it (e.g. ``StylizedProbes``'
+            ``tbviz/stylized/probes`` with ``probe_images=that_callback.stylized``). The
+            patches are cut from it and no probes panel of this callback's own is written:
+            the same pixels are stored once. ``None``: write ``tbviz/deconvnet/<model>/probes``.
         strict: re-raise a failure instead of switching the deconvnet off.
 
     All arguments are checked here or at train begin, before any training step.
@@ -128,12 +137,21 @@ class DeconvnetCallback(VizCallback):
                  probe_model=None, channels=None, distinct: bool = True,
                  image_grids: bool = False, raw: bool = False, scan_data=None,
                  scan_limit: int | None = None, seed: int = 0, run: str = "train",
-                 vectorize: bool = False, strict: bool = False):
+                 vectorize: bool = False, probes_panel: str | None = None,
+                 strict: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
                          strict=strict)
         if not isinstance(run, str) or not run or os.sep in run:
             raise ValueError(f"run must be a folder name such as 'train', got {run!r}")
         self.run = run
+        if probes_panel is not None and not (isinstance(probes_panel, str)
+                                             and probes_panel.startswith("tbviz/")):
+            raise ValueError("probes_panel must be None or the tag of a tbviz panel holding the "
+                             f"probe images, such as 'tbviz/stylized/probes'; got {probes_panel!r}")
+        if probes_panel is not None and probe_images is None:
+            raise ValueError("probes_panel names where the probe images are shown; give "
+                             "probe_images too")
+        self.probes_panel = probes_panel
         self.distinct = bool(distinct)
         self.image_grids, self.raw = bool(image_grids), bool(raw)
         if probe_images is None and scan_data is None:
@@ -292,8 +310,8 @@ class DeconvnetCallback(VizCallback):
         if found is not None:
             self._scan_views(views, found)
         with self.writer.as_default(step=step):
-            if display is not None and (self._probes_step is None
-                                        or callable(self.probe_images)):
+            if display is not None and self.probes_panel is None and (
+                    self._probes_step is None or callable(self.probe_images)):
                 self._write_probes(display)
                 self._probes_step = step
             for path, view in views.items():
@@ -403,13 +421,14 @@ class DeconvnetCallback(VizCallback):
 
     @property
     def probes_tag(self) -> str:
-        """Tag of the probe images the patches are cut from (one per probe model and run)."""
-        return f"tbviz/deconvnet/{self._projector.model.name}/probes"
+        """Tag of the probe images the patches are cut from: ``probes_panel``, else this
+        callback's own (one per probe model and run)."""
+        return self.probes_panel or f"tbviz/deconvnet/{self._projector.model.name}/probes"
 
     def _write_probes(self, display):
         """The probe images of this step, once: every layer's patches are crops of them."""
         metadata.write_panel(
-            self.probes_tag, metadata.PROBES, [metadata.encode_png(im) for im in display],
+            self.probes_tag, metadata.PROBES, [metadata.encode_image(im) for im in display],
             tiles=[{"label": f"image {i}", "index": i} for i in range(len(display))],
             description=f"the probe images the deconvnet of {self._projector.model.name} looked "
                         "at; the input patches of its panels are cut from them",
@@ -427,7 +446,7 @@ class DeconvnetCallback(VizCallback):
                 json_tiles[-1].update(sources=f"tbviz/deconvnet/{path}/topk", source=i,
                                       crop=[0, shape[0], 0, shape[1]], source_size=list(shape))
             else:
-                pngs.append(metadata.encode_png(t))
+                pngs.append(metadata.encode_image(t))
         return json_tiles, pngs
 
     def _write_layer(self, path, sets, raw, boxes, patches, display, per_image=None):
@@ -457,18 +476,19 @@ class DeconvnetCallback(VizCallback):
         patch_json, patch_pngs = [], []
         for u, b, (_, at), t in zip(top + evo + maps, boxes, patches, patch_tiles):
             patch_json.append(dict(_unit_json(u), role="patch"))
-            if at is not None:
-                patch_json[-1].update(source=at, source_step=self._probes_step,
-                                      crop=[int(v) for v in b])
+            if at is not None:  # (a probes_panel holds this step's images: no source_step)
+                patch_json[-1].update(source=at, crop=[int(v) for v in b])
+                if self.probes_panel is None:
+                    patch_json[-1]["source_step"] = self._probes_step
             else:
-                patch_pngs.append(metadata.encode_png(t))
+                patch_pngs.append(metadata.encode_image(t))
         own = [i for i, t in enumerate(patch_json) if "crop" not in t]
         png_of = dict(zip(own, patch_pngs))
         if k:
             tiles = ([dict(_unit_json(u), role="projection", unit=i) for i, u in enumerate(top)]
                      + [dict(t, unit=i) for i, t in enumerate(patch_json[:k])])
             metadata.write_panel(f"tbviz/deconvnet/{path}/topk", metadata.TOPK,
-                                 [metadata.encode_png(t) for t in proj_tiles[:k]]
+                                 [metadata.encode_image(t) for t in proj_tiles[:k]]
                                  + [png_of[i] for i in range(k) if i in png_of], tiles,
                                  description=note, **content)
         in_topk = {u: (i, proj_tiles[i].shape[:2]) for i, u in enumerate(top)}
@@ -534,7 +554,7 @@ class DeconvnetCallback(VizCallback):
                  + [dict(t, unit=i) for i, t in enumerate(patch_json)])
         groups = [{"channel": int(c), "units": ks} for c, ks in by_map.items()]
         metadata.write_panel(f"tbviz/deconvnet/{path}/featuremaps", metadata.FEATUREMAPS,
-                             [metadata.encode_png(t) for t in proj_tiles] + patch_pngs, tiles,
+                             [metadata.encode_image(t) for t in proj_tiles] + patch_pngs, tiles,
                              groups=groups,
                              description=f"top {self.top_k} units of each fixed feature map of "
                                          f"{path} over the scanned images", **content)

@@ -112,12 +112,14 @@ def to_rgb(tiles: np.ndarray) -> np.ndarray:
     return tiles[..., :3]
 
 
-def grid(tiles, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+def grid(tiles, cols: int | None = None, pad: int = 2, pad_value: int = 255,
+         cell: tuple[int, int] | None = None) -> np.ndarray:
     """Tile ``(N, H, W, C)`` images into one ``(rows*(H+pad)-pad, cols*(W+pad)-pad, C)`` image.
 
     ``cols`` defaults to ``ceil(sqrt(N))`` (9 tiles -> the paper's 3x3 view).
     Tiles of different sizes (patches at image borders) are centred in the
-    largest tile's cell.
+    largest tile's cell, or in cells of ``cell = (height, width)`` when given (at least
+    the largest tile), so that grids of other tiles line up with this one.
 
     >>> grid(np.zeros((9, 4, 4, 3), np.uint8)).shape  # 3x3 tiles of 4 px, 2 px apart
     (16, 16, 3)
@@ -132,8 +134,8 @@ def grid(tiles, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> 
     n = len(tiles)
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    th = max(t.shape[0] for t in tiles)
-    tw = max(t.shape[1] for t in tiles)
+    th = max([t.shape[0] for t in tiles] + [cell[0] if cell else 0])
+    tw = max([t.shape[1] for t in tiles] + [cell[1] if cell else 0])
     ch = tiles[0].shape[2] if tiles[0].ndim == 3 else 1
     dtype = tiles[0].dtype
     out = np.full((rows * (th + pad) - pad, cols * (tw + pad) - pad, ch), pad_value, dtype=dtype)

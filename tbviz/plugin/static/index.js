@@ -13,9 +13,18 @@
 //            returning the element that shows them
 //   whole    instead of steps and draw: (column, run entry) => draws all the run's panels of
 //            the kind at once (one picture across layers)
+//   marks    optional, (panel, logged steps) => the steps the view marks, shown by default
+// A stepChips view (steps side by side) also downloads the shown steps as an animation.
 const VIEWS = [
   { kind: "topk", label: "Top-k", layered: true, steps: stepSlider, draw: topkView },
-  { kind: "evolution", label: "Evolution", layered: true, steps: stepChips, draw: evolutionView },
+  {
+    kind: "evolution",
+    label: "Evolution",
+    layered: true,
+    steps: stepChips,
+    draw: evolutionView,
+    marks: settledStep,
+  },
   { kind: "featuremaps", label: "Feature maps", layered: true, steps: stepSlider, draw: featuremapsView },
   { kind: "perimage", label: "Through the layers", layered: false, whole: throughLayers },
   { kind: "stylized", label: "Stylized probes", layered: false, steps: stepChips, draw: stylizedView },
@@ -33,6 +42,7 @@ const state = {
   showPatches: false,
   tileSize: null, // px, once the user moved the slider
   chosen: new Map(), // "run\0tag" -> Set of steps picked (evolution, stylized); default spread
+  focusMap: null, // the feature map whose evolution was opened from the Feature maps view
   current: new Map(), // "run\0tag" -> the one step picked (top-k, attribution); default last
   cache: new Map(), // request URL -> Promise of its JSON
 };
@@ -191,12 +201,13 @@ async function stepSlider(col, run, tag, draw) {
 }
 
 // Several steps side by side (evolution, stylized). Unless steps were picked, the spread
-// of the logged steps is shown, again following new steps on Reload.
-async function stepChips(col, run, tag, draw) {
+// of the logged steps and the marked ones are shown, again following new steps on Reload.
+// GIF and APNG download the shown steps as an animation (the server's /animation).
+async function stepChips(col, run, tag, draw, marked = () => []) {
   const steps = (await getAll("steps", { run, tag })).map((s) => s.step);
   if (!steps.length) return col.append(h("p", { class: "note" }, "no steps logged yet"));
   const k = key(run, tag);
-  const chosen = () => state.chosen.get(k) ?? spread(steps);
+  const chosen = () => state.chosen.get(k) ?? new Set([...spread(steps), ...marked(steps)]);
   const body = h("div", { class: "scroll" });
   let latest = 0;
   const show = async () => {
@@ -234,10 +245,64 @@ async function stepChips(col, run, tag, draw) {
       chips,
       h("button", { class: "preset", onclick: () => choose(null) }, "spread"),
       h("button", { class: "preset", onclick: () => choose(new Set(steps)) }, "all"),
+      ["GIF", "APNG"].map((fmt) =>
+        h(
+          "button",
+          {
+            class: "preset download",
+            title: `the shown steps as an animated ${fmt}, one frame per step`,
+            onclick: () =>
+              downloadAnimation(run, tag, fmt.toLowerCase(), steps.filter((s) => chosen().has(s)))
+                .catch(fail(body)),
+          },
+          fmt,
+        ),
+      ),
     ),
     body,
   );
   await show();
+}
+
+// The layer's latest settling (ConvergenceCallback, listed with the panel by the server)
+// as the first logged step at or after it: the step column the evolution marks.
+function settledStep(panel, steps) {
+  const at = panel.convergence?.settled.at(-1)?.step;
+  const step = at == null ? undefined : steps.find((s) => s >= at);
+  return step == null ? [] : [step];
+}
+
+// What the evolution says about its layer's convergence: nothing when the run's
+// ConvergenceCallback did not watch the layer.
+function settledNote(panel) {
+  const c = panel.convergence;
+  if (!c) return null;
+  const at = c.settled.at(-1);
+  const title = [c.rule, c.layer !== panel.layer ? `convergence layer ${c.layer}` : null]
+    .filter(Boolean)
+    .join("; ");
+  if (!at) return h("p", { class: "settled-note note", title }, "not settled yet");
+  const earlier = c.settled.slice(0, -1).map((s) => s.step);
+  return h(
+    "p",
+    { class: "settled-note", title },
+    h("span", { class: "badge" }, "settled"),
+    ` at step ${at.step}` + (earlier.length ? `, before at ${earlier.join(", ")}` : ""),
+  );
+}
+
+// The shown steps of a panel as an animated image, assembled by the server with Pillow.
+async function downloadAnimation(run, tag, format, steps) {
+  const params = { run, tag, format, steps: steps.join(","), patches: state.showPatches ? 1 : 0 };
+  const r = await fetch(`animation?${new URLSearchParams(params)}`);
+  if (!r.ok) throw new Error(`animation: ${r.status} ${await r.text()}`);
+  const name = `${run}-${tag}`.replace(/[^\w.-]+/g, "_") + (format === "gif" ? ".gif" : ".png");
+  const url = URL.createObjectURL(await r.blob());
+  const a = h("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 function topkView(run, panel) {
@@ -303,7 +368,10 @@ function featuremapsView(run, panel) {
             {
               class: "preset",
               title: "open this map's strongest unit across steps",
-              onclick: () => pickView("evolution"),
+              onclick: () => {
+                state.focusMap = g.channel;
+                pickView("evolution");
+              },
             },
             `map ${g.channel}`,
           ),
@@ -322,6 +390,8 @@ function featuremapsView(run, panel) {
 
 function evolutionView(run, panel) {
   return (frs) => {
+    const steps = frs.map((f) => f.step);
+    const [marked] = settledStep(panel, steps);
     // Rows are the fixed feature maps, keyed by channel (or by order when unlabelled).
     const rows = new Map();
     for (const f of frs) {
@@ -333,26 +403,31 @@ function evolutionView(run, panel) {
         rows.get(id).set(f.step, [i, patch[n]]);
       });
     }
-    return h(
+    const settled = panel.convergence?.settled.at(-1);
+    const head = (f) =>
+      f.step === marked
+        ? h(
+            "th",
+            {
+              scope: "col",
+              class: "settled",
+              title: `layer settled at step ${settled.step}: ${panel.convergence.rule ?? ""}`,
+            },
+            `step ${f.step}`,
+            h("span", { class: "badge" }, "settled"),
+          )
+        : h("th", { scope: "col" }, `step ${f.step}`);
+    const table = h(
       "table",
       { class: "evo" },
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          h("th", { scope: "col" }, "map"),
-          frs.map((f) => h("th", { scope: "col" }, `step ${f.step}`)),
-        ),
-      ),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "map"), frs.map(head))),
       h(
         "tbody",
         {},
         [...rows].map(([id, cells]) =>
           h(
             "tr",
-            {},
+            { class: id === state.focusMap ? "focus" : null },
             h("th", { scope: "row" }, `map ${id}`),
             frs.map((f) => {
               const c = cells.get(f.step);
@@ -360,7 +435,7 @@ function evolutionView(run, panel) {
               const t = f.tiles[c[0]];
               return h(
                 "td",
-                {},
+                { class: f.step === marked ? "settled" : null },
                 h(
                   "div",
                   { class: "cell" },
@@ -375,6 +450,7 @@ function evolutionView(run, panel) {
         ),
       ),
     );
+    return h("div", {}, settledNote(panel), table);
   };
 }
 
@@ -563,7 +639,8 @@ async function drawRun(col, entry) {
     );
     if (p.description) sub.append(h("p", { class: "note" }, p.description));
     col.append(sub);
-    await view.steps(sub, entry.run, p.tag, view.draw(entry.run, p)).catch(fail(sub));
+    const marked = view.marks ? (steps) => view.marks(p, steps) : undefined;
+    await view.steps(sub, entry.run, p.tag, view.draw(entry.run, p), marked).catch(fail(sub));
   }
 }
 
@@ -616,6 +693,7 @@ function drawLayers() {
 
 function pickLayer(key, focus) {
   state.layer = key;
+  state.focusMap = null; // a map number names a map of one layer only
   for (const li of ui.layers.querySelectorAll("[role=option]")) {
     const on = li.dataset.key === key;
     li.setAttribute("aria-selected", String(on));
