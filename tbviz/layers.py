@@ -145,10 +145,11 @@ def up_to(model, path: str):
     """
     head, _, rest = path.partition("/")
     layer = model.get_layer(head)
+    inputs = _inputs(model)
     if not rest:
-        sub = keras.Model(model.inputs, layer.output)
+        sub = keras.Model(inputs, layer.output)
     else:
-        before = keras.Model(model.inputs, layer.input)
+        before = keras.Model(inputs, layer.input)
         before.input_spec = None
         after = up_to(layer, rest)
         x = keras.Input(model.inputs[0].shape[1:])
@@ -156,6 +157,12 @@ def up_to(model, path: str):
     # Our own sub-model may run on crops smaller than the model's declared input.
     sub.input_spec = None
     return sub
+
+
+def _inputs(model):
+    """``model``'s inputs in the structure it is called with: one tensor for one input
+    (a list of one makes Keras warn at every call that the structures differ)."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
 def forward_to(model, paths: Sequence[str]):
@@ -176,7 +183,7 @@ def forward_to(model, paths: Sequence[str]):
         if len(paths) == 1:
             sub = up_to(model, paths[0])
         elif all("/" not in p for p in paths):
-            sub = keras.Model(model.inputs, [model.get_layer(p).output for p in paths])
+            sub = keras.Model(_inputs(model), [model.get_layer(p).output for p in paths])
             sub.input_spec = None
         else:
             sub = None
