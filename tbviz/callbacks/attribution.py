@@ -39,7 +39,7 @@ from tbviz.backward_rules import plain_gradient_note
 from tbviz.callbacks.base import VizCallback
 from tbviz.layers import check_images
 from tbviz.summary.images import for_display, overlay
-from tbviz.summary.metadata import encode_png, write_panel
+from tbviz.summary.metadata import encode_image, write_panel
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "grad_cam")
 #: Methods computed together by one probe when both are asked for (one trace, one pass).
@@ -204,7 +204,7 @@ class AttributionCallback(VizCallback):
         tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
                          description=about)
         write_panel(f"tbviz/attribution/{method}", "attribution",
-                    [encode_png(im) for im in images],
+                    [encode_image(im) for im in images],
                     tiles=[{"method": method, "image_index": i, "target": t}
                            for i, t in enumerate(labels)],
                     description=about, method=method)
