@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tbviz import deconvnet  # noqa: E402
-from tbviz.layers import capture_outputs  # noqa: E402
+from tbviz.core.layers import capture_outputs  # noqa: E402
 
 LAYERS = ["block1_conv2", "block2_conv2", "block3_conv4", "block4_conv4", "block5_conv4"]
 

@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # one traced floor function per layer is intended
 
-from tbviz.deconvnet import scan  # noqa: E402
+from tbviz.methods.deconvnet import scan  # noqa: E402
 
 MODELS = {
     "vgg19": (keras.applications.VGG19,

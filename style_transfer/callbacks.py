@@ -27,9 +27,10 @@ import numpy as np
 import tensorflow as tf
 
 from tbviz.callbacks.base import VizCallback
-from tbviz.checks import positive_int
+from tbviz.core.checks import positive_int
 from tbviz.summary import metadata, writers
 from tbviz.summary.images import to_uint8
+from tbviz.summary import events
 
 
 class StylizedProbes(VizCallback):
@@ -93,7 +94,7 @@ class StylizedProbes(VizCallback):
             raise ValueError(f"StylizedProbes needs a model with a stylize(images) method; "
                              f"{type(self.model).__name__} has none")
         with self.writer.as_default(step=self.global_step):
-            tf.summary.image("stylized/originals", to_uint8(self.photos),
+            events.image("stylized/originals", to_uint8(self.photos),
                              max_outputs=len(self.photos))
 
     def write(self, step, logs):
@@ -103,7 +104,7 @@ class StylizedProbes(VizCallback):
             self._latest = (step, raw)
             stylized = to_uint8(self.finite(self.tag, raw))
             if self.image_summary:
-                tf.summary.image(self.tag, stylized, max_outputs=len(stylized))
+                events.image(self.tag, stylized, max_outputs=len(stylized))
             metadata.write_panel(self.panel_tag, metadata.STYLIZED,
                                  [metadata.encode_image(img) for img in stylized], tiles=tiles,
                                  description="The transform-net's output on fixed probe photos")

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from tbviz.checks import positive_int
+from tbviz.core.checks import positive_int
 
 #: What TensorFlow's ``decode_image`` reads; other files are left out of the stream.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")

@@ -37,7 +37,7 @@ from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS
                                      STYLE_WEIGHT, TV_WEIGHT)
 from style_transfer.transform_net import build_transform_net
 from style_transfer.vgg import build_vgg, check_layers
-from tbviz.checks import number
+from tbviz.core.checks import number
 
 
 def resize_longest(image, size: int | None) -> np.ndarray:

@@ -50,7 +50,7 @@ from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS
                                      VGG_PROBE_LAYERS)
 from style_transfer.folders import check_creatable, save_keras_atomically
 from style_transfer.model import StyleTransferModel
-from tbviz.layers import check_layers
+from tbviz.core.layers import check_layers
 from tbviz.summary import writers
 
 

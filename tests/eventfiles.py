@@ -6,9 +6,9 @@ Functions take a run directory or an ``EventAccumulator`` already loaded from on
 import io
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.util.tensor_util import make_ndarray
 
 from tbviz.summary import metadata
 
@@ -31,7 +31,7 @@ def scalars(run_dir, tag):
     acc = load(run_dir)
     if tag in acc.Tags().get("scalars", []):
         return [(e.step, e.value) for e in acc.Scalars(tag)]
-    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+    return [(e.step, float(make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -40,7 +40,7 @@ def decode(png: bytes) -> np.ndarray:
 
 def image_steps(event):
     """Decoded images of one ``tf.summary.image`` event: it holds ``[width, height, png...]``."""
-    blobs = tf.make_ndarray(event.tensor_proto)
+    blobs = make_ndarray(event.tensor_proto)
     width, height = int(blobs[0]), int(blobs[1])
     pics = [decode(b) for b in blobs[2:]]
     assert all(p.shape[:2] == (height, width) for p in pics)
@@ -76,7 +76,7 @@ def panels(run_dir, tag):
 
     steps = []
     for event in acc.Tensors(tag):
-        blobs = tf.make_ndarray(event.tensor_proto)
+        blobs = make_ndarray(event.tensor_proto)
         header = metadata.parse_header(blobs[0])
         own = iter(decode(b) for b in blobs[1:])
         pics = []
@@ -100,7 +100,7 @@ def texts(run_dir, tag):
     acc = load(run_dir)
     assert tag in acc.Tags()["tensors"], sorted(acc.Tags()["tensors"])
     assert acc.SummaryMetadata(tag).plugin_data.plugin_name == "text"
-    return [(e.step, tf.make_ndarray(e.tensor_proto).item().decode()) for e in acc.Tensors(tag)]
+    return [(e.step, make_ndarray(e.tensor_proto).item().decode()) for e in acc.Tensors(tag)]
 
 
 def histogram_steps(run_dir, tag):

@@ -1,6 +1,6 @@
 """tbviz.stats.cka against the papers' definitions, written out independently here.
 
-Reference implementations (float64 NumPy, built differently from tbviz.similarity):
+Reference implementations (float64 NumPy, built differently from tbviz.stats.cka):
 * biased HSIC with an explicit centering matrix, tr(K H L H) / (n - 1)^2 (Gretton 2005),
   and CKA in feature space, ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) (Kornblith 2019, eq. 5);
 * unbiased HSIC written with the all-ones vector as in Song et al. 2012, eq. 5.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tbviz import stats
-from tbviz.similarity import cka, cka_from_grams, features, gram
+from tbviz.stats.cka import cka, cka_from_grams, features, gram
 
 TOL = 1e-9
 

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-import tbviz.layers
+import tbviz.core.layers
 from tbviz import deconvnet
-from tbviz.deconvnet import Unit
-from tbviz.receptive_field import crop_plan
+from tbviz.methods.deconvnet import Unit
+from tbviz.core.receptive_field import crop_plan
 
 # Float results of different computations: ./scripts/test.sh --numerics runs these under
 # other kernels and thread counts.

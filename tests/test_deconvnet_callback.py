@@ -13,7 +13,7 @@ import tbviz
 from eventfiles import image_steps, load, panels
 from tbviz import deconvnet
 from tbviz.callbacks.deconvnet import UNIT_COLUMNS
-from tbviz.layers import layer_paths
+from tbviz.core.layers import layer_paths
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
 

@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from tbviz.receptive_field import Axis, crop_plan, crop_start, receptive_field, unit_crop
+from tbviz.core.receptive_field import Axis, crop_plan, crop_start, receptive_field, unit_crop
 
 L = keras.layers
 

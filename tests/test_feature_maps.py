@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from tbviz.feature_maps import conv_layers, feature_maps, kernel_grid, kernels
-from tbviz.layers import get_layer
+from tbviz.methods.feature_maps import conv_layers, feature_maps, kernel_grid, kernels
+from tbviz.core.layers import get_layer
 
 
 def net():

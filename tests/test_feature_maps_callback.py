@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tbviz.callbacks.feature_maps import FeatureMapsCallback
-from tbviz.feature_maps import feature_maps, kernel_grid
+from tbviz.methods.feature_maps import feature_maps, kernel_grid
 from eventfiles import images, tags
 
 

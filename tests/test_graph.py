@@ -104,7 +104,7 @@ def test_rename_scopes_keeps_shared_layer_calls_apart():
     shared = keras.layers.Dense(4, name="dense")
     out = keras.layers.Dense(2, name="dense_1")(shared(shared(inp)))
     model = keras.Model(inp, out, name="m")
-    from tbviz.graphs import op_graph
+    from tbviz.core.graphs import op_graph
 
     gd = op_graph(model)
     names = [n.name for n in gd.node]

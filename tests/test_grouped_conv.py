@@ -114,7 +114,7 @@ def test_grouped_projection_without_onednn_does_not_fail():
 def test_the_per_group_backward_is_said_once_per_model(caplog):
     grouped, _ = grouped_and_dense(2)
     x = images()
-    with caplog.at_level(logging.INFO, logger="tbviz.backward_rules"):
+    with caplog.at_level(logging.INFO, logger="tbviz"):
         for rule in ("deconvnet", "guided"):
             deconvnet.project(grouped, x, "c1", [(0, 1, 1, 0)], rule=rule)
         attribution.saliency(grouped, x, target=0)

@@ -121,7 +121,7 @@ def test_probe_is_traced_once_and_does_not_change_reported_metrics(tmp_path):
     keras.utils.set_random_seed(7)
     cb = tbviz.HistogramCallback(str(tmp_path), every_n_steps=2, probe_data=(x[:4], y[:4]))
     hist_b = model_b.fit(x, y, epochs=5, batch_size=8, verbose=0, shuffle=False, callbacks=[cb])
-    assert cb._probe.experimental_get_tracing_count() == 1
+    assert cb._probe.traces == 1
     assert hist_a.history["loss"] == hist_b.history["loss"]
     for wa, wb in zip(model_a.get_weights(), model_b.get_weights()):
         np.testing.assert_array_equal(wa, wb)

@@ -15,7 +15,7 @@ import eventfiles
 import models
 from tbviz import attribution
 from tbviz.callbacks.attribution import AttributionCallback
-from tbviz.sanity import RandomizedCopy, ranks, spearman, weighted_layers
+from tbviz.methods.attribution.sanity import RandomizedCopy, ranks, spearman, weighted_layers
 
 
 class Recording(RandomizedCopy):

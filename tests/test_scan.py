@@ -15,7 +15,7 @@ import models
 from cluster import run_workers
 from planted import PLANTED, detector, planted_images, response
 from tbviz import deconvnet
-from tbviz.deconvnet import scan
+from tbviz.methods.deconvnet import scan
 
 # ---- a planted pattern among thousands of noise images (tests/planted.py) ---------------------
 

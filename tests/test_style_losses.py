@@ -97,7 +97,7 @@ def test_vgg_caffe_preprocessing_is_in_the_graph(vgg, rng):
 
 def test_deconvnet_sees_vgg_receptive_fields_through_the_preprocessing(vgg):
     from tbviz import deconvnet
-    from tbviz.receptive_field import receptive_field
+    from tbviz.core.receptive_field import receptive_field
 
     rows, cols = receptive_field(vgg, "block1_conv1", (16, 16))
     assert rows.size == cols.size == 3  # the field, not the whole image

@@ -1,14 +1,14 @@
 """Attribution heatmaps over fixed probe images, logged while a model trains.
 
 For each method (saliency, SmoothGrad, guided backprop, occlusion, CAM, Grad-CAM;
-see :mod:`tbviz.attribution`) and each trigger, the callback writes
+see :mod:`tbviz.methods.attribution`) and each trigger, the callback writes
 
 * ``attribution/<method>``: a standard image summary, one heatmap-over-photo per
   probe image (TensorBoard's Images dashboard, with its step slider),
 * ``tbviz/attribution/<method>``: the same images as a tbviz dashboard panel,
   each tile labelled ``{"method", "image_index", "target"}``,
 * with ``sanity=True``, the model-randomization check of Adebayo et al. 2018
-  (:func:`tbviz.attribution.sanity_check`, cascading from the top):
+  (:func:`tbviz.methods.attribution.sanity_check`, cascading from the top):
   ``sanity/<method>/<layer>``, the Spearman correlation of the maps with those of a
   copy randomized down to that layer, and ``sanity/<method>``, that with every layer
   random. High values: the maps do not depend on what the model learned.
@@ -32,14 +32,14 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import tensorflow as tf
 
-from tbviz import attribution
-from tbviz.backward_rules import plain_gradient_note
+from tbviz.methods import attribution
+from tbviz.core.backward_rules import plain_gradient_note
 from tbviz.callbacks.base import VizCallback
-from tbviz.layers import check_images
+from tbviz.core.layers import check_images
 from tbviz.summary.images import for_display, overlay
 from tbviz.summary.metadata import encode_image, write_panel
+from tbviz.summary import events
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "grad_cam")
 #: Methods computed together by one probe when both are asked for (one trace, one pass).
@@ -58,7 +58,7 @@ class AttributionCallback(VizCallback):
         target: class index, one index per probe image, or a callable from model
             outputs to one score per image; ``None`` (default) explains the class
             the model predicts for each image at that moment.
-        methods: names from :data:`tbviz.attribution.METHODS`; by default the cheap
+        methods: names from :data:`tbviz.methods.attribution.METHODS`; by default the cheap
             ones, ``saliency``, ``guided_backprop`` and ``grad_cam``.
         layer: Grad-CAM's layer path (default: the last layer with 4-D output).
         options: per-method keyword arguments, e.g. ``{"occlusion": {"patch": 8},
@@ -146,7 +146,7 @@ class AttributionCallback(VizCallback):
                 self.warn_once("plain", "tbviz.AttributionCallback: guided_backprop: %s",
                                self._plain_note)
         if self.sanity:
-            from tbviz.sanity import RandomizedCopy
+            from tbviz.methods.attribution.sanity import RandomizedCopy
 
             with self.guard("setup", item="sanity"):  # without it, the heatmaps still go on
                 self._randomized = RandomizedCopy(self.model)  # once: its probes trace once
@@ -155,7 +155,7 @@ class AttributionCallback(VizCallback):
         return getattr(attribution, method)(self.model, images, target, **self.options[method])
 
     def _both(self, images, target):
-        """:func:`tbviz.attribution.saliency_and_grad_cam` while both methods are live, else
+        """:func:`tbviz.methods.attribution.saliency_and_grad_cam` while both methods are live, else
         None. Where the joint probe fails, each method goes its own way from then on (with
         its own probe and guard, so one failing method leaves the other on)."""
         if not (self._joint and self.live(JOINT) == list(JOINT)):
@@ -201,7 +201,7 @@ class AttributionCallback(VizCallback):
         about = f"{method} heatmaps over the probe images"
         if method == "guided_backprop" and self._plain_note:
             about += f" (the same as saliency: {self._plain_note})"
-        tf.summary.image(f"attribution/{method}", images, max_outputs=len(images),
+        events.image(f"attribution/{method}", images, max_outputs=len(images),
                          description=about)
         write_panel(f"tbviz/attribution/{method}", "attribution",
                     [encode_image(im) for im in images],
@@ -214,5 +214,5 @@ class AttributionCallback(VizCallback):
                                           options=self.options[method],
                                           randomized=self._randomized)
         for layer, rho in stages:
-            tf.summary.scalar(f"sanity/{method}/{layer}", rho)
-        tf.summary.scalar(f"sanity/{method}", stages[-1][1])
+            events.scalar(f"sanity/{method}/{layer}", rho)
+        events.scalar(f"sanity/{method}", stages[-1][1])

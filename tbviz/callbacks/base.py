@@ -30,12 +30,12 @@ loss-scale optimizer skips one); each summary is labelled with the optimizer's
 step at the time.
 
 Example:
-    >>> import tensorflow as tf
     >>> from tbviz.callbacks.base import VizCallback
+    >>> from tbviz.summary import events
     >>> class LearningRate(VizCallback):
     ...     def write(self, step, logs):
     ...         with self.writer.as_default(step=step):
-    ...             tf.summary.scalar("lr", float(self.model.optimizer.learning_rate))
+    ...             events.scalar("lr", float(self.model.optimizer.learning_rate))
     >>> cb = LearningRate("runs/lr", every_n_epochs=1)
     >>> cb.part
     'learning_rate'
@@ -52,11 +52,12 @@ import weakref
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tbviz.checks import positive_int
-from tbviz.layers import layer_paths
+from tbviz import backend
+from tbviz.core.checks import positive_int
+from tbviz.core.layers import layer_paths
 from tbviz.summary import writers
+from tbviz.summary import events
 
 log = logging.getLogger("tbviz")
 
@@ -81,13 +82,12 @@ def advice(err: BaseException) -> str:
     'lower max_batch or pass fewer probe images'
     """
     text = str(err)
-    if isinstance(err, (MemoryError, tf.errors.ResourceExhaustedError)) or "OOM" in text:
+    if backend.is_out_of_memory(err) or "OOM" in text:
         return "lower max_batch or pass fewer probe images"
     if isinstance(err, LookupError) or "gradient" in text.lower():
         return ("an op in the model's inference pass has no gradient, so nothing can be "
                 "differentiated through it: where the part takes layers, choose ones before it")
-    if isinstance(err, (OSError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
-                        tf.errors.FailedPreconditionError)):
+    if backend.is_file_error(err):
         return ("the log directory cannot be written any more (deleted, full or read-only?); "
                 "the next run logs again once it can")
     return "pass strict=True to raise it with its traceback, and report it with the model summary"
@@ -109,7 +109,7 @@ def failing_layer(err: BaseException, model) -> str | None:
     found = None
     for path in layer_paths(model) if model is not None else []:
         name = re.escape(path.rsplit("/", 1)[-1])
-        # Keras opens a layer's name scope as "name" or "name_<n>" (see tbviz.graphs).
+        # Keras opens a layer's name scope as "name" or "name_<n>" (see tbviz.core.graphs).
         if re.search(rf"(^|[/'\" ]){name}(_\d+)?(/|'|\"|\.call)", text):
             found = path
     return found
@@ -183,7 +183,7 @@ class VizCallback(keras.callbacks.Callback):
         self.warn_once(("nonfinite", tag), "tbviz.%s: %s has %d NaN or Inf values (non-finite "
                        "weights?); they are drawn as 0, count under nonfinite/%s",
                        type(self).__name__, tag, n, tag)
-        tf.summary.scalar(f"nonfinite/{tag}", n)
+        events.scalar(f"nonfinite/{tag}", n)
         return np.where(bad, 0, arr)
 
     # -- the guard ------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class VizCallback(keras.callbacks.Callback):
             lines = _ERRORS.setdefault(writer, [])
             lines.append("* " + message)
             with writer.as_default(step=self._last_step or self.global_step):
-                tf.summary.text("tbviz/errors", "\n".join(lines),
+                events.text("tbviz/errors", "\n".join(lines),
                                 description="tbviz parts switched off in this run, and why")
             writer.flush()
         except Exception:  # noqa: BLE001 - an unwritable run: the warning has said it
@@ -240,7 +240,7 @@ class VizCallback(keras.callbacks.Callback):
 
     def _cost(self, name, seconds, step):
         with self.writer.as_default(step=step):
-            tf.summary.scalar(f"tbviz/cost/{name}", seconds,
+            events.scalar(f"tbviz/cost/{name}", seconds,
                               description="seconds this tbviz part took (device time included)")
 
     # -- writers --------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class VizCallback(keras.callbacks.Callback):
         return int(opt.iterations.numpy())
 
     def on_train_begin(self, logs=None):
-        self.chief = writers.is_chief(getattr(self.model, "distribute_strategy", None))
+        self.chief = backend.is_chief(self.model)
         fresh = []  # folders this call creates: removed again if check() fails
         if self.chief:
             fresh = [p for p in (self.log_dir, os.path.join(self.log_dir, self.run))

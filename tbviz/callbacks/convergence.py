@@ -2,7 +2,7 @@
 
 At train begin and at every trigger the callback runs the fixed probe inputs
 through the model (inference mode) and keeps, per watched layer, the ``n x n``
-Gram matrix of that layer's activations (see :mod:`tbviz.similarity`). Linear
+Gram matrix of that layer's activations (see :mod:`tbviz.stats.cka`). Linear
 CKA needs nothing else, so a layer of any width costs ``n^2`` floats, computed
 on the device, and the comparison is exact. It writes
 
@@ -45,15 +45,16 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
 
+from tbviz import backend
 from tbviz.callbacks.base import VizCallback
 from tbviz.callbacks.histograms import check_fits
-from tbviz.checks import positive_int
-from tbviz.layers import capture_outputs, check_layers, children, get_layer, layer_paths
-from tbviz.similarity import REDUCTIONS, cka_from_grams
+from tbviz.core.checks import positive_int
+from tbviz.core.layers import capture_outputs, check_layers, children, get_layer, layer_paths
+from tbviz.stats.cka import REDUCTIONS, cka_from_grams
 from tbviz.summary import layouts, metadata
+from tbviz.summary import events
 
 #: Layers watched by default: every convolution and dense layer.
 WATCHED = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
@@ -94,7 +95,7 @@ class ConvergenceCallback(VizCallback):
         patience: quiet logs in a row before a layer is said to have settled.
         debiased: debiased CKA (default) or the biased estimator.
         reduce: ``"flatten"`` (every position of a conv map is a feature) or ``"pool"``
-            (channels averaged over positions); see :func:`tbviz.similarity.features`.
+            (channels averaged over positions); see :func:`tbviz.stats.cka.features`.
         every_n_epochs / every_n_steps: when to compare.
         strict: re-raise a failure instead of switching the convergence scalars off
             (see :class:`~tbviz.callbacks.base.VizCallback`).
@@ -144,7 +145,7 @@ class ConvergenceCallback(VizCallback):
             check_layers(model, self.layers)
 
     def setup(self):
-        self._x = tf.constant(np.asarray(self.probe_images, dtype=np.float32))
+        self._x = np.asarray(self.probe_images, dtype=np.float32)
         self._probe = self._make_probe()
         self._start = self._previous = self._grams()
         self._streak = {p: (0, None) for p in self.layers}  # (quiet logs in a row, first step)
@@ -154,24 +155,24 @@ class ConvergenceCallback(VizCallback):
     def _make_probe(self):
         model, paths, pool = self.model, self.layers, self.reduce == "pool"
 
-        @tf.function(autograph=False)
         def grams(x):
             with capture_outputs(model, paths) as seen:
                 model(x, training=False)
             out = []
             for p in paths:
-                a = tf.cast(seen[p], tf.float32)
-                if pool and a.shape.rank > 2:
-                    a = tf.reduce_mean(a, axis=list(range(1, a.shape.rank - 1)))
-                a = tf.reshape(a, (tf.shape(a)[0], -1))
-                a = a - tf.reduce_mean(a, axis=0)  # center first: a big mean would cancel
-                out.append(tf.matmul(a, a, transpose_b=True))
+                a = keras.ops.cast(seen[p], "float32")
+                if pool and len(a.shape) > 2:
+                    a = keras.ops.mean(a, axis=list(range(1, len(a.shape) - 1)))
+                a = keras.ops.reshape(a, (a.shape[0] if a.shape[0] is not None else -1, -1))
+                a = a - keras.ops.mean(a, axis=0)  # center first: a big mean would cancel
+                out.append(keras.ops.matmul(a, keras.ops.transpose(a)))
             return out
 
-        return grams
+        return backend.function(grams, models=[model])
 
     def _grams(self) -> dict:
-        return {p: g.numpy().astype(np.float64) for p, g in zip(self.layers, self._probe(self._x))}
+        return {p: g.astype(np.float64)
+                for p, g in zip(self.layers, backend.numpy(self._probe(self._x)))}
 
     def write(self, step, logs):
         grams = self._grams()
@@ -183,9 +184,9 @@ class ConvergenceCallback(VizCallback):
                     self.warn_once(("nan", path), "tbviz.ConvergenceCallback: layer %s is "
                                    "constant or not finite on the probe images; no CKA", path)
                     continue
-                tf.summary.scalar(metadata.CONVERGENCE_TAG.format(layer=path), vs_previous,
+                events.scalar(metadata.CONVERGENCE_TAG.format(layer=path), vs_previous,
                                   description=f"linear CKA with the previous log; {self.rule}")
-                tf.summary.scalar(f"convergence/{path}/vs_start", vs_start)
+                events.scalar(f"convergence/{path}/vs_start", vs_start)
                 self._count(path, step, vs_previous)
         self._previous = grams
 
@@ -198,6 +199,6 @@ class ConvergenceCallback(VizCallback):
         self._streak[path] = (quiet, first)
         if quiet == self.patience:
             self.settled[path] = first
-            tf.summary.text(metadata.SETTLED_TAG.format(layer=path),
+            events.text(metadata.SETTLED_TAG.format(layer=path),
                             metadata.settled_message(path, first),
                             description=f"{self.rule}; from step {first}")

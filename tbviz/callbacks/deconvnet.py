@@ -15,7 +15,7 @@ change at every trigger), unless another callback's panel already holds them
 photos of ``tbviz/stylized/probes``).
 
 With ``scan_data`` (Zeiler & Fergus' Figs. 2 and 3 over a whole dataset, see
-:func:`tbviz.deconvnet.scan`) it also writes ``tbviz/deconvnet/<layer>/featuremaps``
+:func:`tbviz.methods.deconvnet.scan`) it also writes ``tbviz/deconvnet/<layer>/featuremaps``
 (per fixed feature map, its top-k projections beside their input patches, over
 all the scanned images), and the evolution shows each fixed map's strongest
 unit over the scanned data. Those patches come from the dataset, not from the
@@ -54,16 +54,17 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tbviz import _probe, deconvnet
-from tbviz.backward_rules import check_rule, plain_gradient_note
+from tbviz.core import probes
+from tbviz.methods import deconvnet
+from tbviz.core.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
-from tbviz.checks import channels as check_channels
-from tbviz.checks import positive_int
-from tbviz.layers import check_images, check_layers, layer_paths
+from tbviz.core.checks import channels as check_channels
+from tbviz.core.checks import positive_int
+from tbviz.core.layers import check_images, check_layers, layer_paths
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
+from tbviz.summary import events
 
 
 #: Columns of ``deconvnet/<layer>/units``; ``set`` is 0 for top-k rows, 1 for evolution rows,
@@ -107,7 +108,7 @@ class DeconvnetCallback(VizCallback):
         raw: also write the float16 projections and the unit table for later tools.
         scan_data: images to scan at each trigger (NumPy array, ``tf.data.Dataset`` of
             image batches or ``(images, labels)`` batches, any iterable of batches; see
-            :func:`tbviz.deconvnet.scan`), or a callable ``model -> such data`` evaluated
+            :func:`tbviz.methods.deconvnet.scan`), or a callable ``model -> such data`` evaluated
             at every trigger (e.g. the photos stylized by the current transform-net);
             then ``probe_images`` is optional.
         scan_limit: most images scanned per trigger (needed for an infinite dataset).
@@ -116,7 +117,7 @@ class DeconvnetCallback(VizCallback):
             of the same layers apart (VGG19 on stylized outputs and on the photos, say).
         vectorize: at layers whose field covers about the whole image, project the units of
             one image through one shared forward pass, their backward passes vectorized
-            (:class:`tbviz.deconvnet.Projector`): faster per log, for one more trace per such
+            (:class:`tbviz.methods.deconvnet.Projector`): faster per log, for one more trace per such
             layer at train begin (DenseNet121 at 96x96 on 2 loaded cores: 46 s more at train
             begin, 1.1 s less per log). Worth it for a run that logs many times (every few
             steps); off by default, as the first epoch is where the setup is paid.
@@ -516,15 +517,15 @@ class DeconvnetCallback(VizCallback):
         """The opt-in copy of the tiles as grids for the stock Images dashboard."""
         k, n_evo = len(top), len(evo)
         if k:
-            tf.summary.image(f"deconvnet/{path}/projections",
+            events.image(f"deconvnet/{path}/projections",
                              tiles_lib.grid(proj_tiles[:k])[None], max_outputs=1,
                              description=note + f"; top {k}, strongest first")
-            tf.summary.image(f"deconvnet/{path}/patches",
+            events.image(f"deconvnet/{path}/patches",
                              tiles_lib.grid(patch_tiles[:k])[None], max_outputs=1,
                              description=f"input patches under the receptive fields of the top "
                                          f"{k} units of {path}, same order as projections")
         if evo:
-            tf.summary.image(f"deconvnet/{path}/evolution",
+            events.image(f"deconvnet/{path}/evolution",
                              tiles_lib.grid(proj_tiles[k:k + n_evo])[None], max_outputs=1,
                              description=f"{self._computed_rule()} projection of the strongest "
                                          f"unit over {source} of each fixed feature map of "
@@ -544,7 +545,7 @@ class DeconvnetCallback(VizCallback):
                 right = tiles_lib.grid([patch_tiles[i] for i in ks], cols=cols)
                 gap = np.full((max(len(left), len(right)), 6, 3), 255, np.uint8)
                 blocks.append(tiles_lib.grid([left, gap, right], cols=3, pad=0))
-            tf.summary.image(f"deconvnet/{path}/featuremaps",
+            events.image(f"deconvnet/{path}/featuremaps",
                              tiles_lib.grid(blocks, pad=12)[None], max_outputs=1,
                              description=f"{rule} projections of the top {self.top_k} units of "
                                          f"each of {len(by_map)} feature maps of {path} over "
@@ -569,12 +570,12 @@ class DeconvnetCallback(VizCallback):
         table = np.array([(n, u.image_index, u.row, u.col, u.channel, u.value) + tuple(box)
                           for (n, u), box in zip(units, boxes)], np.float64)
         about = {"layer": path, "rule": self._computed_rule(), "columns": list(UNIT_COLUMNS)}
-        tf.summary.write(f"deconvnet/{path}/raw", tf.constant(cut),
+        events.tensor(f"deconvnet/{path}/raw", cut,
                          metadata=metadata.create_raw_metadata(
                              "raw projections (float16, clipped to the float16 range), each cut "
                              "to its unit's receptive field from the top-left corner; rows match "
                              f"deconvnet/{path}/units", **about))
-        tf.summary.write(f"deconvnet/{path}/units", tf.constant(table),
+        events.tensor(f"deconvnet/{path}/units", table,
                          metadata=metadata.create_raw_metadata(
                              "one row per raw tile: " + ", ".join(UNIT_COLUMNS), **about))
 
@@ -582,7 +583,7 @@ class DeconvnetCallback(VizCallback):
 def _check_projectable(model, image_shape, layers) -> dict:
     """``{layer: output shape}``; a ``ValueError`` for a layer the deconvnet cannot project
     (a transformer's token sequence, say), naming the layers it can."""
-    shapes = _probe.layer_output_shapes(model, image_shape)
+    shapes = probes.layer_output_shapes(model, image_shape)
     for path in layers:
         shape = shapes.get(path)
         if shape is not None and len(shape) not in (2, 4):

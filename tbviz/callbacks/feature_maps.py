@@ -2,7 +2,7 @@
 
 Tags: ``feature_maps/<layer>`` (one grid of all channels per probe image) and
 ``kernels/<layer>`` (one grid of the layer's filters: RGB tiles for a first layer,
-one row of gray tiles per filter for deeper ones). See :mod:`tbviz.feature_maps`.
+one row of gray tiles per filter for deeper ones). See :mod:`tbviz.methods.feature_maps`.
 
 Example:
     >>> import numpy as np, keras
@@ -19,14 +19,14 @@ Example:
 
 from __future__ import annotations
 
-import tensorflow as tf
 
-from tbviz import _probe
+from tbviz.core import probes
 from tbviz.callbacks.base import VizCallback
-from tbviz.checks import positive_int
-from tbviz.feature_maps import conv_layers, display_scale, grid_outputs, kernel_grid, map_grids
-from tbviz.layers import check_images, check_layers, get_layer
-from tbviz.tokens import token_layers
+from tbviz.core.checks import positive_int
+from tbviz.methods.feature_maps import conv_layers, display_scale, grid_outputs, kernel_grid, map_grids
+from tbviz.core.layers import check_images, check_layers, get_layer
+from tbviz.core.tokens import token_layers
+from tbviz.summary import events
 
 
 def _paths(value):
@@ -51,7 +51,7 @@ class FeatureMapsCallback(VizCallback):
             a 1280-channel layer would give an unreadable, slow 36x36 grid.
         token_grid / class_token: a vision transformer's patch grid ``(h, w)`` and whether
             its first token is a class token, where they cannot be found from the token
-            count (see :mod:`tbviz.tokens`). Token layers are shown on that grid; a model
+            count (see :mod:`tbviz.core.tokens`). Token layers are shown on that grid; a model
             with token layers after its last conv layer shows its last token layer.
         strict: re-raise a failure instead of switching that layer off.
     """
@@ -87,7 +87,7 @@ class FeatureMapsCallback(VizCallback):
         if self.layers:
             self._probes = check_images(model, self.probe_images, "probe_images")
         for layer in self.layers:
-            grid = _probe.check_spatial(model, self._probes.shape[1:], layer, "feature_maps()",
+            grid = probes.check_spatial(model, self._probes.shape[1:], layer, "feature_maps()",
                                         self.token_grid, self.class_token)
             self._grids[layer] = grid
             self._scales[layer] = self.scale or display_scale(max(grid[:2]))
@@ -105,7 +105,7 @@ class FeatureMapsCallback(VizCallback):
             # A vision transformer: its patch embedding is the only conv. Show its last
             # layer of tokens on their grid instead of the embedding twice.
             image_shape = check_images(self.model, self.probe_images, "probe_images").shape[1:]
-            shapes = _probe.layer_output_shapes(self.model, image_shape)
+            shapes = probes.layer_output_shapes(self.model, image_shape)
             order = list(shapes)
             grids = token_layers(shapes, image_shape, self.token_grid, self.class_token)
             after = [p for p in grids if convs[-1] in order and
@@ -126,11 +126,11 @@ class FeatureMapsCallback(VizCallback):
         maps = grid_outputs(self.model, self._probes, layer, self._grids[layer], self.max_batch)
         maps = self.finite(f"feature_maps/{layer}", maps[..., :self.max_channels])
         grids = map_grids(maps, scale=self._scales[layer])
-        tf.summary.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
+        events.image(f"feature_maps/{layer}", grids, max_outputs=len(grids),
                          description=f"channels 0..{self.max_channels - 1} (at most) of "
                                      f"{layer}, one grid per probe image")
 
     def _write_kernels(self, layer):
         self.finite(f"kernels/{layer}", get_layer(self.model, layer).kernel)
         image = kernel_grid(self.model, layer, scale=self._scales["kernels", layer])
-        tf.summary.image(f"kernels/{layer}", image[None], description=f"the filters of {layer}")
+        events.image(f"kernels/{layer}", image[None], description=f"the filters of {layer}")

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 
-import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 
-from tbviz import graphs
+from tbviz import backend
+from tbviz.core import graphs
 from tbviz.callbacks.base import VizCallback
+from tbviz.summary import events
 
 log = logging.getLogger("tbviz")
 
@@ -32,7 +33,8 @@ class GraphCallback(VizCallback):
         log_dir: run directory; the graphs go to ``<log_dir>/train``.
         graph_fn: callable traced instead of ``model(x, training=False)``, e.g. a
             loss computation with its own name scopes. Called with the inputs.
-        input_spec: ``tf.TensorSpec`` (or list) for ``graph_fn``/the model. Without it, a
+        input_spec: ``tbviz.backend.Spec(shape, dtype)`` (or a list, or a ``tf.TensorSpec`` on
+            TensorFlow) for ``graph_fn``/the model. Without it, a
             subclassed model that was never called gets its graph written after the
             first training step, once Keras knows its input shape.
         strict: re-raise a failure to trace or write the graph instead of going without.
@@ -43,9 +45,10 @@ class GraphCallback(VizCallback):
         if graph_fn is not None and not callable(graph_fn):
             raise ValueError(f"graph_fn must be callable, got {type(graph_fn).__name__}")
         self.graph_fn = graph_fn
-        if isinstance(input_spec, tf.TensorSpec):
+        if input_spec is not None and (isinstance(input_spec, backend.Spec)
+                                       or not isinstance(input_spec, (list, tuple))):
             input_spec = [input_spec]
-        self.input_spec = input_spec
+        self.input_spec = None if input_spec is None else [graphs.as_spec(s) for s in input_spec]
         self._pending = False
 
     def check(self):
@@ -57,7 +60,7 @@ class GraphCallback(VizCallback):
         except ValueError as e:
             if self.graph_fn is not None:
                 raise ValueError(f"{e}; GraphCallback(graph_fn=...) then needs input_spec=, "
-                                 "e.g. input_spec=tf.TensorSpec((None, None, None, 3))") from None
+                                 "e.g. input_spec=tbviz.backend.Spec((None, None, None, 3))") from None
             # A subclassed model that was never called: its input shape is known after
             # the first training step.
             self._pending = True
@@ -70,7 +73,7 @@ class GraphCallback(VizCallback):
         spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
         graph_def = graphs.op_graph(self.model, fn=self.graph_fn, spec=spec)
         with self.writer.as_default():
-            tf.summary.graph(graph_def)
+            events.graph(graph_def.SerializeToString())
         self._write_conceptual()
         self.writer.flush()
 
@@ -84,7 +87,7 @@ class GraphCallback(VizCallback):
         md.plugin_data.plugin_name = "graph_keras_model"  # what TensorBoard's graph plugin reads
         md.plugin_data.content = b"1"
         with self.writer.as_default():
-            tf.summary.write("keras", tf.constant(text), step=0, metadata=md)
+            events.tensor("keras", text, step=0, metadata=md)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._pending and self.writer is not None:

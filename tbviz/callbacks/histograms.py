@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from tbviz import stats
+from tbviz import backend, stats
 from tbviz.callbacks.base import VizCallback
-from tbviz.summary import histograms
-from tbviz.layers import capture_outputs, children, get_layer, input_shapes, layer_paths
+from tbviz.core.layers import (capture_outputs, children, get_layer, input_shapes, layer_paths,
+                               relu_layers, weights_by_layer)
+from tbviz.summary import events, histograms
 
 
 
@@ -95,7 +96,7 @@ class HistogramCallback(VizCallback):
 
     def setup(self):
         model = self.model
-        self.weights = stats.weights_by_layer(model, self.include_frozen)
+        self.weights = weights_by_layer(model, self.include_frozen)
         trainable = {id(v) for v in model.trainable_weights}
         self.by_layer = OrderedDict()  # layer path -> trainable variables
         for tag, v in self.weights:
@@ -113,13 +114,13 @@ class HistogramCallback(VizCallback):
         if not several:
             x = np.asarray(x)  # a list of images is one batch
         # One tensor per model input (a list for a model with several), float32 where numeric.
-        self.x = tf.nest.map_structure(lambda a: tf.convert_to_tensor(
-            np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.number) else a),
-            x)
-        self.y = None if y is None else tf.convert_to_tensor(np.asarray(y))
+        self.x = keras.tree.map_structure(
+            lambda a: np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.number)
+            else np.asarray(a), x)
+        self.y = None if y is None else np.asarray(y)
         leaves = [p for p in layer_paths(model) if not children(get_layer(model, p))]
         self.act_paths = leaves
-        self.relu_paths = set(stats.relu_layers(model))
+        self.relu_paths = set(relu_layers(model))
         self.grad_vars = [v for vs in self.by_layer.values() for v in vs]
         with self.guard("setup", item=PROBE):
             self._probe = self._make_probe(with_loss=True)
@@ -135,29 +136,32 @@ class HistogramCallback(VizCallback):
 
     def _make_probe(self, with_loss):
         model, paths, variables = self.model, self.act_paths, self.grad_vars
-        metric_vars = list(getattr(model, "metrics_variables", []))
 
-        @tf.function(autograph=False)
         def probe(x, y):
-            # compute_loss updates compiled-loss trackers; keep them as they were so the
-            # probe never changes what fit() reports.
-            saved = [tf.identity(v) for v in metric_vars]
-            with capture_outputs(model, paths) as seen:
-                with tf.GradientTape() as tape:
+            def loss():
+                with capture_outputs(model, paths) as seen:
                     y_pred = model(x, training=False)
-                    if with_loss:
-                        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-            acts = [seen[p] for p in paths if p in seen]
-            grads = tape.gradient(loss, variables) if with_loss else []
-            with tf.control_dependencies(acts + [g for g in grads if g is not None]):
-                for v, s in zip(metric_vars, saved):
-                    v.assign(s)
-            return grads, {p: seen[p] for p in paths if p in seen}
+                    value = (model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+                             if with_loss else None)
+                return value, {p: seen[p] for p in paths if p in seen}
 
-        return probe
+            if not with_loss:
+                return [], loss()[1]
+            acts, grads = backend.variable_gradients(loss, variables)
+            return grads, acts
+
+        return backend.function(probe, models=[model])
 
     def _run_probe(self):
-        return self._probe(self.x, self.y)
+        # compute_loss updates compiled-loss trackers; keep them as they were so the probe
+        # never changes what fit() reports.
+        metric_vars = list(getattr(self.model, "metrics_variables", []))
+        saved = [keras.ops.convert_to_numpy(v) for v in metric_vars]
+        try:
+            return backend.numpy(self._probe(self.x, self.y))
+        finally:
+            for v, value in zip(metric_vars, saved):
+                v.assign(value)
 
     # -- update ratio: snapshot the weights just before the step that will be logged --------
     def _next_step_triggers(self, batch):
@@ -179,12 +183,13 @@ class HistogramCallback(VizCallback):
 
     # -- writing ----------------------------------------------------------------------------
     def _histogram(self, tag, values):
-        values = values.numpy() if hasattr(values, "numpy") else np.asarray(values)
+        values = keras.ops.convert_to_numpy(values) if not isinstance(values, np.ndarray) \
+            else values
         bad = histograms.write(tag, values)
         if bad:
             self.warn_once(tag, "tbviz: %s has %d non-finite values; histogram shows the "
                             "finite ones, count under nonfinite/%s", tag, bad, tag)
-            tf.summary.scalar(f"nonfinite/{tag}", bad)
+            events.scalar(f"nonfinite/{tag}", bad)
 
     def write(self, step, logs):
         with self.writer.as_default(step=step):
@@ -203,7 +208,7 @@ class HistogramCallback(VizCallback):
             after = [v.numpy() for v in self.by_layer[layer]]
             b = np.concatenate([np.ravel(a) for a in before])
             a = np.concatenate([np.ravel(a) for a in after])
-            tf.summary.scalar(f"update_ratio/{layer}", stats.update_ratio(b, a))
+            events.scalar(f"update_ratio/{layer}", stats.update_ratio(b, a))
 
     def _write_probe(self):
         grads, acts = self._run_probe()
@@ -217,11 +222,11 @@ class HistogramCallback(VizCallback):
                     if g is None:
                         continue
                     self._histogram(f"gradients/{names[id(v)]}", g)
-                    sq += float(tf.reduce_sum(tf.square(tf.cast(g, tf.float32))))
-                tf.summary.scalar(f"gradient_norm/{layer}", np.sqrt(sq))
+                    sq += float(np.square(np.asarray(g, np.float64)).sum())
+                events.scalar(f"gradient_norm/{layer}", np.sqrt(sq))
         for path, a in acts.items():
             self._histogram(f"activations/{path}", a)
             if path in self.relu_paths:
-                zero, dead = stats.zero_fractions(a.numpy())
-                tf.summary.scalar(f"zero_fraction/{path}", zero)
-                tf.summary.scalar(f"dead_units/{path}", dead)
+                zero, dead = stats.zero_fractions(a)
+                events.scalar(f"zero_fraction/{path}", zero)
+                events.scalar(f"dead_units/{path}", dead)

@@ -23,11 +23,11 @@ import numbers
 import re
 
 import numpy as np
-import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from tbviz.callbacks.base import VizCallback
 from tbviz.summary import layouts
+from tbviz.summary import events
 
 
 def numeric_logs(logs) -> dict:
@@ -125,7 +125,7 @@ class LossCallback(VizCallback):
         self._maybe_layout(values)
         with self.writer.as_default(step=step):
             for k, v in values.items():
-                tf.summary.scalar(f"batch_{k}", v)
+                events.scalar(f"batch_{k}", v)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.writer is None:
@@ -140,13 +140,13 @@ class LossCallback(VizCallback):
         val = {k[4:]: v for k, v in values.items() if k.startswith("val_")}
         with self.writer.as_default(step=epoch):
             for k, v in train.items():
-                tf.summary.scalar(f"epoch_{k}", v)
+                events.scalar(f"epoch_{k}", v)
         if val:
             if self.val_writer is None:
                 self.val_writer = self.writer_for("validation")
             with self.val_writer.as_default(step=epoch):
                 for k, v in val.items():
-                    tf.summary.scalar(f"epoch_{k}", v)
+                    events.scalar(f"epoch_{k}", v)
         self.writer.flush()
         if self.val_writer is not None:
             self.val_writer.flush()

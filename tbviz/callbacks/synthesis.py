@@ -28,14 +28,14 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-import tensorflow as tf
 
-from tbviz import synthesis
+from tbviz.methods import synthesis
 from tbviz.callbacks.base import VizCallback
-from tbviz.checks import positive_int
-from tbviz.checks import value_range as check_value_range
-from tbviz.layers import check_images, check_layers, image_input_shape
+from tbviz.core.checks import positive_int
+from tbviz.core.checks import value_range as check_value_range
+from tbviz.core.layers import check_images, check_layers, image_input_shape
 from tbviz.summary.images import to_uint8
+from tbviz.summary import events
 
 _FUNCS = {"maximize": synthesis.maximize_activation, "invert": synthesis.invert_features,
           "dream": synthesis.deepdream}
@@ -160,20 +160,20 @@ class SynthesisCallback(VizCallback):
                                                   **self._kwargs("maximize"))
         images = self.finite(f"synthesis/{layer}", images)
         for channel, image in zip(channels, to_uint8(images, self.value_range)):
-            tf.summary.image(f"synthesis/{layer}/{channel}", image[None],
+            events.image(f"synthesis/{layer}/{channel}", image[None],
                              description=f"input maximizing channel {channel} of {layer}")
 
     def _write_inversion(self, layer):
         rec, _ = synthesis.invert_features(self.model, self._probes, layer,
                                            **self._kwargs("invert"))
         rec = self.finite(f"synthesis/inversion/{layer}", rec)
-        tf.summary.image(f"synthesis/inversion/{layer}", to_uint8(rec, self.value_range),
+        events.image(f"synthesis/inversion/{layer}", to_uint8(rec, self.value_range),
                          max_outputs=len(rec),
                          description=f"probe images reconstructed from {layer}")
 
     def _write_dream(self):
         dreams = synthesis.deepdream(self.model, self._probes, self.dream, **self._kwargs("dream"))
         dreams = self.finite("synthesis/deepdream", dreams)
-        tf.summary.image("synthesis/deepdream", to_uint8(dreams, self.value_range),
+        events.image("synthesis/deepdream", to_uint8(dreams, self.value_range),
                          max_outputs=len(dreams),
                          description="DeepDream of the probe images on " + ", ".join(self.dream))

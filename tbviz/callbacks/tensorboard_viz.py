@@ -34,8 +34,8 @@ import os
 
 import keras
 
-from tbviz.checks import positive_int
-from tbviz.layers import layer_paths
+from tbviz.core.checks import positive_int
+from tbviz.core.layers import layer_paths
 from tbviz.summary import writers
 
 log = logging.getLogger("tbviz")

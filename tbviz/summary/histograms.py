@@ -19,10 +19,11 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import metadata as hist_metadata
 from tensorboard.util import tensor_util
+
+from tbviz.summary import events
 
 DEFAULT_BUCKETS = 30
 
@@ -62,5 +63,5 @@ def write(tag: str, values, step=None, count: int = DEFAULT_BUCKETS) -> int:
     value = summary.value.add(tag=tag, metadata=hist_metadata.create_summary_metadata(
         display_name=tag, description=""))
     value.tensor.CopyFrom(tensor_util.make_tensor_proto(buckets(data, count), dtype=np.float64))
-    tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+    events.summary(summary, step)
     return bad

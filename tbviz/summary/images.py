@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from tbviz.checks import value_range as check_value_range
+from tbviz.core.checks import value_range as check_value_range
 
 
 def normalize(tiles, mode: str = "minmax", per_tile: bool = True) -> np.ndarray:

@@ -8,9 +8,10 @@ So callbacks hand their categories to :func:`add`, which remembers them per
 writer and writes the union each time, so the newest event holds every chart.
 
 Example:
-    >>> import tempfile, tensorflow as tf
+    >>> import tempfile
     >>> from tensorboard.plugins.custom_scalar import layout_pb2
-    >>> w = tf.summary.create_file_writer(tempfile.mkdtemp())
+    >>> from tbviz.summary.events import EventWriter
+    >>> w = EventWriter.open(tempfile.mkdtemp())
     >>> chart = layout_pb2.Chart(title="acc", multiline=layout_pb2.MultilineChartContent(
     ...     tag=["^acc$"]))
     >>> add(w, "mine", [layout_pb2.Category(title="mine", chart=[chart])])
@@ -23,9 +24,10 @@ from __future__ import annotations
 import threading
 import weakref
 
-import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import summary as cs_summary
+
+from tbviz.summary import events
 
 _lock = threading.Lock()
 # writer -> {owner key: [Category]}; weak, so a closed run's layout goes with its writer.
@@ -47,4 +49,4 @@ def add(writer, owner: str, categories) -> None:
         _by_writer.setdefault(writer, {})[owner] = list(categories)
     layout = merged(writer)
     with writer.as_default(step=0):
-        tf.summary.experimental.write_raw_pb(cs_summary.pb(layout).SerializeToString(), step=0)
+        events.summary(cs_summary.pb(layout), step=0)

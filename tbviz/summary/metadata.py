@@ -70,9 +70,10 @@ dashboard's server reads versions 1..VERSION and reports any other as written by
 newer tbviz (see :func:`parse_panel_metadata`) instead of drawing it.
 
 Example:
-    >>> import tempfile, numpy as np, tensorflow as tf
+    >>> import tempfile, numpy as np
     >>> from tbviz.summary import metadata
-    >>> w = tf.summary.create_file_writer(tempfile.mkdtemp())
+    >>> from tbviz.summary.events import EventWriter
+    >>> w = EventWriter.open(tempfile.mkdtemp())
     >>> image = metadata.encode_image(np.zeros((4, 4, 3), np.uint8))
     >>> with w.as_default(step=1):
     ...     _ = metadata.write_panel("tbviz/stylized/probes", metadata.STYLIZED, [image],
@@ -233,11 +234,11 @@ def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = 
     the ``sources`` panel (see above).
 
     Must run under a default writer (``with writer.as_default(step=...)``).
-    Returns what ``tf.summary.write`` returns (False without a default writer).
+    Returns False without a default writer.
     """
     # Imported here, not at the top: the dashboard imports this module inside the
-    # TensorBoard server, which does not load TensorFlow (seconds and memory saved).
-    import tensorflow as tf
+    # TensorBoard server, which needs none of the writing side.
+    from tbviz.summary import events
 
     pngs = list(pngs)
     own = [t for t in tiles if "crop" not in t]
@@ -247,9 +248,9 @@ def write_panel(tag: str, kind: str, pngs, tiles, step=None, description: str = 
         raise ValueError("tiles with a crop need the sources tag they are cut from "
                          "(sources=..., source_size=[height, width])")
     header = json.dumps({"tiles": list(tiles), "groups": groups or []}, default=_jsonable)
-    blobs = tf.constant([header.encode("utf-8")] + pngs, dtype=tf.string)
-    return tf.summary.write(tag, blobs, step=step,
-                            metadata=create_panel_metadata(kind, description, **content))
+    blobs = [header.encode("utf-8")] + pngs
+    return events.tensor(tag, blobs, step=step,
+                         metadata=create_panel_metadata(kind, description, **content))
 
 
 def settled_message(layer: str, step: int) -> str:

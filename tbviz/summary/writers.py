@@ -4,59 +4,30 @@ TensorBoard reads a run directory best when one writer appends to it, so
 callbacks never open their own writers: they ``acquire`` the run's writer at
 train begin and ``release`` it at train end; the last release closes it.
 
-Under ``tf.distribute`` only the chief writes. Other workers get a no-op writer
+Under ``tf.distribute`` (or JAX's multi-process distribution, or ``torch.distributed``)
+only the chief writes (:func:`tbviz.backend.is_chief`). Other workers get a no-op writer
 and create nothing under ``log_dir``.
 
 Example:
-    >>> import tempfile, tensorflow as tf
-    >>> from tbviz.summary import writers
+    >>> import tempfile
+    >>> from tbviz.summary import events, writers
     >>> d = tempfile.mkdtemp()
     >>> w = writers.acquire(d + "/train")
     >>> with w.as_default(step=0):
-    ...     _ = tf.summary.scalar("x", 1.0)
+    ...     _ = events.scalar("x", 1.0)
     >>> writers.release(d + "/train")
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
-import time
 
-import tensorflow as tf
+from tbviz.summary import events
 
 _lock = threading.Lock()
 _open: dict[str, list] = {}  # absolute path -> [writer, refcount]
-
-
-def is_chief(strategy=None) -> bool:
-    """True on the process that should write logs, images and checkpoints.
-
-    Without a multi-worker cluster that is always this process. With one, it is
-    the ``chief`` task, or ``worker`` 0 when the cluster has no chief, exactly as
-    ``MultiWorkerMirroredStrategy`` elects it.
-    """
-    task_type = task_id = None
-    cluster = {}
-    resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
-    if resolver is not None and getattr(resolver, "task_type", None):
-        task_type, task_id = resolver.task_type, resolver.task_id
-        try:
-            cluster = resolver.cluster_spec().as_dict()
-        except Exception:
-            cluster = {}
-    else:
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-        task = tf_config.get("task") or {}
-        task_type, task_id = task.get("type"), task.get("index", 0)
-        cluster = tf_config.get("cluster") or {}
-    if not task_type:
-        return True
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
 
 
 def check_writable(log_dir: str) -> str:
@@ -79,13 +50,13 @@ def check_writable(log_dir: str) -> str:
 def acquire(path: str, chief: bool = True):
     """The shared writer for run directory ``path`` (created on first use)."""
     if not chief:
-        return tf.summary.create_noop_writer()
+        return events.NoopWriter()
     path = os.path.abspath(os.fspath(path))
     with _lock:
         entry = _open.get(path)
         if entry is None:
             os.makedirs(path, exist_ok=True)
-            entry = _open[path] = [tf.summary.create_file_writer(path), 0]
+            entry = _open[path] = [events.EventWriter.open(path), 0]
         entry[1] += 1
         return entry[0]
 
@@ -119,14 +90,8 @@ def mark_start(writer, step: int) -> None:
     >>> mark_start(acquire(d), 101)   # a run resumed from its checkpoint of step 100
     >>> release(d)
     """
-    from tensorboard.compat.proto import event_pb2
-
-    resource = getattr(writer, "_resource", None)  # tf.summary writers expose no event API
-    if resource is None:
-        return
-    event = event_pb2.Event(step=int(step), wall_time=time.time(),
-                            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
-    tf.raw_ops.ImportEvent(writer=resource, event=event.SerializeToString())
+    with writer.as_default(step=int(step)):
+        events.session_start(int(step))
 
 
 def remove_unused(paths) -> None:

@@ -20,7 +20,7 @@ if mode == "mirrored":
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import models  # noqa: E402
-from tbviz.deconvnet import scan  # noqa: E402
+from tbviz.methods.deconvnet import scan  # noqa: E402
 
 if mode == "single":
     strategy = tf.distribute.get_strategy()

@@ -11,7 +11,7 @@ and works for Sequential, Functional, nested and subclassed models alike, which 
 
 Example:
     >>> import numpy as np, keras
-    >>> from tbviz.layers import layer_paths, capture_outputs
+    >>> from tbviz.core.layers import layer_paths, capture_outputs
     >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
     ...                           keras.layers.Flatten(name="flat")])
     >>> layer_paths(model)
@@ -95,38 +95,66 @@ def check_layers(model, paths: Iterable[str]) -> list[str]:
     return paths
 
 
+class Swaps:
+    """Attributes set on layers for a while, as plain attributes (not Keras state, which
+    ``object.__setattr__`` skips), and put back as they were by :meth:`restore`.
+
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
+    >>> swaps = Swaps()
+    >>> swaps.set(m.layers[0], "activation", abs)
+    >>> m.layers[0].activation is abs
+    True
+    >>> swaps.restore(); m.layers[0].activation.__name__
+    'linear'
+    """
+
+    def __init__(self):
+        self._done: list = []
+
+    def set(self, obj, name: str, value) -> None:
+        own = obj.__dict__
+        self._done.append((obj, name, name in own, own.get(name)))
+        object.__setattr__(obj, name, value)
+
+    def restore(self) -> None:
+        for obj, name, had_own, original in reversed(self._done):
+            if had_own:
+                object.__setattr__(obj, name, original)
+            else:
+                object.__delattr__(obj, name)
+        self._done = []
+
+
 @contextlib.contextmanager
-def capture_outputs(model, paths: Iterable[str]):
+def capture_outputs(model, paths: Iterable[str], add: dict | None = None):
     """Record the output of each layer in ``paths`` while the block runs the model.
 
     Yields a dict filled in as the layers run: ``{path: output tensor}``. The
     model is restored on exit, also on error. A layer called several times
-    (a shared layer) keeps its last output.
+    (a shared layer) keeps its last output. ``add`` (``{path: tensor}``) is added to
+    those layers' outputs: zeros there turn a gradient w.r.t. a layer's output into a
+    gradient w.r.t. an input of the probe (how Grad-CAM reads it on every backend).
     """
+    add = add or {}
     paths = check_layers(model, paths)
     seen: dict = {}
-    patched = []
+    swaps = Swaps()
     try:
         for path in paths:
             layer = get_layer(model, path)
             original = layer.call
-            had_own = "call" in layer.__dict__
 
             def call(*args, _original=original, _path=path, **kwargs):
                 out = _original(*args, **kwargs)
+                if _path in add:
+                    out = out + keras.ops.cast(add[_path], out.dtype)
                 seen[_path] = out
                 return out
 
-            # object.__setattr__: skip Keras' attribute tracking, this is not state.
-            object.__setattr__(layer, "call", call)
-            patched.append((layer, original, had_own))
+            swaps.set(layer, "call", call)
         yield seen
     finally:
-        for layer, original, had_own in reversed(patched):
-            if had_own:
-                object.__setattr__(layer, "call", original)
-            else:
-                object.__delattr__(layer, "call")
+        swaps.restore()
 
 
 def up_to(model, path: str):
@@ -274,3 +302,53 @@ def check_images(model, images, name: str = "images") -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contain NaN or Inf values")
     return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Weights by layer, and which layers are plain ReLUs
+
+
+def own_weights(layer) -> list:
+    """The variables a layer owns itself, not those of its sub-layers."""
+    inner = {id(v) for c in children(layer) for v in c.weights}
+    return [v for v in layer.weights if id(v) not in inner]
+
+
+def weights_by_layer(model, include_frozen: bool = False) -> list[tuple[str, object]]:
+    """``[("<layer path>/<variable>", variable), ...]`` in network order.
+
+    Layers that are frozen (``trainable=False``, e.g. a pretrained loss network)
+    are left out unless ``include_frozen``; a trainable layer's non-trainable
+    state (BatchNorm's moving mean and variance) is kept.
+    """
+    out, seen = [], set()
+
+    def visit(layer, path, frozen):
+        frozen = frozen or not layer.trainable
+        if not frozen or include_frozen:
+            for v in own_weights(layer):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    name = v.name.split("/")[-1].split(":")[0]
+                    out.append((f"{path}/{name}" if path else name, v))
+        for c in children(layer):
+            visit(c, f"{path}/{c.name}" if path else c.name, frozen)
+
+    for c in children(model):
+        visit(c, c.name, not model.trainable)
+    return out
+
+
+def is_relu(layer) -> bool:
+    """True if the layer's output is a plain ReLU: ``activation="relu"``,
+    ``keras.layers.ReLU()`` (no slope/cap) or ``Activation("relu")``."""
+    if isinstance(layer, keras.layers.ReLU):
+        return (not layer.negative_slope and layer.max_value is None and not layer.threshold)
+    act = getattr(layer, "activation", None)
+    return act is keras.activations.relu or getattr(act, "__name__", "") == "relu"
+
+
+def relu_layers(model) -> list[str]:
+    """Paths of the layers whose output is a ReLU (leaf layers only)."""
+    return [p for p in layer_paths(model)
+            if not children(get_layer(model, p)) and is_relu(get_layer(model, p))]

@@ -14,11 +14,11 @@ function                 optimizes                                   literature
 All work in the model's input space: ``value_range`` (default ``(0, 255)``, the
 project's image convention) bounds the pixels, sets the scale of the noise the
 optimization starts from and of ``lr``, which is a fraction of the range per step.
-Each inner step is one ``tf.function`` traced once per model, layer and image
-shape, run with ``training=False``; the weights are never touched. Randomness
-(start noise, jitter) comes from NumPy's generator seeded with ``seed``, so the
-same call gives the same image, and TensorFlow's random state is left alone
-(training after a synthesis is bit-identical to training without one).
+Each inner step is one probe (:func:`tbviz.backend.function`) compiled once per model,
+layer and image shape, run with ``training=False``; the weights are never touched.
+Randomness (start noise, jitter) comes from NumPy's generator seeded with ``seed``, so the
+same call gives the same image, and the backend's random state is left alone (training
+after a synthesis is bit-identical to training without one).
 
 Example:
     >>> import numpy as np, keras
@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from tbviz import _probe
-from tbviz.checks import channels as channel_indices
-from tbviz.checks import number, positive_int
-from tbviz.checks import value_range as check_value_range
-from tbviz.layers import capture_outputs, check_images, check_layers, image_input_shape
-from tbviz.backward_rules import gradients
+from tbviz.core import probes
+from tbviz.core.checks import channels as channel_indices
+from tbviz.core.checks import number, positive_int
+from tbviz.core.checks import value_range as check_value_range
+from tbviz.core.layers import (capture_outputs, check_images, check_layers, forward_to,
+                               get_layer, image_input_shape)
 
 
 # -- shared pieces ----------------------------------------------------------------------------
@@ -58,19 +58,26 @@ def _blur(x, kernel: np.ndarray):
     """Separable Gaussian blur of ``(N, H, W, C)``; reflected borders keep edges unbiased."""
     r = len(kernel) // 2
     c = x.shape[-1]
-    x = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
-    k = tf.constant(kernel)
-    x = tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (-1, 1, 1, 1)), [1, 1, c, 1]),
-                               [1, 1, 1, 1], "VALID")
-    return tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (1, -1, 1, 1)), [1, 1, c, 1]),
-                                  [1, 1, 1, 1], "VALID")
+    x = keras.ops.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="reflect")
+    rows = np.tile(kernel.reshape(-1, 1, 1, 1), (1, 1, c, 1))
+    x = keras.ops.depthwise_conv(x, rows, strides=1, padding="valid")
+    return keras.ops.depthwise_conv(x, rows.reshape(1, -1, c, 1), strides=1, padding="valid")
+
+
+def _roll(x, shift):
+    """``x`` shifted cyclically by ``shift = (rows, cols)`` (a tensor: one compiled step
+    serves every jitter), by gathers, which every backend compiles with a tensor shift."""
+    h, w = keras.ops.shape(x)[1], keras.ops.shape(x)[2]
+    rows = keras.ops.mod(keras.ops.arange(h) - shift[0], h)
+    cols = keras.ops.mod(keras.ops.arange(w) - shift[1], w)
+    return keras.ops.take(keras.ops.take(x, rows, axis=1), cols, axis=2)
 
 
 def _normalized(g):
     """The gradient divided by its mean magnitude per image: ``lr`` then means pixels per step,
     whatever the scale of the layer's activations."""
-    axes = list(range(1, g.shape.rank))
-    return g / (tf.reduce_mean(tf.abs(g), axis=axes, keepdims=True) + 1e-12)
+    axes = list(range(1, len(g.shape)))
+    return g / (keras.ops.mean(keras.ops.abs(g), axis=axes, keepdims=True) + 1e-12)
 
 
 def _adam(g, m, v, t):
@@ -82,36 +89,47 @@ def _adam(g, m, v, t):
     """
     m = 0.9 * m + 0.1 * g
     v = 0.999 * v + 0.001 * g * g
-    return (m / (1 - 0.9 ** t)) / (tf.sqrt(v / (1 - 0.999 ** t)) + 1e-8), m, v
+    return (m / (1 - 0.9 ** t)) / (keras.ops.sqrt(v / (1 - 0.999 ** t)) + 1e-8), m, v
 
 
 def _clip_small_contribution(x, g, mid, percentile):
     """Reset to ``mid`` the pixels whose contribution ``sum_c |(x - mid) * g|`` to the
     objective is below ``percentile`` of the image's (Yosinski et al. 2015)."""
-    contribution = tf.reduce_sum(tf.abs((x - mid) * g), axis=-1)  # (N, H, W)
-    flat = tf.sort(tf.reshape(contribution, (tf.shape(x)[0], -1)), axis=-1)
-    n = tf.shape(flat)[1]
+    contribution = keras.ops.sum(keras.ops.abs((x - mid) * g), axis=-1)  # (N, H, W)
+    n = contribution.shape[1] * contribution.shape[2]
+    flat = keras.ops.sort(keras.ops.reshape(contribution, (-1, n)), axis=-1)
     # the ceil(p% of n)-th smallest: at least p% of the pixels lie below it
-    k = tf.cast(tf.math.ceil(percentile / 100 * tf.cast(n, tf.float32)), tf.int32)
-    k = tf.minimum(k, n - 1)
-    threshold = flat[:, k][:, None, None]
-    return tf.where((contribution < threshold)[..., None], tf.cast(mid, x.dtype), x)
+    k = keras.ops.minimum(keras.ops.cast(keras.ops.ceil(percentile / 100 * n), "int32"), n - 1)
+    threshold = keras.ops.take(flat, k, axis=1)[:, None, None]
+    return keras.ops.where((contribution < threshold)[..., None], mid, x)
 
 
 UNITS = ("mean", "center")
 
 
+def _layer_before_activation(model, layer: str):
+    """``x -> layer's output before a final softmax or ReLU`` (see
+    :func:`tbviz.core.probes.before_activation`), running the model no further than it must:
+    a unit silent on the start image still gets a gradient, a class's logit is raised."""
+    forward = forward_to(model, [layer])
+    target = get_layer(model, layer)
+
+    def before(x):
+        with probes.before_activation(target, ("softmax", "relu")):
+            return forward(x)[layer]
+    return before
+
+
 def _unit_objective(a, channels, unit: str):
-    """Channel ``channels[i]`` of row ``i`` of layer output ``a``, read before a final
-    softmax or ReLU (see :func:`tbviz._probe.pre_relu`): its mean over positions, or
-    its unit at the center position."""
-    a = tf.cast(_probe.pre_relu(_probe.pre_softmax(a)), tf.float32)  # float16 layers too
-    if a.shape.rank == 4:
+    """Channel ``channels[i]`` of row ``i`` of layer output ``a``: its mean over positions,
+    or its unit at the center position."""
+    a = keras.ops.cast(a, "float32")  # float16 layers too
+    if len(a.shape) == 4:
         if unit == "center":
             a = a[:, a.shape[1] // 2, a.shape[2] // 2]
         else:
-            a = tf.reduce_mean(a, axis=[1, 2])
-    return tf.gather(a, channels, axis=1, batch_dims=1)
+            a = keras.ops.mean(a, axis=[1, 2])
+    return keras.ops.take_along_axis(a, keras.ops.expand_dims(channels, 1), axis=1)[:, 0]
 
 
 def _synthesis_shape(model, size) -> tuple[int, int, int]:
@@ -160,7 +178,7 @@ def check_channels(model, layer: str, channel, size=None) -> np.ndarray:
     [0, 3]
     """
     shape = _synthesis_shape(model, size)
-    out = _probe.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
+    out = probes.check_layer_rank(model, shape, layer, {2, 4}, "activation maximization")
     return np.asarray(channel_indices(channel, out[-1], layer), np.int32)
 
 
@@ -243,43 +261,43 @@ def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean
     mid, span = (lo + hi) / 2, hi - lo
 
     def build(ref):
-        img = tf.TensorSpec((None,) + shape, tf.float32)
-        num = tf.TensorSpec((), tf.float32)
+        before = _layer_before_activation(ref(), layer)
 
-        @tf.function(input_signature=[img, img, img, num, tf.TensorSpec((None,), tf.int32),
-                                      tf.TensorSpec((2,), tf.int32), tf.TensorSpec((), tf.bool),
-                                      num, num, num])
         def step(x, m, v, t, ch, shift, blur, lr_t, l2_t, clip_t):
-            with capture_outputs(ref(), [layer]) as seen:
-                ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
-            act = _unit_objective(seen[layer], ch, unit)
-            g = gradients(tf.reduce_sum(act), x)
+            def jittered(t_):
+                act = _unit_objective(before(_roll(t_, shift)), ch, unit)
+                return act, act
+            (g,), act = probes.input_gradients(jittered, x, has_aux=True)
             update, m, v = _adam(g, m, v, t)
             x = mid + (x + lr_t * span * update - mid) * (1 - l2_t)
-            x = tf.cond(blur, lambda: _blur(x, kernel), lambda: x)
-            x = tf.cond(clip_t > 0, lambda: _clip_small_contribution(x, g, mid, clip_t), lambda: x)
-            return tf.clip_by_value(x, lo, hi), m, v, act
+            x = keras.ops.cond(blur, lambda: _blur(x, kernel), lambda: x)
+            x = keras.ops.cond(clip_t > 0, lambda: _clip_small_contribution(x, g, mid, clip_t),
+                               lambda: x)
+            return keras.ops.clip(x, lo, hi), m, v, act
 
-        @tf.function(input_signature=[img, tf.TensorSpec((None,), tf.int32)])
         def objective(x, ch):
-            with capture_outputs(ref(), [layer]) as seen:
-                ref()(x, training=False)
-            return _unit_objective(seen[layer], ch, unit)
-        return step, objective
+            return _unit_objective(before(x), ch, unit)
 
-    step, objective = _probe.traced(model, ("maximize", layer, shape, unit, float(blur_sigma)),
+        img, num = (None,) + shape, ()
+        return (probes.function(ref, step, img, img, img, num, (None,), (2,), num, num, num,
+                                num, dtypes=["float32"] * 4 + ["int32", "int32", "bool"]
+                                + ["float32"] * 3),
+                probes.function(ref, objective, img, (None,), dtypes=["float32", "int32"]))
+
+    step, objective = probes.traced(model, ("maximize", layer, shape, unit, float(blur_sigma)),
                                     build)
     rng = np.random.default_rng(seed)
-    x = tf.constant(_start(rng, (len(channels),) + shape, lo, hi))
-    m = v = tf.zeros_like(x)
+    x = _start(rng, (len(channels),) + shape, lo, hi)
+    m = v = np.zeros_like(x)
     trace = []
     for i in range(steps):
         blur = bool(blur_every) and (i + 1) % blur_every == 0
-        x, m, v, act = step(x, m, v, float(i + 1), channels, _shift(rng, jitter), blur,
-                            _cosine(lr, i, steps), l2, clip)
-        trace.append(act.numpy())
-    trace.append(objective(x, channels).numpy())
-    images, trace = x.numpy(), np.stack(trace)
+        x, m, v, act = step(x, m, v, np.float32(i + 1), channels, _shift(rng, jitter),
+                            np.array(blur), np.float32(_cosine(lr, i, steps)), np.float32(l2),
+                            np.float32(clip))
+        trace.append(probes.numpy(act))
+    trace.append(probes.numpy(objective(x, channels)))
+    images, trace = probes.numpy(x), np.stack(trace)
     return (images[0], trace[:, 0]) if single else (images, trace)
 
 
@@ -289,7 +307,7 @@ def _tv(x, span):
     """Mahendran & Vedaldi's total variation (beta = 2) per image, in units of the range."""
     dy = x[:, 1:, :-1, :] - x[:, :-1, :-1, :]
     dx = x[:, :-1, 1:, :] - x[:, :-1, :-1, :]
-    return tf.reduce_mean(dy * dy + dx * dx, axis=[1, 2, 3]) / (span * span)
+    return keras.ops.mean(dy * dy + dx * dx, axis=[1, 2, 3]) / (span * span)
 
 
 def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02,
@@ -320,45 +338,43 @@ def invert_features(model, image, layer: str, steps: int = 200, lr: float = 0.02
     steps = positive_int("steps", steps)
     lr, tv_weight = number("lr", lr), number("tv_weight", tv_weight)
     shape = x0.shape[1:]
-    out = _probe.check_layer_rank(model, shape, layer, {2, 3, 4, 5}, "feature inversion")
-    target = _probe.layer_outputs(model, x0, layer, positive_int("max_batch", max_batch))
+    out = probes.check_layer_rank(model, shape, layer, {2, 3, 4, 5}, "feature inversion")
+    target = probes.layer_outputs(model, x0, layer, positive_int("max_batch", max_batch))
     span = hi - lo
 
     def build(ref):
-        img = tf.TensorSpec((None,) + shape, tf.float32)
-        feat = tf.TensorSpec((None,) + tuple(out[1:]), tf.float32)
-        num = tf.TensorSpec((), tf.float32)
-
         def distance(x, phi0):
             with capture_outputs(ref(), [layer]) as seen:
                 ref()(x, training=False)
-            axes = list(range(1, phi0.shape.rank))
-            d = tf.reduce_sum(tf.square(tf.cast(seen[layer], tf.float32) - phi0), axis=axes)
-            return d / tf.maximum(tf.reduce_sum(tf.square(phi0), axis=axes), 1e-12)
+            axes = list(range(1, len(phi0.shape)))
+            d = keras.ops.sum(keras.ops.square(keras.ops.cast(seen[layer], "float32") - phi0),
+                              axis=axes)
+            return d / keras.ops.maximum(keras.ops.sum(keras.ops.square(phi0), axis=axes), 1e-12)
 
-        @tf.function(input_signature=[img, img, img, num, feat, num, num])
         def step(x, m, v, t, phi0, lr_t, tv_t):
-            dist = distance(x, phi0)
-            g = gradients(tf.reduce_sum(dist + tv_t * _tv(x, span)), x)
+            def loss(t_):
+                dist = distance(t_, phi0)
+                return dist + tv_t * _tv(t_, span), dist
+            (g,), dist = probes.input_gradients(loss, x, has_aux=True)
             update, m, v = _adam(g, m, v, t)
-            return tf.clip_by_value(x - lr_t * span * update, lo, hi), m, v, dist
+            return keras.ops.clip(x - lr_t * span * update, lo, hi), m, v, dist
 
-        @tf.function(input_signature=[img, feat])
-        def final(x, phi0):
-            return distance(x, phi0)
-        return step, final
+        img, feat, num = (None,) + shape, (None,) + tuple(out[1:]), ()
+        return (probes.function(ref, step, img, img, img, num, feat, num, num),
+                probes.function(ref, distance, img, feat))
 
-    step, final = _probe.traced(model, ("invert", layer, shape), build)
+    step, final = probes.traced(model, ("invert", layer, shape), build)
     rng = np.random.default_rng(seed)
-    x = tf.constant(_start(rng, x0.shape, lo, hi))
-    m = v = tf.zeros_like(x)
-    phi0 = tf.constant(target)
+    x = _start(rng, x0.shape, lo, hi)
+    m = v = np.zeros_like(x)
+    phi0 = np.asarray(target, np.float32)
     trace = []
     for i in range(steps):
-        x, m, v, dist = step(x, m, v, float(i + 1), phi0, _cosine(lr, i, steps), tv_weight)
-        trace.append(dist.numpy())
-    trace.append(final(x, phi0).numpy())
-    rec, trace = x.numpy(), np.stack(trace)
+        x, m, v, dist = step(x, m, v, np.float32(i + 1), phi0, np.float32(_cosine(lr, i, steps)),
+                             np.float32(tv_weight))
+        trace.append(probes.numpy(dist))
+    trace.append(probes.numpy(final(x, phi0)))
+    rec, trace = probes.numpy(x), np.stack(trace)
     return (rec[0], trace[:, 0]) if single else (rec, trace)
 
 
@@ -398,33 +414,37 @@ def deepdream(model, image, layers, octaves: int = 3, octave_scale: float = 1.4,
     sizes = [(max(1, round(h / octave_scale ** k)), max(1, round(w / octave_scale ** k)))
              for k in reversed(range(octaves))]
     for path in layers:
-        _probe.check_layer_rank(model, (h, w, c), path, {2, 3, 4, 5}, "DeepDream")
+        probes.check_layer_rank(model, (h, w, c), path, {2, 3, 4, 5}, "DeepDream")
     mid, span = (lo + hi) / 2, hi - lo
     del mid
 
     def build(ref):
-        @tf.function(input_signature=[tf.TensorSpec((None, None, None, c), tf.float32),
-                                      tf.TensorSpec((2,), tf.int32), tf.TensorSpec((), tf.float32)])
-        def step(x, shift, lr_t):
+        def energy(t):
             with capture_outputs(ref(), layers) as seen:
-                ref()(tf.roll(x, shift, axis=[1, 2]), training=False)
-            energy = tf.add_n([
-                tf.reduce_mean(tf.square(tf.cast(seen[p], tf.float32)),
-                               axis=list(range(1, seen[p].shape.rank)))
-                for p in layers])
-            g = _normalized(gradients(tf.reduce_sum(energy), x))
-            return tf.clip_by_value(x + lr_t * span * g, lo, hi)
-        return step
+                ref()(t, training=False)
+            return sum(keras.ops.mean(keras.ops.square(keras.ops.cast(seen[p], "float32")),
+                                      axis=list(range(1, len(seen[p].shape))))
+                       for p in layers)
 
-    step = _probe.traced(model, ("deepdream", tuple(layers), c), build)
+        def step(x, shift, lr_t):
+            (g,) = probes.input_gradients(lambda t: energy(_roll(t, shift)), x)
+            return keras.ops.clip(x + lr_t * span * _normalized(g), lo, hi)
+
+        return probes.function(ref, step, (None, None, None, c), (2,), (),
+                               dtypes=["float32", "int32", "float32"])
+
+    step = probes.traced(model, ("deepdream", tuple(layers), c), build)
     rng = np.random.default_rng(seed)
     detail = None
+
+    def resize(a, size):
+        return keras.ops.image.resize(a, size, interpolation="bilinear")
     for size in sizes:
-        base = tf.image.resize(x0, size, method="bilinear")
-        x = base if detail is None else base + tf.image.resize(detail, size, method="bilinear")
-        x = tf.clip_by_value(x, lo, hi)
+        base = resize(x0, size)
+        x = base if detail is None else base + resize(detail, size)
+        x = keras.ops.clip(x, lo, hi)
         for _ in range(steps):
-            x = step(x, _shift(rng, jitter), lr)
+            x = step(x, _shift(rng, jitter), np.float32(lr))
         detail = x - base  # what the dream added, carried to the next, finer octave
-    out = x.numpy()
+    out = probes.numpy(x)
     return out[0] if single else out

@@ -14,13 +14,13 @@ backprop, which behaves like an edge detector of the input); a map that
 explains the model falls towards 0. ``nan``: the copy's map is constant on
 every image (nothing of the trained map is left, e.g. Grad-CAM's ReLU zeroing it).
 
-Maps are compared as displayed (:func:`tbviz.attribution.heatmap`: ``max |g|``
+Maps are compared as displayed (:func:`tbviz.methods.attribution.heatmap`: ``max |g|``
 over channels for gradients), image by image; the result is their mean. The
 target is held fixed: the classes the trained model predicts, unless given.
 
 Example:
     >>> import numpy as np, keras
-    >>> from tbviz.attribution import sanity_check
+    >>> from tbviz.methods.attribution import sanity_check
     >>> model = keras.Sequential([keras.Input((8, 8, 3)),
     ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
     ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, name="head")])
@@ -36,8 +36,10 @@ import zlib
 import keras
 import numpy as np
 
-from tbviz.layers import check_images, check_layers, children, get_layer, layer_paths
-from tbviz.stats import own_weights
+from tbviz.core.layers import check_images, check_layers, children, get_layer, layer_paths, own_weights
+from tbviz.methods.attribution import registry
+from tbviz.methods.attribution.heatmaps import heatmap
+from tbviz.methods.attribution.targets import top_classes
 
 
 def ranks(values) -> np.ndarray:
@@ -110,9 +112,7 @@ class RandomizedCopy:
 
 
 def _maps(model, images, method, target, options):
-    from tbviz import attribution
-
-    return attribution.heatmap(getattr(attribution, method)(model, images, target, **options))
+    return heatmap(registry.get(method)(model, images, target, **options))
 
 
 def mean_spearman(a, b) -> float:
@@ -132,18 +132,16 @@ def sanity_check(model, images, method: str, target=None, cascade: bool = True,
 
     Args:
         model: a Sequential or Functional Keras model; never modified.
-        images, target: as for every :mod:`tbviz.attribution` method; ``target=None``:
+        images, target: as for every :mod:`tbviz.methods.attribution` method; ``target=None``:
             the classes ``model`` predicts, held fixed for the copies.
-        method: a name from :data:`tbviz.attribution.METHODS`.
+        method: a name from :data:`tbviz.methods.attribution.METHODS`.
         cascade: randomize cumulatively from the top (True) or one layer at a time.
         layers: layer paths to randomize, top first; default every layer with weights.
         options: the method's keyword arguments, e.g. ``{"patch": 8}`` for occlusion.
         seed: seeds the re-drawn weights (initializers without a seed draw freely).
         randomized: a :class:`RandomizedCopy` of ``model`` to reuse (callbacks do).
     """
-    from tbviz import attribution  # here: tbviz.attribution re-exports this function
-
-    allowed = attribution.method_options(method)  # raises for an unknown method
+    allowed = registry.method_options(method)  # raises for an unknown method
     options = dict(options or {})
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -151,7 +149,7 @@ def sanity_check(model, images, method: str, target=None, cascade: bool = True,
                          f"{', '.join(allowed)}")
     images = check_images(model, images, "images")
     if target is None:
-        target = attribution.top_classes(model, images)
+        target = top_classes(model, images)
     order = weighted_layers(model) if layers is None else check_layers(model, layers)
     if not order:
         raise ValueError(f"model {model.name!r} has no layer with weights to randomize")

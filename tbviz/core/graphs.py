@@ -1,15 +1,16 @@
-"""The op-level graph of a Keras model, with one name scope per layer.
+"""The op-level graph of a Keras model, with one name scope per layer, on every backend.
 
-Keras 3's own TensorBoard callback writes no usable op graph. Tracing the
-model's inference pass in a ``tf.function`` gives one, with Keras' name scopes,
-except that Keras opens each layer's scope twice (once to build, once to call),
-so every scope comes out suffixed: ``model_1/conv1_1/Conv2D``. :func:`op_graph`
-maps those back to the layers' own names (``model/conv1/Conv2D``) using the
-model's structure, so TensorBoard's Graphs dashboard reads like the model.
+Keras 3's own TensorBoard callback writes no usable op graph (on JAX and PyTorch none at
+all). The backend traces the model's inference pass (:func:`tbviz.backend.op_graph`: a
+``tf.function`` graph, a jaxpr, a ``torch.jit`` trace) into TensorBoard's ``GraphDef``
+with the layers' name scopes. Keras opens each layer's scope twice (once to build, once
+to call), so on TensorFlow every scope comes out suffixed: ``model_1/conv1_1/Conv2D``.
+:func:`op_graph` maps those back to the layers' own names (``model/conv1/Conv2D``) using
+the model's structure, so TensorBoard's Graphs dashboard reads like the model.
 
 Example:
     >>> import keras
-    >>> from tbviz.graphs import op_graph
+    >>> from tbviz.core.graphs import op_graph
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="head")], name="net")
     >>> gd = op_graph(m)
     >>> any(n.name.startswith("net/head/") for n in gd.node)
@@ -21,15 +22,30 @@ from __future__ import annotations
 import json
 import re
 
-import tensorflow as tf
+from tensorboard.compat.proto import graph_pb2
 
-from tbviz.layers import children, input_shapes
+from tbviz import backend
+from tbviz.core.layers import children, input_shapes
 
 _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
 
-def input_spec(model, batch_size=None):
-    """``tf.TensorSpec`` list for the model's inputs (free batch and free unknown dims).
+def as_spec(spec) -> "backend.Spec":
+    """``spec`` as a :class:`tbviz.backend.Spec`: one already, or anything with a ``shape``
+    and a ``dtype`` (a ``tf.TensorSpec``, a ``jax.ShapeDtypeStruct``)."""
+    if isinstance(spec, backend.Spec):
+        return spec
+    shape = getattr(spec, "shape", None)
+    if shape is None:
+        raise ValueError(f"an input spec needs a shape and a dtype, got {spec!r}; e.g. "
+                         "tbviz.backend.Spec((None, 32, 32, 3), 'float32')")
+    dtype = getattr(spec, "dtype", "float32")
+    return backend.Spec(tuple(None if d is None else int(d) for d in shape),
+                        getattr(dtype, "name", str(dtype)))
+
+
+def input_spec(model, batch_size=None) -> list:
+    """:class:`tbviz.backend.Spec` s of the model's inputs (free batch and unknown dims).
 
     A subclassed model has no ``inputs``; once it has been called (after the first
     training step) its recorded build shape is used instead. Raises ``ValueError``
@@ -40,27 +56,22 @@ def input_spec(model, batch_size=None):
         dtypes = [getattr(t, "dtype", "float32") for t in model.inputs]
     except (AttributeError, ValueError):  # subclassed: known by its build shape only
         dtypes = ["float32"] * len(shapes)
-    return [tf.TensorSpec((batch_size,) + tuple(s[1:]), tf.as_dtype(d or "float32"), name=f"input_{i}")
-            for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    return [backend.Spec((batch_size,) + tuple(s[1:]), str(getattr(d, "name", d) or "float32"))
+            for s, d in zip(shapes, dtypes)]
 
 
-def trace(fn, spec):
-    """Trace ``fn(*spec)`` once and return its ``FuncGraph``."""
-    return tf.function(fn, autograph=False).get_concrete_function(*spec).graph
-
-
-def op_graph(model, fn=None, spec=None) -> tf.compat.v1.GraphDef:
+def op_graph(model, fn=None, spec=None) -> graph_pb2.GraphDef:
     """The inference-pass op graph of ``model`` as a ``GraphDef``, scopes named after layers.
 
     ``fn`` replaces the traced function (default ``model(x, training=False)``),
     e.g. a loss computation with its own name scopes; ``spec`` its input specs
     (default: the model's inputs).
     """
-    spec = spec if spec is not None else input_spec(model)
+    spec = [as_spec(s) for s in (spec if spec is not None else input_spec(model))]
     if fn is None:
         def fn(*xs):
             return model(xs[0] if len(xs) == 1 else list(xs), training=False)
-    graph_def = trace(fn, spec).as_graph_def()
+    graph_def = graph_pb2.GraphDef.FromString(backend.op_graph(fn, spec, models=[model]))
     return rename_scopes(graph_def, model)
 
 
@@ -73,7 +84,7 @@ def _scope_tree(model):
     return {**top, model.name: top}
 
 
-def rename_scopes(graph_def, model):
+def rename_scopes(graph_def, model) -> graph_pb2.GraphDef:
     """Strip Keras' ``_<n>`` scope suffixes where they stand for a layer's own name.
 
     A scope component ``c`` under a known parent is renamed to the child layer
@@ -115,7 +126,7 @@ def rename_scopes(graph_def, model):
         base = renamed.get(base, base)
         return ("^" if ctrl else "") + base + (":" + port if port else "")
 
-    out = tf.compat.v1.GraphDef()
+    out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     for node in out.node:
         node.name = renamed[node.name]

@@ -21,7 +21,7 @@ field: :func:`receptive_field` returns ``None`` and callers use the whole image.
 
 Example:
     >>> import keras
-    >>> from tbviz.receptive_field import receptive_field
+    >>> from tbviz.core.receptive_field import receptive_field
     >>> m = keras.Sequential([keras.Input((32, 32, 3)),
     ...                       keras.layers.Conv2D(4, 3, padding="same", name="c1"),
     ...                       keras.layers.MaxPooling2D(2, name="p1"),
@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import keras
 
-from tbviz.layers import check_layers
+from tbviz.core.layers import check_layers
 
 __all__ = ["Axis", "receptive_field", "crop_plan", "crop_start", "unit_crop"]
 

@@ -31,7 +31,7 @@ features are present.
 
 Example:
     >>> import numpy as np
-    >>> from tbviz.similarity import cka
+    >>> from tbviz.stats.cka import cka
     >>> rng = np.random.default_rng(0)
     >>> a = rng.normal(size=(50, 8))
     >>> q, _ = np.linalg.qr(rng.normal(size=(8, 8)))

@@ -6,10 +6,10 @@ Three functions of a model (arrays in, arrays out, no TensorBoard):
   strongest unit of each of some feature maps, the view of the paper's Fig. 3);
 * :func:`project` - each unit alone, all other units of its layer zeroed,
   projected back to input pixels with the ``"deconvnet"``, ``"guided"`` or
-  ``"gradient"`` backward rule (see :mod:`tbviz.backward_rules`);
+  ``"gradient"`` backward rule (see :mod:`tbviz.core.backward_rules`);
 * :func:`patches` - the input crop under each unit's receptive field, to show
   beside its projection;
-* :func:`scan` (in :mod:`tbviz.scan`) - each feature map's strongest units over a
+* :func:`scan` (in :mod:`tbviz.methods.scan`) - each feature map's strongest units over a
   whole dataset in one streaming pass, with the crops to project them from.
 
 A projection is autodiff with a swapped ReLU rule: convolutions run their
@@ -25,7 +25,7 @@ per :class:`Projector`; projectors are cached per model, so repeated calls
   forward pass stopping at the unit's layer (a sub-model up to it, where the
   model's graph allows: tracing covers only the layers a projection goes through);
 * a unit only depends on the input under its receptive field, so where the
-  field is known (see :mod:`tbviz.receptive_field`) its row is a crop of the
+  field is known (see :mod:`tbviz.core.receptive_field`) its row is a crop of the
   image aligned to the layer's total stride, with the image's own padding at
   real borders, and the result is pasted back into a zero canvas: the same
   numbers for a fraction of the work;
@@ -58,20 +58,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import weakref
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from tbviz import _probe
-from tbviz import receptive_field as rf
-from tbviz.backward_rules import backward_rule, check_rule, gradients
-from tbviz.checks import channels as check_channels
-from tbviz.checks import positive_int
-from tbviz.layers import check_images, check_layers, forward_to
+from tbviz import backend
+from tbviz.core import probes
+from tbviz.core import receptive_field as rf
+from tbviz.core.backward_rules import backward_rule, check_rule
+from tbviz.core.checks import positive_int
+from tbviz.core.layers import check_images, check_layers, forward_to
+from tbviz.methods.units import (DEFAULT_MAX_BATCH, Unit, project_rows,  # noqa: F401
+                                 project_shared, top_channels, top_units, unit_table)
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels",
            "unit_table", "crops", "batch_plan", "project", "patches", "windows", "support_window",
@@ -79,175 +79,29 @@ __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_chan
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH = 32
-
-
-class Unit(NamedTuple):
-    """One activation of a layer: where it is and how strong it is.
-
-    For a layer with a flat ``(batch, features)`` output, ``row`` and ``col`` are 0.
-    """
-
-    image_index: int
-    row: int
-    col: int
-    channel: int
-    value: float
-
-
-# --------------------------------------------------------------------------------------------
-# Choosing units (pure NumPy)
-
-
-def top_units(activations, k: int = 9, channels: Sequence[int] | None = None,
-              distinct: bool = False) -> list[Unit]:
-    """The ``k`` strongest units of a layer's ``activations`` (``(N, H, W, C)`` or ``(N, C)``).
-
-    With ``channels``, the strongest unit of each listed feature map instead, in
-    the order given. With ``distinct``, at most one unit per (image, feature map),
-    its strongest position: the top-k then shows k different things rather than
-    neighbouring positions of one blob (when there are fewer than k such pairs, the
-    next strongest units fill the rest). Ties go to the first unit in
-    ``(image, row, col, channel)`` order. Non-finite activations are never chosen
-    (a channel with no finite value is left out), so fewer than ``k`` units may
-    come back.
-
-    >>> a = np.zeros((1, 2, 2, 2)); a[0, 1, 0, 1] = 5.0; a[0, 0, 1, 0] = 3.0
-    >>> [tuple(u) for u in top_units(a, k=2)]
-    [(0, 1, 0, 1, 5.0), (0, 0, 1, 0, 3.0)]
-    >>> [u.channel for u in top_units(a, channels=[1, 0])]
-    [1, 0]
-    >>> a[0, 1, 1, 1] = 4.0  # a second peak in map 1: distinct skips it
-    >>> [tuple(u) for u in top_units(a, k=2, distinct=True)]
-    [(0, 1, 0, 1, 5.0), (0, 0, 1, 0, 3.0)]
-    """
-    a = np.asarray(activations)
-    if a.ndim == 2:
-        a = a[:, None, None, :]
-    if a.ndim != 4:
-        raise ValueError(f"activations must have shape (N, H, W, C) or (N, C), got {a.shape}")
-    a = np.where(np.isfinite(a), a, -np.inf).astype(np.float64)
-    if channels is None and distinct:
-        k = positive_int("k", k)
-        n, h, w, c = a.shape
-        per_map = a.transpose(0, 3, 1, 2).reshape(n, c, h * w)
-        where = per_map.argmax(axis=-1)  # first maximum of each (image, map)
-        best = np.take_along_axis(per_map, where[..., None], axis=-1)[..., 0]
-        # (image, channel) order, stable: ties go to the earlier image, then channel
-        order = np.argsort(-best.reshape(-1), kind="stable")[:k]
-        picked = []
-        for i in order:
-            img, ch = divmod(int(i), c)
-            if np.isfinite(best[img, ch]):
-                r, col = divmod(int(where[img, ch]), w)
-                picked.append((img, r, col, ch))
-        if len(picked) < k:  # fewer (image, map) pairs than k: fill with the next strongest
-            flat = a.reshape(-1)
-            taken = set(picked)
-            for i in np.argsort(-flat, kind="stable"):
-                if len(picked) == k or not np.isfinite(flat[i]):
-                    break
-                unit = tuple(int(v) for v in np.unravel_index(i, a.shape))
-                if unit not in taken:
-                    picked.append(unit)
-    elif channels is None:
-        k = positive_int("k", k)
-        flat = a.reshape(-1)
-        order = np.argsort(-flat, kind="stable")[:k]
-        picked = [np.unravel_index(i, a.shape) for i in order if np.isfinite(flat[i])]
-    else:
-        picked = []
-        for c in check_channels(channels, a.shape[-1]):
-            fmap = a[..., c]
-            i = int(np.argmax(fmap))  # first maximum, as for the top-k
-            if np.isfinite(fmap.reshape(-1)[i]):
-                picked.append(np.unravel_index(i, fmap.shape) + (c,))
-    return [Unit(int(n), int(r), int(c), int(ch), float(a[n, r, c, ch]))
-            for n, r, c, ch in picked]
-
-
-def top_channels(activations, k: int = 9) -> list[int]:
-    """The ``k`` feature maps with the highest mean activation (non-finite values ignored).
-
-    ``activations`` is ``(N, H, W, C)`` or ``(N, C)``; ties go to the lower channel.
-
-    >>> a = np.zeros((2, 3, 3, 4)); a[..., 2] = 1.0; a[0, 0, 0, 0] = 5.0
-    >>> top_channels(a, k=2)  # means: 5/18, 0, 1, 0
-    [2, 0]
-    """
-    k = positive_int("k", k)
-    a = np.asarray(activations, dtype=np.float64)
-    a = a.reshape(-1, a.shape[-1])
-    finite = np.isfinite(a)
-    count = finite.sum(0)
-    mean = np.where(finite, a, 0.0).sum(0) / np.maximum(count, 1)
-    mean = np.where(count > 0, mean, -np.inf)
-    return [int(c) for c in np.argsort(-mean, kind="stable")[:k]]
-
 
 # --------------------------------------------------------------------------------------------
 # Where units are projected from (pure NumPy)
-
-
-def unit_table(units, output_shape, n_images: int | None = None,
-               layer: str | None = None) -> np.ndarray:
-    """``units`` as an integer table ``(K, 4)``: image_index, row, col, channel.
-
-    ``units`` are :class:`Unit` s or ``(image_index, row, col, channel)`` tuples
-    (``(image_index, channel)`` for a layer with a flat output); ``output_shape``
-    is the layer's output shape without the batch, ``(H, W, C)`` or ``(C,)``. A
-    unit outside it, or an image index past ``n_images``, is a ``ValueError``
-    naming the unit, the layer and the range.
-
-    >>> unit_table([Unit(1, 0, 2, 3, 9.5), (0, 1, 1, 0)], (2, 3, 4), n_images=2).tolist()
-    [[1, 0, 2, 3], [0, 1, 1, 0]]
-    >>> unit_table([(0, 5)], (8,)).tolist()  # a flat layer: (image_index, channel)
-    [[0, 0, 0, 5]]
-    """
-    shape = tuple(output_shape)
-    flat = len(shape) == 1
-    h, w, c = (1, 1, shape[0]) if flat else shape
-    owner = "the layer" if layer is None else f"layer {layer!r}"
-    table = []
-    for i, u in enumerate(units):
-        t = tuple(u)
-        if len(t) == 5:  # a Unit: drop the value
-            t = t[:4]
-        if flat and len(t) == 2:
-            t = (t[0], 0, 0, t[1])
-        if len(t) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                  for v in t):
-            form = "(image_index, channel)" if flat else "(image_index, row, col, channel)"
-            raise ValueError(f"unit #{i} {u!r} must be a Unit or an integer tuple {form}")
-        limits = (("image_index", n_images), ("row", h), ("col", w), ("channel", c))
-        for (name, limit), v in zip(limits, t):
-            if limit is not None and not 0 <= v < limit:
-                raise ValueError(
-                    f"unit #{i} {tuple(int(x) for x in t)}: {name} {v} out of range "
-                    f"0..{limit - 1}; {owner} has output shape (N,) + {shape}"
-                    + (f" and {n_images} images were given" if n_images is not None else ""))
-        table.append(t)
-    return np.array(table, dtype=np.int64).reshape(-1, 4)
 
 
 def crops(table, field, image_size) -> tuple[np.ndarray, np.ndarray]:
     """The input crop each unit of ``table`` is projected from, and where the unit is in it.
 
     ``table`` is a :func:`unit_table`; ``field`` the layer's receptive field
-    ``(rows, cols)`` (see :func:`tbviz.receptive_field.receptive_field`), or
+    ``(rows, cols)`` (see :func:`tbviz.core.receptive_field.receptive_field`), or
     ``None`` for whole images; ``image_size`` is ``(height, width)``. Returns
     ``boxes`` ``(K, 4)``: top, height, left and width of each crop, and
     ``positions`` ``(K, 3)``: the unit's row, col and channel in the layer output
     computed from its crop.
 
     Along an axis where one crop length reproduces any unit exactly
-    (:func:`~tbviz.receptive_field.crop_plan`) every unit gets that length, so
+    (:func:`~tbviz.core.receptive_field.crop_plan`) every unit gets that length, so
     units batch together. Where the field is about as large as the image, units
     of one image get the union of their own crops
-    (:func:`~tbviz.receptive_field.unit_crop`), so that they share one forward
+    (:func:`~tbviz.core.receptive_field.unit_crop`), so that they share one forward
     pass (see :func:`batch_plan`). Crops start at multiples of the layer's stride.
 
-    >>> from tbviz.receptive_field import Axis
+    >>> from tbviz.core.receptive_field import Axis
     >>> axis = Axis(size=5, jump=1, start=-2, length=16, image_length=16)  # two 'same' 3x3
     >>> boxes, positions = crops([(0, 0, 0, 3), (1, 9, 4, 0)], (axis, axis), (16, 16))
     >>> boxes.tolist(), positions.tolist()
@@ -371,49 +225,56 @@ class Projector:
     def _acts_fn(self, image_shape):
         fn = self._acts.get(image_shape)
         if fn is None:
-            @_probe.probe_function([tf.TensorSpec((None,) + image_shape, tf.float32)])
-            def fn(x):
+            def acts(x):
                 self.trace_count += 1
                 seen = self._forward(self.layers)(x)
                 for path in self.layers:
-                    self._check_output(path, seen, x)
+                    self._check_output(path, seen)
                 return {path: seen[path] for path in self.layers}
 
-            self._acts[image_shape] = fn
+            fn = self._acts[image_shape] = probes.function(self.model, acts,
+                                                           (None,) + image_shape)
         return fn
 
     def _forward(self, layers: tuple):
         """``x -> {layer: output}`` stopping at the deepest of ``layers`` where the model's
-        graph allows (:func:`tbviz.layers.forward_to`), so a trace covers only the layers a
+        graph allows (:func:`tbviz.core.layers.forward_to`), so a trace covers only the layers a
         projection goes through; built once per set of layers."""
         if layers not in self._forwards:
             self._forwards[layers] = forward_to(self.model, layers)
         return self._forwards[layers]
 
-    def _check_output(self, path, seen, x):
+    def _check_output(self, path, seen):
         if path not in seen:
             raise ValueError(f"layer {path!r} did not run when model {self.model_name!r} was "
                              "called on images; choose a layer on the path from the image input")
         out = seen[path]
-        if not tf.is_tensor(out) or out.shape.rank not in (2, 4):
+        if not hasattr(out, "shape") or len(out.shape) not in (2, 4):
             shape = getattr(out, "shape", type(out).__name__)
             raise ValueError(f"layer {path!r} outputs {shape}; projections need an (N, H, W, C) "
                              "or (N, features) output")
-        if tf.gradients(tf.reduce_sum(tf.cast(out, tf.float32)), x)[0] is None:
+
+    def _check_rows(self, path, out, n):
+        """A ``ValueError`` unless ``path`` gave one output row per image (a layer fed by
+        something else, a constant branch, has nothing to project back to the image)."""
+        if out.shape[0] != n:
             raise ValueError(f"layer {path!r} does not depend on the image input of model "
-                             f"{self.model_name!r}; choose a layer downstream of it")
+                             f"{self.model_name!r} (it gave {out.shape[0]} rows for {n} images); "
+                             "choose a layer downstream of it")
 
     def output_shapes(self, image_shape) -> dict[str, tuple]:
         """Each layer's output shape without batch for images of ``image_shape`` (traces once)."""
-        fn = self._acts_fn(tuple(int(d) for d in image_shape))
-        outs = fn.get_concrete_function().structured_outputs
-        return {path: tuple(outs[path].shape[1:]) for path in self.layers}
+        image_shape = tuple(int(d) for d in image_shape)
+        outs = self._acts_fn(image_shape).trace(backend.Spec((None,) + image_shape))
+        return {path: tuple(outs[path][1:]) for path in self.layers}
 
     def activations(self, images) -> dict[str, np.ndarray]:
         """``{layer: activations}`` of every layer for ``images`` (inference mode)."""
         images = self.check_images(images)
-        out = self._acts_fn(images.shape[1:])(images)
-        return {path: out[path].numpy() for path in self.layers}
+        out = probes.numpy(self._acts_fn(images.shape[1:])(images))
+        for path in self.layers:
+            self._check_rows(path, out[path], len(images))
+        return {path: out[path] for path in self.layers}
 
     # -- units and where they are ---------------------------------------------------------------
     def unit_table(self, layer: str, image_shape, units, n_images: int | None = None
@@ -441,30 +302,26 @@ class Projector:
         return [f[0].window(r, clip=True) + f[1].window(c, clip=True) for _, r, c, _ in table]
 
     # -- projections ----------------------------------------------------------------------------
+    def _specs(self, image_shape, crop: bool, shared: bool = False):
+        spatial = (None, None) if crop else tuple(image_shape[:2])
+        return (backend.Spec((1 if shared else None,) + spatial + tuple(image_shape[2:])),
+                backend.Spec((None, 3), "int32"))
+
     def _project_fn(self, layer, image_shape, crop: bool, shared: bool = False):
-        """Traced projection of a batch of rows (``shared``: of several units of one row)."""
+        """Compiled projection of a batch of rows (``shared``: of several units of one row)."""
         key = (layer, None if crop else image_shape, shared)
         fn = self._project.get(key)
         if fn is None:
-            spatial = (None, None) if crop else image_shape[:2]
-            signature = [tf.TensorSpec((1 if shared else None,) + spatial + image_shape[2:],
-                                       tf.float32),
-                         tf.TensorSpec((None, 3), tf.int32)]
-
-            @_probe.probe_function(signature)
-            def fn(x, pos):
-                self.trace_count += 1
+            def forward(x):
                 with backward_rule(self.rule, self.model):
-                    out = self._forward((layer,))(x)[layer]
-                if not shared:
-                    return _backward(out, x, pos)
-                # pfor turns the units' backward passes into one batched pass after one
-                # forward pass. Where an op has no pfor rule (MirrorPadGrad, say) its
-                # fallback is a slow while-loop: refused here, and rows are used instead.
-                return tf.vectorized_map(lambda p: _backward(out, x, p[None])[0], pos,
-                                         fallback_to_while_loop=False)
+                    return self._forward((layer,))(x)[layer]
 
-            self._project[key] = fn
+            def project(x, pos):
+                self.trace_count += 1
+                return (project_shared if shared else project_rows)(forward, x, pos)
+
+            fn = self._project[key] = backend.function(
+                project, models=[self.model], signature=self._specs(image_shape, crop, shared))
         return fn
 
     def _crops_work(self, layer, image_shape) -> bool:
@@ -473,7 +330,8 @@ class Projector:
         if (layer, image_shape) in self._whole or self.field(layer, image_shape) is None:
             return False
         try:
-            self._project_fn(layer, image_shape, crop=True).get_concrete_function()
+            self._project_fn(layer, image_shape, crop=True).trace(
+                *self._specs(image_shape, crop=True))
         except Exception as err:  # e.g. a layer that needs a fixed input size
             self._fall_back(layer, image_shape, err)
             return False
@@ -483,20 +341,20 @@ class Projector:
         """Whether units of one row share a forward pass: pfor vectorizes every op of the
         backward pass (traced here if not done yet)."""
         key = (layer, None if crop else image_shape, True)
-        if key in self._unshared:
+        if key in self._unshared or not backend.CAN_BATCH_PULLBACKS:
             return False
-        # Known refusals are read off the one-row function's graph (traced already), rather
-        # than paying a whole vectorized trace to see it fail.
-        rows = self._project_fn(layer, image_shape, crop).get_concrete_function().graph
-        refused = sorted(set(_PFOR_REFUSES) & {op.type for op in rows.get_operations()})
+        # Known refusals are read off the one-row function (compiled already), rather than
+        # paying a whole vectorized trace to see it fail.
+        refused = backend.batch_refusals(self._project_fn(layer, image_shape, crop),
+                                         self._specs(image_shape, crop))
         if refused:
             log.info("tbviz.deconvnet: layer %r: units of one image are projected one row each "
-                     "(pfor cannot vectorize %s)", layer, ", ".join(refused))
+                     "(the backend cannot vectorize %s)", layer, ", ".join(refused))
             self._unshared.add(key)
             return False
         try:
-            with _pfor_quiet():
-                self._project_fn(layer, image_shape, crop, shared=True).get_concrete_function()
+            self._project_fn(layer, image_shape, crop, shared=True).trace(
+                *self._specs(image_shape, crop, shared=True))
         except Exception as err:
             log.info("tbviz.deconvnet: layer %r: units of one image are projected one row each "
                      "(%s)", layer, str(err).strip().splitlines()[-1])
@@ -531,7 +389,7 @@ class Projector:
         self.output_shapes(image_shape)
         for layer in self.layers:
             crop = self._crops_work(layer, image_shape)
-            self._project_fn(layer, image_shape, crop).get_concrete_function()
+            self._project_fn(layer, image_shape, crop).trace(*self._specs(image_shape, crop))
             if self.vectorize and self._image_wide(layer, image_shape, crop):
                 self._shares(layer, image_shape, crop)
         return self
@@ -569,7 +427,7 @@ class Projector:
                 fn = self._project_fn(layer, shape, crop, shared)
                 x = np.stack([images[table[k, 0], t:t + h, lft:lft + w]
                               for k in (ks[:1] if shared else ks) for t, h, lft, w in [boxes[k]]])
-                grads = fn(x, positions[ks].astype(np.int32)).numpy()
+                grads = probes.numpy(fn(x, positions[ks].astype(np.int32)))
                 for k, g in zip(ks, grads):
                     t, h, lft, w = boxes[k]
                     canvas[k, t:t + h, lft:lft + w] = g
@@ -582,49 +440,6 @@ class Projector:
         if crop:
             self._cropped.add((layer, shape))
         return canvas
-
-
-#: Backward ops pfor refuses to vectorize over units: a depthwise convolution's (its
-#: converter wants a filter that varies with the unit: "expected to be not loop invariant";
-#: MobileNet, EfficientNet, Xception, NASNet, ConvNeXt's grouped convolutions) and a
-#: reflection padding's (no converter).
-_PFOR_REFUSES = ("DepthwiseConv2dNativeBackpropInput", "MirrorPadGrad")
-
-
-def _drop_pfor_records(record) -> bool:
-    return "parallel_for" not in record.pathname
-
-
-@contextlib.contextmanager
-def _pfor_quiet():
-    """Hold back pfor's own log while trying to vectorize: it logs every op it cannot
-    convert at ERROR level (with the op's creation trace) before raising, and that
-    failure is expected and handled (units then go one row each)."""
-    logger = logging.getLogger("tensorflow")
-    logger.addFilter(_drop_pfor_records)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_drop_pfor_records)
-
-
-def _backward(out, x, pos):
-    """Project ``out`` back to ``x``, each row starting from its one unit of ``pos``."""
-    # The signal is the layer output with every other unit zeroed, as in the paper. Rows
-    # do not mix in inference mode, so one batched backward pass gives every projection.
-    signal = tf.stop_gradient(out * _one_hot(out, pos))
-    return gradients(tf.reduce_sum(out * signal), x)
-
-
-def _one_hot(out, pos):
-    """A mask like ``out`` with a single 1 per row, at ``pos[b] = (row, col, channel)``."""
-    shape = tf.shape(out)
-    channel = tf.one_hot(pos[:, 2], shape[-1], dtype=out.dtype)
-    if out.shape.rank == 2:
-        return channel
-    row = tf.one_hot(pos[:, 0], shape[1], dtype=out.dtype)
-    col = tf.one_hot(pos[:, 1], shape[2], dtype=out.dtype)
-    return tf.einsum("bi,bj,bk->bijk", row, col, channel)
 
 
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -772,5 +587,6 @@ def patches(model, images, layer: str, units) -> list[np.ndarray]:
     return [images[i, t:b, lft:r].copy() for i, (t, b, lft, r) in zip(table[:, 0], boxes)]
 
 
-# The dataset-wide scan lives in its own module; imported last, as it uses this one.
-from tbviz.scan import Scan, scan  # noqa: E402,F401
+
+# The dataset-wide scan, a method of its own (it uses the units and projections above).
+from tbviz.methods.scan import Scan, scan  # noqa: E402,F401

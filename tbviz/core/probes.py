@@ -1,31 +1,38 @@
 """Machinery shared by the probe functions of attribution, synthesis and feature maps.
 
-A probe is a ``tf.function`` that runs the model in inference mode and reads a
-score, a gradient or a layer's output. Tracing one costs far more than running
-it, so each is traced once per model and input shape and kept here, keyed by
-the model (weakly: a dropped model frees its probes). A traced probe reads the
-model's live weights, so one trace serves a whole training run.
+A probe runs the model in inference mode and reads a score, a gradient or a layer's
+output, compiled by the backend (:func:`tbviz.backend.function`: a ``tf.function``, a
+``jax.jit``). Compiling one costs far more than running it, so each is built once per
+model and input shape and kept here, keyed by the model (weakly: a dropped model frees
+its probes). A probe reads the model's live weights, so one serves a whole training run.
 
 Example:
-    >>> import keras, tensorflow as tf
-    >>> from tbviz import _probe
+    >>> import numpy as np, keras
+    >>> from tbviz.core import probes
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> f = _probe.traced(m, ("double",), lambda ref: tf.function(lambda x: 2 * ref()(x)))
-    >>> f is _probe.traced(m, ("double",), lambda ref: None)
+    >>> f = probes.traced(m, ("double",), lambda ref: probes.function(
+    ...     ref, lambda x: 2 * ref()(x, training=False), (None, 4)))
+    >>> f is probes.traced(m, ("double",), lambda ref: None)
     True
+    >>> probes.numpy(f(np.ones((3, 4), "float32"))).shape
+    (3, 2)
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from tbviz import tokens
-from tbviz.layers import capture_outputs, layer_paths
+from tbviz import backend
+from tbviz.core import tokens
+from tbviz.core.layers import Swaps, capture_outputs, layer_paths
 
 _FUNCS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+numpy = backend.numpy
 
 
 def traced(model, key, build):
@@ -40,13 +47,15 @@ def traced(model, key, build):
     return per_model[key]
 
 
-def probe_function(input_signature):
-    """``tf.function`` with ``input_signature`` for a probe: traced once, without autograph.
-
-    A probe's Python is plain at trace time (its branches test Python values, not
-    tensors), so autograph's conversion of it would only add to every trace.
+def function(model_ref, fn, *shapes, dtypes=None):
+    """A probe of ``fn`` over the model behind ``model_ref`` (a weak reference or the model):
+    one argument per shape in ``shapes`` (``None`` for any size; float32 unless ``dtypes``
+    says otherwise), compiled once per backend.
     """
-    return tf.function(input_signature=input_signature, autograph=False)
+    model = model_ref() if isinstance(model_ref, weakref.ref) else model_ref
+    dtypes = dtypes or ["float32"] * len(shapes)
+    signature = [backend.Spec(tuple(s), d) for s, d in zip(shapes, dtypes)]
+    return backend.function(fn, models=[model], signature=signature)
 
 
 def batches(n: int, max_batch: int):
@@ -55,32 +64,60 @@ def batches(n: int, max_batch: int):
         yield slice(start, min(n, start + max_batch))
 
 
-def _input_of(t, op_type: str):
-    """The input of the ``op_type`` op that made ``t`` (through Identity ops), else ``t``."""
-    op = getattr(t, "op", None)
-    while op is not None and op.type == "Identity":
-        op = op.inputs[0].op
-    return op.inputs[0] if op is not None and op.type == op_type else t
+def input_gradients(f, *xs, has_aux: bool = False):
+    """Inside a probe: the gradient of ``sum(f(*xs))`` w.r.t. each of ``xs`` (a tuple); with
+    ``has_aux``, ``f`` returns ``(value, aux)`` and this ``(gradients, aux)``.
 
-
-def pre_softmax(t):
-    """The logits feeding ``t`` when ``t`` is (an identity of) a softmax, else ``t``.
-
-    Works on graph tensors only (inside a ``tf.function``), where the op that made
-    ``t`` can be read. Saliency and Grad-CAM differentiate the class score before
-    the softmax: a probability's gradient is dominated by the other classes.
+    Rows are independent in inference mode, so the gradient of the sum is each row's own.
     """
-    return _input_of(t, "Softmax")
+    if has_aux:
+        y, pullback, aux = backend.vjp(f, *xs, has_aux=True)
+        return pullback(keras.tree.map_structure(keras.ops.ones_like, y)), aux
+    y, pullback = backend.vjp(f, *xs)
+    return pullback(keras.tree.map_structure(keras.ops.ones_like, y))
 
 
-def pre_relu(t):
-    """The input of ``t``'s ReLU when ``t`` is (an identity of) a ReLU output, else ``t``.
+# -- scores before the last activation --------------------------------------------------------
 
-    Graph tensors only. Activation maximization scores a ReLU unit before the ReLU:
-    a unit that is silent on the starting image has zero gradient after it and
-    would never move.
+def _activation_name(layer) -> str:
+    fn = getattr(layer, "activation", None)
+    return getattr(fn, "__name__", "") if fn is not None else ""
+
+
+def _identity(x, *args, **kwargs):
+    return x
+
+
+@contextlib.contextmanager
+def before_activation(layer, kinds=("softmax",)):
+    """Within the block, ``layer`` returns what it computes before its activation when that
+    is one of ``kinds`` (``"softmax"``, ``"relu"``): a ``Dense(activation="softmax")``
+    gives its logits, a ``Softmax`` or ``Activation("softmax")`` layer passes its input
+    through, a nested model hands the question to its last layer. The layer is restored on
+    exit. Saliency and Grad-CAM differentiate the class score before the softmax (a
+    probability's gradient is dominated by the other classes); activation maximization
+    scores a ReLU unit before the ReLU (a unit silent on the start image would never move).
     """
-    return _input_of(t, "Relu")
+    swaps = Swaps()
+    try:
+        target = layer
+        while isinstance(target, keras.Model) and target.layers:
+            target = target.layers[-1]
+        kind = _activation_name(target)
+        if isinstance(target, keras.layers.Softmax):
+            kind = "softmax"
+        elif isinstance(target, keras.layers.ReLU) and target.max_value is None \
+                and not target.negative_slope and not target.threshold:
+            kind = "relu"
+        if kind in kinds:
+            if isinstance(target, (keras.layers.Activation, keras.layers.Softmax,
+                                   keras.layers.ReLU)):
+                swaps.set(target, "call", _identity)
+            elif getattr(target, "activation", None) is not None:
+                swaps.set(target, "activation", keras.activations.linear)
+        yield
+    finally:
+        swaps.restore()
 
 
 def _shapes(model, image_shape) -> tuple[dict, tuple | None]:
@@ -149,7 +186,7 @@ def _grid(shape, image_shape, token_grid, class_token):
 
 def check_spatial(model, image_shape, layer: str, what: str, token_grid=None,
                   class_token=None) -> tuple:
-    """``(h, w, skip)`` of ``layer``'s output as a spatial grid (see :mod:`tbviz.tokens`):
+    """``(h, w, skip)`` of ``layer``'s output as a spatial grid (see :mod:`tbviz.core.tokens`):
     a 4-D ``(N, h, w, C)`` feature map, or a vision transformer's patch tokens. A
     ``ValueError`` naming the layers that fit otherwise."""
     shapes = layer_output_shapes(model, image_shape)
@@ -180,16 +217,15 @@ def last_spatial_layer(model, image_shape, token_grid=None, class_token=None) ->
 
 
 def layer_outputs(model, x: np.ndarray, layer: str, max_batch: int = 32) -> np.ndarray:
-    """The output of ``layer`` for images ``x``, by a probe traced once per image shape."""
+    """The output of ``layer`` for images ``x``, by a probe compiled once per image shape."""
     def build(ref):
-        @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:], tf.float32)])
         def forward(xb):
             with capture_outputs(ref(), [layer]) as seen:
                 ref()(xb, training=False)
             return seen[layer]
-        return forward
+        return function(ref, forward, (None,) + x.shape[1:])
 
     forward = traced(model, ("layer_output", layer, x.shape[1:]), build)
     # float32 whatever the compute dtype (a mixed_float16 model's layers give float16).
-    return np.concatenate([forward(x[s]).numpy() for s in batches(len(x), max_batch)]
+    return np.concatenate([numpy(forward(x[s])) for s in batches(len(x), max_batch)]
                           ).astype(np.float32, copy=False)

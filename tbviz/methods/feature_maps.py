@@ -16,7 +16,7 @@ for display.
 
 Example:
     >>> import numpy as np, keras
-    >>> from tbviz.feature_maps import feature_maps, kernels
+    >>> from tbviz.methods.feature_maps import feature_maps, kernels
     >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
     ...                           keras.layers.Conv2D(2, 3, name="c2")])
     >>> feature_maps(model, np.random.rand(5, 8, 8, 3), "c1", pad=1).shape   # 2x2 grid of 6x6
@@ -31,9 +31,9 @@ import math
 
 import numpy as np
 
-from tbviz import _probe, tokens
-from tbviz.checks import positive_int
-from tbviz.layers import check_images, check_layers, get_layer, layer_paths
+from tbviz.core import probes, tokens
+from tbviz.core.checks import positive_int
+from tbviz.core.layers import check_images, check_layers, get_layer, layer_paths
 from tbviz.summary.images import grid, normalize, to_rgb
 
 
@@ -57,7 +57,7 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
 
     ``layer`` must have a 4-D ``(N, h, w, C)`` output, or be a vision transformer's
     ``(N, T, D)`` patch tokens, shown on their ``h x w`` grid without the class token
-    (found by :mod:`tbviz.tokens`, or given as ``token_grid=(h, w)`` and ``class_token``);
+    (found by :mod:`tbviz.core.tokens`, or given as ``token_grid=(h, w)`` and ``class_token``);
     ``channels`` picks some of its channels (a slice or a list of indices; default all).
     Each image's maps share one min-max scale (black = the image's lowest value in any
     channel). Returns
@@ -72,7 +72,7 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
     x = check_images(model, images)
     check_layers(model, [layer])
     scale = positive_int("scale", scale)
-    grid = _probe.check_spatial(model, x.shape[1:], layer, "feature_maps()", token_grid,
+    grid = probes.check_spatial(model, x.shape[1:], layer, "feature_maps()", token_grid,
                                 class_token)
     maps = grid_outputs(model, x, layer, grid, positive_int("max_batch", max_batch))
     if channels is not None:
@@ -82,14 +82,14 @@ def feature_maps(model, images, layer: str, scale: int = 1, cols: int | None = N
 
 def grid_outputs(model, x, layer: str, grid, max_batch: int = 32) -> np.ndarray:
     """``layer``'s float32 outputs for images ``x`` as ``(N, h, w, C)``, patch tokens
-    reshaped to ``grid`` (from :func:`tbviz.tokens.token_grid`).
+    reshaped to ``grid`` (from :func:`tbviz.core.tokens.token_grid`).
 
     >>> import numpy as np, keras
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Reshape((16, 12), name="t")])
     >>> grid_outputs(m, np.zeros((2, 8, 8, 3), "float32"), "t", (4, 4, 0)).shape
     (2, 4, 4, 12)
     """
-    return tokens.to_grid(_probe.layer_outputs(model, x, layer, max_batch), grid)
+    return tokens.to_grid(probes.layer_outputs(model, x, layer, max_batch), grid)
 
 
 def map_grids(maps, scale: int = 1, cols: int | None = None, pad: int = 1) -> np.ndarray:

@@ -15,7 +15,7 @@ A 4-D ``(N, h, w, C)`` output is a grid already.
 
 Example:
     >>> import numpy as np
-    >>> from tbviz.tokens import token_grid, to_grid
+    >>> from tbviz.core.tokens import token_grid, to_grid
     >>> token_grid((1, 17, 8), (32, 32, 3))    # 4x4 patches of 8 pixels and a class token
     (4, 4, 1)
     >>> token_grid((1, 8, 8, 8), (32, 32, 3))  # a conv feature map: already a grid
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 #: Fewer patch tokens than this are not taken for a grid without being told (a pooled
 #: or class-token-only output would be a "1x1 grid").
@@ -90,14 +90,14 @@ def to_grid(values, grid):
     h, w, skip = grid
     if len(values.shape) == 4:
         return values
-    if tf.is_tensor(values):
-        return tf.reshape(values[:, skip:], (-1, h, w, values.shape[-1]))
-    return np.reshape(np.asarray(values)[:, skip:], (-1, h, w, values.shape[-1]))
+    if isinstance(values, np.ndarray):
+        return np.reshape(values[:, skip:], (-1, h, w, values.shape[-1]))
+    return keras.ops.reshape(values[:, skip:], (-1, h, w, values.shape[-1]))
 
 
 def token_layers(shapes: dict, image_shape, grid=None, class_token=None) -> dict:
     """``{path: (h, w, skip)}`` of the layers in ``shapes`` (``{path: output shape}``, e.g.
-    from :func:`tbviz._probe.layer_output_shapes`) whose 3-D output is a token grid.
+    from :func:`tbviz.core.probes.layer_output_shapes`) whose 3-D output is a token grid.
 
     >>> token_layers({"conv": (1, 4, 4, 8), "tokens": (1, 17, 8)}, (32, 32, 3))
     {'tokens': (4, 4, 1)}

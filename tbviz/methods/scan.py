@@ -11,19 +11,19 @@ data or its activations:
   to ``k`` by ``tf.math.top_k``, inside one ``tf.function`` on the device, so
   memory is ``layers x channels x k`` whatever the dataset's size;
 * each kept unit carries the input crop under its receptive field (see
-  :mod:`tbviz.receptive_field`; the crop is the one :class:`tbviz.deconvnet.Projector`
+  :mod:`tbviz.core.receptive_field`; the crop is the one :class:`tbviz.methods.deconvnet.Projector`
   projects from), so :meth:`Scan.project` and :meth:`Scan.patches` need no
   second pass over data that may not be re-readable (a ``tf.data`` stream);
 * under a ``tf.distribute`` strategy each replica scans its shard and the
   top-k of each feature map is merged across replicas by one ``all_gather``.
 
 Ties go to the earlier image (then the earlier position), as in
-:func:`tbviz.deconvnet.top_units`; NaN and Inf activations are never chosen,
+:func:`tbviz.methods.deconvnet.top_units`; NaN and Inf activations are never chosen,
 but counted (:attr:`Scan.nonfinite`) and warned about once.
 
 Example:
     >>> import numpy as np, keras
-    >>> from tbviz.deconvnet import scan
+    >>> from tbviz.methods.deconvnet import scan
     >>> model = keras.Sequential([
     ...     keras.Input((16, 16, 3)),
     ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv1"),
@@ -46,11 +46,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tbviz import receptive_field as rf
-from tbviz import checks
-from tbviz.checks import positive_int
-from tbviz.layers import check_layers, forward_to, image_input_shape
-from tbviz.backward_rules import backward_rule, check_rule
+from tbviz import backend
+from tbviz.core import receptive_field as rf
+from tbviz.core import checks
+from tbviz.core.checks import positive_int
+from tbviz.core.layers import check_layers, forward_to, image_input_shape
+from tbviz.core.backward_rules import check_rule
+from tbviz.methods.units import DEFAULT_MAX_BATCH, Unit
 
 __all__ = ["scan", "Scan"]
 
@@ -62,7 +64,7 @@ __all__ = ["scan", "Scan"]
 def _crop_axes(field, out_shape, image_shape):
     """Per layer axis: ``(starts, length, jump)``, the crop of each output index.
 
-    The crop is :func:`tbviz.receptive_field.crop_plan` 's where the field is
+    The crop is :func:`tbviz.core.receptive_field.crop_plan` 's where the field is
     smaller than the image; the whole axis where it is not, or where the field is
     unknown (then any projection needs the whole image anyway).
     """
@@ -251,7 +253,7 @@ class Scan(dict):
 
     def patches(self, layer: str) -> dict[int, list[np.ndarray]]:
         """``{channel: [patch, ...]}``: the input under each unit's receptive field, clipped
-        to the image - the same arrays as :func:`tbviz.deconvnet.patches` on the whole images."""
+        to the image - the same arrays as :func:`tbviz.methods.deconvnet.patches` on the whole images."""
         field = rf.receptive_field(self._model(), layer, self.image_shape[:2])
         result = {}
         for ch, units in self[layer].items():
@@ -267,13 +269,14 @@ class Scan(dict):
     def project(self, layer: str, rule: str = "deconvnet",
                 max_batch: int | None = None) -> dict[int, np.ndarray]:
         """``{channel: (n,) + image shape}``: each unit projected to pixel space from its crop -
-        the same numbers as :func:`tbviz.deconvnet.project` on the whole images (``max_batch``
-        crops per call, the deconvnet's default if None)."""
-        from tbviz.deconvnet import DEFAULT_MAX_BATCH
+        the same numbers as :func:`tbviz.methods.deconvnet.project` on the whole images
+        (``max_batch`` crops per call, the deconvnet's default if None)."""
+        from tbviz.methods.deconvnet import projector
 
         model = self._model()
         max_batch = positive_int("max_batch", max_batch or DEFAULT_MAX_BATCH)
-        fn = _projection_fn(model, layer, check_rule(rule))
+        fn = projector(model, (layer,), check_rule(rule))._project_fn(
+            layer, tuple(self.image_shape), crop=True)
         field = rf.receptive_field(model, layer, self.image_shape[:2])
         jumps = (field[0].jump, field[1].jump) if field is not None else (1, 1)
         result = {}
@@ -283,34 +286,12 @@ class Scan(dict):
             pos = np.array([(u.row - y0 // jumps[0], u.col - x0 // jumps[1], ch)
                             for u, (y0, x0) in zip(units, origins)], np.int32).reshape(-1, 3)
             for lo in range(0, len(units), max_batch):
-                grads = fn(crops[lo:lo + max_batch], pos[lo:lo + max_batch]).numpy()
+                grads = backend.numpy(fn(crops[lo:lo + max_batch], pos[lo:lo + max_batch]))
                 for i, g in enumerate(grads, lo):
                     y0, x0 = origins[i]
                     canvas[i, y0:y0 + g.shape[0], x0:x0 + g.shape[1]] = g
             result[ch] = canvas
         return result
-
-
-_PROJECTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _projection_fn(model, layer, rule):
-    """Traced projection of a batch of crops, one unit each (cached per model, layer, rule)."""
-    per_model = _PROJECTIONS.setdefault(model, {})
-    if (layer, rule) not in per_model:
-        from tbviz.deconvnet import _backward
-
-        forward = forward_to(model, [layer])
-        ref = weakref.ref(model)
-
-        @tf.function(reduce_retracing=True)
-        def fn(x, pos):
-            with backward_rule(rule, ref()):
-                out = forward(x)[layer]
-            return _backward(out, x, pos)
-
-        per_model[(layer, rule)] = fn
-    return per_model[(layer, rule)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,8 +437,6 @@ class _Scanner:
 
 
 def _result(model, plan, state, bad, seen, image_shape, layers) -> Scan:
-    from tbviz.deconvnet import Unit  # deconvnet imports this module at its end
-
     units, crops, origins = {}, {}, {}
     for layer, (channels, axes) in plan.items():
         s = {name: t.numpy() for name, t in state[layer].items()}

@@ -1,0 +1,33 @@
+"""The attribution methods by name, as callbacks and the sanity check ask for them.
+
+>>> from tbviz.methods.attribution.registry import METHODS, method_options
+>>> METHODS[:2]
+('saliency', 'smoothgrad')
+>>> method_options("occlusion")
+['patch', 'stride', 'baseline', 'max_batch']
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from tbviz.methods.attribution.cam import cam, grad_cam
+from tbviz.methods.attribution.gradients import guided_backprop, saliency, smoothgrad
+from tbviz.methods.attribution.occlusion import occlusion
+
+#: Every method's function, by the name callbacks take.
+FUNCTIONS = {"saliency": saliency, "smoothgrad": smoothgrad, "guided_backprop": guided_backprop,
+             "occlusion": occlusion, "cam": cam, "grad_cam": grad_cam}
+METHODS = tuple(FUNCTIONS)
+
+
+def get(method: str):
+    """The function of ``method``; a ``ValueError`` listing the methods otherwise."""
+    if method not in FUNCTIONS:
+        raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+    return FUNCTIONS[method]
+
+
+def method_options(method: str) -> list[str]:
+    """Keyword options a method takes beyond ``(model, images, target)``."""
+    return list(inspect.signature(get(method)).parameters)[3:]
