@@ -121,23 +121,36 @@ def test_tensorboard_viz_logs_every_part_of_a_vit(tmp_path):
     for method in methods:
         (step, images), = eventfiles.images(run, f"attribution/{method}")[-1:]
         assert step == 4 and len(images) == 2 and images[0].shape == (32, 48, 3)
-    # Feature maps: the patch embedding (a conv) and the last token layer on its 4 x 6 grid.
-    maps = eventfiles.images(run, "feature_maps/final_norm")[-1][1]
+    # Feature maps: the patch embedding (a conv) and the last block's output on its 4 x 6 grid.
+    maps = eventfiles.images(run, "feature_maps/block1_out")[-1][1]
     assert len(maps) == 2 and maps[0].shape[:2] == (4 * (4 * 6 + 1) - 1, 4 * (6 * 6 + 1) - 1)
     assert eventfiles.images(run, "feature_maps/patch_embed")
     assert 4 in eventfiles.histogram_steps(run, "activations/block1_mlp1")  # GELU
     attention = [t for t in eventfiles.tags(run) if t.startswith("gradients/block1_attn/")]
     assert len(attention) == 8  # query, key, value, output projection: kernel and bias
     assert all(4 in eventfiles.histogram_steps(run, t) for t in attention)
-    # The deconvnet projects the patch embedding, the one spatial layer it can: 4 tiles.
-    step, _, tiles = eventfiles.panels(run, "tbviz/deconvnet/patch_embed/topk")[1][-1]
-    assert step == 4 and len(tiles) == 2 * 4  # a projection and an input patch per unit
+    # The deconvnet projects the token layers that end each half-block (the Add layers),
+    # with the plain gradient: 4 units, a projection and an input patch each.
+    for layer in ("block0_add", "block0_out", "block1_add", "block1_out"):
+        content, steps = eventfiles.panels(run, f"tbviz/deconvnet/{layer}/topk")
+        step, _, tiles = steps[-1]
+        assert step == 4 and len(tiles) == 2 * 4 and content["rule"] == "gradient"
+    assert eventfiles.panels(run, "tbviz/attention/rollout")[1][-1][0] == 4
 
 
-def test_the_deconvnet_says_what_it_needs_when_given_a_token_layer(tmp_path):
-    model = models.compile(models.vit(SHAPE))
-    x, y = models.data(8, SHAPE)
+def test_the_deconvnet_says_what_it_needs_when_given_tokens_that_form_no_grid(tmp_path):
+    model = models.compile(models.vit((32, 32, 3), patch=(8, 4)))  # 4 x 8 patches, square image
+    x, y = models.data(8, (32, 32, 3))
     cb = DeconvnetCallback(tmp_path, x[:2], layers=["block0_out"])
-    with pytest.raises(ValueError, match=r"'block0_out' outputs tokens.*spatial feature map"
-                                         r".*Spatial layers of this model: patch_embed"):
+    with pytest.raises(ValueError, match=r"'block0_out' outputs 33 tokens of 16 channels, which "
+                                         r"form no grid.*token_grid=\(h, w\).*patch_embed"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+    cb = DeconvnetCallback(tmp_path, x[:2], layers=["block0_out"], top_k=2, token_grid=(4, 8),
+                           class_token=True, strict=True)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+    step, header, tiles = eventfiles.panels(tmp_path / "train",
+                                            "tbviz/deconvnet/block0_out/topk")[1][-1]
+    patches = [t for t in header["tiles"] if t["role"] == "patch"]
+    # Each patch is its token's 8 x 4 cell of the image.
+    assert [p["crop"] for p in patches] == [
+        [8 * p["row"], 8 * p["row"] + 8, 4 * p["col"], 4 * p["col"] + 4] for p in patches]

@@ -76,8 +76,10 @@ class Probe:
 #: Backward ops pfor refuses to vectorize over units: a depthwise convolution's (its
 #: converter wants a filter that varies with the unit: "expected to be not loop invariant";
 #: MobileNet, EfficientNet, Xception, NASNet, ConvNeXt's grouped convolutions) and a
-#: reflection padding's (no converter).
-_PFOR_REFUSES = ("DepthwiseConv2dNativeBackpropInput", "MirrorPadGrad")
+#: reflection padding's (no converter). And any pass through a softmax: pfor's vectorized
+#: backward pass of Keras' MultiHeadAttention gives wrong numbers or aborts the process
+#: (heap corruption, TensorFlow 2.21), so units behind attention go one row each.
+_PFOR_REFUSES = ("DepthwiseConv2dNativeBackpropInput", "MirrorPadGrad", "Softmax")
 
 
 def batch_refusals(probe: Probe, specs) -> list:

@@ -8,6 +8,17 @@ Subclasses implement three hooks, run by this class at the right moments:
 * :meth:`VizCallback.setup` (train begin, after ``check``): prepare (trace probes).
 * :meth:`VizCallback.write` (at each trigger): compute and log.
 
+A guest is never the first to call a model: where Keras has not built the model at
+train begin (a subclassed model never called, on TensorFlow; Keras builds it at the
+first training step, in training mode), ``check`` and ``setup`` wait for the end of
+the first training batch and then cover every layer and weight. Errors in the
+arguments then end ``fit`` after that one step.
+
+A second ``fit`` with the same callback runs ``check`` and ``setup`` again, and they
+find their traces where the first one left them (cached per model, keyed by its
+layers and weights, :func:`tbviz.core.layers.structure`): only what changed (a layer
+frozen, the model recompiled) is traced again.
+
 This class decides *when*: every ``every_n_epochs`` epochs and/or every
 ``every_n_steps`` optimizer steps, and *where*: the shared writer of
 ``<log_dir>/train`` (only on the chief under ``tf.distribute``).
@@ -19,6 +30,13 @@ gradient, out of memory in a probe, a log directory that disappeared) never ends
 method it was working on, where a subclass guards those one by one), one warning
 names the part, the layer, the cause and what to do, and the text summary
 ``tbviz/errors`` says the same in TensorBoard. ``strict=True`` re-raises instead.
+The advice goes by cause: an error that the model raises by itself (``model(x,
+training=False)`` on the part's inputs, without tbviz) is said to be the model's.
+Lasting problems that switch nothing off (a weight without gradient, a part with
+nothing to show) are *notices* (:meth:`VizCallback.notice`): warned once, and listed in
+the same ``tbviz/errors``. There is one such list per run folder, shared by every part
+writing there, rewritten in full at every step it changes, so its last event lists
+everything that is off and every notice of the run.
 Each part's time per log is written as the scalar ``tbviz/cost/<part>`` (seconds;
 ``tbviz/cost/<part>_setup`` once at train begin), so users see what logging costs.
 
@@ -48,21 +66,23 @@ import logging
 import os
 import re
 import time
-import weakref
 
 import keras
 import numpy as np
 
 from tbviz import backend
 from tbviz.core.checks import positive_int
-from tbviz.core.layers import layer_paths
+from tbviz.core.layers import call_model, is_built, layer_paths
 from tbviz.summary import writers
 from tbviz.summary import events
 
 log = logging.getLogger("tbviz")
 
-#: Lines of the ``tbviz/errors`` summary so far, per open writer (a run can hold several parts).
-_ERRORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: The ``tbviz/errors`` list of each run folder (absolute path): ``{(owner, key): line}`` in
+#: order of arrival, from every part writing to that run (and TensorBoardViz's notices), and
+#: the text last written there. Keyed by folder, not by writer: a part that fails at setup
+#: may close the writer before the next part opens a new one on the same folder.
+_ERRORS: dict = {}
 
 
 def part_name(cls) -> str:
@@ -75,13 +95,21 @@ def part_name(cls) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def advice(err: BaseException) -> str:
+def advice(err: BaseException, model_error: BaseException | None = None) -> str:
     """What a user can do about ``err`` (one sentence), by the kind of failure.
+    ``model_error``: what the model raised when called alone on the same inputs (the
+    error is then the model's own).
 
     >>> advice(MemoryError())
     'lower max_batch or pass fewer probe images'
+    >>> advice(TypeError("bad"), model_error=TypeError("bad"))[:60]
+    "the model raises this by itself (model(x, training=False) on"
     """
     text = str(err)
+    if model_error is not None:
+        return (f"the model raises this by itself (model(x, training=False) on the same inputs, "
+                f"without tbviz, fails with {_cause(model_error)}): it is the model's to fix, "
+                "and predict() and evaluate() fail the same way")
     if backend.is_out_of_memory(err) or "OOM" in text:
         return "lower max_batch or pass fewer probe images"
     if isinstance(err, LookupError) or "gradient" in text.lower():
@@ -141,6 +169,10 @@ class VizCallback(keras.callbacks.Callback):
         self._last_step = None
         self._warned: set = set()  # keys already warned about, see warn_once()
         self.failed: dict = {}  # what is switched off for this run -> its warning
+        self._deferred = False  # check() and setup() wait for the first training batch
+        self.ready = False  # setup has run in this fit (or failed: then the part is off)
+        self._errors_path = None
+        self._model_error = None  # what the model raises alone, once asked (see guard)
 
     @property
     def part(self) -> str:
@@ -159,12 +191,25 @@ class VizCallback(keras.callbacks.Callback):
         """Write this callback's summaries for global ``step``."""
         raise NotImplementedError
 
+    def own_inputs(self):
+        """The inputs this part runs the model on (its probe images), or ``None``: the guard
+        calls the model alone on them to tell the model's own errors from tbviz's."""
+        return None
+
     def warn_once(self, key, message: str, *args) -> None:
         """Log ``message % args`` as a warning the first time ``key`` comes up, so a problem
-        that lasts (NaN weights, say) is said once, not at every trigger."""
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, *args)
+        that lasts (NaN weights, say) is said once, not at every trigger; it is a notice of
+        the run's ``tbviz/errors`` too (:meth:`notice`)."""
+        self.notice(key, message % args if args else message)
+
+    def notice(self, key, message: str) -> None:
+        """Say ``message`` once per fit (a warning) and list it in ``tbviz/errors``: a lasting
+        problem that switches nothing off, or a part that has nothing to show."""
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning("%s", message)
+        self._add_error(("notice", key), message)
 
     def finite(self, tag: str, values) -> np.ndarray:
         """``values`` with NaN and Inf replaced by 0, so images of a diverged model still draw.
@@ -210,33 +255,74 @@ class VizCallback(keras.callbacks.Callback):
                 layer = None
             self._switch_off(stage, item, layer, err)
 
+    def _model_raises(self, err):
+        """What the model raises when called alone on this part's inputs, or ``None`` (it
+        runs, or there is nothing to call it on). Asked once per fit, only after a failure,
+        and never for out-of-memory or file errors (those are no model's)."""
+        if backend.is_out_of_memory(err) or backend.is_file_error(err) or not self.ready:
+            return None
+        if self._model_error is None:
+            self._model_error = False
+            try:
+                x = self.own_inputs()
+                if x is not None and self.model is not None:
+                    call_model(self.model, x)
+            except Exception as own:  # noqa: BLE001 - that is the answer
+                self._model_error = own
+        return self._model_error or None
+
     def _switch_off(self, stage, item, layer, err):
         where = f"layer {layer!r}" if layer else "the model"
         what = ("this part" if item is None else repr(item) if isinstance(item, str)
                 else repr(" ".join(map(str, item))))
         cause = _cause(err)
+        try:
+            own = self._model_raises(err)
+        except Exception:  # noqa: BLE001 - telling causes apart is a courtesy
+            own = None
         message = (f"tbviz: {self.part} failed at {stage} on {where} ({cause}); {what} is off "
-                   f"for the rest of this run, training goes on. What to do: {advice(err)}.")
+                   f"for the rest of this run, training goes on. What to do: "
+                   f"{advice(err, own)}.")
         self.failed[item] = message
         log.warning("%s", message)
-        self._write_error(message)
+        self._add_error(("off", item), message)
         if item is None:
             with contextlib.suppress(Exception):  # the writer itself may be what failed
                 self._release()
 
-    def _write_error(self, message):
+    # -- the run's tbviz/errors list --------------------------------------------------------------
+    def _add_error(self, key, message):
+        """Add ``message`` to this run's ``tbviz/errors`` list and write the list (chief only)."""
+        if not self.chief or self._errors_path is None:
+            return
+        entry = _ERRORS.setdefault(self._errors_path, {"lines": {}, "written": ""})
+        entry["lines"].setdefault((id(self), key), "* " + message)
+        self.write_errors()
+
+    def write_errors(self):
+        """Write this run's ``tbviz/errors`` list where it changed since it was last written."""
+        entry = _ERRORS.get(self._errors_path)
         writer = self.writer
-        if writer is None or not self.chief:
+        if entry is None or writer is None or not self.chief:
+            return
+        text = "\n".join(entry["lines"].values())
+        if text == entry["written"]:
             return
         try:
-            lines = _ERRORS.setdefault(writer, [])
-            lines.append("* " + message)
             with writer.as_default(step=self._last_step or self.global_step):
-                events.text("tbviz/errors", "\n".join(lines),
-                                description="tbviz parts switched off in this run, and why")
+                events.text("tbviz/errors", text or "(nothing is off in this fit)",
+                            description="tbviz parts switched off in this run, and notices")
             writer.flush()
+            entry["written"] = text
         except Exception:  # noqa: BLE001 - an unwritable run: the warning has said it
             pass
+
+    def _forget_errors(self):
+        """A new fit: this part's entries of the list go (they come back if they still hold)."""
+        entry = _ERRORS.get(self._errors_path)
+        if entry is not None:
+            for key in [k for k in entry["lines"] if k[0] == id(self)]:
+                del entry["lines"][key]
 
     def _cost(self, name, seconds, step):
         with self.writer.as_default(step=step):
@@ -265,29 +351,50 @@ class VizCallback(keras.callbacks.Callback):
         return int(opt.iterations.numpy())
 
     def on_train_begin(self, logs=None):
+        self.begin(logs)
+
+    def begin(self, logs=None, start_step: int | None = None):
+        """Train begin: the writer, then ``check`` and ``setup`` (now, or after the first
+        training batch where Keras has not built the model yet). ``start_step``: the
+        optimizer's step when ``fit`` began, for a part that joins after the first batch
+        (TensorBoardViz's parts that need the built model)."""
         self.chief = backend.is_chief(self.model)
-        fresh = []  # folders this call creates: removed again if check() fails
+        self._fresh = []  # folders this call creates: removed again if check() fails
         if self.chief:
-            fresh = [p for p in (self.log_dir, os.path.join(self.log_dir, self.run))
-                     if not os.path.exists(p)]
+            self._fresh = [p for p in (self.log_dir, os.path.join(self.log_dir, self.run))
+                           if not os.path.exists(p)]
             writers.check_writable(self.log_dir)
         self._release()
-        self.failed, self._last_step = {}, None
+        self.failed, self._last_step, self._warned = {}, None, set()
+        self.ready, self._model_error = False, None
         self.writer = self.writer_for(self.run)
+        self._errors_path = os.path.abspath(os.path.join(self.log_dir, self.run))
+        self._forget_errors()
         # Batches trained so far; the optimizer's count at start (a resumed run continues).
-        self._batches = self._epoch_start = self.global_step
+        self._batches = self._epoch_start = (self.global_step if start_step is None
+                                             else int(start_step))
+        self._deferred = not is_built(self.model)
+        if not self._deferred:
+            self._check_and_setup()
+
+    def _check_and_setup(self):
+        self._deferred = False
         try:
             self.check()
         except Exception:
             self._release()
-            writers.remove_unused(fresh)
+            writers.remove_unused(self._fresh)
             raise
         with self.guard("setup"):
             start = time.perf_counter()
+            self.ready = True
             self.setup()
-            self._cost(f"{self.part}_setup", time.perf_counter() - start, self._batches)
+            self._cost(f"{self.part}_setup", time.perf_counter() - start, self.global_step)
+        self.write_errors()  # a fit that begins with fewer problems than the last one says so
 
     def _trigger(self, logs):
+        if not self.ready:
+            return
         step = self.global_step
         if step == self._last_step:  # an epoch end right after a step trigger: same state
             return
@@ -301,7 +408,14 @@ class VizCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._batches
 
+    def setup_if_deferred(self):
+        """After the first training batch: the deferred ``check`` and ``setup`` (see module
+        doc). A subclass overriding ``on_train_batch_end`` calls it first."""
+        if self._deferred and self.writer is not None:
+            self._check_and_setup()
+
     def on_train_batch_end(self, batch, logs=None):
+        self.setup_if_deferred()
         # Counted from Keras' batch index, not read from the optimizer each batch (a device
         # read per step); the step a trigger is labelled with is read then. Keras reports
         # the last batch of a multi-step execution, hence "crossed a multiple of n".
@@ -311,6 +425,7 @@ class VizCallback(keras.callbacks.Callback):
             self._trigger(logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        self.setup_if_deferred()  # an epoch of no batches: set up anyway
         if self.every_n_epochs and self.writer is not None and (epoch + 1) % self.every_n_epochs == 0:
             self._trigger(logs)
         if self.writer is not None:

@@ -51,7 +51,9 @@ from tbviz import backend
 from tbviz.callbacks.base import VizCallback
 from tbviz.callbacks.histograms import check_fits
 from tbviz.core.checks import positive_int
-from tbviz.core.layers import capture_outputs, check_layers, children, get_layer, layer_paths
+from tbviz.core import probes
+from tbviz.core.layers import (call_model, capture_outputs, check_layers, children, get_layer,
+                               layer_paths, structure)
 from tbviz.stats.cka import REDUCTIONS, cka_from_grams
 from tbviz.summary import layouts, metadata
 from tbviz.summary import events
@@ -152,23 +154,15 @@ class ConvergenceCallback(VizCallback):
         self.settled = {}
         layouts.add(self.writer, "convergence", layout())
 
+    def own_inputs(self):
+        return getattr(self, "_x", None)
+
     def _make_probe(self):
-        model, paths, pool = self.model, self.layers, self.reduce == "pool"
-
-        def grams(x):
-            with capture_outputs(model, paths) as seen:
-                model(x, training=False)
-            out = []
-            for p in paths:
-                a = keras.ops.cast(seen[p], "float32")
-                if pool and len(a.shape) > 2:
-                    a = keras.ops.mean(a, axis=list(range(1, len(a.shape) - 1)))
-                a = keras.ops.reshape(a, (a.shape[0] if a.shape[0] is not None else -1, -1))
-                a = a - keras.ops.mean(a, axis=0)  # center first: a big mean would cancel
-                out.append(keras.ops.matmul(a, keras.ops.transpose(a)))
-            return out
-
-        return backend.function(grams, models=[model])
+        """The Gram-matrix probe, traced once per model and layers (a later ``fit`` reuses it)."""
+        model, paths, pool = self.model, tuple(self.layers), self.reduce == "pool"
+        return probes.traced(model, ("convergence", structure(model), paths, pool),
+                             lambda ref: backend.function(_grams_fn(ref, paths, pool),
+                                                          models=[ref()]))
 
     def _grams(self) -> dict:
         return {p: g.astype(np.float64)
@@ -202,3 +196,27 @@ class ConvergenceCallback(VizCallback):
             events.text(metadata.SETTLED_TAG.format(layer=path),
                             metadata.settled_message(path, first),
                             description=f"{self.rule}; from step {first}")
+
+
+def _grams_fn(ref, paths, pool):
+    """``x -> [n x n Gram matrix of each layer's centered activations]`` for the model behind
+    ``ref`` (a weak reference: the cached probe must not keep the model alive)."""
+    def grams(x):
+        model = ref()
+        with capture_outputs(model, paths) as seen:
+            call_model(model, x)
+        out = []
+        for p in paths:
+            a = keras.ops.cast(_first(seen[p]), "float32")
+            if pool and len(a.shape) > 2:
+                a = keras.ops.mean(a, axis=list(range(1, len(a.shape) - 1)))
+            a = keras.ops.reshape(a, (a.shape[0] if a.shape[0] is not None else -1, -1))
+            a = a - keras.ops.mean(a, axis=0)  # center first: a big mean would cancel
+            out.append(keras.ops.matmul(a, keras.ops.transpose(a)))
+        return out
+    return grams
+
+
+def _first(out):
+    """A layer's output tensor; the first of several (a layer returning a tuple)."""
+    return out if hasattr(out, "shape") else keras.tree.flatten(out)[0]

@@ -21,6 +21,13 @@ all the scanned images), and the evolution shows each fixed map's strongest
 unit over the scanned data. Those patches come from the dataset, not from the
 probe images, so they are stored as tiles of their own.
 
+A vision transformer's token layers ``(N, T, D)`` are shown the same way: a unit is a
+token channel at one cell of the patch grid (:mod:`tbviz.core.tokens`; ``token_grid=``
+and ``class_token=`` say the grid where the token count cannot), its input patch is the
+image region of its token, and it is projected with the plain gradient (the panels'
+``rule`` says ``"gradient"``), cut to where the projection matters. See
+:mod:`tbviz.methods.deconvnet`.
+
 Each image is stored once; two opt-in extras would each about double the event
 data (README, "A light run"):
 
@@ -55,7 +62,7 @@ import os
 import keras
 import numpy as np
 
-from tbviz.core import probes
+from tbviz.core import probes, tokens
 from tbviz.methods import deconvnet
 from tbviz.core.backward_rules import check_rule, plain_gradient_note
 from tbviz.callbacks.base import VizCallback
@@ -127,6 +134,9 @@ class DeconvnetCallback(VizCallback):
             ``tbviz/stylized/probes`` with ``probe_images=that_callback.stylized``). The
             patches are cut from it and no probes panel of this callback's own is written:
             the same pixels are stored once. ``None``: write ``tbviz/deconvnet/<model>/probes``.
+        token_grid / class_token: a vision transformer's patch grid ``(h, w)`` and its leading
+            tokens (``True``: a class token, ``False``: none, or a count: 2 for DeiT), where
+            they cannot be found from the token count and the image shape.
         strict: re-raise a failure instead of switching the deconvnet off.
 
     All arguments are checked here or at train begin, before any training step.
@@ -139,7 +149,7 @@ class DeconvnetCallback(VizCallback):
                  image_grids: bool = False, raw: bool = False, scan_data=None,
                  scan_limit: int | None = None, seed: int = 0, run: str = "train",
                  vectorize: bool = False, probes_panel: str | None = None,
-                 strict: bool = False):
+                 token_grid=None, class_token=None, strict: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
                          strict=strict)
         if not isinstance(run, str) or not run or os.sep in run:
@@ -161,6 +171,7 @@ class DeconvnetCallback(VizCallback):
         self.scan_limit = positive_int("scan_limit", scan_limit, allow_none=True)
         self.seed = int(seed)
         self.vectorize = bool(vectorize)
+        self.token_grid, self.class_token = token_grid, class_token
         self.layers = [layers] if isinstance(layers, str) else list(layers or [])
         if not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ValueError(f"layers must be a layer path or a non-empty list of them, "
@@ -222,7 +233,8 @@ class DeconvnetCallback(VizCallback):
             self._scan_shape = look.image_shape
             firing = {path: [c for c, units in look[path].items()
                              if units and units[0].value > 0] for path in self.layers}
-        shapes = _check_projectable(probe, self._image_shape or self._scan_shape, self.layers)
+        shapes = _check_projectable(probe, self._image_shape or self._scan_shape, self.layers,
+                                    self.token_grid, self.class_token)
         for path, chosen in (self.channels or {}).items():
             if path in shapes:  # a layer that never runs: the projector says so at setup
                 check_channels(chosen, shapes[path][-1], path)
@@ -234,7 +246,8 @@ class DeconvnetCallback(VizCallback):
         # the patches name that step.
         self._probes_step = None
         probe, images, firing = self._checked
-        self._projector = deconvnet.projector(probe, self.layers, self.rule, self.vectorize)
+        self._projector = deconvnet.projector(probe, self.layers, self.rule, self.vectorize,
+                                              self.token_grid, self.class_token)
         if images is not None:
             self._projector.prepare(self._image_shape)  # every trace happens now, never later
             acts = self._projector.activations(images)
@@ -328,6 +341,13 @@ class DeconvnetCallback(VizCallback):
                 self._write_layer(path, view["sets"], raw, view["boxes"], view["patches"],
                                   display, view.get("per_image"))
 
+    def _patch_boxes(self, path, image_shape, units, boxes):
+        """Where each unit's input patch is: its receptive field (``boxes``), or for a token
+        layer the image region of its token."""
+        if self._projector.token_grid_of(path, image_shape) is None:
+            return boxes
+        return self._projector.windows(path, image_shape, units)
+
     def _boxes(self, path, image_shape, units, raw):
         if self._projector.field(path, image_shape) is None:
             # No field from the layers (instance norm, custom layers): cut each tile
@@ -370,8 +390,9 @@ class DeconvnetCallback(VizCallback):
             view["sets"][1].extend(evo)
             view["raw"].append(raw)
             view["boxes"].extend(boxes)
-            view["patches"].extend((_cut(display[u.image_index], b), int(u.image_index))
-                                   for u, b in zip(units, boxes))
+            view["patches"].extend((_cut(display[u.image_index], b), int(u.image_index), b)
+                                   for u, b in zip(units, self._patch_boxes(
+                                       path, self._image_shape, units, boxes)))
             own = projections[path][[where[u] for u in per_image[path]]]
             view["per_image"] = (per_image[path], own,
                                  self._boxes(path, self._image_shape, per_image[path], own))
@@ -385,7 +406,8 @@ class DeconvnetCallback(VizCallback):
             maps = [u for c in channels for u in found[path][c]]
             if not maps:
                 continue
-            projected = found.project(path, rule=self.rule, max_batch=self.max_batch)
+            projected = found.project(path, rule=self._rule_of(path, shape),
+                                      max_batch=self.max_batch)
             raw = np.concatenate([projected[c] for c in channels])
             evo_at = np.cumsum([0] + [len(found[path][c]) for c in channels])[:-1]
             boxes = self._boxes(path, shape, maps, raw)
@@ -394,7 +416,7 @@ class DeconvnetCallback(VizCallback):
             if self._projector.field(path, shape) is None:  # the patch is the whole image
                 crops = [_cut(p, b) for p, b in zip(crops, boxes)]
             # Dataset images are not among the probe images: each patch is a tile of its own.
-            display = [(p, None) for p in _display_patches(crops)]
+            display = [(p, None, None) for p in _display_patches(crops)]
             view = views[path]
             view["sets"][1].extend(maps[i] for i in evo_at)
             view["sets"][2].extend(maps)
@@ -408,17 +430,32 @@ class DeconvnetCallback(VizCallback):
         raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
         tiles, pngs = self._projection_tiles(
             path, units, [_enlarge(_tile(r, b), scale) for r, b in zip(raw, boxes)], in_topk)
-        rule = self._computed_rule()
+        rule = self._computed_rule(path)
         metadata.write_panel(
             f"tbviz/deconvnet/{path}/perimage", metadata.PERIMAGE, pngs, tiles,
             description=f"{rule} projection of each probe image's strongest unit of {path}"
-                        + (f" ({self._plain_note})" if self._plain_note else ""),
+                        + self._rule_note(path),
             layer=path, layer_index=self._layer_index[path], rule=rule,
             model=self._projector.model.name)
 
-    def _computed_rule(self):
-        """The rule the projections follow: the plain gradient where the rule met no activation."""
-        return "gradient" if self._plain_note else self.rule
+    def _rule_of(self, path, image_shape):
+        return self._projector.rule_of(path, image_shape)
+
+    def _computed_rule(self, path):
+        """The rule the projections of ``path`` follow: the plain gradient for a token layer
+        and where the rule met no activation."""
+        shape = self._image_shape or self._scan_shape
+        return "gradient" if self._plain_note else self._rule_of(path, shape)
+
+    def _rule_note(self, path) -> str:
+        """Why a layer's projections are the plain gradient, for its panels' descriptions."""
+        if self._plain_note:
+            return f" ({self._plain_note})"
+        shape = self._image_shape or self._scan_shape
+        if self.rule != "gradient" and self._rule_of(path, shape) == "gradient":
+            return (f" (a token layer: projected with the plain gradient, not the {self.rule} "
+                    "rule; patches are the image regions of the tokens)")
+        return ""
 
     @property
     def probes_tag(self) -> str:
@@ -453,16 +490,15 @@ class DeconvnetCallback(VizCallback):
     def _write_layer(self, path, sets, raw, boxes, patches, display, per_image=None):
         top, evo, maps = sets
         k, n_evo = len(top), len(evo)
-        rule = self._computed_rule()
+        rule = self._computed_rule(path)
         scale = _scale_for(boxes)
         proj_tiles = [_enlarge(_tile(raw[i], b), scale) for i, b in enumerate(boxes)]
         source = "the scanned images" if self.scan_data is not None else "the probe images"
         note = (f"{rule} projections of the strongest activations of {path} over the probe "
-                "images; contrast normalized per tile"
-                + (f" ({self._plain_note})" if self._plain_note else ""))
+                "images; contrast normalized per tile" + self._rule_note(path))
         # (a probe image's patch needs a tile of its own only in the Images-dashboard grids)
         patch_tiles = [_enlarge(p, scale) if self.image_grids or at is None else None
-                       for p, at in patches]
+                       for p, at, _ in patches]
         if self.image_grids:
             self._write_grids(path, top, evo, proj_tiles, patch_tiles, note, source)
         # "model" lets the dashboard group layers when two networks log into one run
@@ -475,7 +511,7 @@ class DeconvnetCallback(VizCallback):
         # once, in the probes panel, and cut out by the dashboard. A scanned patch is a tile
         # of its own (its dataset image is not stored).
         patch_json, patch_pngs = [], []
-        for u, b, (_, at), t in zip(top + evo + maps, boxes, patches, patch_tiles):
+        for u, (_, at, b), t in zip(top + evo + maps, patches, patch_tiles):
             patch_json.append(dict(_unit_json(u), role="patch"))
             if at is not None:  # (a probes_panel holds this step's images: no source_step)
                 patch_json[-1].update(source=at, crop=[int(v) for v in b])
@@ -527,7 +563,7 @@ class DeconvnetCallback(VizCallback):
         if evo:
             events.image(f"deconvnet/{path}/evolution",
                              tiles_lib.grid(proj_tiles[k:k + n_evo])[None], max_outputs=1,
-                             description=f"{self._computed_rule()} projection of the strongest "
+                             description=f"{self._computed_rule(path)} projection of the strongest "
                                          f"unit over {source} of each fixed feature map of "
                                          f"{path}, channels "
                                          + ", ".join(str(u.channel) for u in evo))
@@ -569,7 +605,7 @@ class DeconvnetCallback(VizCallback):
         units = [(n, u) for n, units in enumerate(sets) for u in units]
         table = np.array([(n, u.image_index, u.row, u.col, u.channel, u.value) + tuple(box)
                           for (n, u), box in zip(units, boxes)], np.float64)
-        about = {"layer": path, "rule": self._computed_rule(), "columns": list(UNIT_COLUMNS)}
+        about = {"layer": path, "rule": self._computed_rule(path), "columns": list(UNIT_COLUMNS)}
         events.tensor(f"deconvnet/{path}/raw", cut,
                          metadata=metadata.create_raw_metadata(
                              "raw projections (float16, clipped to the float16 range), each cut "
@@ -580,20 +616,34 @@ class DeconvnetCallback(VizCallback):
                              "one row per raw tile: " + ", ".join(UNIT_COLUMNS), **about))
 
 
-def _check_projectable(model, image_shape, layers) -> dict:
-    """``{layer: output shape}``; a ``ValueError`` for a layer the deconvnet cannot project
-    (a transformer's token sequence, say), naming the layers it can."""
-    shapes = probes.layer_output_shapes(model, image_shape)
+def _check_projectable(model, image_shape, layers, token_grid=None, class_token=None) -> dict:
+    """``{layer: output shape}`` (a token layer's on its grid); a ``ValueError`` for a layer
+    the deconvnet cannot project (a 3-D output that is no token grid, say), naming the
+    layers it can."""
+    shapes = dict(probes.layer_output_shapes(model, image_shape))
+    grids = tokens.token_layers(shapes, image_shape, token_grid, class_token)
     for path in layers:
         shape = shapes.get(path)
-        if shape is not None and len(shape) not in (2, 4):
-            fitting = [p for p, s in shapes.items() if len(s) == 4]
-            kind = "tokens (a vision transformer's?)" if len(shape) == 3 else "values"
+        if shape is None or len(shape) in (2, 4):
+            continue
+        if path in grids:
+            h, w, _ = grids[path]
+            shapes[path] = (shape[0], h, w, shape[-1])
+            continue
+        fitting = [p for p, s in shapes.items() if len(s) == 4] + list(grids)
+        if len(shape) == 3:
+            told = "" if token_grid is None else f" with token_grid={tuple(token_grid)}"
             raise ValueError(
-                f"layer {path!r} outputs {kind} of shape (N,) + {shape[1:]}; the deconvnet "
-                "projects units of a spatial feature map (N, H, W, C) or of a flat (N, features) "
-                "layer back through the layers before it. Spatial layers of this model: "
+                f"layer {path!r} outputs {shape[1]} tokens of {shape[2]} channels, which form no "
+                f"grid of patch tokens for images of {tuple(image_shape[:2])}{told} (T = h*w at "
+                "the image's aspect ratio, after a class token or none); say the grid with "
+                "token_grid=(h, w) and class_token=. Spatial and token layers of this model: "
                 f"{', '.join(fitting) or '(none)'}")
+        raise ValueError(
+            f"layer {path!r} outputs values of shape (N,) + {shape[1:]}; the deconvnet projects "
+            "units of a spatial feature map (N, H, W, C), of a vision transformer's patch "
+            "tokens (N, T, D) or of a flat (N, features) layer back through the layers before "
+            f"it. Spatial and token layers of this model: {', '.join(fitting) or '(none)'}")
     return shapes
 
 

@@ -25,7 +25,7 @@ from tbviz.callbacks.base import VizCallback
 from tbviz.core.checks import positive_int
 from tbviz.methods.feature_maps import conv_layers, display_scale, grid_outputs, kernel_grid, map_grids
 from tbviz.core.layers import check_images, check_layers, get_layer
-from tbviz.core.tokens import token_layers
+from tbviz.core.tokens import default_token_layers
 from tbviz.summary import events
 
 
@@ -52,7 +52,9 @@ class FeatureMapsCallback(VizCallback):
         token_grid / class_token: a vision transformer's patch grid ``(h, w)`` and whether
             its first token is a class token, where they cannot be found from the token
             count (see :mod:`tbviz.core.tokens`). Token layers are shown on that grid; a model
-            with token layers after its last conv layer shows its last token layer.
+            with token layers after its last conv layer shows its last token layer (its last
+            transformer block's output, :func:`tbviz.core.tokens.default_token_layers`), and
+            one without conv layers its first and last.
         strict: re-raise a failure instead of switching that layer off.
     """
 
@@ -97,21 +99,27 @@ class FeatureMapsCallback(VizCallback):
             self._scales["kernels", layer] = self.scale or display_scale(size)
         if not (self.layers or self.kernel_layers):
             raise ValueError(f"nothing to log: model {model.name!r} has no conv layers "
-                             "and no layers were given")
+                             "and no layers of patch tokens, and no layers were given")
 
     def _default_layers(self, convs) -> list[str]:
-        last = convs[-1:]
-        if self.probe_images is not None and convs:
-            # A vision transformer: its patch embedding is the only conv. Show its last
-            # layer of tokens on their grid instead of the embedding twice.
+        """The first and the last conv layer; where token layers come after the last conv
+        (a vision transformer: its patch embedding is the only conv, or it has none), the
+        last of those on its grid, and without any conv layer the first of them too."""
+        first, last = convs[:1], convs[-1:]
+        if self.probe_images is not None:
             image_shape = check_images(self.model, self.probe_images, "probe_images").shape[1:]
             shapes = probes.layer_output_shapes(self.model, image_shape)
             order = list(shapes)
-            grids = token_layers(shapes, image_shape, self.token_grid, self.class_token)
-            after = [p for p in grids if convs[-1] in order and
-                     order.index(p) > order.index(convs[-1])]
+            shown = default_token_layers(self.model, shapes, image_shape, 2, self.token_grid,
+                                         self.class_token)
+            after = [p for p in shown if not convs or (convs[-1] in order and
+                                                       order.index(p) > order.index(convs[-1]))]
             last = after[-1:] or last
-        return list(dict.fromkeys(convs[:1] + last))
+            first = first or after[:1]
+        return list(dict.fromkeys(first + last))
+
+    def own_inputs(self):
+        return self._probes
 
     def write(self, step, logs):
         with self.writer.as_default(step=step):

@@ -19,7 +19,8 @@ import logging
 from tensorboard.compat.proto import summary_pb2
 
 from tbviz import backend
-from tbviz.core import graphs
+from tbviz.core import graphs, probes
+from tbviz.core.layers import structure
 from tbviz.callbacks.base import VizCallback
 from tbviz.summary import events
 
@@ -71,7 +72,10 @@ class GraphCallback(VizCallback):
 
     def _write_graphs(self):
         spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
-        graph_def = graphs.op_graph(self.model, fn=self.graph_fn, spec=spec)
+        # Traced once per model, function and layers: a later fit() writes the same graph.
+        key = ("op_graph", structure(self.model)[0], id(self.graph_fn), tuple(spec))
+        graph_def = probes.traced(self.model, key, lambda ref: graphs.op_graph(
+            ref(), fn=self.graph_fn, spec=spec))
         with self.writer.as_default():
             events.graph(graph_def.SerializeToString())
         self._write_conceptual()
@@ -90,6 +94,7 @@ class GraphCallback(VizCallback):
             events.tensor("keras", text, step=0, metadata=md)
 
     def on_train_batch_end(self, batch, logs=None):
+        self.setup_if_deferred()
         if self._pending and self.writer is not None:
             self._pending = False
             with self.guard("the first step (a subclassed model's graph)"):

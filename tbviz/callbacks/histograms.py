@@ -12,10 +12,19 @@ Example:
 
 TensorBoard then shows, under Histograms and Distributions:
 ``conv/kernel``, ``conv/bias``, ... (every weight, by layer); with ``probe_data``
-also ``gradients/<layer>/<variable>`` and ``activations/<layer>``, and under
+also ``gradients/<layer>/<variable>`` and ``activations/<layer>`` (a layer that
+returns several tensors, a tuple say: ``activations/<layer>/<i>``), and under
 Scalars ``gradient_norm/<layer>``, ``update_ratio/<layer>`` (how far the last
 step moved the layer's weights, relative to their norm), ``zero_fraction/<layer>``
 and ``dead_units/<layer>`` (ReLU channels that are zero on every probe input).
+
+Gradients as data, not errors: a sparse gradient (an ``Embedding``'s
+``IndexedSlices`` on TensorFlow) is made dense; a trainable weight the loss does not
+reach in inference mode (unused, or used only in training) has no gradient: it is
+skipped, and the weights without one are counted and named in a notice
+(``tbviz/errors``). JAX does not tell an unused weight from one whose gradient is
+zero (it gives zeros): there such a weight gets a histogram of zeros, and every
+backend's notice counts the weights whose gradient is exactly zero as well.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ import numpy as np
 
 from tbviz import backend, stats
 from tbviz.callbacks.base import VizCallback
-from tbviz.core.layers import (capture_outputs, children, get_layer, input_shapes, layer_paths,
-                               relu_layers, weights_by_layer)
+from tbviz.core import probes
+from tbviz.core.layers import (call_model, capture_outputs, children, get_layer, input_shapes,
+                               layer_paths, relu_layers, structure, weights_by_layer)
 from tbviz.summary import events, histograms
 
 
@@ -104,6 +114,7 @@ class HistogramCallback(VizCallback):
                 self.by_layer.setdefault(tag.rsplit("/", 1)[0], []).append(v)
         self._snapshot = None
         self._probe = self._grads_fn = None
+        self.no_gradient, self.zero_gradient = [], []  # weight tags, at the last probe
         if self.probe_data is None:
             return
         x, y = split_probe(self.probe_data)
@@ -129,34 +140,50 @@ class HistogramCallback(VizCallback):
             except Exception:  # noqa: BLE001 - without labels, the loss may be what fails
                 if self.y is not None:
                     raise
-                self.warn_once("nograd", "tbviz: no gradient histograms: the model's loss needs "
-                                "labels; pass probe_data=(x, y)")
+                self.notice("nograd", "tbviz: no gradient histograms: the model's loss needs "
+                            "labels; pass probe_data=(x, y)")
                 self._probe = self._make_probe(with_loss=False)
                 self._run_probe()
 
+    def own_inputs(self):
+        return getattr(self, "x", None)
+
     def _make_probe(self, with_loss):
-        model, paths, variables = self.model, self.act_paths, self.grad_vars
+        """The probe (traced once per model, loss, layers and weights: a second ``fit`` finds
+        it here; freezing a layer or recompiling makes a new one)."""
+        model, paths, variables = self.model, tuple(self.act_paths), list(self.grad_vars)
+        # The compiled loss that compute_loss reads: a recompile replaces it.
+        loss_id = id(getattr(model, "_compile_loss", None) or getattr(model, "loss", None))
+        key = ("histograms", structure(model), paths, tuple(id(v) for v in variables),
+               with_loss, loss_id)
 
-        def probe(x, y):
-            def loss():
-                with capture_outputs(model, paths) as seen:
-                    y_pred = model(x, training=False)
-                    value = (model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-                             if with_loss else None)
-                return value, {p: seen[p] for p in paths if p in seen}
+        def build(ref):
+            def probe(x, y):
+                m = ref()
 
-            if not with_loss:
-                return [], loss()[1]
-            acts, grads = backend.variable_gradients(loss, variables)
-            return grads, acts
+                def loss():
+                    with capture_outputs(m, paths) as seen:
+                        y_pred = call_model(m, x)
+                        value = (m.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+                                 if with_loss else None)
+                    # A layer may return several tensors (a tuple, a dict): each is kept.
+                    return value, {p: [t for t in keras.tree.flatten(seen[p])
+                                       if hasattr(t, "shape")] for p in paths if p in seen}
 
-        return backend.function(probe, models=[model])
+                if not with_loss:
+                    return [], loss()[1]
+                acts, grads = backend.variable_gradients(loss, variables)
+                return grads, acts
+
+            return backend.function(probe, models=[ref()])
+
+        return probes.traced(model, key, build)
 
     def _run_probe(self):
         # compute_loss updates compiled-loss trackers; keep them as they were so the probe
         # never changes what fit() reports.
         metric_vars = list(getattr(self.model, "metrics_variables", []))
-        saved = [keras.ops.convert_to_numpy(v) for v in metric_vars]
+        saved = [v.numpy() for v in metric_vars]
         try:
             return backend.numpy(self._probe(self.x, self.y))
         finally:
@@ -176,15 +203,17 @@ class HistogramCallback(VizCallback):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.writer is not None and self._next_step_triggers(batch):
+        if self.ready and self.writer is not None and self._next_step_triggers(batch):
             with self.guard(f"batch {batch} begin (weights before the step)"):
                 self._snapshot = (self.global_step + 1,
                                   {k: [v.numpy() for v in vs] for k, vs in self.by_layer.items()})
 
     # -- writing ----------------------------------------------------------------------------
     def _histogram(self, tag, values):
-        values = keras.ops.convert_to_numpy(values) if not isinstance(values, np.ndarray) \
-            else values
+        if isinstance(values, keras.Variable):  # (convert_to_numpy warns on a variable)
+            values = values.numpy()
+        elif not isinstance(values, np.ndarray):
+            values = keras.ops.convert_to_numpy(values)
         bad = histograms.write(tag, values)
         if bad:
             self.warn_once(tag, "tbviz: %s has %d non-finite values; histogram shows the "
@@ -213,20 +242,48 @@ class HistogramCallback(VizCallback):
     def _write_probe(self):
         grads, acts = self._run_probe()
         if grads:
-            by_var = {id(v): g for v, g in zip(self.grad_vars, grads)}
-            names = {id(v): tag for tag, v in self.weights}
-            for layer, variables in self.by_layer.items():
-                sq = 0.0
-                for v in variables:
-                    g = by_var.get(id(v))
-                    if g is None:
-                        continue
-                    self._histogram(f"gradients/{names[id(v)]}", g)
-                    sq += float(np.square(np.asarray(g, np.float64)).sum())
-                events.scalar(f"gradient_norm/{layer}", np.sqrt(sq))
-        for path, a in acts.items():
-            self._histogram(f"activations/{path}", a)
-            if path in self.relu_paths:
-                zero, dead = stats.zero_fractions(a)
+            self._write_gradients(grads)
+        for path, outs in acts.items():
+            for i, a in enumerate(outs):
+                self._histogram(f"activations/{path}" + (f"/{i}" if len(outs) > 1 else ""), a)
+            if path in self.relu_paths and len(outs) == 1:
+                zero, dead = stats.zero_fractions(outs[0])
                 events.scalar(f"zero_fraction/{path}", zero)
                 events.scalar(f"dead_units/{path}", dead)
+
+    def _write_gradients(self, grads):
+        by_var = {id(v): g for v, g in zip(self.grad_vars, grads)}
+        names = {id(v): tag for tag, v in self.weights}
+        none, zero = [], []
+        for layer, variables in self.by_layer.items():
+            sq, some = 0.0, False
+            for v in variables:
+                g = by_var.get(id(v))
+                if g is None:  # not reached by the loss in inference mode: data, not an error
+                    none.append(names[id(v)])
+                    continue
+                g = np.asarray(g, np.float64)
+                if not np.any(g):
+                    zero.append(names[id(v)])
+                self._histogram(f"gradients/{names[id(v)]}", g)
+                sq += float(np.square(g).sum())
+                some = True
+            if some:
+                events.scalar(f"gradient_norm/{layer}", np.sqrt(sq))
+        self.no_gradient, self.zero_gradient = none, zero
+        n = len(self.grad_vars)
+        if none:
+            self.notice(("no_gradient", tuple(none)), (
+                f"tbviz: histograms: {len(none)} of {n} trainable weights get no gradient from "
+                "the loss on the probe data (not used in inference mode, or not connected to "
+                f"the loss), so they have no gradient histogram: {_names(none)}"))
+        if zero:
+            self.notice(("zero_gradient", tuple(zero)), (
+                f"tbviz: histograms: {len(zero)} of {n} trainable weights have a gradient of "
+                "exactly zero on the probe data (dead units, a frozen path; on JAX also "
+                f"weights the loss does not use, which JAX gives zeros): {_names(zero)}"))
+
+
+def _names(tags, shown: int = 8) -> str:
+    more = len(tags) - shown
+    return ", ".join(tags[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -25,7 +25,7 @@ import re
 from tensorboard.compat.proto import graph_pb2
 
 from tbviz import backend
-from tbviz.core.layers import children, input_shapes
+from tbviz.core.layers import call_model, children, input_shapes
 
 _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
@@ -70,7 +70,7 @@ def op_graph(model, fn=None, spec=None) -> graph_pb2.GraphDef:
     spec = [as_spec(s) for s in (spec if spec is not None else input_spec(model))]
     if fn is None:
         def fn(*xs):
-            return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+            return call_model(model, xs[0]) if len(xs) == 1 else model(list(xs), training=False)
     graph_def = graph_pb2.GraphDef.FromString(backend.op_graph(fn, spec, models=[model]))
     return rename_scopes(graph_def, model)
 

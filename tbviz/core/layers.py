@@ -126,6 +126,27 @@ class Swaps:
 
 
 @contextlib.contextmanager
+def wrapped_calls(model, paths: Iterable[str], wrap):
+    """Within the block, each layer in ``paths`` runs ``wrap(path, call, *args, **kwargs)``
+    instead of its own ``call`` (which ``wrap`` gets as ``call``); restored on exit, also on
+    error. The one way tbviz looks inside a forward pass: it works for Sequential,
+    Functional, nested and subclassed models alike."""
+    paths = check_layers(model, paths)
+    swaps = Swaps()
+    try:
+        for path in paths:
+            layer = get_layer(model, path)
+
+            def call(*args, _original=layer.call, _path=path, **kwargs):
+                return wrap(_path, _original, *args, **kwargs)
+
+            swaps.set(layer, "call", call)
+        yield
+    finally:
+        swaps.restore()
+
+
+@contextlib.contextmanager
 def capture_outputs(model, paths: Iterable[str], add: dict | None = None):
     """Record the output of each layer in ``paths`` while the block runs the model.
 
@@ -136,25 +157,17 @@ def capture_outputs(model, paths: Iterable[str], add: dict | None = None):
     gradient w.r.t. an input of the probe (how Grad-CAM reads it on every backend).
     """
     add = add or {}
-    paths = check_layers(model, paths)
     seen: dict = {}
-    swaps = Swaps()
-    try:
-        for path in paths:
-            layer = get_layer(model, path)
-            original = layer.call
 
-            def call(*args, _original=original, _path=path, **kwargs):
-                out = _original(*args, **kwargs)
-                if _path in add:
-                    out = out + keras.ops.cast(add[_path], out.dtype)
-                seen[_path] = out
-                return out
+    def record(path, call, *args, **kwargs):
+        out = call(*args, **kwargs)
+        if path in add:
+            out = out + keras.ops.cast(add[path], out.dtype)
+        seen[path] = out
+        return out
 
-            swaps.set(layer, "call", call)
+    with wrapped_calls(model, paths, record):
         yield seen
-    finally:
-        swaps.restore()
 
 
 def up_to(model, path: str):
@@ -229,7 +242,7 @@ def forward_to(model, paths: Sequence[str]):
     def whole(x):
         model = ref()
         with capture_outputs(model, paths) as seen:
-            model(x, training=False)
+            call_model(model, x)
         missing = [p for p in paths if p not in seen]
         if missing:
             raise ValueError(f"layer(s) {', '.join(map(repr, missing))} did not run when model "
@@ -237,6 +250,67 @@ def forward_to(model, paths: Sequence[str]):
                              "from the image input")
         return {p: seen[p] for p in paths}
     return whole
+
+
+def all_layers(model) -> list:
+    """``model`` and every layer inside it, each once (Keras' own walk: the layers a custom
+    layer tracks in attributes and lists too)."""
+    flatten = getattr(model, "_flatten_layers", None)
+    return list(flatten(include_self=True, recursive=True)) if flatten else [model]
+
+
+def is_built(model) -> bool:
+    """Whether ``model`` and every layer in it are built.
+
+    A Functional model is built when it is made; a subclassed model (or a Sequential one
+    without an ``Input``) when it is first called, which ``fit`` on TensorFlow does at the
+    first training step, in training mode. tbviz waits for that (a layer used only in
+    training, a ``RandomCrop`` say, may build from other shapes in inference mode).
+
+    >>> m = keras.Sequential([keras.layers.Dense(2)])
+    >>> is_built(m), is_built(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    (False, True)
+    """
+    return all(getattr(layer, "built", True) for layer in all_layers(model))
+
+
+def structure(model) -> tuple:
+    """A key for what a probe traced for ``model`` depends on: its layers and its weights (the
+    objects themselves, and whether each is trainable). While it stays equal, a trace made
+    earlier serves again (a second ``fit``); adding or freezing layers changes it.
+
+    >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> before = structure(m)
+    >>> m.layers[0].trainable = False
+    >>> structure(m) == before
+    False
+    """
+    return (tuple(id(layer) for layer in all_layers(model)),
+            tuple((id(v), bool(v.trainable)) for v in model.weights))
+
+
+def as_model_input(model, x):
+    """``x`` (one tensor) in the structure ``model`` is called with: ``[x]`` for a Functional
+    model built with ``inputs=[inputs]`` (Keras warns at every call that gets a bare tensor
+    there), else ``x`` itself.
+
+    >>> inp = keras.Input((2,))
+    >>> listed = keras.Model([inp], keras.layers.Dense(1)(inp))
+    >>> type(as_model_input(listed, np.zeros((1, 2)))).__name__
+    'list'
+    """
+    # Functional models keep the structure they were built with here (Keras' own check
+    # compares the call's inputs against it).
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, (list, tuple)) and len(struct) == 1 and not isinstance(x, (list, tuple)):
+        return type(struct)([x]) if isinstance(struct, list) else (x,)
+    return x
+
+
+def call_model(model, x, **kwargs):
+    """``model(x, training=False, **kwargs)`` with ``x`` as the model takes it
+    (:func:`as_model_input`)."""
+    return model(as_model_input(model, x), training=False, **kwargs)
 
 
 def input_shapes(model) -> list[tuple]:
@@ -319,21 +393,40 @@ def weights_by_layer(model, include_frozen: bool = False) -> list[tuple[str, obj
 
     Layers that are frozen (``trainable=False``, e.g. a pretrained loss network)
     are left out unless ``include_frozen``; a trainable layer's non-trainable
-    state (BatchNorm's moving mean and variance) is kept.
+    state (BatchNorm's moving mean and variance) is kept. Weights a subclassed model
+    creates itself are listed under the model's name; two weights of one layer with the
+    same name get ``_1``, ``_2``, ... so every weight has a tag of its own.
+
+    >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    >>> [tag for tag, _ in weights_by_layer(m)]
+    ['d/kernel', 'd/bias']
     """
-    out, seen = [], set()
+    out, seen, tags = [], set(), set()
+
+    def add(path, v):
+        seen.add(id(v))
+        name = v.name.split("/")[-1].split(":")[0]
+        tag = base = f"{path}/{name}" if path else name
+        n = 0
+        while tag in tags:
+            n += 1
+            tag = f"{base}_{n}"
+        tags.add(tag)
+        out.append((tag, v))
 
     def visit(layer, path, frozen):
         frozen = frozen or not layer.trainable
         if not frozen or include_frozen:
             for v in own_weights(layer):
                 if id(v) not in seen:
-                    seen.add(id(v))
-                    name = v.name.split("/")[-1].split(":")[0]
-                    out.append((f"{path}/{name}" if path else name, v))
+                    add(path, v)
         for c in children(layer):
             visit(c, f"{path}/{c.name}" if path else c.name, frozen)
 
+    if model.trainable or include_frozen:
+        for v in own_weights(model):
+            if id(v) not in seen:
+                add(model.name, v)
     for c in children(model):
         visit(c, c.name, not model.trainable)
     return out

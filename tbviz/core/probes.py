@@ -28,7 +28,7 @@ import numpy as np
 
 from tbviz import backend
 from tbviz.core import tokens
-from tbviz.core.layers import Swaps, capture_outputs, layer_paths
+from tbviz.core.layers import Swaps, call_model, capture_outputs, layer_paths, structure
 
 _FUNCS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -130,14 +130,15 @@ def _shapes(model, image_shape) -> tuple[dict, tuple | None]:
         m = ref()
         paths = layer_paths(m)
         with capture_outputs(m, paths) as seen:
-            y = m(np.zeros((1,) + image_shape, np.float32), training=False)
+            y = call_model(m, np.zeros((1,) + image_shape, np.float32))
         out = {}
         for path in paths:  # keep network order
             if path in seen and hasattr(seen[path], "shape"):
                 out[path] = tuple(seen[path].shape)
         return out, (tuple(y.shape) if hasattr(y, "shape") else None)
 
-    return traced(model, ("shapes", image_shape), build)
+    # (keyed by the layers too: a layer added since must be in it)
+    return traced(model, ("shapes", image_shape, structure(model)[0]), build)
 
 
 def layer_output_shapes(model, image_shape) -> dict:
@@ -221,7 +222,7 @@ def layer_outputs(model, x: np.ndarray, layer: str, max_batch: int = 32) -> np.n
     def build(ref):
         def forward(xb):
             with capture_outputs(ref(), [layer]) as seen:
-                ref()(xb, training=False)
+                call_model(ref(), xb)
             return seen[layer]
         return function(ref, forward, (None,) + x.shape[1:])
 

@@ -7,11 +7,17 @@ maps) need ``(N, h, w, D)``. :func:`token_grid` finds ``(h, w)`` and whether to
 drop a leading class token from the token count and the image shape alone, where
 that is unambiguous:
 
-* ``T = h * w`` with ``h / w = H / W`` (no class token), or
-* ``T = h * w + 1`` (a class token first, dropped),
+* ``T = h * w`` with ``h / w = H / W`` (no class token),
+* ``T = h * w + 1`` (a class token first, dropped), or
+* ``T = h * w + 2`` (DeiT's class and distillation tokens first, dropped),
 
-and otherwise takes them as given (``grid=(h, w)``, ``class_token=True/False``).
-A 4-D ``(N, h, w, C)`` output is a grid already.
+and otherwise takes them as given (``grid=(h, w)``, ``class_token=True/False`` or the
+number of leading tokens). A 4-D ``(N, h, w, C)`` output is a grid already.
+
+:func:`as_units` is the one hook through which the deconvnet's projector and the
+dataset scan see a layer: tokens on their grid, other outputs as they are. Which
+layers of a model are token layers worth showing is :func:`default_token_layers`'s
+choice (the transformer's block outputs where it has them).
 
 Example:
     >>> import numpy as np
@@ -68,7 +74,7 @@ def token_grid(shape, image_shape, grid=None, class_token=None):
     if len(shape) != 3 or shape[1] is None:
         return None
     tokens = int(shape[1])
-    skips = (0, 1) if class_token is None else (int(bool(class_token)),)
+    skips = (0, 1, 2) if class_token is None else (_leading(class_token),)
     if grid is not None:
         h, w = (int(g) for g in grid)
         for skip in skips:
@@ -76,12 +82,50 @@ def token_grid(shape, image_shape, grid=None, class_token=None):
                 return h, w, skip
         told = "" if class_token is None else f" and class_token={class_token}"
         raise ValueError(f"token_grid={tuple(grid)}{told} does not fit {tokens} tokens: "
-                         f"{h}x{w} = {h * w} patch tokens, plus one class token or none")
+                         f"{h}x{w} = {h * w} patch tokens, plus one class token (or two, "
+                         "DeiT's) or none")
     for skip in skips:
         hw = _fits(tokens - skip, image_shape[0], image_shape[1])
         if hw is not None:
             return hw + (skip,)
     return None
+
+
+def _leading(class_token) -> int:
+    """Leading tokens to drop for ``class_token``: ``True`` 1, ``False`` 0, or a count."""
+    if isinstance(class_token, bool):
+        return int(class_token)
+    if isinstance(class_token, (int, np.integer)) and class_token >= 0:
+        return int(class_token)
+    raise ValueError(f"class_token must be True, False or the number of leading tokens "
+                     f"(2 for DeiT's class and distillation tokens), got {class_token!r}")
+
+
+def as_units(out, image_shape, grid=None, class_token=None, layer: str | None = None):
+    """``(units, found)``: a layer output ``out`` (a tensor) as units of the deconvnet and the
+    scan, and its grid. Tokens ``(N, T, D)`` come back as ``(N, h, w, D)`` and ``(h, w,
+    skip)``; any other rank as it is, with ``None``. A 3-D output that is no token grid is a
+    ``ValueError`` saying how to give the grid.
+
+    >>> units, found = as_units(np.zeros((2, 17, 8)), (32, 32, 3))
+    >>> units.shape, found
+    ((2, 4, 4, 8), (4, 4, 1))
+    """
+    if len(out.shape) != 3:
+        return out, None
+    image_shape = tuple(int(d) for d in image_shape)
+    name = "the layer" if layer is None else f"layer {layer!r}"
+    try:
+        found = token_grid(tuple(out.shape), image_shape, grid, class_token)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    if found is None:
+        raise ValueError(
+            f"{name} outputs {tuple(out.shape[1:])} per image, which is no grid of patch tokens "
+            f"for images of {image_shape[:2]} (T = h*w at the image's aspect ratio, after one "
+            "or two leading tokens or none); say the grid with token_grid=(h, w) and "
+            "class_token=")
+    return to_grid(out, found), found
 
 
 def to_grid(values, grid):
@@ -113,3 +157,47 @@ def token_layers(shapes: dict, image_shape, grid=None, class_token=None) -> dict
         if found is not None:
             out[path] = found
     return out
+
+
+#: Layers that only pass tokens on (or reshape them): never a default token layer to show.
+PASS_THROUGH = (keras.layers.Dropout, keras.layers.Reshape, keras.layers.Identity,
+                keras.layers.Permute, keras.layers.Activation)
+
+
+def default_token_layers(model, shapes: dict, image_shape, n: int = 4, grid=None,
+                         class_token=None, depends=None) -> list[str]:
+    """Up to ``n`` token layers of ``model`` to show, spread evenly from the first to the last.
+
+    ``shapes`` is ``{path: output shape}`` (network order, e.g.
+    :func:`tbviz.core.probes.layer_output_shapes`); ``depends`` (optional) the set of
+    paths whose output depends on the image (an ``Embedding`` of positions does not).
+    Candidates are token layers (:func:`token_layers`) that are not inside another token
+    layer (a custom block's own sub-layers) and not mere pass-throughs
+    (:data:`PASS_THROUGH`); where some are ``Add`` layers, a residual transformer's block
+    outputs, only those.
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Reshape((16, 12), name="t"),
+    ...                       keras.layers.Dense(4, name="d1"), keras.layers.Dense(4, name="d2")])
+    >>> default_token_layers(m, {"t": (1, 16, 12), "d1": (1, 16, 4), "d2": (1, 16, 4)},
+    ...                      (8, 8, 3))
+    ['d1', 'd2']
+    """
+    from tbviz.core.layers import get_layer  # (layers imports nothing from here)
+
+    found = token_layers(shapes, image_shape, grid, class_token)
+    picked = []
+    for path in found:
+        if depends is not None and path not in depends:
+            continue
+        if any(path.startswith(p + "/") for p in found):
+            continue
+        if isinstance(get_layer(model, path), PASS_THROUGH):
+            continue
+        picked.append(path)
+    adds = [p for p in picked if isinstance(get_layer(model, p), keras.layers.Add)]
+    picked = adds or picked
+    if len(picked) <= n:
+        return picked
+    idx = sorted({round(i * (len(picked) - 1) / (n - 1)) for i in range(n)})
+    return [picked[i] for i in idx]

@@ -38,6 +38,17 @@ per :class:`Projector`; projectors are cached per model, so repeated calls
 Which crop each unit gets and which units go into which call are pure NumPy
 functions, :func:`crops` and :func:`batch_plan`, like :func:`top_units`.
 
+A vision transformer's token layer ``(N, T, D)`` is a layer of units too: its patch
+tokens are laid on their grid (:mod:`tbviz.core.tokens`: ``(N, h, w, D)``, a class token
+dropped), so a unit is ``(image, row, col, channel)`` as for a feature map, channel =
+token channel. Its input patch is the image region of its token
+(:func:`token_window`), and it is projected with the ``"gradient"`` rule whatever
+the projector's rule (attention mixes every token, so no activation rule describes
+the path back; :meth:`Projector.rule_of` says which rule a layer's projections
+follow). Where the grid cannot be found from the token count and the image shape, a
+projector takes it as ``token_grid=(h, w)`` and ``class_token=``. The dataset scan
+lays tokens out the same way through :meth:`Projector.unit_view`.
+
 Example:
     >>> import numpy as np, keras
     >>> from tbviz import deconvnet
@@ -65,7 +76,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from tbviz import backend
-from tbviz.core import probes
+from tbviz.core import probes, tokens
 from tbviz.core import receptive_field as rf
 from tbviz.core.backward_rules import backward_rule, check_rule
 from tbviz.core.checks import positive_int
@@ -75,7 +86,7 @@ from tbviz.methods.units import (DEFAULT_MAX_BATCH, Unit, project_rows,  # noqa:
 
 __all__ = ["Unit", "Projector", "projector", "strongest", "top_units", "top_channels",
            "unit_table", "crops", "batch_plan", "project", "patches", "windows", "support_window",
-           "scan", "Scan"]
+           "token_window", "scan", "Scan"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +175,21 @@ def batch_plan(table, boxes, max_batch: int, share: bool = True) -> list[tuple[b
     return plan
 
 
+def token_window(row: int, col: int, grid, image_size) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``: the image region of the token at ``row, col`` of
+    ``grid`` (``(h, w, skip)`` of :func:`tbviz.core.tokens.token_grid`), the image cut into
+    ``h x w`` cells (a patch embedding's patches, or the regions a hierarchical model's
+    merged tokens stand for).
+
+    >>> token_window(1, 2, (4, 4, 1), (32, 32))   # 8-pixel patches
+    (8, 16, 16, 24)
+    """
+    h, w = grid[:2]
+    height, width = image_size[:2]
+    return (round(row * height / h), round((row + 1) * height / h),
+            round(col * width / w), round((col + 1) * width / w))
+
+
 # --------------------------------------------------------------------------------------------
 # The projector: traced functions for one model, a set of layers and a rule
 
@@ -193,7 +219,7 @@ class Projector:
     """
 
     def __init__(self, model, layers: Iterable[str], rule: str = "deconvnet",
-                 vectorize: bool = True):
+                 vectorize: bool = True, token_grid=None, class_token=None):
         self._model = weakref.ref(model)  # the cache is keyed by the model: no cycle
         self.model_name = model.name
         self.layers = tuple(check_layers(model, layers))
@@ -201,7 +227,12 @@ class Projector:
             raise ValueError("give at least one layer")
         self.rule = check_rule(rule)
         self.vectorize = bool(vectorize)
+        self.token_grid = None if token_grid is None else tuple(int(g) for g in token_grid)
+        self.class_token = class_token
         self.trace_count = 0
+        self._grids: dict = {}  # (layer, image shape) -> (h, w, skip) of a token layer
+        self._shapes: dict = {}  # image shape -> output_shapes()
+        self._prepared: set = set()  # image shapes prepare() has traced for
         self._acts: dict = {}     # image shape -> tf.function
         self._forwards: dict = {}  # tuple of layers -> forward pass stopping at the deepest
         self._project: dict = {}  # (layer, image shape or None for crops, shared) -> fn
@@ -222,6 +253,30 @@ class Projector:
         return check_images(self.model, images, name=name)
 
     # -- activations ----------------------------------------------------------------------------
+    def unit_view(self, layer: str, out, image_shape):
+        """``layer``'s output ``out`` (a tensor) as units (:func:`tbviz.core.tokens.as_units`:
+        a token layer's ``(N, T, D)`` on its ``(N, h, w, D)`` grid, other outputs as they are),
+        the grid recorded for :meth:`token_grid_of`. Every traced function of this projector
+        sees a layer through it."""
+        image_shape = tuple(int(d) for d in image_shape)
+        units, grid = tokens.as_units(out, image_shape, self.token_grid, self.class_token,
+                                      layer)
+        if grid is not None:
+            self._grids[(layer, image_shape)] = grid
+        return units
+
+    def token_grid_of(self, layer: str, image_shape):
+        """``(h, w, skip)`` where ``layer`` outputs tokens for images of ``image_shape``, else
+        ``None`` (traces the activations first if needed)."""
+        image_shape = tuple(int(d) for d in image_shape)
+        self.output_shapes(image_shape)
+        return self._grids.get((layer, image_shape))
+
+    def rule_of(self, layer: str, image_shape) -> str:
+        """The rule ``layer``'s projections follow: ``"gradient"`` for a token layer, else the
+        projector's rule."""
+        return "gradient" if self.token_grid_of(layer, image_shape) is not None else self.rule
+
     def _acts_fn(self, image_shape):
         fn = self._acts.get(image_shape)
         if fn is None:
@@ -230,7 +285,8 @@ class Projector:
                 seen = self._forward(self.layers)(x)
                 for path in self.layers:
                     self._check_output(path, seen)
-                return {path: seen[path] for path in self.layers}
+                return {path: self.unit_view(path, seen[path], image_shape)
+                        for path in self.layers}
 
             fn = self._acts[image_shape] = probes.function(self.model, acts,
                                                            (None,) + image_shape)
@@ -249,10 +305,10 @@ class Projector:
             raise ValueError(f"layer {path!r} did not run when model {self.model_name!r} was "
                              "called on images; choose a layer on the path from the image input")
         out = seen[path]
-        if not hasattr(out, "shape") or len(out.shape) not in (2, 4):
+        if not hasattr(out, "shape") or len(out.shape) not in (2, 3, 4):
             shape = getattr(out, "shape", type(out).__name__)
-            raise ValueError(f"layer {path!r} outputs {shape}; projections need an (N, H, W, C) "
-                             "or (N, features) output")
+            raise ValueError(f"layer {path!r} outputs {shape}; projections need an (N, H, W, C), "
+                             "(N, tokens, D) or (N, features) output")
 
     def _check_rows(self, path, out, n):
         """A ``ValueError`` unless ``path`` gave one output row per image (a layer fed by
@@ -265,8 +321,10 @@ class Projector:
     def output_shapes(self, image_shape) -> dict[str, tuple]:
         """Each layer's output shape without batch for images of ``image_shape`` (traces once)."""
         image_shape = tuple(int(d) for d in image_shape)
-        outs = self._acts_fn(image_shape).trace(backend.Spec((None,) + image_shape))
-        return {path: tuple(outs[path][1:]) for path in self.layers}
+        if image_shape not in self._shapes:  # (a trace on JAX and a call on PyTorch: once)
+            outs = self._acts_fn(image_shape).trace(backend.Spec((None,) + image_shape))
+            self._shapes[image_shape] = {path: tuple(outs[path][1:]) for path in self.layers}
+        return self._shapes[image_shape]
 
     def activations(self, images) -> dict[str, np.ndarray]:
         """``{layer: activations}`` of every layer for ``images`` (inference mode)."""
@@ -290,12 +348,19 @@ class Projector:
         """Receptive field ``(rows, cols)`` of ``layer`` for ``image_shape``, or None (whole image)."""
         key = (layer, tuple(image_shape[:2]))
         if key not in self._fields:
-            self._fields[key] = rf.receptive_field(self.model, layer, image_shape[:2])
+            # A token's output depends on every token before it (attention): the whole image.
+            tokens_out = len(image_shape) == 3 and self.token_grid_of(layer, image_shape)
+            self._fields[key] = None if tokens_out else rf.receptive_field(
+                self.model, layer, image_shape[:2])
         return self._fields[key]
 
     def windows(self, layer: str, image_shape, units) -> list[tuple[int, int, int, int]]:
-        """``(top, bottom, left, right)`` of each unit's field clipped to the image."""
+        """``(top, bottom, left, right)`` of each unit's field clipped to the image; for a
+        token layer, the image region of each unit's token (:func:`token_window`)."""
         table = self.unit_table(layer, image_shape, units)
+        grid = self.token_grid_of(layer, image_shape)
+        if grid is not None:
+            return [token_window(r, c, grid, image_shape) for _, r, c, _ in table]
         f = self.field(layer, image_shape)
         if f is None:
             return [(0, image_shape[0], 0, image_shape[1])] * len(table)
@@ -312,9 +377,12 @@ class Projector:
         key = (layer, None if crop else image_shape, shared)
         fn = self._project.get(key)
         if fn is None:
+            rule = self.rule_of(layer, image_shape)
+
             def forward(x):
-                with backward_rule(self.rule, self.model):
-                    return self._forward((layer,))(x)[layer]
+                with backward_rule(rule, self.model):
+                    out = self._forward((layer,))(x)[layer]
+                return self.unit_view(layer, out, image_shape)
 
             def project(x, pos):
                 self.trace_count += 1
@@ -386,12 +454,15 @@ class Projector:
         crops is switched to whole images here.
         """
         image_shape = tuple(int(d) for d in image_shape)
+        if image_shape in self._prepared:  # a later fit(): everything is traced already
+            return self
         self.output_shapes(image_shape)
         for layer in self.layers:
             crop = self._crops_work(layer, image_shape)
             self._project_fn(layer, image_shape, crop).trace(*self._specs(image_shape, crop))
             if self.vectorize and self._image_wide(layer, image_shape, crop):
                 self._shares(layer, image_shape, crop)
+        self._prepared.add(image_shape)
         return self
 
     def project(self, images, units: Mapping[str, Sequence], max_batch: int = DEFAULT_MAX_BATCH,
@@ -446,8 +517,9 @@ _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def projector(model, layers: Iterable[str], rule: str = "deconvnet",
-              vectorize: bool = True) -> Projector:
-    """The cached :class:`Projector` of ``model`` for ``layers`` and ``rule``.
+              vectorize: bool = True, token_grid=None, class_token=None) -> Projector:
+    """The cached :class:`Projector` of ``model`` for ``layers`` and ``rule`` (and the
+    ``token_grid`` / ``class_token`` of its token layers, where given).
 
     Repeated calls with the same arguments return the same object, so its
     traced functions are reused (no retracing across epochs or calls).
@@ -459,9 +531,10 @@ def projector(model, layers: Iterable[str], rule: str = "deconvnet",
     """
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
     per_model = _CACHE.setdefault(model, {})
-    key = (layers, rule, bool(vectorize))
+    grid = None if token_grid is None else tuple(int(g) for g in token_grid)
+    key = (layers, rule, bool(vectorize), grid, class_token)
     if key not in per_model:
-        per_model[key] = Projector(model, layers, rule, vectorize)
+        per_model[key] = Projector(model, layers, rule, vectorize, grid, class_token)
     return per_model[key]
 
 
