@@ -30,6 +30,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from tbviz.callbacks.base import VizCallback
@@ -37,6 +39,8 @@ from tbviz.core.layers import check_images, check_layers
 from tbviz.methods import attention
 from tbviz.summary import images as tiles_lib
 from tbviz.summary import metadata
+
+log = logging.getLogger("tbviz")
 
 GAP = 2  # white pixels between the heads of one tile
 
@@ -54,6 +58,10 @@ class AttentionCallback(VizCallback):
         token_grid / class_token: the patch grid ``(h, w)`` and the leading tokens
             (``True``/``False`` or a count), where the token count cannot tell them.
         alpha: the heatmaps' opacity over the images.
+        say_unmapped: list each layer left out (and "nothing to show") as a notice in
+            ``tbviz/errors``; ``TensorBoardViz``'s automatic attention part passes ``False``
+            (a model whose attention maps onto no grid just has no attention panels, as a
+            model without ``MultiHeadAttention`` has none).
         every_n_epochs / every_n_steps: when to log.
         strict: re-raise a failure instead of switching the attention maps off.
     """
@@ -61,9 +69,10 @@ class AttentionCallback(VizCallback):
     def __init__(self, log_dir, probe_images, layers=None, rollout: bool = True,
                  residual: float = 0.5, token_grid=None, class_token=None, alpha: float = 0.5,
                  every_n_epochs: int | None = 1, every_n_steps: int | None = None,
-                 strict: bool = False):
+                 say_unmapped: bool = True, strict: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
                          strict=strict)
+        self.say_unmapped = bool(say_unmapped)
         if probe_images is None:
             raise ValueError("AttentionCallback needs probe_images (a small batch of images)")
         if not 0 <= residual <= 1:
@@ -108,19 +117,25 @@ class AttentionCallback(VizCallback):
             grid, why = attention.mappable(a.shape, len(self._x), self._x.shape[1:],
                                            self.token_grid, self.class_token)
             if grid is None:
-                self.notice(("unmapped", path), f"tbviz: attention: layer {path!r} is not shown: "
+                self._say(("unmapped", path), f"tbviz: attention: layer {path!r} is not shown: "
                             f"{why}")
                 continue
             self.mapped.append(path)
             self._grids[path] = grid
         if not self.mapped:
-            self.notice("none", "tbviz: attention maps are off: no attention layer of model "
+            self._say("none", "tbviz: attention maps are off: no attention layer of model "
                         f"{self.model.name!r} maps onto the patch grid (see the notices above)")
             return
         # Rollout multiplies layers of one token count: the last mapped layer's, in order.
         last = self._grids[self.mapped[-1]]
         self._chain = [p for p in self.mapped if self._grids[p] == last]
         self._photos = tiles_lib.for_display(self._x)
+
+    def _say(self, key, message):
+        if self.say_unmapped:
+            self.notice(key, message)
+        else:
+            log.info("%s", message)
 
     def write(self, step, logs):
         if not self.mapped:

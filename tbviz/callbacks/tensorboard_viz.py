@@ -340,7 +340,7 @@ class TensorBoardViz(keras.callbacks.Callback):
             not self._auto_attention or (self.direct and layer_paths(
                 self.model, kind=keras.layers.MultiHeadAttention)))
         if wants_attention:
-            added.append(self._part("attention"))
+            added.append(self._part("attention", say_unmapped=not self._auto_attention))
         for cb in added:
             cb.set_model(self.model)
             cb.set_params(self.params)
