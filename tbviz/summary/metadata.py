@@ -205,7 +205,7 @@ def parse_panel_metadata(content: bytes) -> dict:
     """
     try:
         data = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (deep nesting: RecursionError)
         raise PanelError("unreadable panel metadata (not JSON)") from None
     if not isinstance(data, dict):
         raise PanelError("unreadable panel metadata (not a JSON object)")
