@@ -17,10 +17,10 @@ Frames are never merged: the label differs from step to step, so a GIF or APNG o
 
 Bounded memory: the layout is planned from the tiles' sizes alone (:func:`layout`, from
 :func:`cell_shape`), so a route can refuse a request before decoding a pixel, and then
-make one frame at a time (:func:`frame`) for :func:`encode`, which takes frames from any
-iterable. The GIF encoder keeps each frame as 256 colours (1 byte a pixel); APNG is
-written frame by frame (:func:`encode` muxes Pillow's single-frame PNGs), so only the
-compressed output grows.
+make one frame at a time (:func:`frame`) for :func:`write`, which takes frames from any
+iterable and writes to a file. The GIF encoder keeps each frame as 256 colours (1 byte a
+pixel); APNG is written frame by frame (Pillow's single-frame PNGs, muxed), so nothing
+but the file grows.
 
 Example:
     >>> import io
@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import struct
@@ -154,9 +155,13 @@ def frame(step_cells: list, label: str, plan: Layout) -> Image.Image:
         canvas[LABEL_HEIGHT:LABEL_HEIGHT + grid.shape[0], :grid.shape[1]] = grid
         del grid, step_cells  # before the frame's copy below: one frame's worth at a time
     picture = Image.fromarray(canvas)
-    font = ImageFont.load_default(size=LABEL_HEIGHT - 5)
-    ImageDraw.Draw(picture).text((2, 2), label, fill=(33, 33, 33), font=font)
+    ImageDraw.Draw(picture).text((2, 2), label, fill=(33, 33, 33), font=_font())
     return picture
+
+
+@functools.cache
+def _font():
+    return ImageFont.load_default(size=LABEL_HEIGHT - 5)
 
 
 def frames(steps_cells: list, labels: list) -> list:
@@ -176,79 +181,93 @@ def enlargement(cell) -> int:
 
 
 def encode(pictures, fmt: str, duration_ms: int = FRAME_MS) -> bytes:
-    """``pictures`` (an iterable of same-size RGB frames: ``uint8`` arrays or Pillow images,
-    taken one at a time) as an endlessly looping animated image of ``fmt`` (a key of
-    :data:`FORMATS`: ``"gif"``, 256 colours a frame, or ``"apng"``, lossless)."""
+    """:func:`write` into bytes."""
+    out = io.BytesIO()
+    write(pictures, fmt, out, duration_ms)
+    return out.getvalue()
+
+
+def write(pictures, fmt: str, out, duration_ms: int = FRAME_MS):
+    """Write ``pictures`` (an iterable of same-size RGB frames: ``uint8`` arrays or Pillow
+    images, taken one at a time) to the seekable binary file ``out`` as an endlessly
+    looping animated image of ``fmt`` (a key of :data:`FORMATS`: ``"gif"``, 256 colours a
+    frame, or ``"apng"``, lossless)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown animation format {fmt!r}; choose one of {', '.join(FORMATS)}")
     pictures = (p if isinstance(p, Image.Image) else Image.fromarray(p) for p in pictures)
     if fmt == "apng":
-        return _apng(pictures, duration_ms)
+        return _apng(pictures, duration_ms, out)
+    # Fast octree: a frame's 256 colours in linear time and memory (Pillow's default, median
+    # cut, takes seconds and hundreds of MB on a frame of many colours).
+    pictures = (p.quantize(256, method=Image.Quantize.FASTOCTREE) for p in pictures)
     first = next(pictures, None)
     if first is None:
         raise ValueError("an animation needs at least one frame")
-    buf = io.BytesIO()
-    first.save(buf, format="GIF", save_all=True, append_images=pictures, duration=duration_ms,
+    first.save(out, format="GIF", save_all=True, append_images=pictures, duration=duration_ms,
                loop=0)
-    return buf.getvalue()
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _apng(pictures, duration_ms: int) -> bytes:
-    """An APNG of ``pictures``, written one frame at a time: Pillow's own APNG writer keeps
-    every frame (4 bytes a pixel) and reads its frames twice. Each frame is Pillow's PNG
-    of it, its image data moved into the animation (APNG: IDAT for the first frame, fdAT
-    for the others, each after its fcTL; all frames full size, nothing blended).
+def _apng(pictures, duration_ms: int, out):
+    """Write an APNG of ``pictures`` to ``out``, one frame at a time: Pillow's own APNG
+    writer keeps every frame (4 bytes a pixel) and reads its frames twice. Each frame is
+    Pillow's PNG of it, its image data moved into the animation (APNG: IDAT for the first
+    frame, fdAT for the others, each after its fcTL; all frames full size, none blended).
 
-    >>> frames_ = [Image.new("RGB", (3, 2), c) for c in ("red", "blue")]
-    >>> back = Image.open(io.BytesIO(_apng(iter(frames_), 250)))
+    >>> stills = [Image.new("RGB", (3, 2), c) for c in ("red", "blue")]
+    >>> out = io.BytesIO()
+    >>> _apng(iter(stills), 250, out)
+    >>> back = Image.open(out)
     >>> back.n_frames, back.info["duration"], back.info["loop"]
     (2, 250.0, 0)
     >>> back.seek(1); back.convert("RGB").getpixel((0, 0))
     (0, 0, 255)
     """
-    out = io.BytesIO()
     out.write(_PNG)
     n = seq = 0
     for picture in pictures:
         buf = io.BytesIO()
         picture.save(buf, format="PNG")
-        chunks = _chunks(buf.getvalue())
-        del buf
+        png = buf.getbuffer()
         if n == 0:
-            out.write(_chunk(b"IHDR", next(d for kind, d in chunks if kind == b"IHDR")))
+            _chunk(out, b"IHDR", next(d for kind, d in _chunks(png) if kind == b"IHDR"))
             actl = out.tell()
-            out.write(_chunk(b"acTL", struct.pack(">II", 0, 0)))  # frame count set below
+            _chunk(out, b"acTL", struct.pack(">II", 0, 0))  # the frame count, set below
         width, height = picture.size
-        out.write(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, width, height, 0, 0,
-                                               duration_ms, 1000, 0, 0)))
+        _chunk(out, b"fcTL", struct.pack(">IIIIIHHBB", seq, width, height, 0, 0, duration_ms,
+                                         1000, 0, 0))
         seq += 1
-        for kind, data in chunks:
+        for kind, data in _chunks(png):
             if kind == b"IDAT" and n == 0:
-                out.write(_chunk(b"IDAT", data))
+                _chunk(out, b"IDAT", data)
             elif kind == b"IDAT":
-                out.write(_chunk(b"fdAT", struct.pack(">I", seq) + data))
+                _chunk(out, b"fdAT", data, prefix=struct.pack(">I", seq))
                 seq += 1
+        del png, data
         n += 1
     if n == 0:
         raise ValueError("an animation needs at least one frame")
-    out.write(_chunk(b"IEND", b""))
+    _chunk(out, b"IEND", b"")
+    end = out.tell()
     out.seek(actl)
-    out.write(_chunk(b"acTL", struct.pack(">II", n, 0)))  # n frames, looping forever
-    return out.getvalue()
+    _chunk(out, b"acTL", struct.pack(">II", n, 0))  # n frames, looping forever
+    out.seek(end)
 
 
-def _chunks(png: bytes) -> list:
-    """``[(type, data)]`` of the chunks of a PNG."""
-    out, at = [], len(_PNG)
+def _chunks(png):
+    """``(type, data)`` of each chunk of a PNG (a bytes-like object; data are views of it)."""
+    png, at = memoryview(png), len(_PNG)
     while at < len(png):
         length, kind = struct.unpack(">I4s", png[at:at + 8])
-        out.append((kind, png[at + 8:at + 8 + length]))
+        yield kind, png[at + 8:at + 8 + length]
         at += 12 + length
-    return out
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def _chunk(out, kind: bytes, data, prefix: bytes = b""):
+    """Write one PNG chunk of ``kind`` holding ``prefix`` then ``data``."""
+    crc = zlib.crc32(data, zlib.crc32(prefix, zlib.crc32(kind)))
+    out.write(struct.pack(">I", len(prefix) + len(data)) + kind + prefix)
+    out.write(data)
+    out.write(struct.pack(">I", crc))

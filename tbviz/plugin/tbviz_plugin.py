@@ -76,6 +76,7 @@ import functools
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -84,7 +85,7 @@ from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
-from werkzeug import wrappers
+from werkzeug import wrappers, wsgi
 
 from tbviz.plugin import animation, validate
 from tbviz.summary import metadata
@@ -106,18 +107,18 @@ MAX_ANIMATION_FRAMES = DEFAULT_SAMPLES
 #: Most tiles one ``/animation`` may read (steps x tiles a step): 500 steps of an
 #: evolution of 16 feature maps with their patches fit.
 MAX_ANIMATION_TILES = 20_000
-#: Most pixels of one frame of an ``/animation``, as laid out (a 2048 px probe photo
-#: fits twice; 9 tiles of 512 px with their patches fit).
-MAX_FRAME_PIXELS = 8 * 2**20
-#: Most pixels of one ``/animation``: frames x frame pixels. 500 steps of an evolution of
-#: 9 maps at 64 px with their patches (about 90,000 px a frame) fit; 500 steps of 9 tiles
-#: at 256 px do not. Measured with scripts/bench_plugin.py: the largest allowed animation
-#: costs the server well under 512 MB (README, "The dashboard under load").
-MAX_ANIMATION_PIXELS = 48 * 2**20
+#: Most pixels of one frame of an ``/animation``, as laid out: a 2048 px probe photo, or
+#: four of 1024 px, fit; so do 9 tiles of 256 px with their patches beside them.
+MAX_FRAME_PIXELS = 5 * 2**20
+#: Most pixels of one ``/animation``: frames x frame pixels. 500 steps of an evolution of 9
+#: feature maps at 64 px fit (about 450 with their patches beside them); 500 steps of 9
+#: tiles at 256 px do not. What the largest allowed animation costs the server is measured
+#: by scripts/bench_plugin.py (worst case: tiles of noise, which do not compress).
+MAX_ANIMATION_PIXELS = 40 * 2**20
 #: Animations made at once; the others wait (see :data:`ANIMATION_WAIT_S`).
 MAX_ANIMATIONS = 2
 #: Longest wait (seconds) for a turn to make an animation before answering 429.
-ANIMATION_WAIT_S = 120
+ANIMATION_WAIT_S = 300
 _CONVERGENCE = re.compile("^" + re.escape(metadata.CONVERGENCE_TAG).replace(
     re.escape("{layer}"), "(?P<layer>.+)") + "$")
 _SETTLED = re.compile("^" + re.escape(metadata.SETTLED_TAG).replace(
@@ -126,6 +127,10 @@ _SETTLED = re.compile("^" + re.escape(metadata.SETTLED_TAG).replace(
 IMAGE_MAX_AGE = 24 * 3600
 #: How long (seconds) a listed series answers tile requests before it is listed again.
 SERIES_TTL = 2.0
+#: An animation larger than this (bytes) is written to a temporary file, not memory.
+SPOOL_BYTES = 8 * 2**20
+#: Steps whose headers an animation's plan reads at once (and holds: no more).
+PLAN_BATCH = 16
 #: Decoded crop sources an animation keeps for the next steps (pixels): probe images
 #: written once per run are then decoded once.
 SOURCE_CACHE_PIXELS = 16 * 2**20
@@ -312,17 +317,31 @@ class TbvizPlugin(base_plugin.TBPlugin):
         panel = self._panel(ctx, eid, run, tag)
         settled = self._settled_of(ctx, eid, run, panel)
         labels = [_label(d.step, settled, by_step) for d in data]
-        with _animation_turn():
-            try:
-                maker = _Animation(self, ctx, eid, run, tag, panel, patches)
-                plan = maker.plan(data)
-                body = animation.encode(maker.frames(data, labels, plan), fmt, duration)
-            finally:
-                maker = None
-                _give_memory_back()
+        # Made whole before answering (a failing step still gets its 4xx), into a file
+        # that is then sent from: the animation itself never sits in the server's memory.
+        out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        try:
+            with _animation_turn():
+                try:
+                    maker = _Animation(self, ctx, eid, run, tag, panel, patches)
+                    animation.write(maker.frames(data, labels, maker.plan(data)), fmt, out,
+                                    duration)
+                finally:
+                    maker = None
+                    _give_memory_back()
+        except BaseException:
+            out.close()
+            raise
+        size = out.tell()
+        out.seek(0)
         name = f"{run}-{tag}{animation.FORMATS[fmt][2]}"
-        return http_util.Respond(request, body, animation.FORMATS[fmt][1],
-                                 headers=[("Content-Disposition", attachment(name))])
+        headers = [("Content-Length", str(size)), ("Content-Disposition", attachment(name)),
+                   ("X-Content-Type-Options", "nosniff"),
+                   ("Cache-Control", "no-cache, must-revalidate")]
+        # wrap_file closes (and so deletes) the file once it is sent.
+        return wrappers.Response(wsgi.wrap_file(request.environ, out),
+                                 mimetype=animation.FORMATS[fmt][1], headers=headers,
+                                 direct_passthrough=True)
 
     # -- data ---------------------------------------------------------------------------------
     def _read(self, ctx, blob, run: str, tag: str) -> bytes:
@@ -437,26 +456,23 @@ class _Animation:
     def __init__(self, plugin, ctx, eid, run, tag, panel, patches):
         self.plugin, self.ctx, self.eid, self.run, self.tag = plugin, ctx, eid, run, tag
         self.panel, self.patches = panel, patches
-        self._headers = {}  # step -> checked header, from plan to frames
         self._by_step = {}  # sources tag -> {step: datum}
         self._shapes = {}  # (tag, step, index) of a crop source -> (height, width)
         self._sources = {}  # (tag, step, index) -> decoded crop source
 
     def plan(self, data) -> animation.Layout:
+        """The layout of the animation of ``data`` (steps), or a 413 when it is over budget.
+        Steps are read a batch at a time, their headers kept no longer than their batch."""
         shapes, n_tiles = [], 0
-        for d in data:
-            header = self.plugin._header(self.ctx, d, self.run, self.tag, self.panel)
-            if header.get("error"):
-                raise PanelError(f"step {d.step}: {header['error']}")
-            self._headers[d.step] = header
-            n_tiles += len(header["tiles"])
+        for at in range(0, len(data), PLAN_BATCH):
+            batch = data[at:at + PLAN_BATCH]
+            headers = list(_POOL.map(self._checked_header, batch))
+            n_tiles += sum(len(h["tiles"]) for h in headers)
             if n_tiles > MAX_ANIMATION_TILES:
                 raise TooLargeError(
                     f"an animation reads at most {MAX_ANIMATION_TILES:,} tiles (steps x tiles "
                     f"a step); these {len(data)} steps hold more: ask fewer steps")
-            tiles = header["tiles"]
-            shapes.append([animation.cell_shape(self._shape(d, tiles, i), k is not None)
-                           for i, k in animation.pairs(tiles, self.patches)])
+            shapes += _POOL.map(self._cell_shapes, batch, headers)
         try:
             plan = animation.layout(shapes)
         except ValueError as err:
@@ -473,12 +489,24 @@ class _Animation:
     def frames(self, data, labels, plan):
         """The frames of :meth:`plan`'s steps, made one at a time."""
         for d, label in zip(data, labels):
-            tiles = self._headers[d.step]["tiles"]
+            tiles = self._checked_header(d)["tiles"]
             cells = animation.pairs(tiles, self.patches)
             needed = [i for pair in cells for i in pair if i is not None]
             pictures = dict(zip(needed, _POOL.map(lambda i: self._picture(d, tiles, i), needed)))
             yield animation.frame(animation.cells(tiles, pictures, self.patches), label, plan)
             del pictures
+
+    def _checked_header(self, datum) -> dict:
+        header = self.plugin._header(self.ctx, datum, self.run, self.tag, self.panel)
+        if header.get("error"):
+            raise PanelError(f"step {datum.step}: {header['error']}")
+        return header
+
+    def _cell_shapes(self, datum, header) -> list:
+        """``(height, width)`` of each cell of one step, from its images' headers."""
+        tiles = header["tiles"]
+        return [animation.cell_shape(self._shape(datum, tiles, i), k is not None)
+                for i, k in animation.pairs(tiles, self.patches)]
 
     def _locate(self, datum, tiles, k):
         """``(tag, datum, index, crop, source_size)``: where tile ``k``'s image is (blob
