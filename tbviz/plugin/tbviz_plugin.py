@@ -284,7 +284,8 @@ class TbvizPlugin(base_plugin.TBPlugin):
         datum = _lookup({d.step: d for d in self._series(request)}, step)
         if not 1 <= index < len(datum.values):
             raise errors.NotFoundError(
-                f"step {step} has tiles 1..{len(datum.values) - 1}, not {index}")
+                f"step {step} has tiles 1..{len(datum.values) - 1}, not {index}"
+                if len(datum.values) > 1 else f"step {step} has no images")
         ctx, _ = _context(request)
         image = self._read(ctx, datum.values[index], run, tag)
         try:
@@ -518,7 +519,11 @@ class _Animation:
         tag = t.get("sources") or self.panel.get("sources")
         step = t.get("source_step", datum.step)
         if tag not in self._by_step:
-            series = self.plugin._series_of(self.ctx, self.eid, self.run, tag)
+            try:
+                series = self.plugin._series_of(self.ctx, self.eid, self.run, tag)
+            except errors.NotFoundError:
+                raise PanelError(f"step {datum.step}, tile {k}: its sources panel {tag!r} is "
+                                 "not in this run") from None
             self._by_step[tag] = {d.step: d for d in series}
         source = self._by_step[tag].get(step)
         index = t["source"] + 1

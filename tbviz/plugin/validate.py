@@ -221,10 +221,11 @@ def _check_groups(groups: list, n_projections: int):
 
 
 def image_size(data) -> tuple[int, int]:
-    """``(height, width)`` of a panel image, read from its header (nothing decoded).
+    """``(height, width)`` of a panel image, read from its header (no pixel decoded; a
+    PNG's chunk checksums are checked, which finds it truncated).
 
-    Raises :class:`PanelError` when ``data`` is not a PNG or WebP image, or a side is
-    over :data:`MAX_IMAGE_SIDE`.
+    Raises :class:`PanelError` when ``data`` is not a PNG or WebP image, is truncated, or
+    a side is over :data:`MAX_IMAGE_SIDE`.
 
     >>> image_size(metadata.encode_image(np.zeros((3, 5, 3), np.uint8)))
     (3, 5)
@@ -235,7 +236,12 @@ def image_size(data) -> tuple[int, int]:
     image of 1x4096 px: a side is over the 2048 px allowed
     """
     with _opened(data) as image:
-        return _checked_size(image)
+        size = _checked_size(image)
+        try:
+            image.verify()
+        except (OSError, ValueError, SyntaxError) as err:
+            raise PanelError(f"image is truncated or corrupt ({err})") from None
+        return size
 
 
 def decode(data) -> np.ndarray:
