@@ -114,3 +114,56 @@ def test_a_custom_layer_returning_a_tuple_has_a_histogram_per_output(tmp_path):
     fit_with_tbviz(rm.tuple_layer(), tmp_path)
     tags = eventfiles.tags(tmp_path / "train")
     assert {"activations/gated/0", "activations/gated/1"} <= set(tags)
+
+
+def test_an_unbuilt_subclassed_model_is_set_up_after_its_first_step_and_logged_whole(tmp_path):
+    if keras.backend.backend() == "jax":
+        pytest.skip("its train_step is written for TensorFlow and PyTorch")
+    model = rm.OwnTrainStep()
+    assert not model.built  # nothing calls it before fit: Keras builds it in training mode
+    cb = fit_with_tbviz(model, tmp_path)
+    run = tmp_path / "train"
+    tags = eventfiles.tags(run)
+    # Every weight (BatchNorm's moving statistics too, and the model's own temperature):
+    # its histogram, and for the trainable ones a gradient; every layer with trainable
+    # weights its gradient norm and update ratio.
+    for v in model.weights:
+        assert any(t.endswith("/" + v.name) and not t.startswith(("gradients/", "activations/"))
+                   for t in tags), v.path
+    layers = [layer for layer in model.layers if layer.trainable_weights]
+    for layer in layers:
+        for kind in ("gradient_norm", "update_ratio"):
+            assert [s for s, _ in eventfiles.scalars(run, f"{kind}/{layer.name}")] == [2], kind
+    assert "gradient_norm/own_step" in tags  # the temperature, the model's own weight
+    deconvnet = [cb for cb in cb.callbacks if cb.part == "deconvnet"]
+    assert deconvnet and set(deconvnet[0].layers) == {"conv2d", "conv2d_1"} & set(
+        deconvnet[0].layers) and len(deconvnet[0].layers) >= 2
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="JAX and PyTorch build the model symbolically before fit, Keras "
+                           "itself in inference mode")
+def test_a_model_that_builds_differently_in_inference_trains_as_it_does_without_tbviz(tmp_path):
+    x, y = rm.data(16)
+
+    def trained(callbacks):
+        keras.utils.set_random_seed(7)
+        model = rm.CropsThenDense()
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        return model
+
+    alone = trained([])
+    viz = tbviz.TensorBoardViz(tmp_path, probe_images=x[:4], probe_labels=y[:4])
+    guest = trained([viz])
+    # Built by training (24 x 24 crops: an 11 x 11 x 4 map into the head), never by tbviz's
+    # inference calls (32 x 32: 15 x 15 x 4), and trained to the same weights.
+    assert guest.head.kernel.shape == alone.head.kernel.shape == (11 * 11 * 4, rm.CLASSES)
+    for a, b in zip(alone.weights, guest.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Its inference pass fails by itself (predict does too): the parts that need it are
+    # off, and the advice says whose error it is.
+    with pytest.raises(Exception):
+        alone.predict(x[:2], verbose=0)
+    (_, text), = eventfiles.texts(tmp_path / "train", "tbviz/errors")[-1:]
+    assert "the model raises this by itself" in text

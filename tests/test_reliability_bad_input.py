@@ -20,6 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 import tbviz
+from eventfiles import load
 from models import Subclassed, compile, data, sequential
 from style_transfer import cli
 from style_transfer import data as st_data
@@ -284,8 +285,8 @@ def test_tbviz_model_without_conv_layers(tmp_path, caplog):
     with pytest.raises(ValueError, match=r"unknown layer\(s\) 'conv1'.*layers are: flatten, head"):
         fit_with(mlp, tbviz.DeconvnetCallback(str(tmp_path), x[:2], ["conv1"]))
     fit_with(mlp, tbviz.TensorBoardViz(str(tmp_path), probe_images=x[:2]))  # skipped, and said
-    assert any("has no Conv2D layer to project; deconvnet images are off" in r.getMessage()
-               for r in caplog.records)
+    assert any("deconvnet images are off: model 'mlp' has no Conv2D layer and no layer of "
+               "patch tokens" in r.getMessage() for r in caplog.records)
 
 
 def test_tbviz_non_image_input(tmp_path):
@@ -321,13 +322,15 @@ def test_stylized_probes_of_wrong_range_shape_or_dtype(tmp_path, photos, message
 
 
 def test_tbviz_subclassed_model_never_called(tmp_path):
-    x, _ = data(8)
-    cb = tbviz.DeconvnetCallback(str(tmp_path), x[:2], ["conv"])
-    cb.set_model(compile(Subclassed()))
-    with pytest.raises(ValueError, match=r"has no defined input \(a subclassed model that was "
-                                         r"never called\?\); build it with keras.Input"):
-        cb.on_train_begin()
-    assert not os.listdir(tmp_path)  # the failed setup left no event file behind
+    x, y = data(8)
+    cb = tbviz.DeconvnetCallback(str(tmp_path), x[:2], ["conv"], top_k=2, strict=True)
+    model = compile(Subclassed())
+    cb.set_model(model)
+    cb.on_train_begin()  # a guest is never first: it waits for Keras to build the model
+    assert not model.built and not cb.ready
+    cb.on_train_end()
+    fit_with(model, cb)  # ... which the first training step does; then it sets up
+    assert cb.ready and "tbviz/deconvnet/conv/topk" in load(tmp_path / "train").Tags()["tensors"]
     # A part of TensorBoardViz failing after others started: no run folder either.
     with pytest.raises(ValueError, match=r"has shape \(2, 8, 12, 3\), but model .seq. expects"):
         fit_with(compile(sequential()), tbviz.TensorBoardViz(

@@ -126,7 +126,8 @@ def pullback_batched(pullback, cotangents):
 
 def variable_gradients(fn, variables):
     """``(aux, grads)``: ``fn()`` returns ``(loss, aux)``; one gradient per variable,
-    ``None`` where the loss does not depend on it (or it is frozen)."""
+    ``None`` where the loss does not depend on it (or it is frozen). A sparse gradient (an
+    ``nn.Embedding(sparse=True)`` inside a ``TorchModuleWrapper``) comes back dense."""
     variables = list(variables)
     with torch.enable_grad():
         loss, aux = fn()
@@ -136,7 +137,7 @@ def variable_gradients(fn, variables):
     if wanted and loss.requires_grad:
         got = torch.autograd.grad(loss, [params[i] for i in wanted], allow_unused=True)
         for i, g in zip(wanted, got):
-            grads[i] = None if g is None else g.detach()
+            grads[i] = None if g is None else (g.to_dense() if g.is_sparse else g).detach()
     return keras.tree.map_structure(lambda t: t.detach() if torch.is_tensor(t) else t, aux), grads
 
 

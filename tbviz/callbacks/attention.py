@@ -108,7 +108,8 @@ class AttentionCallback(VizCallback):
             self._asked = list(self.layers)
 
     def own_inputs(self):
-        return getattr(self, "_x", None)
+        mine = getattr(self, "_x", None)
+        return mine if mine is not None else super().own_inputs()
 
     def setup(self):
         found = attention.scores(self.model, self._x, self._asked)

@@ -72,7 +72,7 @@ import numpy as np
 
 from tbviz import backend
 from tbviz.core.checks import positive_int
-from tbviz.core.layers import call_model, is_built, layer_paths
+from tbviz.core.layers import call_model, input_shapes, is_built, layer_paths
 from tbviz.summary import writers
 from tbviz.summary import events
 
@@ -83,6 +83,18 @@ log = logging.getLogger("tbviz")
 #: the text last written there. Keyed by folder, not by writer: a part that fails at setup
 #: may close the writer before the next part opens a new one on the same folder.
 _ERRORS: dict = {}
+
+
+def _fits_inputs(model, x) -> bool:
+    """Whether ``x`` has the shape ``model`` was built for (free dimensions match anything):
+    then an error of ``model(x)`` is the model's, not a wrong argument of tbviz's."""
+    try:
+        (shape,) = input_shapes(model)
+    except ValueError:
+        return False
+    got = np.shape(x)
+    return np.asarray(x).dtype.kind in "fiub" and len(got) == len(shape) and all(d is None or d == g
+                                          for d, g in zip(shape[1:], got[1:]))
 
 
 def part_name(cls) -> str:
@@ -194,7 +206,8 @@ class VizCallback(keras.callbacks.Callback):
     def own_inputs(self):
         """The inputs this part runs the model on (its probe images), or ``None``: the guard
         calls the model alone on them to tell the model's own errors from tbviz's."""
-        return None
+        x = getattr(self, "probe_images", None)
+        return x if isinstance(x, np.ndarray) else None
 
     def warn_once(self, key, message: str, *args) -> None:
         """Log ``message % args`` as a warning the first time ``key`` comes up, so a problem
@@ -259,27 +272,29 @@ class VizCallback(keras.callbacks.Callback):
         """What the model raises when called alone on this part's inputs, or ``None`` (it
         runs, or there is nothing to call it on). Asked once per fit, only after a failure,
         and never for out-of-memory or file errors (those are no model's)."""
-        if backend.is_out_of_memory(err) or backend.is_file_error(err) or not self.ready:
+        if (backend.is_out_of_memory(err) or backend.is_file_error(err) or self.model is None
+                or not is_built(self.model)):  # (a guest is never first to call a model)
             return None
         if self._model_error is None:
             self._model_error = False
+            x = self.own_inputs()
             try:
-                x = self.own_inputs()
-                if x is not None and self.model is not None:
+                if x is not None and _fits_inputs(self.model, x):
                     call_model(self.model, x)
             except Exception as own:  # noqa: BLE001 - that is the answer
                 self._model_error = own
         return self._model_error or None
 
-    def _switch_off(self, stage, item, layer, err):
+    def _switch_off(self, stage, item, layer, err, own=None):
         where = f"layer {layer!r}" if layer else "the model"
         what = ("this part" if item is None else repr(item) if isinstance(item, str)
                 else repr(" ".join(map(str, item))))
         cause = _cause(err)
-        try:
-            own = self._model_raises(err)
-        except Exception:  # noqa: BLE001 - telling causes apart is a courtesy
-            own = None
+        if own is None:
+            try:
+                own = self._model_raises(err)
+            except Exception:  # noqa: BLE001 - telling causes apart is a courtesy
+                own = None
         message = (f"tbviz: {self.part} failed at {stage} on {where} ({cause}); {what} is off "
                    f"for the rest of this run, training goes on. What to do: "
                    f"{advice(err, own)}.")
@@ -381,10 +396,17 @@ class VizCallback(keras.callbacks.Callback):
         self._deferred = False
         try:
             self.check()
-        except Exception:
-            self._release()
-            writers.remove_unused(self._fresh)
-            raise
+        except Exception as err:
+            # An argument error ends fit here; but the model failing on inputs it was built
+            # for (its inference pass is broken: predict() fails too) is the model's, and a
+            # guest does not end fit for it.
+            own = None if self.strict else self._model_raises(err)
+            if own is None:
+                self._release()
+                writers.remove_unused(self._fresh)
+                raise
+            self._switch_off("train begin", None, None, err, own)
+            return
         with self.guard("setup"):
             start = time.perf_counter()
             self.ready = True

@@ -155,7 +155,8 @@ class ConvergenceCallback(VizCallback):
         layouts.add(self.writer, "convergence", layout())
 
     def own_inputs(self):
-        return getattr(self, "_x", None)
+        mine = getattr(self, "_x", None)
+        return mine if mine is not None else super().own_inputs()
 
     def _make_probe(self):
         """The Gram-matrix probe, traced once per model and layers (a later ``fit`` reuses it)."""

@@ -119,7 +119,8 @@ class FeatureMapsCallback(VizCallback):
         return list(dict.fromkeys(first + last))
 
     def own_inputs(self):
-        return self._probes
+        mine = getattr(self, "_probes", None)
+        return mine if mine is not None else super().own_inputs()
 
     def write(self, step, logs):
         with self.writer.as_default(step=step):

@@ -146,7 +146,8 @@ class HistogramCallback(VizCallback):
                 self._run_probe()
 
     def own_inputs(self):
-        return getattr(self, "x", None)
+        mine = getattr(self, "x", None)
+        return mine if mine is not None else super().own_inputs()
 
     def _make_probe(self, with_loss):
         """The probe (traced once per model, loss, layers and weights: a second ``fit`` finds
