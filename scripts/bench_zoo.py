@@ -21,12 +21,18 @@ and it prints, per model:
 * ``one log``: the time of the second epoch's log (the sum of the parts'
   ``tbviz/cost/<part>`` scalars, read back from the run), in plain training steps
   (the second plain epoch's time per step) - the target is <= 20.
-* the parts that cost most at setup and per log.
+* the parts that cost most at setup and per log;
+* ``fits``: ``--fits`` more ``fit(epochs=1)`` calls of the tbviz model with the same
+  callback (fine-tuning phases, notebook cells, loops of ``fit``): tbviz's train-begin
+  time in each (the time inside its ``on_train_begin`` and, where setup waits for the
+  first batch, that batch's end), the first fit's beside the largest later one, and the
+  process's resident memory after the second fit and after the last.
 
 Usage::
 
     python scripts/bench_zoo.py                     # every family
     python scripts/bench_zoo.py MobileNetV2 VGG16   # some
+    python scripts/bench_zoo.py MobileNetV3Small --fits 10   # ten fits with one callback
 """
 
 from __future__ import annotations
@@ -65,7 +71,36 @@ class EpochClock:
         self.begin, self.end = Begin(), End()
 
 
-def measure(name: str, size: int, steps: int, batch: int) -> dict:
+class SetupClock:
+    """Wall time tbviz's callback spends setting up in each ``fit``: its ``on_train_begin``,
+    and the first batch's end (where setup waits for Keras to build the model)."""
+
+    def __init__(self, viz):
+        self.times = []
+        begin, batch_end = viz.on_train_begin, viz.on_train_batch_end
+
+        def on_train_begin(logs=None):
+            start = time.perf_counter()
+            begin(logs)
+            self.times.append(time.perf_counter() - start)
+
+        def on_train_batch_end(batch, logs=None):
+            start = time.perf_counter()
+            batch_end(batch, logs)
+            if batch == 0:
+                self.times[-1] += time.perf_counter() - start
+
+        viz.on_train_begin, viz.on_train_batch_end = on_train_begin, on_train_batch_end
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (not its peak), in MB."""
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def measure(name: str, size: int, steps: int, batch: int, fits: int = 0) -> dict:
     import keras
     import numpy as np
 
@@ -94,7 +129,9 @@ def measure(name: str, size: int, steps: int, batch: int) -> dict:
     log_dir = tempfile.mkdtemp(prefix=f"bench_zoo_{name}_")
     viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:4], probe_labels=y[:4],
                                attribution=["saliency", "grad_cam"])
-    viz_total, _ = fit(model(), [viz])
+    setups = SetupClock(viz)
+    tbviz_model = model()
+    viz_total, _ = fit(tbviz_model, [viz])
     run = load(os.path.join(log_dir, "train"))
     costs = {t[len("tbviz/cost/"):]: scalars(run, t)
              for t in run.Tags()["tensors"] if t.startswith("tbviz/cost/")}
@@ -103,9 +140,14 @@ def measure(name: str, size: int, steps: int, batch: int) -> dict:
     errors = "tbviz/errors" in run.Tags()["tensors"]
     inside = sum(v for values in costs.values() for _, v in values)
     step_time = plain[1] / steps
+    rss = []
+    for _ in range(fits):
+        tbviz_model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[viz])
+        rss.append(rss_mb())
     return {"model": name, "keras_first_epoch": plain[0], "setup": viz_total - plain_total,
             "step": step_time, "log": sum(log_parts.values()),
-            "inside": inside, "setup_parts": setup_parts, "log_parts": log_parts, "errors": errors}
+            "inside": inside, "setup_parts": setup_parts, "log_parts": log_parts, "errors": errors,
+            "fit_setups": setups.times, "fit_rss": rss}
 
 
 def _top(parts: dict, n: int = 2) -> str:
@@ -119,10 +161,13 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--steps", type=int, default=8, help="batches per epoch")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--fits", type=int, default=0,
+                   help="further fit(epochs=1) calls with the same callback, each one timed")
     p.add_argument("--one", help=argparse.SUPPRESS)  # run one model here, print JSON
     args = p.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one, args.size, args.steps, args.batch)))
+        print("RESULT " + json.dumps(measure(args.one, args.size, args.steps, args.batch,
+                                             args.fits)))
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     print(f"{args.size}x{args.size} inputs, {args.steps} steps of {args.batch} per epoch, "
@@ -131,7 +176,8 @@ def main(argv=None):
           f"{'step':>8}{'one log':>9}{'steps':>7}  costliest at setup | per log")
     for name in args.models:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--size", str(args.size),
-                              "--steps", str(args.steps), "--batch", str(args.batch)],
+                              "--steps", str(args.steps), "--batch", str(args.batch),
+                              "--fits", str(args.fits)],
                              capture_output=True, text=True, cwd=root,
                              env=dict(os.environ, PYTHONPATH=root))
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -145,6 +191,13 @@ def main(argv=None):
               f"{r['inside'] / r['keras_first_epoch']:>7.2f}{r['step'] * 1000:>6.0f}ms"
               f"{r['log']:>8.2f}s{r['log'] / r['step']:>7.1f}  {_top(r['setup_parts'], 4)} | "
               f"{_top(r['log_parts'])}{note}", flush=True)
+        if r["fit_rss"]:
+            first, later = r["fit_setups"][0], r["fit_setups"][1:]
+            print(f"{'':<18}fits: setup {first:.2f}s in the first, {min(later):.2f}-"
+                  f"{max(later):.2f}s in the {len(later)} later (at most "
+                  f"{max(later) / first:.1%} of the first; each: "
+                  f"{' '.join(f'{t:.2f}' for t in later)}); memory {r['fit_rss'][0]:.0f} MB "
+                  f"after the 2nd fit, {r['fit_rss'][-1]:.0f} MB after the last", flush=True)
 
 
 if __name__ == "__main__":

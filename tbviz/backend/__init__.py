@@ -81,10 +81,19 @@ CAN_BATCH_PULLBACKS = _impl.CAN_BATCH_PULLBACKS
 
 
 def numpy(tree):
-    """Every tensor in ``tree`` (a tensor, list, tuple or dict of them) as a NumPy array.
+    """Every tensor or ``keras.Variable`` in ``tree`` (one, or a list, tuple or dict of them)
+    as a NumPy array. A variable is read the backend's way (``variable_numpy``): NumPy 2
+    warns about ``keras.ops.convert_to_numpy`` of a variable, and about
+    ``Variable.numpy()`` on JAX and PyTorch (their ``__array__`` takes no ``copy``).
 
-    >>> numpy({"a": keras.ops.ones((2,))})["a"].tolist()
-    [1.0, 1.0]
+    >>> numpy({"a": keras.ops.ones((2,)), "b": keras.Variable([3.0])})["b"].tolist()
+    [3.0]
     """
-    return keras.tree.map_structure(
-        lambda t: t if t is None else keras.ops.convert_to_numpy(t), tree)
+    def one(t):
+        if t is None:
+            return t
+        if isinstance(t, keras.Variable):
+            return _impl.variable_numpy(t)
+        return keras.ops.convert_to_numpy(t)
+
+    return keras.tree.map_structure(one, tree)

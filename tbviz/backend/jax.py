@@ -144,6 +144,11 @@ def pullback_batched(pullback, cotangents):
     return jax.vmap(pullback)(cotangents)
 
 
+def variable_numpy(v):
+    """A ``keras.Variable``'s value as a NumPy array, without a NumPy 2 warning."""
+    return jax.device_get(v.value)
+
+
 def variable_gradients(fn, variables):
     """``(aux, grads)``: ``fn()`` returns ``(loss, aux)``; one gradient per variable (zeros
     where the loss does not depend on it: JAX does not tell unused from zero)."""

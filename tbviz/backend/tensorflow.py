@@ -152,6 +152,11 @@ def pullback_batched(pullback, cotangents):
     return tf.vectorized_map(lambda c: pullback(c), cotangents, fallback_to_while_loop=False)
 
 
+def variable_numpy(v):
+    """A ``keras.Variable``'s value as a NumPy array, without a NumPy 2 warning."""
+    return v.numpy()
+
+
 def variable_gradients(fn, variables):
     """``(aux, grads)``: ``fn()`` returns ``(loss, aux)``; one gradient per variable,
     ``None`` where the loss does not depend on it. Sparse gradients (an ``Embedding``'s

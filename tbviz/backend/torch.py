@@ -124,6 +124,11 @@ def pullback_batched(pullback, cotangents):
     return pullback.batched(cotangents)
 
 
+def variable_numpy(v):
+    """A ``keras.Variable``'s value as a NumPy array, without a NumPy 2 warning."""
+    return v.value.detach().cpu().numpy()
+
+
 def variable_gradients(fn, variables):
     """``(aux, grads)``: ``fn()`` returns ``(loss, aux)``; one gradient per variable,
     ``None`` where the loss does not depend on it (or it is frozen). A sparse gradient (an

@@ -363,7 +363,7 @@ class VizCallback(keras.callbacks.Callback):
         opt = getattr(self.model, "optimizer", None)
         if opt is None or getattr(opt, "iterations", None) is None:
             return 0
-        return int(opt.iterations.numpy())
+        return int(backend.numpy(opt.iterations))
 
     def on_train_begin(self, logs=None):
         self.begin(logs)

@@ -161,7 +161,8 @@ class ConvergenceCallback(VizCallback):
     def _make_probe(self):
         """The Gram-matrix probe, traced once per model and layers (a later ``fit`` reuses it)."""
         model, paths, pool = self.model, tuple(self.layers), self.reduce == "pool"
-        return probes.traced(model, ("convergence", structure(model), paths, pool),
+        # (keyed by the layers only: freezing one changes no activation)
+        return probes.traced(model, ("convergence", structure(model)[0], paths, pool),
                              lambda ref: backend.function(_grams_fn(ref, paths, pool),
                                                           models=[ref()]))
 

@@ -15,6 +15,7 @@ Then ``tensorboard --logdir runs`` -> Graphs: the op graph, one box per layer
 from __future__ import annotations
 
 import logging
+import os
 
 from tensorboard.compat.proto import summary_pb2
 
@@ -25,6 +26,9 @@ from tbviz.callbacks.base import VizCallback
 from tbviz.summary import events
 
 log = logging.getLogger("tbviz")
+
+#: Run folder -> (model, graph key) whose graphs were written there last.
+_WRITTEN: dict = {}
 
 
 class GraphCallback(VizCallback):
@@ -74,12 +78,16 @@ class GraphCallback(VizCallback):
         spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
         # Traced once per model, function and layers: a later fit() writes the same graph.
         key = ("op_graph", structure(self.model)[0], id(self.graph_fn), tuple(spec))
+        run = os.path.abspath(os.path.join(self.log_dir, self.run))
+        if _WRITTEN.get(run) == (id(self.model), key) and os.path.isdir(run):
+            return  # a later fit() into the same run: the graphs there are this model's
         graph_def = probes.traced(self.model, key, lambda ref: graphs.op_graph(
             ref(), fn=self.graph_fn, spec=spec))
         with self.writer.as_default():
             events.graph(graph_def.SerializeToString())
         self._write_conceptual()
         self.writer.flush()
+        _WRITTEN[run] = (id(self.model), key)
 
     def _write_conceptual(self):
         text = graphs.keras_config_json(self.model)

@@ -37,8 +37,8 @@ import numpy as np
 from tbviz import backend, stats
 from tbviz.callbacks.base import VizCallback
 from tbviz.core import probes
-from tbviz.core.layers import (call_model, capture_outputs, children, get_layer, input_shapes,
-                               layer_paths, relu_layers, structure, weights_by_layer)
+from tbviz.core.layers import (by_path, call_model, capture_outputs, children, input_shapes,
+                               relu_layers, structure, weights_by_layer)
 from tbviz.summary import events, histograms
 
 
@@ -129,7 +129,7 @@ class HistogramCallback(VizCallback):
             lambda a: np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.number)
             else np.asarray(a), x)
         self.y = None if y is None else np.asarray(y)
-        leaves = [p for p in layer_paths(model) if not children(get_layer(model, p))]
+        leaves = [p for p, layer in by_path(model).items() if not children(layer)]
         self.act_paths = leaves
         self.relu_paths = set(relu_layers(model))
         self.grad_vars = [v for vs in self.by_layer.values() for v in vs]
@@ -184,7 +184,7 @@ class HistogramCallback(VizCallback):
         # compute_loss updates compiled-loss trackers; keep them as they were so the probe
         # never changes what fit() reports.
         metric_vars = list(getattr(self.model, "metrics_variables", []))
-        saved = [v.numpy() for v in metric_vars]
+        saved = [backend.numpy(v) for v in metric_vars]
         try:
             return backend.numpy(self._probe(self.x, self.y))
         finally:
@@ -206,13 +206,13 @@ class HistogramCallback(VizCallback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.ready and self.writer is not None and self._next_step_triggers(batch):
             with self.guard(f"batch {batch} begin (weights before the step)"):
-                self._snapshot = (self.global_step + 1,
-                                  {k: [v.numpy() for v in vs] for k, vs in self.by_layer.items()})
+                self._snapshot = (self.global_step + 1, {k: backend.numpy(vs) for k, vs
+                                                         in self.by_layer.items()})
 
     # -- writing ----------------------------------------------------------------------------
     def _histogram(self, tag, values):
         if isinstance(values, keras.Variable):  # (convert_to_numpy warns on a variable)
-            values = values.numpy()
+            values = backend.numpy(values)
         elif not isinstance(values, np.ndarray):
             values = keras.ops.convert_to_numpy(values)
         bad = histograms.write(tag, values)
@@ -235,7 +235,7 @@ class HistogramCallback(VizCallback):
         if snap is None or snap[0] != step:
             return
         for layer, before in snap[1].items():
-            after = [v.numpy() for v in self.by_layer[layer]]
+            after = [backend.numpy(v) for v in self.by_layer[layer]]
             b = np.concatenate([np.ravel(a) for a in before])
             a = np.concatenate([np.ravel(a) for a in after])
             events.scalar(f"update_ratio/{layer}", stats.update_ratio(b, a))

@@ -47,6 +47,7 @@ import os
 import keras
 import numpy as np
 
+from tbviz import backend
 from tbviz.core import probes, tokens
 from tbviz.core.checks import positive_int
 from tbviz.core.layers import image_input_shape, is_built, layer_paths
@@ -435,4 +436,4 @@ def _global_step(model) -> int:
     opt = getattr(model, "optimizer", None)
     if opt is None or getattr(opt, "iterations", None) is None:
         return 0
-    return int(opt.iterations.numpy())
+    return int(backend.numpy(opt.iterations))

@@ -68,6 +68,30 @@ def layer_paths(model, kind=None) -> list[str]:
     return [p for p, layer in _walk(model) if kind is None or isinstance(layer, kind)]
 
 
+#: ``model -> (its layer objects, {path: layer})``: the walk of :func:`by_path`, kept while
+#: the model holds the same layers (setup looks up hundreds of paths per ``fit``).
+_PATHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def by_path(model) -> dict:
+    """``{path: layer}`` of every layer of ``model``, in network order (one walk, reused
+    while the model's layers are the same objects).
+
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    >>> list(by_path(m))
+    ['d']
+    """
+    ids = tuple(id(layer) for layer in all_layers(model))
+    try:
+        cached = _PATHS.get(model)
+    except TypeError:  # (not weakly referable)
+        return dict(_walk(model))
+    if cached is None or cached[0] != ids:
+        cached = (ids, dict(_walk(model)))
+        _PATHS[model] = cached
+    return cached[1]
+
+
 def get_layer(model, path: str):
     """The layer at ``path`` (``"name"`` or ``"outer/inner"``).
 
@@ -75,7 +99,7 @@ def get_layer(model, path: str):
     """
     if not isinstance(path, str) or not path:
         raise ValueError(f"layer must be a non-empty name or path, got {path!r}")
-    found = dict(_walk(model))
+    found = by_path(model)
     if path in found:
         return found[path]
     choices = ", ".join(found) or "(the model has no layers)"
@@ -85,7 +109,7 @@ def get_layer(model, path: str):
 def check_layers(model, paths: Iterable[str]) -> list[str]:
     """Validate several paths at once; one error lists all unknown ones and all choices."""
     paths = [paths] if isinstance(paths, str) else list(paths)
-    found = dict(_walk(model))
+    found = by_path(model)
     unknown = [p for p in paths if p not in found]
     if unknown:
         raise ValueError(
@@ -443,5 +467,4 @@ def is_relu(layer) -> bool:
 
 def relu_layers(model) -> list[str]:
     """Paths of the layers whose output is a ReLU (leaf layers only)."""
-    return [p for p in layer_paths(model)
-            if not children(get_layer(model, p)) and is_relu(get_layer(model, p))]
+    return [p for p, layer in by_path(model).items() if not children(layer) and is_relu(layer)]

@@ -47,6 +47,19 @@ def traced(model, key, build):
     return per_model[key]
 
 
+def cached(model) -> dict:
+    """``{key: probe}`` of every probe cached for ``model`` (:func:`traced`), a copy: what a
+    later ``fit`` finds ready.
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> _ = traced(m, ("doc",), lambda ref: "a probe")
+    >>> cached(m)
+    {('doc',): 'a probe'}
+    """
+    return dict(_FUNCS.get(model, {}))
+
+
 def function(model_ref, fn, *shapes, dtypes=None):
     """A probe of ``fn`` over the model behind ``model_ref`` (a weak reference or the model):
     one argument per shape in ``shapes`` (``None`` for any size; float32 unless ``dtypes``

@@ -33,7 +33,7 @@ import numpy as np
 
 from tbviz.core import probes, tokens
 from tbviz.core.checks import positive_int
-from tbviz.core.layers import check_images, check_layers, get_layer, layer_paths
+from tbviz.core.layers import by_path, check_images, check_layers, get_layer
 from tbviz.summary.images import grid, normalize, to_rgb
 
 
@@ -116,8 +116,8 @@ def conv_layers(model) -> list[str]:
     ['c']
     """
     out = []
-    for path in layer_paths(model):
-        kernel = getattr(get_layer(model, path), "kernel", None)
+    for path, layer in by_path(model).items():
+        kernel = getattr(layer, "kernel", None)
         if kernel is not None and len(kernel.shape) == 4:
             out.append(path)
     return out
