@@ -114,8 +114,8 @@ def advice(err: BaseException, model_error: BaseException | None = None) -> str:
 
     >>> advice(MemoryError())
     'lower max_batch or pass fewer probe images'
-    >>> advice(TypeError("bad"), model_error=TypeError("bad"))[:60]
-    "the model raises this by itself (model(x, training=False) on"
+    >>> advice(TypeError("bad"), model_error=TypeError("bad")).split(" (")[0]
+    'the model raises this by itself'
     """
     text = str(err)
     if model_error is not None:

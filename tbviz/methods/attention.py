@@ -172,7 +172,7 @@ def rollout(attentions, grid, residual: float = 0.5) -> np.ndarray:
     like :func:`head_maps`.
 
     >>> eye = np.eye(5)[None, None]          # a layer where every token looks at itself
-    >>> rollout([eye, eye], (2, 2, 1)).sum()   # the class token ends where it began
+    >>> float(rollout([eye, eye], (2, 2, 1)).sum())   # the class token ends where it began
     0.0
     """
     if not 0 <= residual <= 1:
