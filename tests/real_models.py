@@ -34,8 +34,8 @@ class PatchEncoder(L.Layer):
     def __init__(self, num_patches, dim, **kwargs):
         super().__init__(**kwargs)
         self.num_patches = num_patches
-        self.projection = L.Dense(dim)
-        self.position_embedding = L.Embedding(num_patches, dim)
+        self.projection = L.Dense(dim, name="projection")
+        self.position_embedding = L.Embedding(num_patches, dim, name="position_embedding")
 
     def call(self, patches):
         positions = keras.ops.expand_dims(keras.ops.arange(0, self.num_patches, 1), axis=0)
@@ -133,11 +133,21 @@ class GatedConv(L.Layer):
         return self.features(x), self.gate(x)
 
 
+class Split(L.Layer):
+    """The channels in two halves, as a tuple (a layer with no sub-layers)."""
+
+    def call(self, x):
+        half = x.shape[-1] // 2
+        return x[..., :half], x[..., half:]
+
+
 def tuple_layer():
     inputs = keras.Input(SHAPE)
     x = L.Conv2D(8, 3, strides=2, activation="relu", name="stem")(inputs)
     features, gate = GatedConv(8, name="gated")(x)
     x = L.Multiply()([features, gate])
+    a, b = Split(name="split")(x)
+    x = L.Concatenate()([b, a])
     x = L.Conv2D(8, 3, activation="relu", name="conv")(x)
     x = L.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, L.Dense(CLASSES)(x), name="gated")

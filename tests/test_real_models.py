@@ -97,11 +97,12 @@ def test_a_vit_with_a_position_embedding_gets_its_embedding_gradient_dense(tmp_p
 
 def test_the_windowed_and_shifted_token_layers_are_projected_on_their_grids(tmp_path):
     model = rm.swin_windows()
-    fit_with_tbviz(model, tmp_path)
+    fit_with_tbviz(model, tmp_path, layers=["block0_out", "block1_out", "merge"])
     run = tmp_path / "train"
     panels = tbviz_panels(run)
-    # The block outputs on the 8 x 8 grid and the merged tokens on the 4 x 4 grid.
-    for layer, cell in (("block1_out", 4), ("merge", 8)):
+    # The windowed and the shifted block outputs on the 8 x 8 grid, and the merged tokens
+    # on the 4 x 4 grid.
+    for layer, cell in (("block0_out", 4), ("block1_out", 4), ("merge", 8)):
         tag = f"tbviz/deconvnet/{layer}/topk"
         assert tag in panels, panels
         content, steps = eventfiles.panels(run, tag)
@@ -115,7 +116,7 @@ def test_the_windowed_and_shifted_token_layers_are_projected_on_their_grids(tmp_
 def test_a_custom_layer_returning_a_tuple_has_a_histogram_per_output(tmp_path):
     fit_with_tbviz(rm.tuple_layer(), tmp_path)
     tags = eventfiles.tags(tmp_path / "train")
-    assert {"activations/gated/0", "activations/gated/1"} <= set(tags)
+    assert {"activations/split/0", "activations/split/1"} <= set(tags)
 
 
 def test_an_unbuilt_subclassed_model_is_set_up_after_its_first_step_and_logged_whole(tmp_path):
