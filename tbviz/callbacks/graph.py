@@ -70,11 +70,14 @@ class GraphCallback(VizCallback):
             self._write_graphs()
 
     def _write_graphs(self):
+        # The conceptual graph first: it needs no trace, so a model whose inference pass
+        # cannot be drawn still gets it.
+        self._write_conceptual()
+        self.writer.flush()
         spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
         graph_def = graphs.op_graph(self.model, fn=self.graph_fn, spec=spec)
         with self.writer.as_default():
             events.graph(graph_def.SerializeToString())
-        self._write_conceptual()
         self.writer.flush()
 
     def _write_conceptual(self):
