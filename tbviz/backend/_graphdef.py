@@ -70,7 +70,7 @@ class Graph:
                            "attrs": dict(attrs or {})})
         return len(self.nodes) - 1
 
-    def unknown_where_different(self, other: "Graph") -> None:
+    def unknown_where_different(self, other: Graph) -> None:
         """Mark unknown the sizes that differ in ``other``, the same pass traced at other
         sizes, and leave off the attrs that differ; if the two passes did not run the same
         ops, all shapes and attrs (rather than some wrong ones)."""
@@ -351,4 +351,4 @@ def _shape(shape) -> tensor_shape_pb2.TensorShapeProto:
 def _dtype(name: str) -> int:
     """TensorFlow's ``DataType`` number of a NumPy/PyTorch dtype name (0 if it has none)."""
     key = _DTYPES.get(name, "DT_" + name.upper())
-    return types_pb2.DataType.Value(key) if key in types_pb2.DataType.keys() else 0
+    return types_pb2.DataType.Value(key) if key in types_pb2.DataType.keys() else 0  # noqa: SIM118

@@ -19,8 +19,8 @@ import logging
 from tensorboard.compat.proto import summary_pb2
 
 from tbviz import backend
-from tbviz.core import graphs
 from tbviz.callbacks.base import VizCallback
+from tbviz.core import graphs
 from tbviz.summary import events
 
 log = logging.getLogger("tbviz")

@@ -44,7 +44,7 @@ from tbviz.core.layers import children, input_shapes
 _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
 
-def as_spec(spec) -> "backend.Spec":
+def as_spec(spec) -> backend.Spec:
     """``spec`` as a :class:`tbviz.backend.Spec`: one already, or anything with a ``shape``
     and a ``dtype`` (a ``tf.TensorSpec``, a ``jax.ShapeDtypeStruct``)."""
     if isinstance(spec, backend.Spec):
@@ -130,7 +130,7 @@ def rename_scopes(graph_def, model) -> graph_pb2.GraphDef:
             out.append(new)
             # Below a layer come op names; a model called inside a custom scope (graph_fn)
             # starts over from the top of the layer tree.
-            node = node[new] if new in node and node[new] else tree
+            node = node[new] if node.get(new) else tree
         return "/".join(out)
 
     renamed = {n.name: resolve(n.name.split("/")) for n in graph_def.node}
@@ -159,7 +159,7 @@ def keras_config_json(model) -> str | None:
             text = model.to_json()
         json.loads(text)
         return text
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to serialize means no conceptual graph
         return None
 
 
