@@ -315,11 +315,13 @@ def test_graphs_dashboard_draws_one_box_per_layer_for_jax_and_pytorch_runs(tmp_p
     runs = [b for b in ("jax", "torch") if importlib.util.find_spec(b)]
     if not runs:
         pytest.skip("neither jax nor torch is installed")
-    for name in runs:
-        out = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path / "logs" / name)],
-                             check=False, cwd=ROOT / "tests", capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "KERAS_BACKEND": name, "PYTHONPATH": str(ROOT)})
-        assert out.returncode == 0, out.stderr[-3000:]
+    writers = [subprocess.Popen(  # both runs written at once: each mostly waits on imports
+        [sys.executable, "-c", WRITER, str(tmp_path / "logs" / name)], cwd=ROOT / "tests",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "KERAS_BACKEND": name, "PYTHONPATH": str(ROOT)}) for name in runs]
+    for writer in writers:
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err[-3000:]
     model = functional_bn_nested()
     top = {layer.name for layer in model.layers[1:]} - {"drop"}  # Dropout: no ops at inference
     inner = {layer.name for layer in model.get_layer("block").layers}
