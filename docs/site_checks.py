@@ -1,13 +1,14 @@
-"""An MkDocs hook: the API reference shows every public name, or the strict build fails.
+"""MkDocs hooks: what ``mkdocs build --strict`` checks beyond the site's own links.
 
-After the site is built, every public module of ``tbviz`` and ``style_transfer`` must be
+* The README (not part of the site) links only to files that exist.
+* The API reference shows every public name. After the site is built, every public module of ``tbviz`` and ``style_transfer`` must be
 on an API page (a ``::: module`` line under ``docs/api/``), and every public function,
 class and method of those modules (top level, names without a leading ``_``) must be in
 the site's inventory (``objects.inv``, which mkdocstrings writes for what it rendered).
 Each one missing is a warning, which ``mkdocs build --strict`` turns into a failure. The
 source is read with ``ast``: nothing is imported.
 
-Loaded by ``mkdocs.yml`` (``hooks: [docs/api_coverage.py]``).
+Loaded by ``mkdocs.yml`` (``hooks: [docs/site_checks.py]``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pathlib
 import re
 import zlib
 
-log = logging.getLogger("mkdocs.plugins.api_coverage")
+log = logging.getLogger("mkdocs.plugins.site_checks")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("tbviz", "style_transfer")
@@ -72,7 +73,16 @@ def documented_modules(docs_dir: pathlib.Path) -> set[str]:
             for m in re.finditer(r"^::: ([\w.]+)", page.read_text(), re.M)}
 
 
+def readme_links() -> list[str]:
+    """The README's relative link and image targets that are no file of the repository."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    return [t for t in targets if "://" not in t and not (ROOT / t).exists()]
+
+
 def on_post_build(config, **kwargs):
+    for target in readme_links():
+        log.warning("README.md links to %s, which does not exist", target)
     docs_dir = pathlib.Path(config["docs_dir"])
     shown = inventory(pathlib.Path(config["site_dir"]) / "objects.inv")
     on_pages = documented_modules(docs_dir)
