@@ -47,6 +47,13 @@ NOT_YET_PORTED = {"tbviz.methods.scan"}
 KNOWN_CIRCLES = {frozenset({"tbviz.methods.deconvnet", "tbviz.methods.scan"})}
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    """Overrides conftest's seeding: nothing here is random or imports Keras, and importing
+    it for the seed would cost seconds (the whole file runs in well under one)."""
+    yield
+
+
 def module_name(path: pathlib.Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -113,6 +120,7 @@ def package_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
+@pytest.mark.backends
 def test_every_module_is_on_a_floor():
     """A new package must be given its floor here (and in docs/architecture.md)."""
     unplaced = sorted({package_of(m) for m in MODULES} - set(FLOOR) - {None})
