@@ -1,0 +1,80 @@
+"""The documentation site's own checks (``docs/site_checks.py``, the MkDocs hook that
+``mkdocs build --strict`` runs): which API page takes which module, and what fails.
+
+They need the ``docs`` extra (MkDocs); ``.ci/run`` installs it and runs this file before
+it builds the site. Without it they skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+pytestmark = pytest.mark.backends
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("site_checks", DOCS / "site_checks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+site_checks = _load()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Overrides conftest's seeding: nothing here is random or imports Keras."""
+    yield
+
+
+def test_every_public_module_of_the_tree_is_taken_by_an_api_page():
+    appended, unplaced = site_checks.plan(DOCS, site_checks.public_modules())
+    assert not unplaced, f"no page of docs/api/ takes {unplaced}"
+    # What a page takes without naming it is shown at its end: the plugin's validate
+    # module has no ::: line of its own.
+    assert "tbviz.plugin.validate" in appended.get("api/plugin.md", [])
+
+
+def test_a_new_module_lands_on_the_page_of_its_longest_prefix():
+    modules = {**site_checks.public_modules(), "tbviz.callbacks.attention": None,
+               "tbviz.methods.faithfulness": None, "tbviz.methods.attention": None,
+               "tbviz.methods.attribution.rise": None, "tbviz.metrics": None,
+               "tbviz.metrics.deletion": None}
+    appended, unplaced = site_checks.plan(DOCS, modules)
+    assert "tbviz.callbacks.attention" in appended["api/callbacks.md"]
+    assert "tbviz.methods.faithfulness" in appended["api/attribution.md"]
+    assert "tbviz.methods.attribution.rise" in appended["api/attribution.md"]
+    # A method module that no page of its own takes goes to the Methods page.
+    assert appended["api/methods.md"] == ["tbviz.methods.attention"]
+    # A new package is on no page until a page's front matter takes it: the build fails.
+    assert unplaced == ["tbviz.metrics", "tbviz.metrics.deletion"]
+
+
+def test_a_module_named_on_a_page_is_not_appended_again():
+    appended, _ = site_checks.plan(DOCS, site_checks.public_modules())
+    named = {m for page in (DOCS / "api").glob("*.md")
+             for m in site_checks.DIRECTIVE.findall(page.read_text())}
+    assert "tbviz.methods.deconvnet" in named
+    assert not named & {m for ms in appended.values() for m in ms}
+
+
+def test_public_names_are_those_defined_in_the_file(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from os import path\n\n"
+                    "def f():\n    pass\n\n"
+                    "def _hidden():\n    pass\n\n"
+                    "class C:\n    def run(self):\n        pass\n\n    def _inner(self):\n"
+                    "        pass\n")
+    assert site_checks.public_names(path, "pkg.m") == ["pkg.m.f", "pkg.m.C", "pkg.m.C.run"]
+
+
+def test_the_readme_links_only_to_files_that_exist():
+    assert site_checks.readme_links() == []
