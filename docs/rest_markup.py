@@ -75,9 +75,20 @@ def _table(lines: list[str], indent: str) -> list[str]:
         header = [""] * len(cols)
 
     def row(cells):
-        return indent + "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return indent + "| " + " | ".join(map(_escape_pipes, cells)) + " |"
 
     return [row(header), indent + "|" + "---|" * len(cols), *map(row, rows)]
+
+
+def _escape_pipes(cell: str) -> str:
+    r"""A cell's ``|`` escaped where it would split the Markdown row; inside a code span the
+    table extension does not split on it, and an escape there would show its backslash.
+
+    >>> print(_escape_pipes("a | b ``gif|apng``"))
+    a \| b ``gif|apng``
+    """
+    parts = re.split(r"(`+[^`]*`+)", cell)
+    return "".join(part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts))
 
 
 def rewrite(text: str) -> str:

@@ -1,5 +1,6 @@
-"""The documentation site's own checks (``docs/site_checks.py``, the MkDocs hook that
-``mkdocs build --strict`` runs): which API page takes which module, and what fails.
+"""The documentation site's own machinery: ``docs/site_checks.py`` (the MkDocs hook that
+``mkdocs build --strict`` runs: which API page takes which module, and what fails) and
+``docs/rest_markup.py`` (the griffe extension that reads the docstrings' reST as Markdown).
 
 They need the ``docs`` extra (MkDocs); ``.ci/run`` installs it and runs this file before
 it builds the site. Without it they skip.
@@ -19,14 +20,15 @@ DOCS = ROOT / "docs"
 pytestmark = pytest.mark.backends
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("site_checks", DOCS / "site_checks.py")
+def _load(name):
+    """A module of ``docs/`` (not a package: MkDocs loads them by path)."""
+    spec = importlib.util.spec_from_file_location(name, DOCS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-site_checks = _load()
+site_checks, rest_markup = _load("site_checks"), _load("rest_markup")
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +80,23 @@ def test_public_names_are_those_defined_in_the_file(tmp_path):
 
 def test_the_readme_links_only_to_files_that_exist():
     assert site_checks.readme_links() == []
+
+
+def test_rest_markup_examples():
+    """``docs/rest_markup.py`` (the griffe extension) runs its own docstring examples."""
+    import doctest
+
+    result = doctest.testmod(rest_markup)
+    assert result.attempted >= 2 and not result.failed
+
+
+def test_a_pipe_in_a_table_cell_splits_no_row_and_shows_no_backslash_in_code():
+    table = ("=====  ==================\n"
+             "route  parameters\n"
+             "=====  ==================\n"
+             "/a     ``format=gif|apng``\n"
+             "/b     one | two\n"
+             "=====  ==================")
+    rows = rest_markup.rewrite(table).split("\n")
+    assert rows[2] == "| /a | ``format=gif|apng`` |"
+    assert rows[3] == "| /b | one \\| two |"
