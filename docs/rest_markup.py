@@ -11,6 +11,8 @@ docstring, nothing else:
   when the first column is blank there) -> Markdown tables;
 * a paragraph ending in ``::`` (reST's "a literal block follows") -> ``:``, its indented
   block fenced as code;
+* an argument entry whose names wrap onto a second line (``graph, losses, ...,`` then
+  ``attention: ...``) joined into one, as griffe reads names from one line;
 * doctests outside an ``Examples:`` section fenced as code (in Markdown text a printed
   ``[[1, 0], [0, 1]]`` reads as a link), and ``Example:`` read as ``Examples:``, which
   griffe shows as code rather than as a note of Markdown text.
@@ -30,6 +32,8 @@ import griffe
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|data|attr|obj|exc|const):`(~?)([^`]+)`")
 _RULE = re.compile(r"^( *)(=+)( +=+)+ *$")
 _EXAMPLES = re.compile(r"^( *)Examples?: *$")
+# An argument entry whose names wrap: "a, b, c,\n    d: text" (griffe reads one line).
+_WRAPPED_NAMES = re.compile(r"^( +)(\w+(?:, \w+)*,) *\n\1(?=\w+(?:, \w+)*:)", re.M)
 
 
 def _role(match: re.Match) -> str:
@@ -93,7 +97,7 @@ def _escape_pipes(cell: str) -> str:
 
 def rewrite(text: str) -> str:
     """``text`` with reST roles, simple tables, ``::`` blocks and bare doctests as Markdown."""
-    lines = _ROLE.sub(_role, text).split("\n")
+    lines = _WRAPPED_NAMES.sub(r"\1\2 ", _ROLE.sub(_role, text)).split("\n")
     out: list[str] = []
     examples = None  # the indent of the "Examples:" section we are in, if any
     i = 0

@@ -100,3 +100,11 @@ def test_a_pipe_in_a_table_cell_splits_no_row_and_shows_no_backslash_in_code():
     rows = rest_markup.rewrite(table).split("\n")
     assert rows[2] == "| /a | ``format=gif|apng`` |"
     assert rows[3] == "| /b | one \\| two |"
+
+
+def test_argument_names_that_wrap_onto_a_second_line_are_read_as_one_entry():
+    text = ("Args:\n    graph, losses, histograms,\n    attention: ``True`` or a dict.\n"
+            "    strict: re-raise.")
+    assert rest_markup.rewrite(text).split("\n") == [
+        "Args:", "    graph, losses, histograms, attention: ``True`` or a dict.",
+        "    strict: re-raise."]
