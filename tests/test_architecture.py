@@ -26,6 +26,12 @@ PACKAGE = ROOT / "tbviz"
 
 #: The floors, lowest first; a package may import its own modules and those of lower floors.
 #: ``tbviz/__init__.py`` sits above them all (it names the public modules, lazily).
+#: Why this order (DESIGN.md: pure functions <- callbacks <- pipeline): the summaries sit
+#: below the methods because the panel contract and the image arithmetic serve both sides
+#: of it, the callbacks that write and the dashboard that reads (which must load neither
+#: Keras nor a method); the methods may use only ``summary.images`` of them (see
+#: METHODS_MAY_USE). The callbacks and the plugin share the top floor and never import
+#: each other: they agree through ``summary.metadata`` alone.
 FLOORS = (
     ("backend",),             # the seam: the only place that knows TensorFlow, JAX, PyTorch
     ("core",),                # layers, backward rules, receptive fields, tokens, probes, checks
@@ -125,6 +131,15 @@ def test_every_module_is_on_a_floor():
     """A new package must be given its floor here (and in docs/architecture.md)."""
     unplaced = sorted({package_of(m) for m in MODULES} - set(FLOOR) - {None})
     assert not unplaced, f"packages on no floor: {unplaced}; add them to FLOORS"
+
+
+@pytest.mark.backends
+def test_every_floor_is_drawn_in_the_architecture_page():
+    """docs/architecture.md draws the floors and says what each package imports: a row of
+    its table per package, so a package given a floor here is given one there too."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [p for p in FLOOR if f"| `{p}` |" not in page]
+    assert not missing, f"packages without a row in docs/architecture.md's table: {missing}"
 
 
 def floor_violations(imports):
