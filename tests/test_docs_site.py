@@ -40,9 +40,8 @@ def _seed():
 def test_every_public_module_of_the_tree_is_taken_by_an_api_page():
     appended, unplaced = site_checks.plan(DOCS, site_checks.public_modules())
     assert not unplaced, f"no page of docs/api/ takes {unplaced}"
-    # What a page takes without naming it is shown at its end: the plugin's validate
-    # module has no ::: line of its own.
-    assert "tbviz.plugin.validate" in appended.get("api/plugin.md", [])
+    # What a page takes without naming it is shown at its end, on a page that exists.
+    assert all((DOCS / page).is_file() for page in appended), sorted(appended)
 
 
 def test_a_new_module_lands_on_the_page_of_its_longest_prefix():
