@@ -19,7 +19,7 @@ from tbviz.summary import events, images, metadata
 
 
 @contextlib.contextmanager
-def _writing(run_dir, step=None):
+def writing(run_dir, step=None):
     """An event file of its own in ``run_dir``, the default for tbviz's writers while open."""
     writer = events.EventWriter.open(str(run_dir))
     try:
@@ -131,7 +131,7 @@ def write_settle_run(log_dir, layers=("conv1", "conv2")):
 
 def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
     """Heatmaps over probe photos, by the contract (as ``AttributionCallback`` writes them)."""
-    with _writing(run_dir):
+    with writing(run_dir):
         for step in steps:
             heat = [images.overlay(photo(i), np.outer(np.hanning(64), np.roll(np.hanning(64),
                                                                               8 * (i + step))))
@@ -145,7 +145,7 @@ def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
 def write_stylized(run_dir, steps, n: int = 3):
     """Stylized probe photos, as ``StylizedProbes`` writes them but as PNGs (as a tbviz
     before panel version 3 did; the tab reads both)."""
-    with _writing(run_dir):
+    with writing(run_dir):
         for step in steps:
             pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]
             metadata.write_panel("tbviz/stylized/probes", metadata.STYLIZED, pngs,
@@ -176,7 +176,7 @@ def write_two_networks(run_dir):
               ("vgg19", "block1_conv1", 1), ("transform_net", "conv1", 1)]
     png = metadata.encode_png(photo(0, 16))
     unit = {"image_index": 0, "row": 1, "col": 2, "channel": 3, "value": 4.0, "unit": 0}
-    with _writing(run_dir, step=1):
+    with writing(run_dir, step=1):
         for model, layer, index in layers:
             metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", metadata.TOPK, [png, png],
                                  tiles=[dict(unit, role="projection"), dict(unit, role="patch")],
@@ -189,7 +189,7 @@ def write_from_the_future(run_dir, step: int = 1):
     """Two panels a newer tbviz could write: ``tbviz/future/topk`` with the next panel format
     version and ``tbviz/future/hologram`` of a kind this build does not know."""
     png = metadata.encode_png(photo(0, 16))
-    with _writing(run_dir, step=step):
+    with writing(run_dir, step=step):
         for tag, change in (("tbviz/future/topk", {"version": metadata.VERSION + 1}),
                             ("tbviz/future/hologram", {"kind": "hologram"})):
             md = metadata.create_panel_metadata(metadata.TOPK, layer="x", layer_index=0)
@@ -237,7 +237,7 @@ def write_heavy_run(run_dir, steps: int, tiles: int, side: int, tag: str = HEAVY
     noise (stored as PNG: it does not compress, so an animation of it is as large as one
     of its size gets), by the contract. For the memory tests and scripts/bench_plugin.py."""
     rng = np.random.default_rng(seed)
-    with _writing(run_dir):
+    with writing(run_dir):
         for step in range(1, steps + 1):
             pngs = [metadata.encode_png(rng.integers(0, 256, (side, side, 3), np.uint8))
                     for _ in range(tiles)]
