@@ -74,8 +74,7 @@ def test_the_tab_shows_each_heads_map_and_the_rollout_of_a_vit(tmp_path):
     model = models.compile(models.vit(SHAPE))
     x, y = models.data(8, SHAPE)
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[tbviz.TensorBoardViz(
-        tmp_path, probe_images=x[:4], probe_labels=y[:4], strict=True,
-        graph=keras.backend.backend() == "tensorflow")])  # (the op graph: TensorFlow only yet)
+        tmp_path, probe_images=x[:4], probe_labels=y[:4], strict=True)])
     run = tmp_path / "train"
     for tag, heads in (("tbviz/attention/block0_attn", 2), ("tbviz/attention/block1_attn", 2),
                        ("tbviz/attention/rollout", 1)):

@@ -52,9 +52,6 @@ def tbviz_panels(run):
 def fit_with_tbviz(model, log_dir, n=16, **options):
     x, y = rm.data(n)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    # (the op graph is written on TensorFlow only so far: tbviz.backend has no GraphDef
-    # builder for JAX and PyTorch yet)
-    options.setdefault("graph", keras.backend.backend() == "tensorflow")
     cb = warnings_are_errors_inside(tbviz.TensorBoardViz(
         log_dir, probe_images=x[:4], probe_labels=y[:4], strict=True, **options))
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])

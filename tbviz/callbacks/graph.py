@@ -20,9 +20,9 @@ import os
 from tensorboard.compat.proto import summary_pb2
 
 from tbviz import backend
+from tbviz.callbacks.base import VizCallback
 from tbviz.core import graphs, probes
 from tbviz.core.layers import structure
-from tbviz.callbacks.base import VizCallback
 from tbviz.summary import events
 
 log = logging.getLogger("tbviz")
@@ -75,19 +75,26 @@ class GraphCallback(VizCallback):
             self._write_graphs()
 
     def _write_graphs(self):
-        spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
-        # Traced once per model, function and layers: a later fit() writes the same graph.
-        key = ("op_graph", structure(self.model)[0], id(self.graph_fn), tuple(spec))
+        # A later fit() into the same run with the same model, function and layers: the
+        # graphs there are this model's already (Keras' own callback writes none at all).
         run = os.path.abspath(os.path.join(self.log_dir, self.run))
-        if _WRITTEN.get(run) == (id(self.model), key) and os.path.isdir(run):
-            return  # a later fit() into the same run: the graphs there are this model's
+        written = (id(self.model), structure(self.model)[0], id(self.graph_fn),
+                   repr(self.input_spec))
+        if _WRITTEN.get(run) == written and os.path.isdir(run):
+            return
+        # The conceptual graph first: it needs no trace, so a model whose inference pass
+        # cannot be drawn still gets it.
+        self._write_conceptual()
+        self.writer.flush()
+        spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
+        # Traced once per model, function and layers.
+        key = ("op_graph", written[1], id(self.graph_fn), tuple(spec))
         graph_def = probes.traced(self.model, key, lambda ref: graphs.op_graph(
             ref(), fn=self.graph_fn, spec=spec))
         with self.writer.as_default():
             events.graph(graph_def.SerializeToString())
-        self._write_conceptual()
         self.writer.flush()
-        _WRITTEN[run] = (id(self.model), key)
+        _WRITTEN[run] = written
 
     def _write_conceptual(self):
         text = graphs.keras_config_json(self.model)
