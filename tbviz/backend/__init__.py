@@ -96,4 +96,6 @@ def numpy(tree):
             return _impl.variable_numpy(t)
         return keras.ops.convert_to_numpy(t)
 
+    if isinstance(tree, keras.Variable):  # (PyTorch's tree utilities would unpack it)
+        return _impl.variable_numpy(tree)
     return keras.tree.map_structure(one, tree)
