@@ -37,6 +37,11 @@ def warnings_are_errors_inside(callback):
         def strict_hook(*args, _hook=hook, **kwargs):
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
+                if keras.backend.backend() == "torch":
+                    # Keras' own keras.ops.convert_to_numpy calls np.array(tensor), and
+                    # torch's Tensor.__array__ takes no copy= (NumPy 2 warns): not tbviz's.
+                    warnings.filterwarnings("default", category=DeprecationWarning,
+                                            message="__array__ implementation doesn't accept")
                 return _hook(*args, **kwargs)
 
         setattr(callback, name, strict_hook)
