@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from _tables import table  # scripts/, this script's folder
+from _tables import add_markdown_flag, print_table  # scripts/, on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAYERS = {
@@ -220,7 +220,7 @@ def parent(args):
           f"{BATCH}, fastest of {args.repeat}; (c): scan + {16 * 9 * 4} projections against "
           "predict + forward/backward of the crops. Targets: (a) >= 0.8, (b) <= 50 MB apart, "
           "(c) <= 1.5.")
-    print(table(header, rows, markdown=args.markdown))
+    print_table(header, rows, args.markdown)
 
 
 def main(argv=None):
@@ -235,7 +235,7 @@ def main(argv=None):
                         help="leave (b) out")
     parser.add_argument("--repeat", type=int, default=1,
                         help="turns of scan and predict in (a), fastest kept (default 1)")
-    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    add_markdown_flag(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rss-only", type=int, nargs="+", help=argparse.SUPPRESS)  # (b)
     args = parser.parse_args(argv)
