@@ -50,6 +50,7 @@ _MODULES = {
     "scan": "tbviz.methods.scan",
     "attribution": "tbviz.methods.attribution",
     "sanity": "tbviz.methods.attribution.sanity",
+    "faithfulness": "tbviz.methods.faithfulness",
     "synthesis": "tbviz.methods.synthesis",
     "feature_maps": "tbviz.methods.feature_maps",
     "backward_rules": "tbviz.core.backward_rules",
