@@ -2,8 +2,10 @@
 copies of the image.
 
 Each mask is a coarse random binary grid (``grid x grid`` cells, each kept with probability
-``keep``) bilinearly upsampled to ``(grid + 1)`` cells of ``ceil(H / grid)`` pixels and
-cut at a random offset to the image size, so its edges are soft and fall anywhere. The map
+``keep``) bilinearly upsampled to ``(grid + 1) * C`` pixels, ``C = ceil(H / grid)``, and cut
+at a random offset in ``[0, C)`` to the image size, so its edges are soft and fall anywhere
+(the paper takes ``floor(H / grid)``, which leaves the crop short of the image unless
+``grid`` divides it). The map
 is ``S = sum_i f(x * M_i) M_i / (keep * samples)`` (the paper's eq. 6, ``E[M] = keep``).
 
 >>> import numpy as np, keras
@@ -43,7 +45,7 @@ def _interpolation(size: int, cell: int, grid: int, offset):
     upsampling to ``(grid + 1) * cell`` pixels (half-pixel centres, edges clamped, as
     ``keras.ops.image.resize``) cut at pixel ``offset[b]``."""
     pos = keras.ops.cast(keras.ops.arange(size), "float32")[None, :] + offset[:, None]
-    coord = keras.ops.clip((pos + 0.5) / cell - 0.5, 0.0, grid - 1.0)
+    coord = keras.ops.clip((pos + 0.5) * grid / ((grid + 1) * cell) - 0.5, 0.0, grid - 1.0)
     low = keras.ops.floor(coord)
     frac = (coord - low)[..., None]
     low = keras.ops.cast(low, "int32")
