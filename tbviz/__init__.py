@@ -52,6 +52,8 @@ _MODULES = {
     "sanity": "tbviz.methods.attribution.sanity",
     "faithfulness": "tbviz.methods.faithfulness",
     "synthesis": "tbviz.methods.synthesis",
+    "objectives": "tbviz.methods.objectives",
+    "parameterization": "tbviz.methods.parameterization",
     "feature_maps": "tbviz.methods.feature_maps",
     "backward_rules": "tbviz.core.backward_rules",
     "receptive_field": "tbviz.core.receptive_field",

@@ -9,6 +9,8 @@ from tbviz.callbacks.synthesis import SynthesisCallback
 from tbviz.summary.images import to_uint8
 from eventfiles import images
 
+pytestmark = pytest.mark.backends
+
 
 def classifier(flexible=False):
     size = (None, None) if flexible else (16, 16)
@@ -35,7 +37,7 @@ def test_synthesized_images_are_logged_and_track_training(tmp_path):
     probes = x[:2]
     cb = SynthesisCallback(tmp_path, probes, maximize={"conv2": [1, 4], "dense": 1},
                            invert=["conv1"], dream="conv2", steps=6,
-                           options={"maximize": {"transforms": {"jitter": 30}}})
+                           options={"maximize": {"transforms": {"jitter": 30}, "lr": 0.5}})
     model.fit(x, y, epochs=2, batch_size=6, verbose=0, callbacks=[cb])
     run = tmp_path / "train"
     first = {}
@@ -47,7 +49,7 @@ def test_synthesized_images_are_logged_and_track_training(tmp_path):
         first[tag] = a
         assert np.any(a != b)  # the weights changed, so did the image
     # The last step shows what the pure function makes of the trained model.
-    want, _ = sy.maximize_activation(model, "conv2", [1, 4], steps=6,
+    want, _ = sy.maximize_activation(model, "conv2", [1, 4], steps=6, lr=0.5,
                                      transforms={"jitter": 30})
     np.testing.assert_array_equal(images(run, "synthesis/conv2/4")[-1][1][0], to_uint8(want[1]))
     rec = images(run, "synthesis/inversion/conv1")

@@ -373,9 +373,12 @@ class AttributionCallback(VizCallback):
         if scores:
             for i, tile in enumerate(tiles):
                 tile["faithfulness"] = {m: _json_number(v[i]) for m, v in scores.items()}
+        # Which way each metric is more faithful, for the tab's table beside the heatmaps.
+        higher = ({"faithfulness_higher": {m: faith.HIGHER_IS_BETTER.get(m, False)
+                                           for m in scores}} if scores else {})
         write_panel(f"tbviz/attribution/{method}", "attribution",
                     [encode_image(im) for im in images], tiles=tiles,
-                    description=about, method=method)
+                    description=about, method=method, **higher)
 
     def _write_sanity(self, method, probes, target):
         stages = attribution.sanity_check(self.model, probes, method, target,

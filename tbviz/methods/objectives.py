@@ -137,7 +137,7 @@ def _pick(values, channels):
     if np.ndim(channels) == 0:
         return values[:, int(channels)]
     onehot = np.eye(values.shape[-1], dtype=np.float32)[np.asarray(channels)]
-    return keras.ops.sum(values * onehot, axis=-1)
+    return keras.ops.sum(keras.ops.multiply(values, onehot), axis=-1)
 
 
 def _float(a):
@@ -224,7 +224,7 @@ def direction(layer: str, vector) -> Objective:
         a = _float(acts[layer])
         if len(a.shape) == 4:
             a = keras.ops.mean(a, axis=[1, 2])
-        return keras.ops.sum(a * (v if v.ndim == 2 else v[None]), axis=-1)
+        return keras.ops.sum(keras.ops.multiply(a, v if v.ndim == 2 else v[None]), axis=-1)
 
     def check(shapes):
         shape = _shape_of(shapes, layer, "direction")

@@ -117,7 +117,10 @@ def to_rgb(t, decorrelate: bool):
 
 def render(params, basis: Basis, decorrelate: bool, lo: float, hi: float):
     """The image ``(B, H, W, C)`` in ``[lo, hi]`` of a spectrum ``(B, 2, H, W//2+1, C)``."""
-    t = irfft2(params[:, 0] * basis.scale, params[:, 1] * basis.scale, basis) / 4.0
+    # keras.ops, not *: NumPy times a torch tensor fails
+    real = keras.ops.multiply(params[:, 0], basis.scale)
+    imag = keras.ops.multiply(params[:, 1], basis.scale)
+    t = irfft2(real, imag, basis) / 4.0
     return lo + (hi - lo) * to_rgb(t, decorrelate)
 
 

@@ -338,12 +338,14 @@ def _maximize_fourier(model, objective, shape, rows, steps, lr, lo, hi, rng, dec
             x = image(p)
             return x, objective(before(x))
 
-        spectrum_shape = (None, 2, h, w // 2 + 1, c)
+        # The batch is fixed, not free: JAX pads a free batch with rows, and diversity
+        # compares the rows with each other.
+        spectrum_shape = (rows, 2, h, w // 2 + 1, c)
         return (probes.function(ref, step, spectrum_shape, spectrum_shape, spectrum_shape, (),
-                                (None, 8), ()),
+                                (rows, 8), ()),
                 probes.function(ref, final, spectrum_shape))
 
-    step, final = probes.traced(model, ("maximize_fourier", objective.key, shape, lo, hi,
+    step, final = probes.traced(model, ("maximize_fourier", objective.key, rows, shape, lo, hi,
                                         decorrelate, spec is not None), build)
     p = spectrum(rng, rows, h, w, c)
     m = v = np.zeros_like(p)
@@ -392,12 +394,12 @@ def _maximize_pixels(model, objective, shape, rows, steps, lr, lo, hi, rng, l2, 
         def final(x):
             return objective(before(x))
 
-        img, num = (None,) + shape, ()
+        img, num = (rows,) + shape, ()  # a fixed batch, as in _maximize_fourier
         return (probes.function(ref, step, img, img, img, num, (2,), num, num, num, num,
                                 dtypes=["float32"] * 4 + ["int32", "bool"] + ["float32"] * 3),
                 probes.function(ref, final, img))
 
-    step, final = probes.traced(model, ("maximize_pixels", objective.key, shape,
+    step, final = probes.traced(model, ("maximize_pixels", objective.key, rows, shape,
                                         float(blur_sigma)), build)
     x = _start(rng, (rows,) + shape, lo, hi)
     m = v = np.zeros_like(x)
