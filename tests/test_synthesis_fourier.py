@@ -218,3 +218,27 @@ def test_the_priors_of_one_path_are_refused_on_the_other():
     two, _ = sy.maximize_activation(model, "conv2", 0, steps=4, param="fourier",
                                     decorrelate=True, transforms="standard")
     np.testing.assert_array_equal(one, two)
+
+
+def test_the_redirected_rule_opens_shut_units_only_where_nothing_passes():
+    from tbviz.core.backward_rules import rule_backward
+
+    dy = np.array([[1.0, -2.0, 3.0], [1.0, -2.0, 3.0]], "float32")
+    slope = np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "float32")  # row 0: all shut
+    got = numpy(rule_backward("redirected")(keras.ops.convert_to_tensor(dy),
+                                            lambda: keras.ops.convert_to_tensor(slope)))
+    # row 0: nothing passes, so the pushes up (Lucid's redirect); row 1: the gradient
+    np.testing.assert_array_equal(got, [[1.0, 0.0, 3.0], [0.0, -2.0, 0.0]])
+
+
+def test_the_fourier_path_moves_off_a_start_on_which_the_layer_below_is_silent():
+    model = small_net()
+    conv1 = model.get_layer("conv1")
+    kernel, bias = (numpy(w) for w in conv1.weights)
+    conv1.set_weights([kernel, np.full_like(bias, -1.0)])  # shut on every nearly flat image
+    image, trace = sy.maximize_activation(model, "conv2", 1, steps=48)
+    # At the start conv2 sees only its bias, 0.05; the plain gradient would stay 0 for ever.
+    assert trace[0] == pytest.approx(0.05, abs=1e-6)
+    feats = numpy(keras.Model(model.inputs[0], model.get_layer("conv2").output)(image[None]))
+    np.testing.assert_allclose(trace[-1], feats[0, ..., 1].mean(), rtol=1e-4, atol=1e-6)
+    assert trace[-1] > 0.05 + 0.02 and np.ptp(image) > 100

@@ -44,6 +44,7 @@ import keras
 import numpy as np
 
 from tbviz.core import probes
+from tbviz.core.backward_rules import backward_rule
 from tbviz.core.checks import channels as channel_indices
 from tbviz.core.checks import number, positive_int
 from tbviz.core.checks import value_range as check_value_range
@@ -113,10 +114,12 @@ def _clip_small_contribution(x, g, mid, percentile):
     return keras.ops.where((contribution < threshold)[..., None], mid, x)
 
 
-def _before_activation(model, layers):
+def _before_activation(model, layers, rule: str | None = None):
     """``x -> {layer: output before a final softmax or ReLU}`` (see
     :func:`tbviz.core.probes.before_activation`), running the model no further than it must:
-    a unit silent on the start image still gets a gradient, a class's logit is raised."""
+    a unit silent on the start image still gets a gradient, a class's logit is raised.
+    ``rule``: a backward rule at the layers' rectifiers on the way
+    (:func:`tbviz.core.backward_rules.backward_rule`)."""
     forward = forward_to(model, list(layers))
     targets = [get_layer(model, layer) for layer in layers]
 
@@ -124,6 +127,8 @@ def _before_activation(model, layers):
         with contextlib.ExitStack() as stack:
             for target in targets:
                 stack.enter_context(probes.before_activation(target, ("softmax", "relu")))
+            if rule is not None:  # inside: the targets' own activations are gone by then
+                stack.enter_context(backward_rule(rule, model))
             return forward(x)
     return before
 
@@ -318,6 +323,9 @@ def _maximize_fourier(model, objective, shape, rows, steps, lr, lo, hi, rng, dec
     mid = (lo + hi) / 2
 
     def build(ref):
+        # Lucid's redirected ReLU gradient while stepping: a start image on which the
+        # layers below are silent (a nearly flat one, on a trained net) still moves.
+        redirected = _before_activation(ref(), objective.layers, "redirected")
         before = _before_activation(ref(), objective.layers)
 
         def image(p):
@@ -328,7 +336,7 @@ def _maximize_fourier(model, objective, shape, rows, steps, lr, lo, hi, rng, dec
                 x = image(p_)
                 if spec is not None:
                     x = transformed(x, warp, mid)
-                value = objective(before(x))
+                value = objective(redirected(x))
                 return value, value
             (g,), value = probes.input_gradients(moved, p, has_aux=True)
             update, m, v = _adam(g, m, v, t)
