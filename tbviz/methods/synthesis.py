@@ -19,6 +19,14 @@ project's image convention) bounds the pixels and sets the scale of the noise th
 optimization starts from; on the pixel paths ``lr`` is a fraction of the range per step.
 Objectives: :mod:`tbviz.methods.objectives`; the Fourier image, colours and moves:
 :mod:`tbviz.methods.parameterization`.
+
+``maximize_activation``'s defaults are Olah et al. 2017's, as Lucid's ``render_vis`` sets
+them: ``param="fourier"`` (a 1/f-scaled spectrum, start ``N(0, 0.01^2)``), ``decorrelate=True``
+(ImageNet's colour correlation, then a sigmoid), ``transforms="standard"`` (Lucid's
+``standard_transforms``), Adam at ``lr=0.05`` on the spectrum, and Lucid's redirected ReLU
+gradient while stepping (the backward rule ``"redirected"`` of
+:mod:`tbviz.core.backward_rules`). ``param="pixel"`` keeps Yosinski et al. 2015's path and
+its defaults (:data:`PIXEL_PRIORS`, ``lr=0.02`` of the range, cosine-decayed).
 Each inner step is one probe (:func:`tbviz.backend.function`) compiled once per model,
 layer and image shape, run with ``training=False``; the weights are never touched.
 Randomness (start noise, jitter) comes from NumPy's generator seeded with ``seed``, so the
