@@ -48,7 +48,7 @@ def test_every_method_and_metric_is_logged_charted_and_drawn(tmp_path):
     probes = x[:3]
     options = {**CHEAP, **{m: {} for m in fa.METRICS if m not in CHEAP}}
     cb = AttributionCallback(tmp_path, probes, methods=METHODS, options=OPTIONS,
-                             faithfulness=options, strict=True)
+                             faithfulness=options, faithfulness_every=1, strict=True)
     model.fit(x, y, epochs=2, batch_size=6, verbose=0, shuffle=False, callbacks=[cb])
     run = tmp_path / "train"
     target = at.top_classes(model, probes)
@@ -124,6 +124,17 @@ def test_a_list_of_metrics_logs_only_those_and_a_callable_target_skips_the_rando
     got = {t.split("/")[-1] for t in tags(tmp_path / "b" / "train")
            if t.startswith("faithfulness/")}
     assert got == set(fa.METRICS) - {"random_logit"}
+
+
+def test_faithfulness_is_measured_every_second_trigger_by_default(tmp_path):
+    x, y = data()
+    cb = AttributionCallback(tmp_path, x[:2], methods=["saliency"], faithfulness=["sparseness"])
+    classifier().fit(x, y, epochs=3, batch_size=6, verbose=0, callbacks=[cb])
+    run = tmp_path / "train"
+    assert [s for s, _ in scalars(run, "faithfulness/saliency/sparseness")] == [2, 6]
+    _, steps = panels(run, "tbviz/attribution/saliency")  # heatmaps every epoch, with the
+    assert [(s, "faithfulness" in h["tiles"][0]) for s, h, _ in steps] == [  # values measured
+        (2, True), (4, False), (6, True)]
 
 
 def test_faithfulness_errors_name_the_choices(tmp_path):

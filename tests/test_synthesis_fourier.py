@@ -233,9 +233,14 @@ def test_the_redirected_rule_opens_shut_units_only_where_nothing_passes():
 
 def test_the_fourier_path_moves_off_a_start_on_which_the_layer_below_is_silent():
     model = small_net()
+    rng = np.random.default_rng(5)  # the same weights on every backend
+    for name in ("conv1", "conv2"):
+        layer = model.get_layer(name)
+        kernel, bias = (numpy(w) for w in layer.weights)
+        he = rng.normal(0, np.sqrt(2 / np.prod(kernel.shape[:3])), kernel.shape)
+        layer.set_weights([he.astype("float32"), np.full_like(bias, 0.05)])
     conv1 = model.get_layer("conv1")
-    kernel, bias = (numpy(w) for w in conv1.weights)
-    conv1.set_weights([kernel, np.full_like(bias, -1.0)])  # shut on every nearly flat image
+    conv1.set_weights([conv1.get_weights()[0], np.full(8, -1.0, "float32")])  # shut when flat
     image, trace = sy.maximize_activation(model, "conv2", 1, steps=48)
     # At the start conv2 sees only its bias, 0.05; the plain gradient would stay 0 for ever.
     assert trace[0] == pytest.approx(0.05, abs=1e-6)

@@ -48,6 +48,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tbviz.methods import attribution, faithfulness as faith
 from tbviz.core.backward_rules import plain_gradient_note
 from tbviz.callbacks.base import VizCallback
+from tbviz.core.checks import positive_int
 from tbviz.core.layers import check_images
 from tbviz.summary.images import for_display, overlay
 from tbviz.summary.metadata import FAITHFULNESS, encode_image, write_panel
@@ -67,13 +68,20 @@ _GIVEN = ("model", "images", "explanations", "method", "target", "options")
 COMPLETENESS = "completeness"
 
 
+#: What the callback's metrics use unless told otherwise: fewer samples than the functions'
+#: defaults (MuFidelity 128, max-sensitivity 10, as Xplique and Captum), so that measuring
+#: every epoch stays within 5% of a 200-step epoch of ``scripts/bench_callbacks.py``'s CNN
+#: (at the functions' defaults it costs 10-11%, MuFidelity half of it).
+CALLBACK_DEFAULTS = {"mu_fidelity": {"samples": 32}, "sensitivity_max": {"samples": 5}}
+
+
 def faithfulness_options(asked) -> dict:
     """``{metric: options}`` of ``AttributionCallback(faithfulness=...)``: ``True`` (every
-    metric of :data:`tbviz.methods.faithfulness.METRICS` at its defaults), a list of names,
-    or a dict of names to keyword options; ``False``/``None``: ``{}``.
+    metric of :data:`tbviz.methods.faithfulness.METRICS`), a list of names, or a dict of
+    names to keyword options, over :data:`CALLBACK_DEFAULTS`; ``False``/``None``: ``{}``.
 
-    >>> faithfulness_options(["deletion"])
-    {'deletion': {}}
+    >>> faithfulness_options(["deletion", "mu_fidelity"])
+    {'deletion': {}, 'mu_fidelity': {'samples': 32}}
     >>> faithfulness_options({"deletion": {"size": 3}})
     Traceback (most recent call last):
     ...
@@ -82,7 +90,7 @@ def faithfulness_options(asked) -> dict:
     if asked is None or asked is False:
         return {}
     if asked is True:
-        return {m: {} for m in faith.METRICS}
+        asked = list(faith.METRICS)
     if isinstance(asked, str):
         asked = [asked]
     out = dict(asked) if isinstance(asked, dict) else {m: {} for m in asked}
@@ -96,7 +104,7 @@ def faithfulness_options(asked) -> dict:
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)} for the faithfulness "
                              f"metric {metric}; it takes {', '.join(allowed)}")
-        out[metric] = dict(opts or {})
+        out[metric] = {**CALLBACK_DEFAULTS.get(metric, {}), **(opts or {})}
     return out
 
 
@@ -137,12 +145,17 @@ class AttributionCallback(VizCallback):
         alpha: opacity of the heatmap over the photo.
         faithfulness: also measure each method's maps (see above): ``True`` for every
             metric at its defaults, a list of metric names, or ``{metric: options}``
-            (e.g. ``{"deletion": {"steps": 20}, "mu_fidelity": {"samples": 64}}``). Costs per
+            (e.g. ``{"deletion": {"steps": 20}, "mu_fidelity": {"samples": 64}}``), over
+            :data:`CALLBACK_DEFAULTS` (MuFidelity 32 samples, max-sensitivity 5). Costs per
             trigger: ``steps + 1`` forward passes per probe image and method for deletion
             and insertion each, ``samples`` per probe image for MuFidelity (shared by the
             methods), ``samples`` runs of the method for max-sensitivity and one for the
             random logit; ``scripts/bench_callbacks.py`` measures them. ``random_logit``
             needs class-index targets and is left out for a callable one.
+        faithfulness_every: measure faithfulness at the first trigger and then every that
+            many (default 2): at :data:`CALLBACK_DEFAULTS`, one measurement costs about 6% of
+            a 200-step epoch of ``scripts/bench_callbacks.py``'s CNN (8 probe images, 3
+            methods), so every 2nd epoch keeps it near 3%; 1 for every trigger.
         sanity: also log the randomization sanity check per method (one map per
             layer with weights per trigger: as many times the method's cost).
         strict: re-raise a failure of a method instead of switching that method off
@@ -157,7 +170,7 @@ class AttributionCallback(VizCallback):
                  layer: str | None = None, options: dict | None = None, max_batch: int = 32,
                  alpha: float = 0.6, every_n_epochs: int | None = 1,
                  every_n_steps: int | None = None, sanity: bool = False,
-                 faithfulness=False, strict: bool = False):
+                 faithfulness=False, faithfulness_every: int = 2, strict: bool = False):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
                          strict=strict)
         if probe_images is None or np.size(probe_images) == 0:
@@ -190,6 +203,8 @@ class AttributionCallback(VizCallback):
         self.alpha = float(alpha)
         self.sanity = bool(sanity)
         self.faithfulness = faithfulness_options(faithfulness)
+        self.faithfulness_every = positive_int("faithfulness_every", faithfulness_every)
+        self._faith_triggers = 0
         if callable(target) and "random_logit" in self.faithfulness:
             if faithfulness is not True:
                 raise ValueError("the random_logit test compares two classes' maps, so it needs "
@@ -301,6 +316,9 @@ class AttributionCallback(VizCallback):
         The metrics that only run the model see every method at once (shared passes); those
         that run the method again are guarded per method."""
         if not self.faithfulness or "faithfulness" in self.failed or not raws:
+            return {}
+        self._faith_triggers += 1
+        if (self._faith_triggers - 1) % self.faithfulness_every:
             return {}
         out = {m: {} for m in raws}
         curves = []

@@ -94,11 +94,13 @@ def integrated_gradients(model, images, target, baseline=0.0, steps: int = 50,
                     y = ref()(t, training=False)
                 return _score(y, cls, fn)
             return probes.input_gradients(score, path)[0]
-        shape = (None,) + x.shape[1:]
+        # The image stack is fixed, not free: JAX pads free arguments to a power of two
+        # and cuts outputs of that many rows, which a chunk of nodes may have.
+        shape = x.shape
         return probes.function(ref, grad, shape, shape, (None,), (None,), (None,),
                                dtypes=["float32", "float32", "int32", "float32", "int32"])
 
-    grad = probes.traced(model, ("integrated_gradients", x.shape[1:], fn), build)
+    grad = probes.traced(model, ("integrated_gradients", x.shape, fn), build)
     total = np.zeros(x.shape, np.float64)
     for s in probes.batches(len(owner), max_batch):
         g = probes.numpy(grad(x, base, owner[s], alpha[s], idx[owner[s]])).astype(np.float64)

@@ -101,13 +101,13 @@ def rise(model, images, target, samples: int = 4000, grid: int = 7, keep: float 
                       + keras.ops.take(base_t, img, axis=0) * (1 - mask))
             score = _score(ref()(masked, training=False), cls, fn)
             return score[:, None, None] * mask[..., 0]
-        shape = (None, h, w, x.shape[3])
+        shape = x.shape  # fixed, not free: see integrated_gradients
         return probes.function(ref, weighted, shape, shape, (None,), (None, grid, grid),
                                (None, 2), (None,),
                                dtypes=["float32", "float32", "int32", "float32", "float32",
                                        "int32"])
 
-    weighted = probes.traced(model, ("rise", x.shape[1:], grid, fn), build)
+    weighted = probes.traced(model, ("rise", x.shape, grid, fn), build)
     owner = np.repeat(np.arange(n, dtype=np.int32), samples)
     which = np.tile(np.arange(samples), n)
     total = np.zeros((n, h, w), np.float64)
