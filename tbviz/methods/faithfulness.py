@@ -157,22 +157,23 @@ def _masked_scores(model, x, base, idx, fn, owner, make_masks, max_batch) -> np.
     _, h, w, c = x.shape
 
     def build(ref):
-        def masked(images_t, base_t, img, keep, cls):
+        def masked(img, keep, cls, images_t, base_t):
             keep = keep[..., None]
             mixed = (keras.ops.take(images_t, img, axis=0) * keep
                      + keras.ops.take(base_t, img, axis=0) * (1 - keep))
             return _score(ref()(mixed, training=False), cls, fn)
-        # The image stack is fixed, not free: JAX pads free arguments to a power of two
-        # and cuts outputs of that many rows, which a chunk of masks may have.
-        shape = x.shape
-        return probes.function(ref, masked, shape, shape, (None,), (None, h, w), (None,),
-                               dtypes=["float32", "float32", "int32", "float32", "int32"])
+        shape = (None, h, w, c)
+        # The chunk's own rows come first: JAX pads the free arguments with as many rows as
+        # the first one and cuts outputs of that many rows, which must be the chunk's, not
+        # the image stack's.
+        return probes.function(ref, masked, (None,), (None, h, w), (None,), shape, shape,
+                               dtypes=["int32", "float32", "int32", "float32", "float32"])
 
-    probe = probes.traced(model, ("faithfulness_masked", x.shape, fn), build)
+    probe = probes.traced(model, ("faithfulness_masked", x.shape[1:], fn), build)
     out = np.empty(len(owner), np.float64)
     for s in probes.batches(len(owner), max_batch):
-        out[s] = probes.numpy(probe(x, base, owner[s], make_masks(s).astype(np.float32),
-                                    idx[owner[s]]))
+        out[s] = probes.numpy(probe(owner[s], make_masks(s).astype(np.float32),
+                                    idx[owner[s]], x, base))
     return out
 
 

@@ -85,7 +85,7 @@ def integrated_gradients(model, images, target, baseline=0.0, steps: int = 50,
     weight = np.tile(weights, n)
 
     def build(ref):
-        def grad(images_t, base_t, img, a, cls):
+        def grad(img, a, cls, images_t, base_t):
             start = keras.ops.take(base_t, img, axis=0)
             path = start + a[:, None, None, None] * (keras.ops.take(images_t, img, axis=0) - start)
 
@@ -94,16 +94,17 @@ def integrated_gradients(model, images, target, baseline=0.0, steps: int = 50,
                     y = ref()(t, training=False)
                 return _score(y, cls, fn)
             return probes.input_gradients(score, path)[0]
-        # The image stack is fixed, not free: JAX pads free arguments to a power of two
-        # and cuts outputs of that many rows, which a chunk of nodes may have.
-        shape = x.shape
-        return probes.function(ref, grad, shape, shape, (None,), (None,), (None,),
-                               dtypes=["float32", "float32", "int32", "float32", "int32"])
+        shape = (None,) + x.shape[1:]
+        # The chunk's own rows come first: JAX pads the free arguments with as many rows as
+        # the first one and cuts outputs of that many rows, which must be the chunk's, not
+        # the image stack's.
+        return probes.function(ref, grad, (None,), (None,), (None,), shape, shape,
+                               dtypes=["int32", "float32", "int32", "float32", "float32"])
 
-    grad = probes.traced(model, ("integrated_gradients", x.shape, fn), build)
+    grad = probes.traced(model, ("integrated_gradients", x.shape[1:], fn), build)
     total = np.zeros(x.shape, np.float64)
     for s in probes.batches(len(owner), max_batch):
-        g = probes.numpy(grad(x, base, owner[s], alpha[s], idx[owner[s]])).astype(np.float64)
+        g = probes.numpy(grad(owner[s], alpha[s], idx[owner[s]], x, base)).astype(np.float64)
         np.add.at(total, owner[s], g * weight[s].reshape((-1,) + (1,) * (x.ndim - 1)))
     phi = (x.astype(np.float64) - base) * total
     if not return_convergence_delta:

@@ -74,13 +74,11 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
             xo = keras.ops.where(hidden[..., None], keras.ops.take(base_t, img, axis=0),
                                  keras.ops.take(images_t, img, axis=0))
             return _score(ref()(xo, training=False), cls, fn)
-        # The image stack is fixed, not free: JAX pads free arguments to a power of two
-        # and cuts outputs of that many rows, which a chunk of positions may have.
-        shape = x.shape
+        shape = (None, h, w, x.shape[3])
         return probes.function(ref, scores, shape, shape, (None,), (None,), (None,), (None,), (),
                                (), dtypes=["float32"] * 2 + ["int32"] * 6)
 
-    scores_fn = probes.traced(model, ("occlusion", x.shape, fn), build)
+    scores_fn = probes.traced(model, ("occlusion", x.shape[1:], fn), build)
     out = np.empty(len(rows_img), np.float64)
     for s in probes.batches(len(rows_img), max_batch):
         img = rows_img[s]

@@ -93,7 +93,7 @@ def rise(model, images, target, samples: int = 4000, grid: int = 7, keep: float 
     offsets = np.floor(fractions * [ch, cw]).astype(np.float32)  # whole pixels, [0, cell)
 
     def build(ref):
-        def weighted(images_t, base_t, img, grids_t, off, cls):
+        def weighted(img, grids_t, off, cls, images_t, base_t):
             rows = _interpolation(h, ch, grid, off[:, 0])
             cols = _interpolation(w, cw, grid, off[:, 1])
             mask = keras.ops.einsum("bhs,bst,bwt->bhw", rows, grids_t, cols)[..., None]
@@ -101,17 +101,20 @@ def rise(model, images, target, samples: int = 4000, grid: int = 7, keep: float 
                       + keras.ops.take(base_t, img, axis=0) * (1 - mask))
             score = _score(ref()(masked, training=False), cls, fn)
             return score[:, None, None] * mask[..., 0]
-        shape = x.shape  # fixed, not free: see integrated_gradients
-        return probes.function(ref, weighted, shape, shape, (None,), (None, grid, grid),
-                               (None, 2), (None,),
-                               dtypes=["float32", "float32", "int32", "float32", "float32",
-                                       "int32"])
+        shape = (None, h, w, x.shape[3])
+        # The chunk's own rows come first: JAX pads the free arguments with as many rows as
+        # the first one and cuts outputs of that many rows, which must be the chunk's, not
+        # the image stack's.
+        return probes.function(ref, weighted, (None,), (None, grid, grid), (None, 2), (None,),
+                               shape, shape,
+                               dtypes=["int32", "float32", "float32", "int32", "float32",
+                                       "float32"])
 
-    weighted = probes.traced(model, ("rise", x.shape, grid, fn), build)
+    weighted = probes.traced(model, ("rise", x.shape[1:], grid, fn), build)
     owner = np.repeat(np.arange(n, dtype=np.int32), samples)
     which = np.tile(np.arange(samples), n)
     total = np.zeros((n, h, w), np.float64)
     for s in probes.batches(len(owner), max_batch):
         img, m = owner[s], which[s]
-        np.add.at(total, img, probes.numpy(weighted(x, base, img, grids[m], offsets[m], idx[img])))
+        np.add.at(total, img, probes.numpy(weighted(img, grids[m], offsets[m], idx[img], x, base)))
     return (total / (keep * samples)).astype(np.float32)
