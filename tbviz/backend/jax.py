@@ -221,17 +221,20 @@ def tell_fixed(model, paths) -> None:
 def op_graph(fn, specs, models=()) -> bytes:
     """The serialized ``GraphDef`` of ``fn(*specs)``: one node per jaxpr equation, named by
     the ``jax.named_scope`` s Keras opens per layer (``model/conv1/conv_general_dilated``),
-    the weights as inputs (as TensorFlow's graph reads its variables)."""
+    the weights as inputs (as TensorFlow's graph reads its variables); see
+    :mod:`tbviz.backend._graphdef`."""
     from tbviz.backend import _graphdef
 
     probe = Probe(fn, models)
     variables = _variables(probe._models)
     values = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in variables]
-    shapes, _, _ = _common.concrete([s.shape for s in specs])
-    args = [jax.ShapeDtypeStruct(shape, s.dtype) for shape, s in zip(shapes, specs)]
-    closed = jax.make_jaxpr(probe._stateless)(values, *args)
-    names = [v.path for v in variables] + [f"input_{i}" for i in range(len(specs))]
-    return _graphdef.from_jaxpr(closed, names)
+
+    def trace(shapes):
+        args = [jax.ShapeDtypeStruct(shape, s.dtype) for shape, s in zip(shapes, specs)]
+        closed = jax.make_jaxpr(probe._stateless)(values, *args)
+        return _graphdef.from_jaxpr(closed, [v.path for v in variables])
+
+    return _graphdef.drawn(trace, specs)
 
 
 # -- processes, errors, event files -----------------------------------------------------------
@@ -253,3 +256,29 @@ def event_sink(path: str):
     from tbviz.backend import _tensorboardx
 
     return _tensorboardx.Sink(path)
+
+
+# -- processes of a multi-process job ---------------------------------------------------------
+
+def processes(model=None) -> tuple[int, int]:
+    """``(jax.process_count(), jax.process_index())``."""
+    return jax.process_count(), jax.process_index()
+
+
+def all_gather(tree, model=None) -> list:
+    """Every process's ``tree`` (any picklable values), in process order, through
+    ``jax.experimental.multihost_utils.process_allgather`` of its pickled bytes (so dtypes
+    JAX would narrow, int64 without ``jax_enable_x64``, come back as they were)."""
+    if jax.process_count() == 1:
+        return [tree]
+    import pickle
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(tree), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([len(data)], np.int32))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[:len(data)] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [pickle.loads(every[i, :int(n)].tobytes()) for i, n in enumerate(np.ravel(sizes))]

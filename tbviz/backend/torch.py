@@ -207,13 +207,16 @@ def tell_fixed(model, paths) -> None:
 # -- the op graph -----------------------------------------------------------------------------
 
 def op_graph(fn, specs, models=()) -> bytes:
-    """The serialized ``GraphDef`` of ``fn(*specs)`` from ``torch.jit.trace``: one node per
-    op, scoped by the Keras layers (modules) it runs in."""
+    """The serialized ``GraphDef`` of ``fn(*specs)``, run once eagerly: one node per PyTorch
+    function called, scoped by the Keras layers it runs in; see
+    :mod:`tbviz.backend._graphdef`."""
     from tbviz.backend import _graphdef
 
-    shapes, _, _ = _common.concrete([s.shape for s in specs])
-    args = [torch.zeros(shape, dtype=getattr(torch, s.dtype)) for shape, s in zip(shapes, specs)]
-    return _graphdef.from_torch(fn, args, models)
+    def trace(shapes):
+        args = [keras.ops.zeros(shape, dtype=s.dtype) for shape, s in zip(shapes, specs)]
+        return _graphdef.from_torch(fn, args, models)
+
+    return _graphdef.drawn(trace, specs)
 
 
 # -- processes, errors, event files -----------------------------------------------------------
@@ -236,3 +239,26 @@ def event_sink(path: str):
     from tbviz.backend import _tensorboardx
 
     return _tensorboardx.Sink(path)
+
+
+# -- processes of a multi-process job ---------------------------------------------------------
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def processes(model=None) -> tuple[int, int]:
+    """``(world size, rank)`` of ``torch.distributed`` where it is initialized, else ``(1, 0)``."""
+    if not _distributed():
+        return 1, 0
+    return torch.distributed.get_world_size(), torch.distributed.get_rank()
+
+
+def all_gather(tree, model=None) -> list:
+    """Every rank's ``tree`` (any picklable values), in rank order
+    (``torch.distributed.all_gather_object``)."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return [tree]
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, tree)
+    return every
