@@ -79,8 +79,8 @@ def tab(tmp_path_factory):
 def test_each_methods_metrics_are_shown_beside_its_heatmaps(tab, tmp_path):
     page, frame, run = tab
     frame.get_by_role("tab", name="Attribution").click()
-    frame.wait_for_selector("table.faith")
-    assert len(frame.query_selector_all("table.faith")) == len(METHODS)
+    frame.wait_for_function("n => document.querySelectorAll('table.faith').length === n",
+                            arg=len(METHODS))  # one per method's panel
     for method in METHODS:
         tiles = plugin_logs.header(run, f"tbviz/attribution/{method}")["tiles"]
         section = frame.locator("section.panel", has_text=f"attribution/{method}")
@@ -99,7 +99,7 @@ def test_each_methods_metrics_are_shown_beside_its_heatmaps(tab, tmp_path):
 def test_the_deletion_and_insertion_curves_are_drawn_for_every_method(tab, tmp_path):
     page, frame, run = tab
     frame.get_by_role("tab", name="Faithfulness").click()
-    frame.wait_for_selector("figure.curve svg polyline")
+    frame.wait_for_function("() => document.querySelectorAll('figure.curve').length === 2")
     curves = plugin_logs.header(run, "tbviz/faithfulness/curves")["groups"]
     assert texts(frame, "figure.curve > figcaption") == [
         "deletion (lower area is more faithful)", "insertion (higher area is more faithful)"]
