@@ -10,7 +10,11 @@ that machine noise hits all alike:
   weight/gradient/activation histograms, deconvnet top-9 for 4 layers, all with
   8 probe images; convergence scalars included),
 * ``fit`` + ``tbviz.ConvergenceCallback`` alone (its part of the defaults: CKA of
-  the six conv/dense layers on the 8 probe images, every epoch).
+  the six conv/dense layers on the 8 probe images, every epoch),
+* ``fit`` + ``tbviz.AttributionCallback`` at its defaults (saliency, guided backprop,
+  Grad-CAM of the 8 probe images, every epoch), without and with ``faithfulness=True``
+  (every metric of :mod:`tbviz.methods.faithfulness` at its defaults); the faithfulness
+  row is the difference of the two callbacks' hook times over the plain epoch.
 
 Each setup trains ``--rounds`` times for ``--epochs`` epochs, the setups taking
 turns. Epochs are timed from epoch begin to the end of every callback's epoch-end
@@ -21,6 +25,7 @@ callback's hooks relative to the rest of the epoch (the overhead with the machin
 noise cancelled out). Usage::
 
     python scripts/bench_callbacks.py [--epochs 3] [--rounds 3] [--steps 200]
+        [--only plain,attribution,faithfulness] [--markdown]
 """
 
 from __future__ import annotations
@@ -128,15 +133,23 @@ def run(args):
             cbs = [keras.callbacks.TensorBoard(os.path.join(root, "keras"), histogram_freq=1)]
         elif kind == "convergence":
             cbs = [tbviz.ConvergenceCallback(os.path.join(root, "convergence"), probe_x)]
+        elif kind in ("attribution", "faithfulness"):
+            cbs = [tbviz.AttributionCallback(os.path.join(root, kind), probe_x,
+                                             faithfulness=kind == "faithfulness")]
         else:
             cbs = [tbviz.TensorBoardViz(os.path.join(root, "tbviz"), probe_images=probe_x,
                                         probe_labels=probe_y, deconvnet=not args.no_deconvnet)]
         return model, cbs
 
-    kinds = ["plain", "keras", "tbviz", "convergence"]
+    kinds = ["plain", "keras", "tbviz", "convergence", "attribution", "faithfulness"]
+    if args.only:
+        kinds = ["plain"] + [k for k in kinds if k in args.only.split(",") and k != "plain"]
     labels = {"keras": "keras.callbacks.TensorBoard(histogram_freq=1)",
               "tbviz": "tbviz.TensorBoardViz (defaults)",
-              "convergence": "tbviz.ConvergenceCallback (defaults)"}
+              "convergence": "tbviz.ConvergenceCallback (defaults)",
+              "attribution": "tbviz.AttributionCallback (defaults)",
+              "faithfulness": "tbviz.AttributionCallback(faithfulness=True)"}
+    labels = {k: v for k, v in labels.items() if k in kinds}
     times = {k: [] for k in kinds}
     hooks = {k: [] for k in labels}
     for _ in range(args.rounds):  # rounds interleave the three so noise hits all alike
@@ -168,6 +181,26 @@ def run(args):
             spent = statistics.median(s[i] for s, _ in hooks[k])
             print(f"  {label}, {what}: {statistics.median(ratios):.3f} "
                   f"({spent:.3f} s in hooks per epoch)")
+    rows = []
+    if "faithfulness" in hooks and "attribution" in hooks:
+        print("faithfulness metrics at their defaults (hooks with them minus hooks without), "
+              "over a plain epoch:")
+        for i, what in enumerate(("wall", "CPU")):
+            plain = statistics.median(t[i] for t in times["plain"])
+            extra = (statistics.median(s[i] for s, _ in hooks["faithfulness"])
+                     - statistics.median(s[i] for s, _ in hooks["attribution"]))
+            rows.append((what, extra, plain))
+            print(f"  {what}: +{100 * extra / plain:.1f}% ({extra:.3f} s on a {plain:.3f} s "
+                  "epoch; target at most +5%)")
+    if args.markdown:
+        print("\n| setup | direct overhead, wall | direct overhead, CPU |\n|---|---|---|")
+        for k, label in labels.items():
+            cells = [statistics.median(1 + s[i] / (e[i] - s[i]) for s, e in hooks[k])
+                     for i in range(2)]
+            print(f"| {label} | {cells[0]:.3f}x | {cells[1]:.3f}x |")
+        for what, extra, plain in rows:
+            print(f"| faithfulness metrics at defaults, {what}, over a plain "
+                  f"{args.steps}-step epoch | +{100 * extra / plain:.1f}% | |")
 
 
 if __name__ == "__main__":
@@ -177,4 +210,7 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--no-deconvnet", action="store_true", help="TensorBoardViz without deconvnet")
+    p.add_argument("--only", default="", help="comma-separated setups besides plain: keras, "
+                   "tbviz, convergence, attribution, faithfulness")
+    p.add_argument("--markdown", action="store_true")
     run(p.parse_args())

@@ -168,11 +168,13 @@ def main(argv=None):
     # What units want to see: the three class logits, and center units of conv3 and conv5
     # (their means are raised by flat colors on this color-driven little network).
     classes, _ = synthesis.maximize_activation(model, "classes", target, size=(SIZE, SIZE),
-                                               steps=200, jitter=2, blur_every=4, blur_sigma=0.6)
+                                               steps=200, jitter=2, blur_every=4, blur_sigma=0.6,
+                                               param="pixel")
     rows, labels = [to_uint8(classes)], ["classes"]
     for layer in ("conv3", "conv5"):
         units, _ = synthesis.maximize_activation(model, layer, [1, 2, 3], size=(SIZE, SIZE),
-                                                 unit="center", steps=200, jitter=1, blur_every=4)
+                                                 unit="center", steps=200, jitter=1, blur_every=4,
+                                                 param="pixel")
         rows.append(to_uint8(units))
         labels.append(f"{layer} 1-3")
     save(sheet(rows, labels, "maximize_activation: class logits; center units"), args.out,

@@ -9,6 +9,8 @@ from tbviz.callbacks.synthesis import SynthesisCallback
 from tbviz.summary.images import to_uint8
 from eventfiles import images
 
+pytestmark = pytest.mark.backends
+
 
 def classifier(flexible=False):
     size = (None, None) if flexible else (16, 16)
@@ -35,7 +37,7 @@ def test_synthesized_images_are_logged_and_track_training(tmp_path):
     probes = x[:2]
     cb = SynthesisCallback(tmp_path, probes, maximize={"conv2": [1, 4], "dense": 1},
                            invert=["conv1"], dream="conv2", steps=6,
-                           options={"maximize": {"jitter": 1}})
+                           options={"maximize": {"transforms": {"jitter": 30}, "lr": 0.5}})
     model.fit(x, y, epochs=2, batch_size=6, verbose=0, callbacks=[cb])
     run = tmp_path / "train"
     first = {}
@@ -47,7 +49,8 @@ def test_synthesized_images_are_logged_and_track_training(tmp_path):
         first[tag] = a
         assert np.any(a != b)  # the weights changed, so did the image
     # The last step shows what the pure function makes of the trained model.
-    want, _ = sy.maximize_activation(model, "conv2", [1, 4], steps=6, jitter=1)
+    want, _ = sy.maximize_activation(model, "conv2", [1, 4], steps=6, lr=0.5,
+                                     transforms={"jitter": 30})
     np.testing.assert_array_equal(images(run, "synthesis/conv2/4")[-1][1][0], to_uint8(want[1]))
     rec = images(run, "synthesis/inversion/conv1")
     assert [s for s, _ in rec] == [2, 4] and len(rec[-1][1]) == 2
@@ -79,6 +82,8 @@ def test_errors_at_construction_or_train_begin(tmp_path):
         SynthesisCallback(tmp_path, maximize={"conv1": 2}, options={"maximize": {"sigma": 1}})
     with pytest.raises(ValueError, match="channel lists or counts"):
         SynthesisCallback(tmp_path, maximize={"conv1": "all"})
+    with pytest.raises(ValueError, match=r"jitter belong\(s\) to param='pixel'"):
+        SynthesisCallback(tmp_path, maximize={"conv1": 2}, options={"maximize": {"jitter": 4}})
     for kwargs, message in [
         ({"maximize": {"conv7": 1}}, r"unknown layer.*'conv7'.*conv1, conv2"),
         ({"maximize": {"conv1": [6]}}, r"channel 6 is out of range.*6 channels"),

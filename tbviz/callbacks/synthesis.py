@@ -3,7 +3,10 @@
 Each trigger re-runs the synthesis from the same seeded start, so what changes
 from step to step in TensorBoard is what the network learned. Tags:
 
-* ``synthesis/<layer>/<channel>``: the image maximizing that channel's mean activation,
+* ``synthesis/<layer>/<channel>``: the image maximizing that channel's mean activation
+  (:func:`tbviz.methods.synthesis.maximize_activation` at its defaults: a Fourier image
+  with decorrelated colours, robust to random moves, after Olah et al. 2017;
+  ``options={"maximize": {"param": "pixel"}}`` for the pixel path of Yosinski et al.),
 * ``synthesis/inversion/<layer>``: each probe image reconstructed from that layer,
 * ``synthesis/deepdream``: each probe image dreamt through the ``dream`` layers.
 
@@ -61,7 +64,7 @@ class SynthesisCallback(VizCallback):
         steps: optimization steps (DeepDream: per octave).
         value_range: the model's input range, which bounds the pixels and maps them
             to display (default ``(0, 255)``).
-        options: extra keyword arguments per kind, e.g. ``{"maximize": {"jitter": 4},
+        options: extra keyword arguments per kind, e.g. ``{"maximize": {"transforms": None},
             "invert": {"tv_weight": 0.1}, "dream": {"octaves": 2}}``. DeepDream uses 3
             octaves on models that take any image size and 1 otherwise, unless given.
         strict: re-raise a failure instead of switching that layer's synthesis off.
@@ -103,6 +106,7 @@ class SynthesisCallback(VizCallback):
             if unknown:
                 raise ValueError(f"unknown option(s) {', '.join(unknown)} for {kind}; it takes "
                                  f"{', '.join(_option_names(kind))}")
+        synthesis.check_priors(**self.options.get("maximize", {}))
         self._probes = None
         self._channels = {}
 

@@ -13,6 +13,10 @@ rule        backward at ``y = f(x)``            where it comes from
 deconvnet   ``relu(dy)``                        Zeiler & Fergus 2013 (for ReLU)
 guided      ``relu(dy) * max(f'(x), 0)``        Springenberg et al. 2014 (for ReLU)
 gradient    ``dy * f'(x)``                      Simonyan et al. 2013 (saliency): autodiff
+redirected  ``dy * f'(x)``; in an image whose       Olah et al. 2017 (Lucid's
+            units all shut that signal out:         ``redirected_relu_grad``), for
+            ``dy * f'(x)`` where ``f'(x) > 0``,     synthesis: a start image on which
+            ``relu(dy)`` where the unit is shut     a layer is silent still moves
 ==========  ==================================  =========================================
 
 At a ReLU (``f' = [x > 0]``) these are the papers' rules. The papers define them
@@ -102,7 +106,7 @@ __all__ = ["RULES", "RECTIFIERS", "check_rule", "backward_rule", "rule_sites",
 
 log = logging.getLogger(__name__)
 
-RULES = ("deconvnet", "guided", "gradient")
+RULES = ("deconvnet", "guided", "gradient", "redirected")
 
 #: Activation names (in ``keras.activations``, ``keras.ops`` and the backend's own modules,
 #: ``tf.nn``, ``jax.nn``, ``torch.nn.functional``) the deconvnet and guided rules act on.
@@ -150,8 +154,22 @@ def rule_backward(rule: str):
     def backward(dy, slope):
         if rule == "deconvnet":
             return keras.ops.relu(dy)
+        if rule == "redirected":
+            return _redirected(dy, slope())
         return keras.ops.relu(dy) * keras.ops.relu(slope())
     return backward
+
+
+def _redirected(dy, s):
+    """Lucid's redirected gradient (ascent sign): the gradient, unless it is zero for a whole
+    image (every unit shut); then also the signal that would open a shut unit."""
+    passed = dy * s
+    opening = keras.ops.where(s > 0, passed, keras.ops.relu(dy))
+    axes = list(range(1, len(passed.shape)))
+    magnitude = keras.ops.abs(passed)
+    if axes:
+        magnitude = keras.ops.sum(magnitude, axis=axes, keepdims=True)
+    return keras.ops.where(magnitude > 0, passed, opening)
 
 
 def _ruled(fn, rule: str):

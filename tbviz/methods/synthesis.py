@@ -3,8 +3,11 @@
 =======================  ==========================================  ========================
 function                 optimizes                                   literature
 =======================  ==========================================  ========================
-``maximize_activation``  a channel's mean or center unit, with L2,   Erhan et al. 2009,
-                         blur, jitter and pixel-clipping priors      Yosinski et al. 2015
+``maximize_activation``  an objective (channels, neurons,            Erhan et al. 2009,
+                         directions, diversity, combined), through   Olah et al. 2017;
+                         a Fourier image with decorrelated colours   pixel path: Yosinski
+                         and random moves (default), or the pixels   et al. 2015
+                         with L2, blur, jitter and clipping priors
 ``invert_features``      distance of a layer's features to a         Mahendran & Vedaldi 2015
                          photo's, plus a total-variation prior
 ``deepdream``            the layers' activation energy on a photo,   Mordvintsev et al. 2015
@@ -12,8 +15,18 @@ function                 optimizes                                   literature
 =======================  ==========================================  ========================
 
 All work in the model's input space: ``value_range`` (default ``(0, 255)``, the
-project's image convention) bounds the pixels, sets the scale of the noise the
-optimization starts from and of ``lr``, which is a fraction of the range per step.
+project's image convention) bounds the pixels and sets the scale of the noise the
+optimization starts from; on the pixel paths ``lr`` is a fraction of the range per step.
+Objectives: :mod:`tbviz.methods.objectives`; the Fourier image, colours and moves:
+:mod:`tbviz.methods.parameterization`.
+
+``maximize_activation``'s defaults are Olah et al. 2017's, as Lucid's ``render_vis`` sets
+them: ``param="fourier"`` (a 1/f-scaled spectrum, start ``N(0, 0.01^2)``), ``decorrelate=True``
+(ImageNet's colour correlation, then a sigmoid), ``transforms="standard"`` (Lucid's
+``standard_transforms``), Adam at ``lr=0.05`` on the spectrum, and Lucid's redirected ReLU
+gradient while stepping (the backward rule ``"redirected"`` of
+:mod:`tbviz.core.backward_rules`). ``param="pixel"`` keeps Yosinski et al. 2015's path and
+its defaults (:data:`PIXEL_PRIORS`, ``lr=0.02`` of the range, cosine-decayed).
 Each inner step is one probe (:func:`tbviz.backend.function`) compiled once per model,
 layer and image shape, run with ``training=False``; the weights are never touched.
 Randomness (start noise, jitter) comes from NumPy's generator seeded with ``seed``, so the
@@ -32,17 +45,22 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
 import numpy as np
 
 from tbviz.core import probes
+from tbviz.core.backward_rules import backward_rule
 from tbviz.core.checks import channels as channel_indices
 from tbviz.core.checks import number, positive_int
 from tbviz.core.checks import value_range as check_value_range
 from tbviz.core.layers import (capture_outputs, check_images, check_layers, forward_to,
                                get_layer, image_input_shape)
+from tbviz.methods.objectives import as_objective
+from tbviz.methods.parameterization import (check_transforms, fourier_basis, render, spectrum,
+                                            transform_matrices, transformed)
 
 
 # -- shared pieces ----------------------------------------------------------------------------
@@ -104,32 +122,23 @@ def _clip_small_contribution(x, g, mid, percentile):
     return keras.ops.where((contribution < threshold)[..., None], mid, x)
 
 
-UNITS = ("mean", "center")
-
-
-def _layer_before_activation(model, layer: str):
-    """``x -> layer's output before a final softmax or ReLU`` (see
+def _before_activation(model, layers, rule: str | None = None):
+    """``x -> {layer: output before a final softmax or ReLU}`` (see
     :func:`tbviz.core.probes.before_activation`), running the model no further than it must:
-    a unit silent on the start image still gets a gradient, a class's logit is raised."""
-    forward = forward_to(model, [layer])
-    target = get_layer(model, layer)
+    a unit silent on the start image still gets a gradient, a class's logit is raised.
+    ``rule``: a backward rule at the layers' rectifiers on the way
+    (:func:`tbviz.core.backward_rules.backward_rule`)."""
+    forward = forward_to(model, list(layers))
+    targets = [get_layer(model, layer) for layer in layers]
 
     def before(x):
-        with probes.before_activation(target, ("softmax", "relu")):
-            return forward(x)[layer]
+        with contextlib.ExitStack() as stack:
+            for target in targets:
+                stack.enter_context(probes.before_activation(target, ("softmax", "relu")))
+            if rule is not None:  # inside: the targets' own activations are gone by then
+                stack.enter_context(backward_rule(rule, model))
+            return forward(x)
     return before
-
-
-def _unit_objective(a, channels, unit: str):
-    """Channel ``channels[i]`` of row ``i`` of layer output ``a``: its mean over positions,
-    or its unit at the center position."""
-    a = keras.ops.cast(a, "float32")  # float16 layers too
-    if len(a.shape) == 4:
-        if unit == "center":
-            a = a[:, a.shape[1] // 2, a.shape[2] // 2]
-        else:
-            a = keras.ops.mean(a, axis=[1, 2])
-    return keras.ops.take_along_axis(a, keras.ops.expand_dims(channels, 1), axis=1)[:, 0]
 
 
 def _synthesis_shape(model, size) -> tuple[int, int, int]:
@@ -200,48 +209,176 @@ def check_octaves(model, octaves) -> int:
     return octaves
 
 
-def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean",
-                        steps: int = 128, lr: float = 0.02, l2: float = 1e-3,
+#: ``maximize_activation``'s priors of the pixel path (Yosinski et al. 2015), and their
+#: defaults: the Fourier path has its own (``decorrelate``, ``transforms``).
+PIXEL_PRIORS = {"l2": 1e-3, "blur_every": 4, "blur_sigma": 0.5, "jitter": 2, "clip_grad": None}
+FOURIER_PRIORS = {"decorrelate": True, "transforms": "standard"}
+#: Image parameterizations of :func:`maximize_activation`.
+PARAMS = ("fourier", "pixel")
+#: Adam's step on the Fourier coefficients (Lucid's ``render_vis``: ``AdamOptimizer(0.05)``),
+#: and the pixel path's, a fraction of the value range, cosine-decayed.
+LR = {"fourier": 0.05, "pixel": 0.02}
+
+
+def check_priors(param: str = "fourier", **options) -> None:
+    """A ``ValueError`` when ``options`` (keyword arguments of :func:`maximize_activation`)
+    give a prior of the other path a value other than its default, or ``param`` is unknown.
+
+    >>> check_priors("fourier", jitter=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: jitter belong(s) to param='pixel', but param='fourier'; its priors are decorrelate, transforms
+    """
+    if param not in PARAMS:
+        raise ValueError(f"unknown param {param!r}; choose one of {', '.join(PARAMS)}")
+    mine, other = ((FOURIER_PRIORS, PIXEL_PRIORS) if param == "fourier"
+                   else (PIXEL_PRIORS, FOURIER_PRIORS))
+    changed = [k for k, default in other.items() if k in options and options[k] != default]
+    if changed:
+        path = "pixel" if param == "fourier" else "fourier"
+        raise ValueError(f"{', '.join(changed)} belong(s) to param={path!r}, but param="
+                         f"{param!r}; its priors are {', '.join(mine)}")
+
+
+def maximize_activation(model, layer, channel=None, size=None, unit: str = "mean",
+                        steps: int = 128, lr: float | None = None, l2: float = 1e-3,
                         blur_every: int | None = 4, blur_sigma: float = 0.5, jitter: int = 2,
                         clip_grad: float | None = None, value_range=(0.0, 255.0),
-                        seed: int | None = 0):
-    """Gradient ascent on the input to a channel's activation (Erhan et al. 2009).
+                        seed: int | None = 0, param: str = "fourier", decorrelate: bool = True,
+                        transforms="standard", batch: int | None = None):
+    """Gradient ascent on the input to an objective (Erhan et al. 2009; Olah et al. 2017).
 
-    ``channel`` is one channel (feature map of a conv layer, unit of a dense layer)
-    or a list of them, all optimized at once as one batch. For a conv layer,
-    ``unit="mean"`` raises the channel's mean over all positions (a texture that
-    fills the image), ``unit="center"`` its single unit at the center (a pattern the
-    size of its receptive field, as Erhan and Yosinski et al. show). A layer ending in a ReLU
-    or a softmax is scored before it, so units silent on the start image still get
-    a gradient, and a class's logit, not its probability, is raised. The ascent
-    starts from mid-gray with faint noise and uses Adam (step ``lr`` of the value
-    range, cosine-decayed to 0). Priors after Yosinski et al. 2015, each switchable
-    off with ``0``/``None``:
+    What is raised: ``layer`` and ``channel`` (one channel, feature map of a conv layer or
+    unit of a dense one, or a list of them, one image each, optimized as one batch; for a
+    conv layer ``unit="mean"`` raises the channel's mean over positions, a texture that
+    fills the image, ``unit="center"`` its unit at the centre, a pattern the size of its
+    receptive field), or an objective of :mod:`tbviz.methods.objectives` passed as
+    ``layer`` (``channel``, ``neuron``, ``direction``, ``diversity`` and their sums and
+    products), with ``batch`` images when it has one row (default 1). Layers are scored
+    before a final ReLU or softmax.
 
-    * ``l2``: pull toward mid-gray by this fraction per step (L2 decay),
-    * ``blur_every``/``blur_sigma``: Gaussian blur every that many steps,
-    * ``jitter``: shift the image by up to that many pixels at random each step,
-    * ``clip_grad``: a percentile; each step, pixels whose first-order contribution
-      to the objective, ``sum_c |(x - mid) * gradient|``, is below it are reset to
-      mid-gray (the paper's clipping of pixels with small contribution).
+    How the image is made, ``param``:
 
-    ``size=(H, W)`` is needed only for models that take any image size.
+    * ``"fourier"`` (default, Olah et al. 2017 as in Lucid; see
+      :mod:`tbviz.methods.parameterization`): a ``1/f``-scaled spectrum, colours
+      decorrelated (``decorrelate``, ImageNet's colour correlation) and squashed by a
+      sigmoid into ``value_range``, each step seeing the image randomly shifted, scaled and
+      rotated (``transforms="standard"``, Lucid's; ``None`` for none, or a dict of
+      ``jitter``, ``scales`` and ``angles``); Adam on the spectrum at ``lr`` (default 0.05,
+      Lucid's), constant. Deep layers give patterns a person can read, robust to the small
+      moves the network also sees in photos.
+    * ``"pixel"`` (Yosinski et al. 2015): the pixels themselves from mid-gray with faint
+      noise, Adam at ``lr`` (default 0.02 of the value range per step) cosine-decayed to 0,
+      and the priors, each switchable off with ``0``/``None``: ``l2`` (pull toward mid-gray
+      by this fraction per step), ``blur_every``/``blur_sigma`` (Gaussian blur every that
+      many steps), ``jitter`` (a random shift of up to that many pixels each step),
+      ``clip_grad`` (a percentile: pixels whose contribution ``sum_c |(x - mid) * g|`` is
+      below it are reset to mid-gray). They raise the objective further on the image itself,
+      but deep layers give high-frequency patterns (``scripts/bench_synthesis.py`` measures
+      both).
 
-    Returns ``(image, trace)``: the image ``(H, W, C)`` (``(K, H, W, C)`` for a
-    list of ``K`` channels) in ``value_range``, and the objective per step
-    (``(steps + 1,)`` or ``(steps + 1, K)``): what each step saw on its jittered
-    input, then the returned image's.
+    The priors of one path given to the other raise a ``ValueError``. ``size=(H, W)`` is
+    needed only for models that take any image size. Randomness (the start, the transforms)
+    comes from NumPy's generator seeded with ``seed``.
+
+    Returns ``(image, trace)``: the image ``(H, W, C)`` (``(B, H, W, C)`` for a list of
+    channels, directions or ``batch``) in ``value_range``, and the objective per step (``(steps + 1,)``
+    or ``(steps + 1, B)``): what each step saw on its moved input, then the returned
+    image's, as it is.
 
     >>> import keras
+    >>> from tbviz.methods.objectives import channel, diversity
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c")])
-    >>> imgs, trace = maximize_activation(m, "c", [0, 3], steps=4, jitter=0)
+    >>> imgs, trace = maximize_activation(m, "c", [0, 3], steps=4)
     >>> imgs.shape, trace.shape
     ((2, 8, 8, 3), (5, 2))
+    >>> imgs, _ = maximize_activation(m, channel("c", 1) + 0.1 * diversity("c"), batch=3, steps=2)
+    >>> imgs.shape
+    (3, 8, 8, 3)
+    >>> maximize_activation(m, "c", 1, steps=4, param="pixel", jitter=0)[0].shape
+    (8, 8, 3)
     """
-    check_layers(model, [layer])
+    check_priors(param, l2=l2, blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter,
+                 clip_grad=clip_grad, decorrelate=decorrelate, transforms=transforms)
+    objective = as_objective(layer, channel, unit)
+    check_layers(model, list(objective.layers))
     lo, hi = check_value_range(value_range)
     steps = positive_int("steps", steps)
-    lr, l2 = number("lr", lr), number("l2", l2)
+    lr = LR[param] if lr is None else number("lr", lr)
+    shape = _synthesis_shape(model, size)
+    objective.check(probes.layer_output_shapes(model, shape))
+    rows = objective.rows
+    if batch is not None:
+        batch = positive_int("batch", batch)
+        if rows not in (1, batch):
+            raise ValueError(f"batch={batch} but the objective {objective} scores {rows} images "
+                             "(one per channel given); leave batch out or match it")
+        rows = batch
+    single = batch is None and not objective.per_image
+    rng = np.random.default_rng(seed)
+    if param == "fourier":
+        images, trace = _maximize_fourier(model, objective, shape, rows, steps, lr, lo, hi, rng,
+                                          bool(decorrelate), check_transforms(transforms))
+    else:
+        images, trace = _maximize_pixels(model, objective, shape, rows, steps, lr, lo, hi, rng,
+                                         l2, blur_every, blur_sigma, jitter, clip_grad)
+    return (images[0], trace[:, 0]) if single else (images, trace)
+
+
+def _maximize_fourier(model, objective, shape, rows, steps, lr, lo, hi, rng, decorrelate, spec):
+    h, w, c = shape
+    basis = fourier_basis(h, w)
+    mid = (lo + hi) / 2
+
+    def build(ref):
+        # Lucid's redirected ReLU gradient while stepping: a start image on which the
+        # layers below are silent (a nearly flat one, on a trained net) still moves.
+        redirected = _before_activation(ref(), objective.layers, "redirected")
+        before = _before_activation(ref(), objective.layers)
+
+        def image(p):
+            return render(p, basis, decorrelate, lo, hi)
+
+        def step(p, m, v, t, warp, lr_t):
+            def moved(p_):
+                x = image(p_)
+                if spec is not None:
+                    x = transformed(x, warp, mid)
+                value = objective(redirected(x))
+                return value, value
+            (g,), value = probes.input_gradients(moved, p, has_aux=True)
+            update, m, v = _adam(g, m, v, t)
+            return p + lr_t * update, m, v, value
+
+        def final(p):
+            x = image(p)
+            return x, objective(before(x))
+
+        # The batch is fixed, not free: JAX pads a free batch with rows, and diversity
+        # compares the rows with each other.
+        spectrum_shape = (rows, 2, h, w // 2 + 1, c)
+        return (probes.function(ref, step, spectrum_shape, spectrum_shape, spectrum_shape, (),
+                                (rows, 8), ()),
+                probes.function(ref, final, spectrum_shape))
+
+    step, final = probes.traced(model, ("maximize_fourier", objective.key, rows, shape, lo, hi,
+                                        decorrelate, spec is not None), build)
+    p = spectrum(rng, rows, h, w, c)
+    m = v = np.zeros_like(p)
+    identity = np.tile(np.array([[1, 0, 0, 0, 1, 0, 0, 0]], np.float32), (rows, 1))
+    trace = []
+    for i in range(steps):
+        warp = transform_matrices(rng, spec, rows, h, w) if spec is not None else identity
+        p, m, v, value = step(p, m, v, np.float32(i + 1), warp, np.float32(lr))
+        trace.append(probes.numpy(value))
+    x, value = final(p)
+    trace.append(probes.numpy(value))
+    return probes.numpy(x), np.stack(trace)
+
+
+def _maximize_pixels(model, objective, shape, rows, steps, lr, lo, hi, rng, l2, blur_every,
+                     blur_sigma, jitter, clip_grad):
+    l2 = number("l2", l2)
     if l2 >= 1:
         raise ValueError(f"l2 is a decay fraction per step and must be < 1, got {l2}")
     blur_every = positive_int("blur_every", blur_every) if blur_every else 0
@@ -252,53 +389,45 @@ def maximize_activation(model, layer: str, channel, size=None, unit: str = "mean
     clip = number("clip_grad", clip_grad) if clip_grad else 0.0
     if clip >= 100:
         raise ValueError(f"clip_grad is a percentile of pixels and must be < 100, got {clip_grad}")
-    shape = _synthesis_shape(model, size)
-    single = np.ndim(channel) == 0
-    channels = check_channels(model, layer, channel, size)
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
     kernel = _gaussian(blur_sigma) if blur_every else np.ones(1, np.float32)
     mid, span = (lo + hi) / 2, hi - lo
 
     def build(ref):
-        before = _layer_before_activation(ref(), layer)
+        before = _before_activation(ref(), objective.layers)
 
-        def step(x, m, v, t, ch, shift, blur, lr_t, l2_t, clip_t):
+        def step(x, m, v, t, shift, blur, lr_t, l2_t, clip_t):
             def jittered(t_):
-                act = _unit_objective(before(_roll(t_, shift)), ch, unit)
-                return act, act
-            (g,), act = probes.input_gradients(jittered, x, has_aux=True)
+                value = objective(before(_roll(t_, shift)))
+                return value, value
+            (g,), value = probes.input_gradients(jittered, x, has_aux=True)
             update, m, v = _adam(g, m, v, t)
             x = mid + (x + lr_t * span * update - mid) * (1 - l2_t)
             x = keras.ops.cond(blur, lambda: _blur(x, kernel), lambda: x)
             x = keras.ops.cond(clip_t > 0, lambda: _clip_small_contribution(x, g, mid, clip_t),
                                lambda: x)
-            return keras.ops.clip(x, lo, hi), m, v, act
+            return keras.ops.clip(x, lo, hi), m, v, value
 
-        def objective(x, ch):
-            return _unit_objective(before(x), ch, unit)
+        def final(x):
+            return objective(before(x))
 
-        img, num = (None,) + shape, ()
-        return (probes.function(ref, step, img, img, img, num, (None,), (2,), num, num, num,
-                                num, dtypes=["float32"] * 4 + ["int32", "int32", "bool"]
-                                + ["float32"] * 3),
-                probes.function(ref, objective, img, (None,), dtypes=["float32", "int32"]))
+        img, num = (rows,) + shape, ()  # a fixed batch, as in _maximize_fourier
+        return (probes.function(ref, step, img, img, img, num, (2,), num, num, num, num,
+                                dtypes=["float32"] * 4 + ["int32", "bool"] + ["float32"] * 3),
+                probes.function(ref, final, img))
 
-    step, objective = probes.traced(model, ("maximize", layer, shape, unit, float(blur_sigma)),
-                                    build)
-    rng = np.random.default_rng(seed)
-    x = _start(rng, (len(channels),) + shape, lo, hi)
+    step, final = probes.traced(model, ("maximize_pixels", objective.key, rows, shape,
+                                        float(blur_sigma)), build)
+    x = _start(rng, (rows,) + shape, lo, hi)
     m = v = np.zeros_like(x)
     trace = []
     for i in range(steps):
         blur = bool(blur_every) and (i + 1) % blur_every == 0
-        x, m, v, act = step(x, m, v, np.float32(i + 1), channels, _shift(rng, jitter),
-                            np.array(blur), np.float32(_cosine(lr, i, steps)), np.float32(l2),
-                            np.float32(clip))
-        trace.append(probes.numpy(act))
-    trace.append(probes.numpy(objective(x, channels)))
-    images, trace = probes.numpy(x), np.stack(trace)
-    return (images[0], trace[:, 0]) if single else (images, trace)
+        x, m, v, value = step(x, m, v, np.float32(i + 1), _shift(rng, jitter), np.array(blur),
+                              np.float32(_cosine(lr, i, steps)), np.float32(l2),
+                              np.float32(clip))
+        trace.append(probes.numpy(value))
+    trace.append(probes.numpy(final(x)))
+    return probes.numpy(x), np.stack(trace)
 
 
 # -- feature inversion ------------------------------------------------------------------------

@@ -50,7 +50,14 @@ PERIMAGE      ``tbviz/deconvnet/<layer>/perimage``       each probe image's stro
 STYLIZED      ``tbviz/stylized/<name>``                  stylized probe photos
 ATTRIBUTION   ``tbviz/attribution/<method>``             heatmaps over the probe images
 PROBES        ``tbviz/deconvnet/<model>/probes``         the images a deconvnet looked at
+FAITHFULNESS  ``tbviz/faithfulness/curves``              no images: each group one curve,
+                                                         ``{"method", "metric"
+                                                         ("deletion"/"insertion"),
+                                                         "fractions", "scores", "auc"}``
 ============= ========================================== ===============================
+
+An ATTRIBUTION tile may carry ``"faithfulness": {metric: value or null}``, its image's
+values of :mod:`tbviz.methods.faithfulness` (the tab shows them under the heatmap).
 
 **Read beside the panels:** :class:`~tbviz.callbacks.convergence.ConvergenceCallback`'s
 scalars ``convergence/<layer>/vs_previous`` (whose description states the rule) and its
@@ -110,7 +117,8 @@ ATTRIBUTION = "attribution"
 PROBES = "probes"
 FEATUREMAPS = "featuremaps"
 PERIMAGE = "perimage"
-KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES, FEATUREMAPS, PERIMAGE)
+FAITHFULNESS = "faithfulness"
+KINDS = (TOPK, EVOLUTION, STYLIZED, ATTRIBUTION, PROBES, FEATUREMAPS, PERIMAGE, FAITHFULNESS)
 
 #: ConvergenceCallback's tags (``{layer}`` is the layer's path), read by the tab.
 CONVERGENCE_TAG = "convergence/{layer}/vs_previous"
@@ -184,7 +192,7 @@ def create_panel_metadata(kind: str, description: str = "",
     >>> create_panel_metadata("histogram")
     Traceback (most recent call last):
     ...
-    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution, probes, featuremaps, perimage
+    ValueError: unknown panel kind 'histogram'; choose one of topk, evolution, stylized, attribution, probes, featuremaps, perimage, faithfulness
     """
     if kind not in KINDS:
         raise ValueError(f"unknown panel kind {kind!r}; choose one of {', '.join(KINDS)}")

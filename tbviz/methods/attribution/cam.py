@@ -178,11 +178,14 @@ def grad_cam(model, images, target, layer: str | None = None, upsample: bool = T
     return _upsample(maps, x.shape[1:3]) if upsample else maps
 
 
-def _cam_probe(model, image_shape, layer, grid, fn, predicted: bool, with_input: bool):
-    """The probe ``(images, classes) -> (classes, input gradient, Grad-CAM map)`` of ``layer``
+def _cam_probe(model, image_shape, layer, grid, fn, predicted: bool, with_input: bool,
+               weigh=None):
+    """The probe ``(images, classes) -> (classes, input gradient, map)`` of ``layer``
     (cached): one forward and one backward pass; ``predicted``: the classes are the
     argmax of the logits, from the same pass; ``with_input=False``: no input gradient
-    (``None``), the backward pass stopping at ``layer``."""
+    (``None``), the backward pass stopping at ``layer``. ``weigh(A, g)``: the map from the
+    layer's output and the score's gradient there, on the grid (default Grad-CAM's)."""
+    weigh = weigh or _grad_cam_weighing
     out_shape = probes.layer_output_shapes(model, image_shape)[layer]
 
     def build(ref):
@@ -203,12 +206,12 @@ def _cam_probe(model, image_shape, layer, grid, fn, predicted: bool, with_input:
                 (g_out,), (out, classes) = probes.input_gradients(
                     lambda at_layer: score(xb, at_layer), zeros, has_aux=True)
                 g_x = keras.ops.zeros((), "float32")
-            return classes, g_x, _grad_cam_map(out, g_out, grid)
+            return classes, g_x, _grad_cam_map(out, g_out, grid, weigh)
         return probes.function(ref, probe, (None,) + image_shape, (None,),
                                dtypes=["float32", "int32"])
 
     return probes.traced(model, ("cam_probe", layer, grid, image_shape, fn, predicted,
-                                 with_input), build)
+                                 with_input, weigh), build)
 
 
 def _zeros_at(x, out_shape):
@@ -217,11 +220,16 @@ def _zeros_at(x, out_shape):
     return keras.ops.zeros((keras.ops.shape(x)[0],) + tuple(out_shape[1:]), "float32")
 
 
-def _grad_cam_map(out, g, grid):
-    """``relu(sum_k alpha_k A_k)`` from the layer output ``out`` and the score's gradient ``g``."""
+def _grad_cam_map(out, g, grid, weigh):
+    """``weigh(A, g)`` of the layer output ``out`` and the score's gradient ``g`` there."""
     # Weighed on the patch grid (tokens reshaped, class token dropped), in float32 whatever
     # the layer computes in.
     a, g = (keras.ops.cast(tokens.to_grid(t, grid), "float32") for t in (out, g))
+    return weigh(a, g)
+
+
+def _grad_cam_weighing(a, g):
+    """``relu(sum_k alpha_k A_k)``, ``alpha_k`` the spatial mean of the gradient on map ``k``."""
     alpha = keras.ops.mean(g, axis=[1, 2], keepdims=True)
     return keras.ops.relu(keras.ops.sum(alpha * a, axis=-1))
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from tbviz.core import probes
 from tbviz.core.checks import positive_pair
-from tbviz.methods.attribution.targets import _prepare, _score
+from tbviz.methods.attribution.targets import _prepare, _score, check_baseline
 
 
 def _starts(size: int, patch: int, stride: int) -> np.ndarray:
@@ -53,11 +53,7 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
         raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}, {w})")
     sh, sw = positive_pair("stride", (max(1, ph // 2), max(1, pw // 2)) if stride is None
                            else stride)
-    try:
-        base = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
-    except ValueError:
-        raise ValueError(f"baseline must be a number or an array broadcastable to the images "
-                         f"{x.shape}, got shape {np.shape(baseline)}") from None
+    base = check_baseline(baseline, x)
 
     ys, xs = _starts(h, ph, sh), _starts(w, pw, sw)
     y0 = np.repeat(ys, len(xs))
@@ -83,7 +79,6 @@ def occlusion(model, images, target, patch=8, stride=None, baseline=0.0,
                                (), dtypes=["float32"] * 2 + ["int32"] * 6)
 
     scores_fn = probes.traced(model, ("occlusion", x.shape[1:], fn), build)
-    base = np.ascontiguousarray(base)
     out = np.empty(len(rows_img), np.float64)
     for s in probes.batches(len(rows_img), max_batch):
         img = rows_img[s]

@@ -85,6 +85,20 @@ def _score(outputs, idx, fn):
     return keras.ops.take_along_axis(y, keras.ops.expand_dims(idx, 1), axis=1)[:, 0]
 
 
+def check_baseline(baseline, x) -> np.ndarray:
+    """``baseline`` (a number or an array broadcastable to the images ``x``) as a float32
+    array shaped like ``x``, or a ``ValueError`` saying what was received.
+
+    >>> check_baseline(0.5, np.zeros((2, 3))).tolist()
+    [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+    """
+    try:
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(baseline, np.float32), x.shape))
+    except ValueError:
+        raise ValueError(f"baseline must be a number or an array broadcastable to the images "
+                         f"{x.shape}, got shape {np.shape(baseline)}") from None
+
+
 def _prepare(model, images, target, max_batch):
     x = check_images(model, images)
     idx, fn = check_target(model, x, target)
@@ -113,3 +127,32 @@ def top_classes(model, images, max_batch: int = 32) -> np.ndarray:
     return np.concatenate([probes.numpy(forward(x[s]))
                            for s in probes.batches(len(x), max_batch)])
 
+
+
+def scores(model, images, idx, fn, max_batch: int = 32, logits: bool = False) -> np.ndarray:
+    """The target score of each image, ``(N,)`` float64, by one forward probe per image
+    shape: the model's output as given (a probability, for a softmax classifier; what
+    occlusion and RISE measure), or with ``logits`` its output before a final softmax
+    (what the gradient methods differentiate). ``idx``, ``fn``: from :func:`check_target`.
+
+    >>> import numpy as np, keras
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    >>> idx, fn = check_target(m, np.zeros((3, 2)), 1)
+    >>> scores(m, np.zeros((3, 2), "float32"), idx, fn).tolist()
+    [0.5, 0.5, 0.5]
+    """
+    x = np.asarray(images, np.float32)
+    use_logits = bool(logits) and fn is None
+
+    def build(ref):
+        def forward(xb, ib):
+            with logits_of(ref(), fn) if use_logits else contextlib.nullcontext():
+                y = ref()(xb, training=False)
+            return _score(y, ib, fn)
+        return probes.function(ref, forward, (None,) + x.shape[1:], (None,),
+                               dtypes=["float32", "int32"])
+
+    forward = probes.traced(model, ("scores", x.shape[1:], fn, use_logits), build)
+    idx = np.asarray(idx, np.int32)
+    return np.concatenate([probes.numpy(forward(x[s], idx[s])).astype(np.float64)
+                           for s in probes.batches(len(x), positive_int("max_batch", max_batch))])

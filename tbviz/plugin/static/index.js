@@ -11,6 +11,7 @@ import { state } from "./lib/state.js";
 import { stepChips, stepSlider } from "./lib/steps.js";
 import { attributionView } from "./views/attribution.js";
 import { evolutionView, settledStep } from "./views/evolution.js";
+import { faithfulnessView } from "./views/faithfulness.js";
 import { featuremapsView } from "./views/featuremaps.js";
 import { stylizedView } from "./views/stylized.js";
 import { throughLayers } from "./views/through_layers.js";
@@ -42,6 +43,7 @@ const VIEWS = [
   { kind: "perimage", label: "Through the layers", layered: false, whole: throughLayers },
   { kind: "stylized", label: "Stylized probes", layered: false, steps: stepChips, draw: stylizedView },
   { kind: "attribution", label: "Attribution", layered: false, steps: stepSlider, draw: attributionView },
+  { kind: "faithfulness", label: "Faithfulness", layered: false, steps: stepSlider, draw: faithfulnessView },
   { kind: "probes", label: "Probe images", layered: false, steps: stepChips, draw: stylizedView },
 ];
 const viewOf = (kind) => VIEWS.find((v) => v.kind === kind);

@@ -1,27 +1,30 @@
-// Attribution: one step's heatmaps over the probe images, captioned with image and target.
+// Attribution: one step's heatmaps over the probe images, captioned with image and target,
+// and beside them, when the callback measured it, how faithful the maps are.
 import { fmt, h } from "../lib/dom.js";
 import { frameError } from "../lib/errors.js";
 import { tile } from "../lib/tiles.js";
+import { faithfulnessTable } from "./faithfulness.js";
 
 export function attributionView(run, panel) {
-  return (frame) =>
-    h(
+  return (frame) => {
+    const caption = (t, i) => [
+      `image ${fmt(t.image_index ?? i)}`,
+      t.target != null ? `target ${fmt(t.target)}` : null,
+    ];
+    return h(
       "div",
       {},
       frameError(frame),
       h(
         "div",
-        { class: "grid wide" },
-        frame.tiles.map((t, i) =>
-          tile(
-            run,
-            panel,
-            frame,
-            i,
-            [`image ${fmt(t.image_index ?? i)}`, t.target != null ? `target ${fmt(t.target)}` : null],
-            "photo",
-          ),
+        { class: "beside" },
+        h(
+          "div",
+          { class: "grid wide" },
+          frame.tiles.map((t, i) => tile(run, panel, frame, i, caption(t, i), "photo")),
         ),
+        faithfulnessTable(panel, frame),
       ),
     );
+  };
 }
