@@ -19,6 +19,8 @@ name                     what it does
 ``backward_fixes(layer)`` a layer's exact gradient where the backend's own fails in probes
 ``op_graph(...)``         the op-level graph as a TensorBoard ``GraphDef``
 ``is_chief(model)``       whether this process writes summaries
+``processes(model)``      ``(count, index)`` of this process in a multi-process job
+``all_gather(tree)``      every process's ``tree`` of NumPy arrays, in process order
 ``is_out_of_memory(e)``   whether an exception is the device running out of memory
 ``is_file_error(e)``      whether it is the file system (a log directory deleted, full, ...)
 ``event_sink(path)``      an event-file writer: TensorFlow's own, else tensorboardX's
@@ -72,6 +74,8 @@ ACTIVATION_MODULES = _impl.ACTIVATION_MODULES
 tracing = _impl.tracing
 op_graph = _impl.op_graph
 is_chief = _impl.is_chief
+processes = _impl.processes
+all_gather = _impl.all_gather
 is_out_of_memory = _impl.is_out_of_memory
 is_file_error = _impl.is_file_error
 event_sink = _impl.event_sink

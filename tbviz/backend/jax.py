@@ -231,3 +231,29 @@ def event_sink(path: str):
     from tbviz.backend import _tensorboardx
 
     return _tensorboardx.Sink(path)
+
+
+# -- processes of a multi-process job ---------------------------------------------------------
+
+def processes(model=None) -> tuple[int, int]:
+    """``(jax.process_count(), jax.process_index())``."""
+    return jax.process_count(), jax.process_index()
+
+
+def all_gather(tree, model=None) -> list:
+    """Every process's ``tree`` (any picklable values), in process order, through
+    ``jax.experimental.multihost_utils.process_allgather`` of its pickled bytes (so dtypes
+    JAX would narrow, int64 without ``jax_enable_x64``, come back as they were)."""
+    if jax.process_count() == 1:
+        return [tree]
+    import pickle
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(tree), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([len(data)], np.int32))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[:len(data)] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [pickle.loads(every[i, :int(n)].tobytes()) for i, n in enumerate(np.ravel(sizes))]

@@ -395,3 +395,47 @@ class _Sink:
 def event_sink(path: str) -> _Sink:
     return _Sink(path)
 
+
+
+# -- processes of a multi-process job ---------------------------------------------------------
+
+def _strategy(model=None):
+    if tf.distribute.has_strategy():
+        return tf.distribute.get_strategy()
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+
+def processes(model=None) -> tuple[int, int]:
+    """``(count, index)`` of this process among the workers of the model's
+    ``MultiWorkerMirroredStrategy`` (the chief first, as the strategy numbers them);
+    ``(1, 0)`` under any other strategy (one process, whatever its replicas)."""
+    strategy = _strategy(model)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1, 0
+    resolver = strategy.cluster_resolver
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    if chiefs + workers <= 1:
+        return 1, 0
+    index = 0 if resolver.task_type == "chief" else chiefs + int(resolver.task_id or 0)
+    return chiefs + workers, index
+
+
+def all_gather(tree, model=None) -> list:
+    """Every process's ``tree`` (NumPy arrays and numbers, the same structure and shapes
+    on each), in process order: one collective ``all_gather`` of the model's strategy."""
+    count, _ = processes(model)
+    if count == 1:
+        return [tree]
+    strategy = _strategy(model)
+    leaves = [tf.convert_to_tensor(x) for x in tf.nest.flatten(tree)]
+
+    def gather(*xs):
+        ctx = tf.distribute.get_replica_context()
+        # (tf.identity places each input on this replica's device, which the collective needs)
+        return [ctx.all_gather(tf.identity(x)[None], axis=0) for x in xs]
+
+    out = tf.function(lambda: strategy.run(gather, args=leaves), autograph=False)()
+    stacked = [strategy.experimental_local_results(t)[0].numpy() for t in out]
+    per = stacked[0].shape[0] // count  # replicas per worker: each holds the same tree
+    return [tf.nest.pack_sequence_as(tree, [s[i * per] for s in stacked]) for i in range(count)]

@@ -236,3 +236,26 @@ def event_sink(path: str):
     from tbviz.backend import _tensorboardx
 
     return _tensorboardx.Sink(path)
+
+
+# -- processes of a multi-process job ---------------------------------------------------------
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def processes(model=None) -> tuple[int, int]:
+    """``(world size, rank)`` of ``torch.distributed`` where it is initialized, else ``(1, 0)``."""
+    if not _distributed():
+        return 1, 0
+    return torch.distributed.get_world_size(), torch.distributed.get_rank()
+
+
+def all_gather(tree, model=None) -> list:
+    """Every rank's ``tree`` (any picklable values), in rank order
+    (``torch.distributed.all_gather_object``)."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return [tree]
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, tree)
+    return every

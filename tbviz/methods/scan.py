@@ -3,23 +3,37 @@
 :func:`scan` is Zeiler & Fergus' "top 9 activations across the validation data":
 for every feature map of some layers (or the listed ``channels``), its ``k``
 strongest units over all images of ``data``, found without ever holding the
-data or its activations:
+data or its activations, on every Keras backend:
 
-* the forward pass stops at the deepest listed layer;
-* per batch, each feature map's candidates (with ``distinct``, the strongest
-  position of each image) are concatenated with the running top-k and cut back
-  to ``k`` by ``tf.math.top_k``, inside one ``tf.function`` on the device, so
-  memory is ``layers x channels x k`` whatever the dataset's size;
-* each kept unit carries the input crop under its receptive field (see
-  :mod:`tbviz.core.receptive_field`; the crop is the one :class:`tbviz.methods.deconvnet.Projector`
-  projects from), so :meth:`Scan.project` and :meth:`Scan.patches` need no
-  second pass over data that may not be re-readable (a ``tf.data`` stream);
-* under a ``tf.distribute`` strategy each replica scans its shard and the
-  top-k of each feature map is merged across replicas by one ``all_gather``.
+* the forward pass stops at the deepest listed layer
+  (:func:`tbviz.core.layers.forward_to`);
+* per batch, one compiled probe on the device (:func:`tbviz.core.probes.function`)
+  reduces each feature map to its candidates - with ``distinct``, each image's
+  strongest position, else the batch's ``k`` strongest units - and counts the
+  NaN/Inf activations; only those small arrays go to the host, where a stable
+  sort merges them into the running top-k of each feature map, so memory is
+  ``layers x channels x k`` whatever the dataset's size;
+* each kept unit carries the input crop under its receptive field, cut from the
+  host copy of its batch (see :mod:`tbviz.core.receptive_field`; the crop is the
+  one :class:`tbviz.methods.deconvnet.Projector` projects from), so
+  :meth:`Scan.project` and :meth:`Scan.patches` need no second pass over data
+  that may not be re-readable (a stream);
+* in a multi-process job (a ``tf.distribute.MultiWorkerMirroredStrategy``, JAX's
+  processes, ``torch.distributed``; see :func:`tbviz.backend.processes`) each
+  process scans every n-th image (image ``i`` on process ``i % n``) and the
+  processes' top-k are merged at the end (:func:`tbviz.backend.all_gather`),
+  so every process ends with the result of a single-process scan. Every process
+  must then read the same data in the same order: give each the whole dataset,
+  not a shard of its own. Within one process the probe runs as the backend places
+  it (replicated weights under ``keras.distribution.DataParallel`` or a
+  ``tf.distribute.MirroredStrategy``: one device's work).
 
-Ties go to the earlier image (then the earlier position), as in
-:func:`tbviz.methods.deconvnet.top_units`; NaN and Inf activations are never chosen,
-but counted (:attr:`Scan.nonfinite`) and warned about once.
+``data`` may be a NumPy array, a ``keras.utils.PyDataset``, a ``tf.data.Dataset``
+(where TensorFlow is installed: it is read as it is, never imported here), a
+``torch.utils.data.DataLoader`` or any iterable of batches, each batch images or
+``(images, labels[, weights])``. Ties go to the earlier image (then the earlier
+position), as in :func:`tbviz.methods.deconvnet.top_units`; NaN and Inf activations
+are never chosen, but counted (:attr:`Scan.nonfinite`) and warned about once.
 
 Example:
     >>> import numpy as np, keras
@@ -41,17 +55,17 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Mapping, Sequence
+from typing import Mapping
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from tbviz import backend
+from tbviz.core import checks, probes
 from tbviz.core import receptive_field as rf
-from tbviz.core import checks
+from tbviz.core.backward_rules import check_rule
 from tbviz.core.checks import positive_int
 from tbviz.core.layers import check_layers, forward_to, image_input_shape
-from tbviz.core.backward_rules import check_rule
 from tbviz.methods.units import DEFAULT_MAX_BATCH, Unit
 
 __all__ = ["scan", "Scan"]
@@ -74,162 +88,338 @@ def _crop_axes(field, out_shape, image_shape):
         axis = field[i] if field is not None else None
         plan = rf.crop_plan(axis) if axis is not None else None
         if plan is None:
-            axes.append((np.zeros(length, np.int32), int(n), axis.jump if axis else 1))
+            axes.append((np.zeros(length, np.int64), int(n), axis.jump if axis else 1))
         else:
             starts = [rf.crop_start(axis, j, plan) for j in range(length)]
-            axes.append((np.array(starts, np.int32), plan, axis.jump))
+            axes.append((np.array(starts, np.int64), plan, axis.jump))
     return axes
 
 
 # --------------------------------------------------------------------------------------------
-# Reading the data
+# Reading the data: NumPy batches of images, whatever ``data`` is
 
 
-def _image_dataset(model, data, limit):
-    """``data`` as a ``tf.data.Dataset`` of single float32 images, checked against the model."""
-    want = image_input_shape(model)
+def _adapters():
+    # Keras' own tests of what a data object is, by class name: no TensorFlow or torch import.
+    from keras.src.trainers.data_adapters import data_adapter_utils, is_tf_dataset
 
-    def bad(what):
-        return ValueError(f"data {what}; model {model.name!r} expects image batches of shape "
-                          f"(N,) + {want}, float or integer")
+    return is_tf_dataset, data_adapter_utils.is_torch_tensor
 
-    if isinstance(data, np.ndarray):
+
+def _is_array(data) -> bool:
+    """An array of images (NumPy, or a backend's tensor), not an iterable of batches."""
+    return isinstance(data, np.ndarray) or (hasattr(data, "shape") and hasattr(data, "dtype")
+                                            and hasattr(data, "__array__"))
+
+
+def _to_numpy(x):
+    if _adapters()[1](x):
+        x = x.detach().cpu()
+    return np.asarray(x)
+
+
+def _images_of(batch):
+    """The images of one batch: ``x`` of ``x`` or ``(x, y[, w])``."""
+    return batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+
+
+class _Source:
+    """``data`` checked against the model and read as NumPy batches of images.
+
+    ``image_shape`` is known once the constructor returns (it reads the first batch);
+    :meth:`batches` yields the batches (that one first), ``limit`` images at most.
+    """
+
+    def __init__(self, model, data, limit, array_step):
+        self.model, self.limit = model, limit
+        self.want = image_input_shape(model)
+        self._close = None
+        is_tf_dataset, _ = _adapters()
+        if _is_array(data):
+            self._rest = self._array(data, array_step)
+        elif is_tf_dataset(data):
+            self._rest = self._tf_dataset(data)
+        elif isinstance(data, keras.utils.PyDataset):
+            self._rest = self._py_dataset(data)
+        else:
+            self._rest = self._iterable(data)
+        self.first = None
+        for batch in self._rest:  # the first batch, to know the image size
+            self.first = self._check(batch)
+            break
+        if self.first is None:
+            raise ValueError("data yielded no images; give at least one")
+        got = self.first.shape[1:]
+        self.image_shape = tuple(int(w) if w is not None else int(g)
+                                 for g, w in zip(got, self.want))
+
+    def bad(self, what):
+        return ValueError(f"data {what}; model {self.model.name!r} expects image batches of "
+                          f"shape (N,) + {self.want}, float or integer")
+
+    def _check_dtype(self, dtype, name=None):
+        if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+            raise self.bad(f"has dtype {name or dtype}")
+
+    def _check_shape(self, got):
+        """``got``: a batch's shape without its batch axis (``None`` for unknown sizes)."""
+        if any(w is not None and g is not None and g != w for g, w in zip(got, self.want)):
+            raise self.bad(f"yields batches of shape {(None,) + tuple(got)}")
+        if any(w is None and g is None for g, w in zip(got, self.want)):
+            raise ValueError(f"scan needs images of one fixed size; model {self.model.name!r} "
+                             f"accepts {(None,) + self.want} and data yields "
+                             f"{(None,) + tuple(got)}")
+
+    def _check(self, batch):
+        x = _to_numpy(_images_of(batch))
+        if x.ndim != 4:
+            raise self.bad(f"yields batches of shape {x.shape}")
+        self._check_dtype(x.dtype)
+        self._check_shape(x.shape[1:])
+        if self.first is not None and x.shape[1:] != self.first.shape[1:]:
+            raise ValueError(f"data yields a batch of shape {x.shape} after batches of shape "
+                             f"(N,) + {self.first.shape[1:]}; scan needs images of one size")
+        return x
+
+    def _array(self, data, step):
+        data = _to_numpy(data)
         if data.ndim != 4:
-            raise bad(f"is an array of shape {data.shape}")
-        if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
-            raise bad(f"has dtype {data.dtype}")
+            raise self.bad(f"is an array of shape {data.shape}")
+        self._check_dtype(data.dtype)
         if len(data) == 0:
             raise ValueError("data is empty; give at least one image")
-        ds = tf.data.Dataset.from_tensor_slices(data[:limit] if limit else data)
-        spec = tf.TensorSpec((None,) + data.shape[1:], tf.as_dtype(data.dtype))
-    else:
-        if not isinstance(data, tf.data.Dataset):
-            it = iter(data)
-            try:
-                first = next(it)
-            except StopIteration:
-                raise ValueError("data is empty; give at least one batch of images") from None
-            first_images = first[0] if isinstance(first, (tuple, list)) else first
-            arr = np.asarray(first_images)
-            if arr.ndim != 4:
-                raise bad(f"yields batches of shape {arr.shape}")
+        end = min(len(data), self.limit or len(data))
+        return (data[i:i + step] for i in range(0, end, step))
 
-            def gen(first=arr, rest=it):
-                yield first
-                for b in rest:
-                    yield np.asarray(b[0] if isinstance(b, (tuple, list)) else b)
-
-            try:
-                dtype = tf.as_dtype(arr.dtype)
-            except TypeError:
-                raise bad(f"has dtype {arr.dtype}") from None
-            data = tf.data.Dataset.from_generator(
-                gen, output_signature=tf.TensorSpec((None,) + arr.shape[1:], dtype))
+    def _tf_dataset(self, data):
         spec = data.element_spec
-        if isinstance(spec, (tuple, list)):
+        if isinstance(spec, (tuple, list)) and spec:
             spec = spec[0]
-            data = data.map(lambda *e: e[0])
-        if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
-            raise bad(f"yields {spec}")
-        if data.cardinality() == tf.data.INFINITE_CARDINALITY and limit is None:
+            data = data.map(lambda *e: e[0])  # labels are never read
+        shape = getattr(spec, "shape", None)
+        if shape is None or shape.rank != 4 or not hasattr(spec, "dtype"):
+            raise self.bad(f"yields {spec}")
+        if not (spec.dtype.is_floating or spec.dtype.is_integer):
+            raise self.bad(f"has dtype {spec.dtype.name}")
+        self._check_shape(tuple(shape[1:]))
+        cardinality = int(data.cardinality())  # -1: infinite, -2: unknown
+        if cardinality == -1 and self.limit is None:
             raise ValueError("data is an infinite dataset (it repeats); give limit= to say how "
                              "many images to scan")
-        if data.cardinality() == 0:
+        if cardinality == 0:
             raise ValueError("data is an empty dataset; give at least one batch of images")
-        ds = data.unbatch()
-        if limit:
-            ds = ds.take(limit)
-    if not (spec.dtype.is_floating or spec.dtype.is_integer):
-        raise bad(f"has dtype {spec.dtype.name}")
-    got = tuple(spec.shape[1:])
-    if any(w is not None and g is not None and g != w for g, w in zip(got, want)):
-        raise bad(f"yields batches of shape {(None,) + got}")
-    shape = tuple(w if w is not None else g for g, w in zip(got, want))
-    if None in shape:
-        raise ValueError(f"scan needs images of one fixed size; model {model.name!r} accepts "
-                         f"{(None,) + want} and data yields {(None,) + got}")
-    return ds.map(lambda x: tf.ensure_shape(tf.cast(x, tf.float32), shape)), shape
+        return iter(data)
+
+    def _py_dataset(self, data):
+        from keras.src.trainers.data_adapters import PyDatasetAdapter
+
+        if data.num_batches is None and self.limit is None:
+            raise ValueError("data is an infinite dataset (a PyDataset without num_batches); "
+                             "give limit= to say how many images to scan")
+        if data.num_batches == 0:
+            raise ValueError("data is an empty dataset; give at least one batch of images")
+        adapter = PyDatasetAdapter(data, shuffle=False)
+        if adapter.enqueuer is not None:  # its workers stop when the scan does
+            self._close = adapter.enqueuer.stop
+        return adapter.get_numpy_iterator()
+
+    def _iterable(self, data):
+        try:
+            it = iter(data)
+        except TypeError:
+            raise self.bad(f"is a {type(data).__name__}, neither an array nor an iterable of "
+                           "batches") from None
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError("data is empty; give at least one batch of images") from None
+
+        def rest():
+            yield first
+            yield from it
+        return rest()
+
+    def batches(self):
+        """The image batches, ``limit`` images at most (the first batch first)."""
+        seen = 0
+        try:
+            batch = self.first
+            while True:
+                if self.limit is not None and seen + len(batch) >= self.limit:
+                    yield batch[:self.limit - seen]
+                    return
+                seen += len(batch)
+                yield batch
+                batch = next(self._rest, None)
+                if batch is None:
+                    return
+                batch = self._check(batch)
+        finally:
+            if self._close is not None:
+                self._close()
+
+
+def _shares(source, count, index, max_batch):
+    """``(global indices, images)`` of this process's share of ``source``, in runs of
+    ``max_batch`` (the last one shorter): image ``i`` goes to process ``i % count``.
+    Appends the total number of images read to ``total`` at the end."""
+    held, start = [], 0
+    for batch in source.batches():
+        ids = np.arange(start, start + len(batch))
+        start += len(batch)
+        if count > 1:
+            mine = ids % count == index
+            ids, batch = ids[mine], batch[mine]
+        if len(ids) == 0:
+            continue
+        held.append((ids, batch))
+        while sum(len(i) for i, _ in held) >= max_batch:
+            ids = np.concatenate([i for i, _ in held])
+            images = np.concatenate([b for _, b in held]) if len(held) > 1 else held[0][1]
+            yield ids[:max_batch], images[:max_batch]
+            held = [(ids[max_batch:], images[max_batch:])] if len(ids) > max_batch else []
+    if held:
+        yield (np.concatenate([i for i, _ in held]),
+               np.concatenate([b for _, b in held]) if len(held) > 1 else held[0][1])
+    source.total = start
 
 
 # --------------------------------------------------------------------------------------------
-# The running top-k of one layer (runs on each replica, inside tf.function)
+# On the device: each feature map's candidates in one batch
 
 
-def _initial(n_channels, k, crop_shape):
-    return {"value": tf.fill([n_channels, k], -np.inf),
-            "image": tf.fill([n_channels, k], tf.constant(-1, tf.int64)),
-            "row": tf.zeros([n_channels, k], tf.int32),
-            "col": tf.zeros([n_channels, k], tf.int32),
-            "crop": tf.zeros([n_channels, k] + list(crop_shape), tf.float32)}
-
-
-def _candidates(acts, k, distinct):
-    """Per feature map its candidates ``(value, batch position, row, col)``, each ``(C, m)``."""
-    if acts.shape.rank == 2:
+def _candidates(acts, valid, k, distinct):
+    """``(value, where, nonfinite)`` of one layer's ``acts`` (``(B, H, W, C)`` or
+    ``(B, C)``) for its first ``valid`` rows: with ``distinct`` each image's strongest
+    position per map (``(B, C)`` each, ``where`` its flat position in ``H x W``), else the
+    batch's ``k`` strongest units per map (``(C, k)`` each, ``where`` flat in ``B x H x W``,
+    earlier units first among equal values); ``nonfinite``: NaN/Inf per map, ``(C,)``.
+    NaN, Inf and the rows past ``valid`` come out as ``-inf``, which the merge never keeps.
+    """
+    ops = keras.ops
+    acts = ops.cast(acts, "float32")
+    if len(acts.shape) == 2:
         acts = acts[:, None, None, :]
-    width = tf.shape(acts)[2]
-    hw = tf.shape(acts)[1] * width
-    per_map = tf.transpose(acts, [3, 0, 1, 2])  # (C, B, H, W)
-    if distinct:
-        # each image's strongest position (top_k: ties go to the first), one candidate per image
-        best, where = tf.math.top_k(tf.reshape(per_map, [tf.shape(per_map)[0], -1, hw]), 1)
-        value, where = best[..., 0], where[..., 0]
-        batch = tf.broadcast_to(tf.range(tf.shape(value)[1])[None], tf.shape(value))
-    else:
-        flat = tf.reshape(per_map, [tf.shape(per_map)[0], -1])
-        value, flat_at = tf.math.top_k(flat, tf.minimum(k, tf.shape(flat)[1]))
-        batch, where = flat_at // hw, flat_at % hw
-    return value, batch, where // width, where % width
+    batch, channels = acts.shape[0], acts.shape[-1]
+    rows = ops.arange(batch) < valid
+    # One cheap pass says whether a real image has a NaN or Inf activation: a sum is finite
+    # where all its terms are (an overflow takes the exact path too, which counts right).
+    sums = ops.sum(acts, axis=(1, 2))
+    clean = ops.all(ops.logical_or(ops.isfinite(sums), ops.logical_not(rows)[:, None]))
+    real = rows[:, None, None, None]
+
+    def masked():
+        finite = ops.logical_and(ops.isfinite(acts), real)
+        bad = ops.logical_and(ops.logical_not(finite), real)
+        return (ops.where(finite, acts, -np.inf),
+                ops.sum(ops.cast(bad, "int32"), axis=(0, 1, 2)))
+
+    def unmasked():
+        return acts, ops.zeros((channels,), "int32")
+
+    reduce = _per_image if distinct else _per_batch
+    return ops.cond(clean, lambda: reduce(*unmasked(), rows, k),
+                    lambda: reduce(*masked(), rows, k))
 
 
-def _merge_batch(state, acts, index, images, k, distinct, axes):
-    """The running top-k of one layer after one more batch; ``index``: global image indices."""
-    acts = tf.cast(acts, tf.float32)
-    finite = tf.math.is_finite(acts)
-    nonfinite = tf.reduce_sum(tf.cast(~finite, tf.int64))
-    acts = tf.where(finite, acts, -np.inf)
-    value, batch, row, col = _candidates(acts, k, distinct)
-    both = tf.concat([state["value"], value], 1)
-    top, pick = tf.math.top_k(both, k)  # state first: ties go to the earlier images
-    new = pick >= k
-    from_new = tf.maximum(pick - k, 0)
-
-    def take(old, fresh):
-        return tf.where(new, tf.gather(fresh, from_new, batch_dims=1),
-                        tf.gather(old, tf.minimum(pick, k - 1), batch_dims=1))
-
-    out = {"value": top,
-           "image": take(state["image"], tf.gather(index, batch)),
-           "row": take(state["row"], row), "col": take(state["col"], col)}
-    crops = tf.gather(state["crop"], tf.minimum(pick, k - 1), batch_dims=1)
-    # Only the newly kept units need their crop cut out of this batch's images.
-    at = tf.where(new)  # (n, 2): (channel, slot)
-    b = tf.gather_nd(tf.gather(batch, from_new, batch_dims=1), at)
-    (row_starts, height, _), (col_starts, width, _) = axes
-    y0 = tf.gather(row_starts, tf.gather_nd(out["row"], at))
-    x0 = tf.gather(col_starts, tf.gather_nd(out["col"], at))
-    ys = y0[:, None, None] + tf.range(height)[None, :, None]
-    xs = x0[:, None, None] + tf.range(width)[None, None, :]
-    where = tf.stack([tf.broadcast_to(tf.cast(b, tf.int32)[:, None, None], tf.shape(ys + xs)),
-                      tf.broadcast_to(ys, tf.shape(ys + xs)),
-                      tf.broadcast_to(xs, tf.shape(ys + xs))], -1)
-    out["crop"] = tf.tensor_scatter_nd_update(crops, at, tf.gather_nd(images, where))
-    return out, nonfinite
+def _per_image(acts, nonfinite, rows, k):
+    """Each image's strongest position per map, ``(B, C)``: the first row holding the
+    maximum, then the first column in it, so ties go to the earlier position in row-major
+    order (``argmax`` gives the first index holding the maximum on every backend: NumPy's
+    rule, which JAX, PyTorch and TensorFlow's kernels follow). Reduced one axis at a time:
+    no copy of the feature maps into another layout. Rows past the valid ones are dropped
+    on the host."""
+    ops = keras.ops
+    width = acts.shape[2]
+    col = ops.argmax(acts, axis=2)  # (B, H, C): each row's first maximum
+    row_max = ops.max(acts, axis=2)
+    row = ops.argmax(row_max, axis=1)  # (B, C): the first row holding the maximum
+    best = ops.take_along_axis(row_max, row[:, None, :], axis=1)[:, 0]
+    col = ops.take_along_axis(col, row[:, None, :], axis=1)[:, 0]
+    where = ops.cast(row, "int32") * width + ops.cast(col, "int32")
+    return best, where, nonfinite
 
 
-def _merge_replicas(state, k, height, width):
-    """The top-k of one layer over all replicas (each replica ends with the same result)."""
-    ctx = tf.distribute.get_replica_context()
-    # (tf.identity places each input on this replica's device, which the collective needs)
-    every = {name: ctx.all_gather(tf.identity(t), axis=1) for name, t in state.items()}
-    # Order candidates by image then position, so top_k's ties go to the earlier image as in
-    # a single-device scan.
-    key = every["image"] * (height * width) + tf.cast(every["row"] * width + every["col"],
-                                                      tf.int64)
-    order = tf.argsort(key, axis=1, stable=True)
-    every = {name: tf.gather(t, order, batch_dims=1) for name, t in every.items()}
-    _, pick = tf.math.top_k(every["value"], k)
-    return {name: tf.gather(t, pick, batch_dims=1) for name, t in every.items()}
+def _per_batch(acts, nonfinite, rows, k):
+    """The batch's ``k`` strongest units per map, earliest first among equal values. The
+    order among ties is made here, not left to the backend's ``top_k`` (PyTorch's is not
+    stable): all units above the k-th value, then the earliest ones equal to it."""
+    ops = keras.ops
+    batch, height, width, channels = acts.shape
+    hw = height * width
+    acts = ops.where(rows[:, None, None, None], acts, -np.inf)
+    per_map = ops.reshape(ops.transpose(acts, (3, 0, 1, 2)), (channels, batch * hw))
+    kk = min(k, batch * hw)
+    kth = ops.top_k(per_map, kk)[0][:, -1:]  # the k-th value is right whoever holds it
+    above = per_map > kth
+    at_kth = ops.cast(per_map == kth, "int32")
+    room = kk - ops.sum(ops.cast(above, "int32"), axis=1, keepdims=True)
+    keep = ops.logical_or(above, ops.logical_and(at_kth > 0, ops.cumsum(at_kth, axis=1) <= room))
+    # the kept positions, earliest first: top_k of distinct keys has no ties to break
+    order = ops.where(keep, -ops.arange(batch * hw, dtype="int32")[None],
+                      np.iinfo(np.int32).min)
+    where = -ops.top_k(order, kk)[0]
+    return ops.take_along_axis(per_map, where, axis=1), where, nonfinite
+
+
+# --------------------------------------------------------------------------------------------
+# On the host: the running top-k of one layer
+
+
+class _TopK:
+    """The running top-k of one layer's maps (``(C, k)`` arrays) and the kept crops."""
+
+    def __init__(self, n_channels, k, crop_shape):
+        self.value = np.full((n_channels, k), -np.inf, np.float32)
+        self.image = np.full((n_channels, k), -1, np.int64)
+        self.where = np.zeros((n_channels, k), np.int64)
+        self.crop = np.zeros((n_channels, k) + tuple(crop_shape), np.float32)
+        self.nonfinite = 0
+
+    def state(self) -> dict:
+        return {"value": self.value, "image": self.image, "where": self.where,
+                "crop": self.crop, "nonfinite": self.nonfinite}
+
+    def merge(self, value, image, b, where, images, axes):
+        """Merge candidates (``(C, m)`` each: value, global image index, row ``b`` of
+        ``images``, flat position), which come after everything kept so far, in order."""
+        k = self.value.shape[1]
+        both = np.concatenate([self.value, value], 1)
+        # stable: among equal values the kept units (earlier images) stay ahead, and the
+        # candidates keep their (image, position) order
+        pick = np.argsort(-both, axis=1, kind="stable")[:, :k]
+        moved = (pick != np.arange(k)).any(1)
+        if not moved.any():
+            return
+        rows = np.nonzero(moved)[0]
+        pick = pick[rows]
+        new = pick >= k
+        old = np.minimum(pick, k - 1)
+        fresh = np.maximum(pick - k, 0)
+        self.value[rows] = both[rows[:, None], pick]
+        self.image[rows] = np.where(new, image[rows[:, None], fresh], self.image[rows[:, None], old])
+        self.where[rows] = np.where(new, where[rows[:, None], fresh], self.where[rows[:, None], old])
+        crops = self.crop[rows[:, None], old]
+        # only the newly kept units need their crop, cut from this batch's host copy
+        at = np.nonzero(new)
+        unit_b = b[rows[at[0]], fresh[at]]
+        (row_starts, height, _), (col_starts, crop_width, _) = axes
+        r, c = np.divmod(self.where[rows[at[0]], at[1]], len(col_starts))
+        ys = row_starts[r][:, None, None] + np.arange(height)[None, :, None]
+        xs = col_starts[c][:, None, None] + np.arange(crop_width)[None, None, :]
+        crops[at] = images[unit_b[:, None, None], ys, xs]
+        self.crop[rows] = crops
+
+
+def _merge_processes(states, k):
+    """One layer's top-k over the states of all processes (ties: earlier image, position)."""
+    both = {name: np.concatenate([s[name] for s in states], 1)
+            for name in ("value", "image", "where", "crop")}
+    order = np.lexsort((both["where"], both["image"], -both["value"]), axis=1)[:, :k]
+    merged = {name: np.take_along_axis(t, order.reshape(order.shape + (1,) * (t.ndim - 2)), 1)
+              for name, t in both.items()}
+    merged["nonfinite"] = sum(int(s["nonfinite"]) for s in states)
+    return merged
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,23 +488,18 @@ class Scan(dict):
 # The scan
 
 
-def _strategy(model):
-    if tf.distribute.has_strategy():
-        return tf.distribute.get_strategy()
-    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-
-
 def scan(model, data, layers, k: int = 9, channels=None, limit: int | None = None,
          max_batch: int = 64, distinct: bool = True) -> Scan:
     """The ``k`` strongest units of each feature map of ``layers`` over all of ``data``.
 
-    ``data`` is a NumPy array ``(N, H, W, C)``, a ``tf.data.Dataset`` of image
-    batches or of ``(images, labels[, weights])`` tuples (labels are ignored), or
-    any iterable of such batches; ``limit`` caps the images read (needed for an
+    ``data`` is a NumPy array ``(N, H, W, C)``, or batches of images or of
+    ``(images, labels[, weights])`` tuples (labels are ignored): a
+    ``keras.utils.PyDataset``, a ``tf.data.Dataset``, a ``torch.utils.data.DataLoader``
+    or any iterable of such batches; ``limit`` caps the images read (needed for an
     infinite dataset). ``channels`` restricts the feature maps: a list for every
     layer or ``{layer: list}``. With ``distinct``, a feature map keeps at most one
     unit per image. At most ``max_batch`` images go into one forward pass (per
-    replica under a ``tf.distribute`` strategy).
+    process in a multi-process job, where every process must be given the same data).
 
     Returns a :class:`Scan`, ``{layer: {channel: [Unit, ...]}}`` strongest first,
     where ``Unit.image_index`` counts images in the order ``data`` yields them;
@@ -332,29 +517,29 @@ def scan(model, data, layers, k: int = 9, channels=None, limit: int | None = Non
     k = positive_int("k", k)
     limit = positive_int("limit", limit, allow_none=True)
     max_batch = positive_int("max_batch", max_batch)
-    ds, image_shape = _image_dataset(model, data, limit)
-
-    strategy = _strategy(model)
-    scanner = _scanner(model, tuple(layers), image_shape, k, channels, distinct, strategy)
-    replicas = strategy.num_replicas_in_sync
-    ds = ds.enumerate().batch(max_batch * replicas).prefetch(2)
-    if scanner.distributed:
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = \
-            tf.data.experimental.AutoShardPolicy.DATA
-        ds = strategy.experimental_distribute_dataset(ds.with_options(options))
-    carry = strategy.run(scanner.init)
-    for index, images in ds:
-        carry = scanner.step(carry, index, images)
-    if scanner.distributed:
-        state, total = strategy.experimental_local_results(scanner.merge(carry))[0]
-        seen, bad = int(total[0]), total[1:].numpy()
-    else:
-        state, bad, seen = carry
-        seen, bad = int(seen), bad.numpy()
-    if seen == 0:
+    count, index = backend.processes(model)
+    source = _Source(model, data, limit, array_step=max_batch * count)
+    scanner = _scanner(model, tuple(layers), source.image_shape, k, channels, distinct)
+    tops = {layer: _TopK(len(ch), k, (axes[0][1], axes[1][1], source.image_shape[2]))
+            for layer, (ch, axes) in scanner.plan.items()}
+    pending = None
+    for ids, images in _shares(source, count, index, max_batch):
+        images = images.astype(np.float32, copy=False)
+        # the next batch goes to the device before this one's merge: an asynchronous
+        # backend (JAX, a GPU) computes while the host merges
+        out = scanner.run(images)
+        if pending is not None:
+            scanner.merge(tops, *pending)
+        pending = out, ids, images
+    if pending is not None:
+        scanner.merge(tops, *pending)
+    if source.total == 0:  # the same on every process: each reads all of data
         raise ValueError("data yielded no images; give at least one")
-    return _result(model, scanner.plan, state, bad, seen, image_shape, layers)
+    states = {layer: top.state() for layer, top in tops.items()}
+    if count > 1:
+        every = backend.all_gather(states, model)
+        states = {layer: _merge_processes([s[layer] for s in every], k) for layer in states}
+    return _result(model, scanner.plan, states, source.total, source.image_shape)
 
 
 _SCANNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -366,89 +551,111 @@ def _chosen(channels, layer, n):
     return list(range(n)) if chosen is None else checks.channels(list(chosen), n, layer)
 
 
-def _scanner(model, layers, image_shape, k, channels, distinct, strategy):
+def _scanner(model, layers, image_shape, k, channels, distinct):
     """The cached :class:`_Scanner` for these arguments: one scan per epoch traces once."""
     per_model = _SCANNERS.setdefault(model, {})
-    chosen = {layer: None if (channels.get(layer) if isinstance(channels, Mapping) else channels)
-              is None else tuple(channels.get(layer) if isinstance(channels, Mapping)
-                                 else channels) for layer in layers}
-    key = (layers, image_shape, k, tuple(chosen.items()), distinct, id(strategy))
+    given = (lambda layer: channels.get(layer)) if isinstance(channels, Mapping) else (
+        lambda layer: channels)
+    chosen = {layer: None if given(layer) is None else tuple(given(layer)) for layer in layers}
+    key = (layers, image_shape, k, tuple(chosen.items()), bool(distinct))
     if key not in per_model:
-        per_model[key] = _Scanner(model, layers, image_shape, k, chosen, distinct, strategy)
+        per_model[key] = _Scanner(model, layers, image_shape, k, chosen, bool(distinct))
     return per_model[key]
 
 
-class _Scanner:
-    """The traced per-batch step and the cross-replica merge of one kind of scan."""
+def _output_shapes(model, layers, image_shape) -> dict:
+    """Each layer's output shape without batch, from one trace of the forward pass (cached)."""
+    def build(ref):
+        probe = backend.function(forward_to(ref(), layers), models=[ref()])
+        outs = probe.trace(backend.Spec((None,) + image_shape))
+        return {layer: tuple(outs[layer][1:]) for layer in layers}
 
-    def __init__(self, model, layers, image_shape, k, channels, distinct, strategy):
-        self.forward = forward_to(model, layers)
-        outs = tf.function(self.forward).get_concrete_function(
-            tf.TensorSpec((None,) + image_shape, tf.float32)).structured_outputs
-        self.plan = {}
-        for layer in layers:
-            shape = tuple(outs[layer].shape[1:])
+    return probes.traced(model, ("scan_shapes", layers, image_shape), build)
+
+
+class _Scanner:
+    """The compiled per-batch probe of one kind of scan (one per batch size), and the
+    host-side merge of its output."""
+
+    def __init__(self, model, layers, image_shape, k, channels, distinct):
+        self._model = weakref.ref(model)
+        self.layers, self.image_shape, self.k, self.distinct = layers, image_shape, k, distinct
+        self.plan = {}  # layer -> (channels, crop axes)
+        self._picks = {}  # layer -> the channels to take from its output (None: all)
+        for layer, shape in _output_shapes(model, layers, image_shape).items():
             if len(shape) not in (1, 3):
                 raise ValueError(f"layer {layer!r} outputs (N,) + {shape}; scan needs an "
                                  "(N, H, W, C) or (N, features) output")
             field = rf.receptive_field(model, layer, image_shape[:2]) if len(shape) == 3 \
                 else None
-            self.plan[layer] = (_chosen(channels, layer, shape[-1]),
-                                _crop_axes(field, shape, image_shape))
-        self.k, self.distinct, self.image_shape = k, distinct, image_shape
-        self.strategy = strategy
-        self.distributed = strategy.num_replicas_in_sync > 1 or isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        self.step = tf.function(self._step, reduce_retracing=True)
-        self.merge = tf.function(self._merge)
+            chosen = _chosen(channels, layer, shape[-1])
+            self.plan[layer] = (chosen, _crop_axes(field, shape, image_shape))
+            self._picks[layer] = None if chosen == list(range(shape[-1])) else np.array(
+                chosen, np.int32)
+        self.probes: dict = {}  # batch size -> probe
+        self.batch = None
 
-    def init(self):
-        state = {layer: _initial(len(ch), self.k, (axes[0][1], axes[1][1], self.image_shape[2]))
-                 for layer, (ch, axes) in self.plan.items()}
-        return state, tf.zeros([len(self.plan)], tf.int64), tf.zeros([], tf.int64)
+    def _probe(self, batch):
+        """The probe for batches of ``batch`` images: each batch is padded to the size of
+        the first, so a scan compiles once (the last, shorter batch would compile again)."""
+        if batch not in self.probes:
+            forward = forward_to(self._model(), self.layers)
 
-    def _replica_step(self, carry, index, images):
-        state, bad, seen = carry
-        acts = self.forward(images)
-        state, counts = dict(state), []
-        for layer, (ch, axes) in self.plan.items():
-            a = tf.gather(acts[layer], ch, axis=-1)
-            merged, n_bad = _merge_batch(state[layer], a, index, images, self.k, self.distinct,
-                                         axes)
-            # A replica's share of the last batch can be empty: nothing to merge then.
-            state[layer] = tf.cond(tf.shape(images)[0] > 0, lambda m=merged: m,
-                                   lambda s=state[layer]: s)
-            counts.append(n_bad)
-        return state, bad + tf.stack(counts), seen + tf.shape(images, out_type=tf.int64)[0]
+            def step(images, valid):
+                acts = forward(images)
+                out = {}
+                for layer in self.layers:
+                    a = acts[layer]
+                    if self._picks[layer] is not None:
+                        a = keras.ops.take(a, self._picks[layer], axis=-1)
+                    out[layer] = _candidates(a, valid, self.k, self.distinct)
+                return out
 
-    def _step(self, carry, index, images):
-        return self.strategy.run(self._replica_step, args=(carry, index, images))
+            self.probes[batch] = probes.function(
+                self._model(), step, (batch,) + self.image_shape, (), dtypes=["float32", "int32"])
+        return self.probes[batch]
 
-    def _replica_merge(self, carry):
-        state, bad, seen = carry
-        state = {layer: _merge_replicas(state[layer], self.k, len(axes[0][0]), len(axes[1][0]))
-                 for layer, (_, axes) in self.plan.items()}
-        total = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.concat([tf.identity(seen)[None], bad], 0))
-        return state, total
+    def run(self, images):
+        """Start the probe on one batch (padded to the first batch's size)."""
+        n = len(images)
+        if self.batch is None or n > self.batch:
+            self.batch = n
+        if n < self.batch:
+            images = np.concatenate([images, np.zeros((self.batch - n,) + images.shape[1:],
+                                                      np.float32)])
+        return self._probe(self.batch)(images, np.asarray(n, np.int32))
 
-    def _merge(self, carry):
-        return self.strategy.run(self._replica_merge, args=(carry,))
+    def merge(self, tops, out, ids, images):
+        """Merge one batch's candidates (the probe's ``out``) into the running ``tops``."""
+        out = backend.numpy(out)
+        n = len(ids)
+        for layer, (_, axes) in self.plan.items():
+            value, where, nonfinite = out[layer]
+            tops[layer].nonfinite += int(nonfinite.astype(np.int64).sum())
+            if self.distinct:  # (B, C): one candidate per image, in image order
+                value, where = value[:n].T, where[:n].T.astype(np.int64)
+                b = np.broadcast_to(np.arange(n), value.shape)
+            else:  # (C, k): flat positions over the batch, earliest first
+                where = where.astype(np.int64)
+                b, where = np.divmod(where, len(axes[0][0]) * len(axes[1][0]))
+                b = np.minimum(b, n - 1)  # padded rows hold -inf: never kept
+            tops[layer].merge(value, ids[b], b, where, images, axes)
 
 
-def _result(model, plan, state, bad, seen, image_shape, layers) -> Scan:
+def _result(model, plan, states, seen, image_shape) -> Scan:
     units, crops, origins = {}, {}, {}
     for layer, (channels, axes) in plan.items():
-        s = {name: t.numpy() for name, t in state[layer].items()}
+        s = states[layer]
         units[layer], crops[layer], origins[layer] = {}, {}, {}
+        rows, cols = np.divmod(s["where"], len(axes[1][0]))
         for j, ch in enumerate(channels):
             keep = np.isfinite(s["value"][j])
             units[layer][ch] = [Unit(int(i), int(r), int(c), ch, float(v)) for i, r, c, v in zip(
-                s["image"][j][keep], s["row"][j][keep], s["col"][j][keep], s["value"][j][keep])]
+                s["image"][j][keep], rows[j][keep], cols[j][keep], s["value"][j][keep])]
             crops[layer][ch] = s["crop"][j][keep]
             origins[layer][ch] = [(int(axes[0][0][u.row]), int(axes[1][0][u.col]))
                                   for u in units[layer][ch]]
-    nonfinite = {layer: int(n) for layer, n in zip(layers, bad)}
+    nonfinite = {layer: int(states[layer]["nonfinite"]) for layer in plan}
     if any(nonfinite.values()):
         warnings.warn("tbviz.deconvnet.scan: NaN or Inf activations were never chosen: "
                       + ", ".join(f"{n} in {layer!r}" for layer, n in nonfinite.items() if n),
