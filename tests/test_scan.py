@@ -1,4 +1,9 @@
-"""tbviz.deconvnet.scan: the strongest units of each feature map over a whole dataset."""
+"""tbviz.deconvnet.scan: the strongest units of each feature map over a whole dataset.
+
+Backend-neutral but for the inputs only a backend has (a tf.data pipeline where TensorFlow
+is installed, a torch DataLoader on PyTorch) and tf.distribute; the multi-process scans of
+JAX and PyTorch are in tests/test_distributed_backends.py.
+"""
 
 import json
 import os
@@ -9,13 +14,37 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import models
 from cluster import run_workers
 from planted import PLANTED, detector, planted_images, response
-from tbviz import deconvnet
+from tbviz import backend, deconvnet
+from tbviz.core.layers import forward_to
 from tbviz.methods.deconvnet import scan
+
+BACKENDS = pytest.mark.backends
+
+
+def tensorflow():
+    """TensorFlow, for a tf.data input: any backend reads one where TensorFlow is installed."""
+    return pytest.importorskip("tensorflow")
+
+
+class Batches(keras.utils.PyDataset):
+    """``images`` in batches of ``size`` with zero labels, ``repeat``: forever."""
+
+    def __init__(self, images, size, repeat=False, **kwargs):
+        super().__init__(**kwargs)
+        self.images, self.size, self.repeat = images, size, repeat
+
+    @property
+    def num_batches(self):
+        return None if self.repeat else -(-len(self.images) // self.size)
+
+    def __getitem__(self, i):
+        i %= -(-len(self.images) // self.size)
+        x = self.images[i * self.size:(i + 1) * self.size]
+        return x, np.zeros(len(x), "int32")
 
 # ---- a planted pattern among thousands of noise images (tests/planted.py) ---------------------
 
@@ -38,6 +67,7 @@ def check_planted(found, images):
                                                                for i, r, c, _ in plants]
 
 
+@BACKENDS
 @pytest.mark.numerics
 def test_scan_finds_the_planted_patterns_in_order_from_an_array(planted):
     model, images = planted
@@ -52,11 +82,7 @@ def test_scan_finds_the_planted_patterns_in_order_from_an_array(planted):
     assert fourth.value == pytest.approx(response(images, *fourth[:3], 1), rel=1e-5)
 
 
-def test_scan_finds_the_planted_patterns_from_a_tf_data_pipeline_of_labelled_batches(planted):
-    model, images = planted
-    labels = np.zeros(len(images), "int32")
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(100)  # not max_batch
-    found = scan(model, ds, ["conv1", "mix"], k=3, max_batch=64)
+def assert_top3_planted(found):
     for layer in ("conv1", "mix"):
         for ch, plants in PLANTED.items():
             at = [(u.image_index, u.row, u.col) for u in found[layer][ch]]
@@ -65,6 +91,36 @@ def test_scan_finds_the_planted_patterns_from_a_tf_data_pipeline_of_labelled_bat
             assert at == want
 
 
+@BACKENDS
+def test_scan_finds_the_planted_patterns_from_a_tf_data_pipeline_of_labelled_batches(planted):
+    tf = tensorflow()
+    model, images = planted
+    labels = np.zeros(len(images), "int32")
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(100)  # not max_batch
+    assert_top3_planted(scan(model, ds, ["conv1", "mix"], k=3, max_batch=64))
+
+
+@BACKENDS
+@pytest.mark.parametrize("workers", [0, 2])
+def test_scan_finds_the_planted_patterns_from_a_py_dataset(planted, workers):
+    model, images = planted
+    data = Batches(images, 100, workers=workers)  # workers: read by Keras' own enqueuer
+    assert_top3_planted(scan(model, data, ["conv1", "mix"], k=3, max_batch=64))
+
+
+@BACKENDS
+@pytest.mark.skipif(backend.name != "torch", reason="a torch DataLoader on the PyTorch backend")
+def test_scan_finds_the_planted_patterns_from_a_torch_data_loader(planted):
+    import torch
+
+    model, images = planted
+    labelled = torch.utils.data.TensorDataset(torch.from_numpy(images),
+                                              torch.zeros(len(images), dtype=torch.int64))
+    loader = torch.utils.data.DataLoader(labelled, batch_size=100)
+    assert_top3_planted(scan(model, loader, ["conv1", "mix"], k=3, max_batch=64))
+
+
+@BACKENDS
 @pytest.mark.numerics
 def test_non_distinct_keeps_several_units_of_one_image(planted):
     model, images = planted
@@ -79,6 +135,7 @@ def test_non_distinct_keeps_several_units_of_one_image(planted):
     np.testing.assert_allclose([u.value for u in units], ref, rtol=1e-5)
 
 
+@BACKENDS
 def test_limit_and_an_iterable_of_batches(planted):
     model, images = planted
     batches = (images[i:i + 50] for i in range(0, 3000, 50))
@@ -87,8 +144,26 @@ def test_limit_and_an_iterable_of_batches(planted):
     assert [u.image_index for u in found["conv1"][0]] == [17, 640]
 
 
+@BACKENDS
+@pytest.mark.parametrize("distinct, want", [
+    (True, [(0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0)]),   # earlier images first
+    (False, [(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 0, 3)]),  # then earlier positions
+])
+def test_ties_go_to_the_earlier_image_then_position_and_padding_is_never_chosen(distinct, want):
+    # every unit of every image is -1; the zero images that fill the last batch up to the
+    # first's size would give 0 and beat them all, were they not left out
+    model = keras.Sequential([keras.Input((3, 4, 1)),
+                              keras.layers.Conv2D(1, 1, use_bias=False, name="c")])
+    model.get_layer("c").set_weights([-np.ones((1, 1, 1, 1), "float32")])
+    found = scan(model, np.ones((5, 3, 4, 1), "float32"), ["c"], k=4, max_batch=3,
+                 distinct=distinct)
+    assert [u[:3] for u in found["c"][0]] == want
+    assert [u.value for u in found["c"][0]] == [-1.0] * 4
+
+
 # ---- the same numbers as project / patches on the whole images --------------------------------
 
+@BACKENDS
 @pytest.mark.numerics
 @pytest.mark.parametrize("make, layers", [
     (models.sequential, ["conv1", "conv2"]),
@@ -97,7 +172,7 @@ def test_limit_and_an_iterable_of_batches(planted):
 def test_projections_and_patches_from_the_crops_equal_the_whole_image_ones(make, layers):
     model = make((20, 20, 3))
     images = np.random.default_rng(1).uniform(0, 255, (37, 20, 20, 3)).astype("float32")
-    found = scan(model, tf.data.Dataset.from_tensor_slices(images).batch(8), layers, k=3,
+    found = scan(model, (images[i:i + 8] for i in range(0, len(images), 8)), layers, k=3,
                  max_batch=5)
     acts = deconvnet.projector(model, layers).activations(images)
     for layer in layers:
@@ -128,6 +203,7 @@ def small():
     return models.sequential((12, 12, 3))
 
 
+@BACKENDS
 def test_wrong_shape_or_dtype_names_the_models_input(small):
     with pytest.raises(ValueError, match=r"expects image batches of shape \(N,\) \+ \(12, 12, 3\)"):
         scan(small, np.zeros((4, 10, 10, 3), "float32"), ["conv1"])
@@ -137,9 +213,23 @@ def test_wrong_shape_or_dtype_names_the_models_input(small):
         scan(small, np.full((2, 12, 12, 3), "a"), ["conv1"])
 
 
-def test_empty_and_infinite_datasets_are_refused(small):
+@BACKENDS
+def test_empty_and_infinite_data_are_refused(small):
     with pytest.raises(ValueError, match="empty"):
         scan(small, np.zeros((0, 12, 12, 3), "float32"), ["conv1"])
+    with pytest.raises(ValueError, match="empty"):
+        scan(small, iter([]), ["conv1"])
+    with pytest.raises(ValueError, match="no images"):
+        scan(small, [np.zeros((0, 12, 12, 3), "f4")], ["conv1"])
+    endless = Batches(np.ones((4, 12, 12, 3), "f4"), 2, repeat=True)
+    with pytest.raises(ValueError, match="infinite.*limit"):
+        scan(small, endless, ["conv1"])
+    assert scan(small, endless, ["conv1"], limit=10).n_images == 10
+
+
+@BACKENDS
+def test_empty_and_infinite_tf_datasets_are_refused(small):
+    tf = tensorflow()
     with pytest.raises(ValueError, match="empty"):
         scan(small, tf.data.Dataset.from_tensor_slices(np.zeros((0, 12, 12, 3), "f4")).batch(4),
              ["conv1"])
@@ -152,25 +242,28 @@ def test_empty_and_infinite_datasets_are_refused(small):
     assert scan(small, endless, ["conv1"], limit=10).n_images == 10
 
 
+@BACKENDS
 def test_fewer_images_than_k_give_fewer_units(small):
     found = scan(small, np.ones((3, 12, 12, 3), "f4"), ["conv1", "head"], k=9)
     assert all(len(units) == 3 for units in found["conv1"].values())
     assert sorted(u.image_index for u in found["head"][0]) == [0, 1, 2]
 
 
+@BACKENDS
 def test_channels_out_of_range_lists_the_valid_range(small):
     with pytest.raises(ValueError, match=r"channel 4 .*'conv1'.*0\.\.3"):
         scan(small, np.ones((3, 12, 12, 3), "f4"), ["conv1"], channels=[0, 4])
 
 
+@BACKENDS
 @pytest.mark.numerics
 def test_nan_activations_are_never_chosen_counted_and_warned_once(small):
     images = np.random.default_rng(2).uniform(0, 1, (6, 12, 12, 3)).astype("float32")
     images[2, 5, 5, 0] = np.nan
     images[4, 0, 0, 1] = np.inf
-    # inside a tf.function, as the scan runs it: fused kernels may turn relu(NaN) into 0
-    acts = tf.function(keras.Model(small.inputs, small.get_layer("conv1").output))(images)
-    acts = acts.numpy()
+    # compiled, as the scan runs it: fused kernels may turn relu(NaN) into 0
+    forward = forward_to(small, ["conv1"])
+    acts = backend.numpy(backend.function(forward, models=[small])(images))["conv1"]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         found = scan(small, images, ["conv1"], k=6, max_batch=2)
@@ -181,7 +274,8 @@ def test_nan_activations_are_never_chosen_counted_and_warned_once(small):
         assert all(np.isfinite(acts[u.image_index, u.row, u.col, u.channel]) for u in units)
 
 
-# ---- distributed: each replica scans its shard, the top-k merged by a collective -------------
+# ---- tf.distribute: each worker scans its share, the top-k merged by a collective -------------
+# (a MirroredStrategy's replicas share one process: its scan is one device's, under the scope)
 
 WORKER = os.path.join(os.path.dirname(__file__), "workers", "scan_shards.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,5 +318,7 @@ def test_multiworker_scan_on_loopback_equals_a_single_device_scan():
     single = run_worker("single")
     outs = [json.loads(out.strip().splitlines()[-1])
             for _, out in run_workers([sys.executable, WORKER, "multiworker"], ENV)]
-    for out in outs:  # every worker ends with the merged result
+    # each worker scanned its share (every other image), and ends with the merged result
+    assert sorted(tuple(out["processes"]) for out in outs) == [(2, 0), (2, 1)]
+    for out in outs:
         assert_same_scan(out, single)

@@ -1,7 +1,9 @@
 """One scan of a fixed model and data, single-device or under a tf.distribute strategy.
 
 Usage: scan_shards.py single|mirrored|multiworker  (multiworker reads TF_CONFIG).
-Prints the units and the sums of their crops as one JSON line.
+Prints the units, the sums of their crops and ``(process count, index)`` as one JSON line.
+Under MultiWorkerMirroredStrategy each worker scans every other image of the same
+tf.data pipeline and the workers' top-k are merged by one collective all_gather.
 """
 
 import json
@@ -20,6 +22,7 @@ if mode == "mirrored":
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import models  # noqa: E402
+from tbviz import backend  # noqa: E402
 from tbviz.methods.deconvnet import scan  # noqa: E402
 
 if mode == "single":
@@ -38,9 +41,11 @@ with strategy.scope():
     model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.weights])
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
     found = scan(model, ds, ["conv1", "conv2", "head"], k=5, max_batch=8)
+    processes = backend.processes(model)  # (count, index): the share this process scanned
 
 units = {f"{layer}:{ch}": [list(u) for u in us]
          for layer in found for ch, us in found[layer].items()}
 crop_sums = [float(c.sum()) for layer in found for ch in found[layer]
              for c in found.crops[layer][ch]]
-print(json.dumps({"n_images": found.n_images, "units": units, "crop_sums": crop_sums}))
+print(json.dumps({"n_images": found.n_images, "units": units, "crop_sums": crop_sums,
+                  "processes": processes}))
