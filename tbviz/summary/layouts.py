@@ -24,8 +24,9 @@ from __future__ import annotations
 import threading
 import weakref
 
+from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import summary as cs_summary
+from tensorboard.plugins.custom_scalar import metadata as cs_metadata
 
 from tbviz.summary import events
 
@@ -49,4 +50,20 @@ def add(writer, owner: str, categories) -> None:
         _by_writer.setdefault(writer, {})[owner] = list(categories)
     layout = merged(writer)
     with writer.as_default(step=0):
-        events.summary(cs_summary.pb(layout), step=0)
+        events.summary(layout_summary(layout), step=0)
+
+
+def layout_summary(layout: layout_pb2.Layout) -> summary_pb2.Summary:
+    """The ``Summary`` TensorBoard's ``custom_scalar.summary.pb`` makes, from its protos
+    alone: that function imports TensorFlow, which must not load where it is not the backend.
+
+    >>> s = layout_summary(layout_pb2.Layout(category=[layout_pb2.Category(title="t")]))
+    >>> layout_pb2.Layout.FromString(s.value[0].tensor.string_val[0]).category[0].title
+    't'
+    """
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
+                                    tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                    string_val=[layout.SerializeToString()])
+    value = summary_pb2.Summary.Value(tag=cs_metadata.CONFIG_SUMMARY_TAG, tensor=tensor,
+                                      metadata=cs_metadata.create_summary_metadata())
+    return summary_pb2.Summary(value=[value])
