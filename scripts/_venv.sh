@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -E "^WARNING: Location" || true
 fi
-SPEC="."
-if [ -n "${1:-}" ]; then SPEC=".[$1]"; fi
+# Without an extra: the backend KERAS_BACKEND names, TensorFlow (Keras' default) if none.
+SPEC=".[${1:-${KERAS_BACKEND:-tensorflow}}]"
 echo "==> installing tbviz and style_transfer ($SPEC) into .venv"
 .venv/bin/python -m pip install -q -e "$SPEC" 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true

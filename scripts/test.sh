@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv, install the project with its dev extras, run the whole test suite.
-# Extra arguments go to pytest, e.g. ./scripts/test.sh -k deconvnet -x
+# Set up .venv, install the project with its dev extras (all three backends), run the whole
+# test suite on TensorFlow. Extra arguments go to pytest, e.g. ./scripts/test.sh -k deconvnet -x
+# ./scripts/test.sh --backends [pytest args]: the backend-neutral tests (marked `backends`)
+# on JAX and then on PyTorch (KERAS_BACKEND=jax, torch); .ci/run runs both commands.
 # ./scripts/test.sh --numerics [pytest args]: the tests marked `numerics` (they compare
 # float results of different computations) three times, as other CPUs would run them:
 # TensorFlow's defaults, without oneDNN's kernels (TF_ENABLE_ONEDNN_OPTS=0), and with one
@@ -12,6 +14,19 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "==> installing Debian's chromium for the browser tests"
   (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
     || echo "    could not install chromium; browser tests will be skipped"
+fi
+if [ "${1:-}" = "--backends" ]; then
+  shift
+  failed=""
+  for b in jax torch; do
+    echo "==> backend-neutral tests on $b"
+    KERAS_BACKEND=$b .venv/bin/python -m pytest -m "backends and not zoo" "$@" || failed="$failed $b"
+  done
+  if [ -n "$failed" ]; then
+    echo "==> backend-neutral tests failed on:$failed"
+    exit 1
+  fi
+  exit 0
 fi
 if [ "${1:-}" = "--numerics" ]; then
   shift

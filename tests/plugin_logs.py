@@ -213,3 +213,42 @@ def header(run_dir, tag, step=None):
     events = eventfiles.load(run_dir).Tensors(tag)
     event = events[-1] if step is None else next(e for e in events if e.step == step)
     return json.loads(tf.make_ndarray(event.tensor_proto)[0])
+
+
+#: Tag of the panel :func:`write_heavy_run` writes.
+HEAVY_TAG = "tbviz/stylized/heavy"
+
+
+def write_heavy_run(run_dir, steps: int, tiles: int, side: int, tag: str = HEAVY_TAG,
+                    seed: int = 0):
+    """A stylized panel of ``steps`` steps, each ``tiles`` tiles of ``side`` px of random
+    noise (stored as PNG: it does not compress, so an animation of it is as large as one
+    of its size gets), by the contract. For the memory tests and scripts/bench_plugin.py."""
+    rng = np.random.default_rng(seed)
+    with tf.summary.create_file_writer(str(run_dir)).as_default():
+        for step in range(1, steps + 1):
+            pngs = [metadata.encode_png(rng.integers(0, 256, (side, side, 3), np.uint8))
+                    for _ in range(tiles)]
+            metadata.write_panel(tag, metadata.STYLIZED, pngs,
+                                 tiles=[{"label": f"noise {i}"} for i in range(tiles)],
+                                 step=step)
+
+
+def write_largest_animation(run_dir, tiles: int = 4):
+    """The worst animation the server allows: a panel of ``tiles`` noise tiles a step, each
+    as large as a frame of them may be (``MAX_FRAME_PIXELS``), and as many steps as the
+    pixel budget (``MAX_ANIMATION_PIXELS``) allows, plus one that takes it over. Returns
+    ``(allowed steps, Layout of a frame)``; the animation of steps ``1..allowed`` is the
+    largest allowed, of ``1..allowed + 1`` refused."""
+    from tbviz.plugin import animation, tbviz_plugin
+
+    def frame(side):
+        return animation.layout([[(side, side)] * tiles])
+
+    side = 64
+    while frame(side + 1).pixels <= tbviz_plugin.MAX_FRAME_PIXELS:
+        side += 1
+    plan = frame(side)
+    allowed = tbviz_plugin.MAX_ANIMATION_PIXELS // plan.pixels
+    write_heavy_run(run_dir, steps=allowed + 1, tiles=tiles, side=side)
+    return allowed, plan

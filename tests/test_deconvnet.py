@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import tbviz.core.layers
-from tbviz import deconvnet
+from tbviz import backend, deconvnet
 from tbviz.methods.deconvnet import Unit
 from tbviz.core.receptive_field import crop_plan
 
 # Float results of different computations: ./scripts/test.sh --numerics runs these under
 # other kernels and thread counts.
-pytestmark = pytest.mark.numerics
+pytestmark = [pytest.mark.numerics, pytest.mark.backends]
 
 L = keras.layers
 RULES = ("deconvnet", "guided", "gradient")
@@ -475,26 +475,37 @@ def test_model_untouched_and_training_bit_identical(images):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(backend.name == "torch", reason="PyTorch runs eagerly: nothing is traced")
 def test_traced_once_for_repeated_calls(images):
     model = small_net("ReLU", weights())
     proj = deconvnet.projector(model, ("block1", "block2"))
     assert deconvnet.projector(model, ["block1", "block2"]) is proj  # cached per model
     proj.prepare(images.shape[1:])
-    traced = proj.trace_count
     # Activations, one row-per-unit projection per layer, and the shared (vectorized) one only
     # for block2, whose field is about the whole image: block1's small crops go one row each.
     fields = [proj.field(layer, images.shape[1:]) for layer in ("block1", "block2")]
     assert [all(crop_plan(a) is None for a in f) for f in fields] == [False, True]
-    assert traced == 1 + 2 + 1
+    if backend.name == "tensorflow":  # every trace happens in prepare(), whatever comes later
+        assert proj.trace_count == 1 + 2 + 1
     rng = np.random.default_rng(0)
-    for epoch in range(5):
-        probe = images + rng.normal(0, 0.1, images.shape).astype("float32")
-        acts = proj.activations(probe[: 2 + epoch % 2])
-        units = {layer: deconvnet.top_units(acts[layer], k=3 + epoch) for layer in acts}
-        proj.project(probe[: 2 + epoch % 2], units)
-        deconvnet.project(model, probe, "block1", units["block1"][:1])  # a cached projector too
+
+    def epochs():
+        for epoch in range(5):
+            probe = images + rng.normal(0, 0.1, images.shape).astype("float32")
+            acts = proj.activations(probe[: 2 + epoch % 2])
+            units = {layer: deconvnet.top_units(acts[layer], k=3 + epoch) for layer in acts}
+            proj.project(probe[: 2 + epoch % 2], units)
+            deconvnet.project(model, probe, "block1", units["block1"][:1])  # a cached projector
+
+    traced = proj.trace_count
+    epochs()  # JAX compiles per shape at the first call (batch sizes padded to powers of two)
+    if backend.name == "tensorflow":
+        assert proj.trace_count == traced
+    traced = proj.trace_count
+    epochs()
     assert proj.trace_count == traced
-    assert deconvnet.projector(model, ("block1",)).trace_count == 2  # activations, projection
+    if backend.name == "tensorflow":
+        assert deconvnet.projector(model, ("block1",)).trace_count == 2  # activations, projection
 
 
 def test_errors_name_the_choices(images):
@@ -570,9 +581,10 @@ def test_a_model_that_cannot_run_on_crops_falls_back_to_whole_images(images, mon
     # head included: then c1 is projected from whole images.
     monkeypatch.setattr(tbviz.layers, "up_to", no_sub_model)
     proj = deconvnet.Projector(model, ["c1"]).prepare(images.shape[1:])
-    assert ("c1", images.shape[1:]) in proj._whole
     units = deconvnet.top_units(proj.activations(images)["c1"], k=5)
     got = proj.project(images, {"c1": units})["c1"]
+    # (found while tracing on TensorFlow; where crops compile per size, at the first call)
+    assert ("c1", images.shape[1:]) in proj._whole
     ref = small_reference(weights())
     for u, p in zip(units, got):
         assert_close(p, ref.project(images[u.image_index], "block1", u[1:4], "deconvnet"))
@@ -719,10 +731,10 @@ def test_a_depthwise_model_pays_no_vectorized_trace_that_would_fail():
     proj = deconvnet.Projector(model, ["c3"]).prepare(images.shape[1:])
     field = proj.field("c3", images.shape[1:])
     assert all(crop_plan(a) is None for a in field)  # its units would share their image
-    assert proj.trace_count == 2  # activations and the one-row projection only
     units = deconvnet.top_units(proj.activations(images)["c3"], k=6)
     together = proj.project(images, {"c3": units})["c3"]
-    assert proj.trace_count == 2
+    if backend.name == "tensorflow":  # activations and the one-row projection only
+        assert proj.trace_count == 2
     # Each unit alone through the whole image gives the same (float32 summation order only).
     alone = np.concatenate([proj.project(images, {"c3": [u]}, crop=False)["c3"] for u in units])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6 * np.abs(alone).max())
@@ -736,12 +748,13 @@ def test_without_vectorizing_the_units_of_an_image_run_one_row_each(images):
     shared = deconvnet.Projector(model, ["block1", "block2"]).prepare(images.shape[1:])
     rows = deconvnet.Projector(model, ["block1", "block2"], vectorize=False)
     rows.prepare(images.shape[1:])
-    assert (shared.trace_count, rows.trace_count) == (1 + 2 + 1, 1 + 2)
+    tf = backend.name == "tensorflow"  # traces counted where all happen in prepare()
+    assert not tf or (shared.trace_count, rows.trace_count) == (1 + 2 + 1, 1 + 2)
     units = {layer: deconvnet.top_units(acts, k=6)
              for layer, acts in rows.activations(images).items()}
     assert len({u.image_index for u in units["block2"]}) < 6  # some units share an image
     got, want = rows.project(images, units), shared.project(images, units)
-    assert rows.trace_count == 1 + 2
+    assert not tf or rows.trace_count == 1 + 2
     ref = small_reference(weights())
     for u, p in zip(units["block2"], got["block2"]):
         assert_close(p, ref.project(images[u.image_index], "block2", u[1:4], "deconvnet"))

@@ -15,7 +15,7 @@ from tbviz import deconvnet
 from tbviz.callbacks.deconvnet import UNIT_COLUMNS
 from tbviz.core.layers import layer_paths
 from tbviz.summary import images as tiles_lib
-from tbviz.summary import metadata
+from tbviz.summary import events, metadata
 
 L = keras.layers
 
@@ -73,7 +73,7 @@ class ShowsProbes(keras.callbacks.Callback):
 
     def __init__(self, run_dir, images):
         super().__init__()
-        self.writer = tf.summary.create_file_writer(str(run_dir))
+        self.writer = events.EventWriter.open(str(run_dir))
         self.images = images
 
     def on_epoch_end(self, epoch, logs=None):

@@ -87,14 +87,14 @@ def _warnings(caplog):
 
 # part, module and function it calls, the call that fails first (1: at setup), the error
 INJECTIONS = [
-    ("graph", "tbviz.graphs", "op_graph", 1, Injected("injected: trace failed")),
+    ("graph", "tbviz.core.graphs", "op_graph", 1, Injected("injected: trace failed")),
     ("losses", "tbviz.callbacks.losses", "numeric_logs", 1, Injected("injected")),
     ("histograms", "tbviz.summary.histograms", "write", 1, Injected("injected")),
-    ("attribution", "tbviz.attribution", "saliency", 2,
+    ("attribution", "tbviz.methods.attribution", "saliency", 2,
      tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor (injected)")),
-    ("deconvnet", "tbviz.deconvnet", "projector", 1, Injected("injected")),
+    ("deconvnet", "tbviz.methods.deconvnet", "projector", 1, Injected("injected")),
     ("feature_maps", "tbviz.callbacks.feature_maps", "map_grids", 1, Injected("injected")),
-    ("synthesis", "tbviz.synthesis", "maximize_activation", 1, Injected("injected")),
+    ("synthesis", "tbviz.methods.synthesis", "maximize_activation", 1, Injected("injected")),
     ("convergence", "tbviz.callbacks.convergence", "cka_from_grams", 1, Injected("injected")),
 ]
 

@@ -96,8 +96,9 @@ def test_apng_has_one_frame_per_logged_step_showing_its_tiles(settle, patches):
     client, run_dir = settle
     r = get_animation(client, format="apng", patches=int(patches))
     assert r.mimetype == "image/apng"
+    name = "settle_train-tbviz_deconvnet_conv1_evolution.png"
     assert r.headers["Content-Disposition"] == (
-        'attachment; filename="settle_train-tbviz_deconvnet_conv1_evolution.png"')
+        f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}")
     picture, frames = decoded_frames(r.get_data())
     expected = expected_cells(run_dir, patches)
     assert picture.format == "PNG" and picture.is_animated

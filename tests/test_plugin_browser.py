@@ -8,6 +8,7 @@ Screenshots land in the test's tmp dir, and also in ``$TBVIZ_SCREENSHOT_DIR`` if
 """
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import pytest
 
 import plugin_logs
 import tbserver
+import test_plugin_fuzz as fuzz
 from tbviz.plugin import tbviz_plugin
 from tbviz.summary import metadata
 
@@ -55,6 +57,42 @@ def _server_command(logdir, port):
     return [sys.executable, "-c", LAUNCHER, *args], "launcher (tbviz not installed)"
 
 
+GOOD_STYLIZED = fuzz.content(), [json.dumps({"tiles": [{"label": "photo 0"}, {"label": "photo 1"}]})
+                                  .encode(), fuzz.PNG, fuzz.WEBP]
+
+
+def write_mixed_run(run_dir):
+    """Bad panels among good ones, each view's: written with TensorBoard's own writer (see
+    test_plugin_fuzz), steps 1 and 2."""
+    unit = {"role": "projection", "value": 2.5, "channel": 1, "image_index": 0}
+    layer = {"layer": "a", "layer_index": 0, "model": "m"}
+    panels = {
+        "tbviz/stylized/good": GOOD_STYLIZED,
+        "tbviz/stylized/bad": (fuzz.content(), [b'{"tiles": "nope"}', fuzz.PNG]),
+        "tbviz/stylized/odd": (fuzz.content(), [json.dumps({"tiles": [
+            {"label": 5}, {"label": {"a": 1}}]}).encode(), fuzz.PNG, fuzz.PNG]),
+        "tbviz/stylized/broken": (fuzz.content(), [json.dumps({"tiles": [
+            {"label": "fine"}, {"label": "cut"}]}).encode(), fuzz.PNG, fuzz.PNG[:200]]),
+        # fields the tab only shows, of other types than it writes: drawn as text
+        "tbviz/deconvnet/a/topk": (fuzz.content(kind="topk", **layer), [json.dumps({"tiles": [
+            dict(unit, value="big", channel={"x": 1}, image_index="3", row=[1], col=None)]})
+            .encode(), fuzz.PNG]),
+        "tbviz/deconvnet/a/perimage": (fuzz.content(kind="perimage", **layer), [json.dumps(
+            {"tiles": [unit]}).encode(), fuzz.PNG]),
+        "tbviz/deconvnet/b/perimage": (fuzz.content(kind="perimage", layer="b", layer_index=1,
+                                                    model="m"), [b"[]", fuzz.PNG]),
+        "tbviz/deconvnet/c/topk": (fuzz.content(kind="topk", layer="c", model=5),
+                                   [json.dumps({"tiles": [unit]}).encode(), fuzz.PNG]),
+    }
+    fuzz.write_panels(run_dir, panels)
+    # an evolution whose second step is unreadable: its first is drawn, the second says why
+    evolution = ("tbviz/deconvnet/a/evolution", fuzz.content(kind="evolution", **layer))
+    fuzz.write_panels(run_dir, {evolution[0]: (evolution[1], [json.dumps(
+        {"tiles": [unit]}).encode(), fuzz.PNG])}, steps=[1])
+    fuzz.write_panels(run_dir, {evolution[0]: (evolution[1], [b'{"tiles": [1]}', fuzz.PNG])},
+                      steps=[2])
+
+
 @pytest.fixture(scope="module")
 def browser():
     with tbserver.browser() as b:  # skips, saying what is missing, without playwright/chromium
@@ -72,6 +110,8 @@ def server(browser, tmp_path_factory):
     runs["scan/train"] = plugin_logs.write_scan_run(str(logdir / "scan"))
     runs["settle/train"] = plugin_logs.write_settle_run(str(logdir / "settle"))
     plugin_logs.write_from_the_future(logdir / "future" / "train")
+    write_mixed_run(logdir / "mixed" / "train")
+    fuzz.write_panels(logdir / 'quote"d' / "train", {"tbviz/stylized/good": GOOD_STYLIZED})
     port = tbserver.free_port()
     cmd, how = _server_command(logdir, port)
     log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed in finally)
@@ -408,3 +448,64 @@ def test_reload_follows_a_run_that_is_still_training(tab, server):
     frame.wait_for_selector(".grid.wide figcaption")
     assert texts(frame, ".grid.wide figcaption") == ["image 0\ntarget 0"]
     assert all_decoded(frame, 1) == 1
+
+
+def section(frame, tag):
+    """The panel section whose title is ``tag`` (without ``tbviz/``)."""
+    return frame.locator("section.panel", has=frame.locator(
+        "h3", has_text=tag.removeprefix("tbviz/")))
+
+
+def test_a_bad_panel_shows_its_own_error_and_every_other_panel_is_drawn(tab, tmp_path):
+    page, frame, _ = tab
+    show_instead_of_cnn(frame, "mixed/train", "Stylized probes")
+    frame.wait_for_function("() => document.querySelectorAll('.panel table.evo').length === 3")
+    titles = texts(frame, ".panel h3")
+    assert [t.split("/")[1][:len(n)] for t, n in zip(titles, ["bad", "broken", "good", "odd"])] \
+        == ["bad", "broken", "good", "odd"]
+    # the bad panel keeps its title and says why, inside itself, for each step
+    assert texts(section(frame, "stylized/bad"), ".error") == [
+        f"step {s}: header field 'tiles' must be a list, got 'nope'" for s in (1, 2)]
+    # an image the server will not serve gives its reason (fetched) in its place
+    section(frame, "stylized/broken").scroll_into_view_if_needed()
+    frame.wait_for_function("() => document.querySelectorAll('.tile-error').length === 2")
+    for why in texts(section(frame, "stylized/broken"), ".tile-error"):
+        assert "tbviz/stylized/broken" in why and "truncated" in why and "HTTP 422" in why
+    assert section(frame, "stylized/broken").locator("img").count() == 2  # "fine", 2 steps
+    # fields of other types than tbviz writes are shown as text
+    assert texts(section(frame, "stylized/odd"), "tbody th") == ["5", '{"a":1}']
+    assert all_decoded(frame, 4 + 4 + 2) == 10  # good, odd, and broken's good tiles
+    assert texts(frame, ".problems li") == [
+        "mixed/train: tbviz/deconvnet/c/topk not shown: panel metadata field 'model' must "
+        "be a string, got 5"]
+    shoot(page, tmp_path, "dashboard-bad-panel.png")
+
+    # one column fails, the others are drawn
+    frame.get_by_role("tab", name="Through the layers").click()
+    frame.wait_for_selector("table.layers-through")
+    heads = texts(frame, "table.layers-through thead th")
+    assert heads[:2] == ["", "a"] and heads[2].startswith("b")
+    assert texts(frame, "table.layers-through thead .error")[0] == \
+        "tbviz/deconvnet/b/perimage at step 2: header is not a JSON object"
+    assert all_decoded(frame, 1) == 1
+
+    # a step that fails says so; the step beside it is drawn
+    frame.get_by_role("tab", name="Evolution").click()
+    frame.wait_for_selector("table.evo")
+    assert texts(section(frame, "deconvnet/a/evolution"), "p.error") == [
+        "step 2: tile 0 must be a JSON object, got 1"]
+    assert texts(frame, "table.evo thead th") == ["map", "step 1", "step 2"]
+    assert all_decoded(frame, 1) == 1
+
+    # odd caption fields never break the top-k view
+    frame.get_by_role("tab", name="Top-k").click()
+    frame.wait_for_selector(".zf figcaption")
+    assert texts(frame, ".zf figcaption") == ['big · map {"x":1}\nimg 3 · ([1], )']
+
+
+def test_a_run_name_the_data_server_cannot_read_names_the_flag_that_can(tab):
+    page, frame, _ = tab
+    show_instead_of_cnn(frame, 'quote"d/train', "Stylized probes")
+    frame.wait_for_selector("section.panel .error")
+    [error] = texts(section(frame, "stylized/good"), ".error")
+    assert "quote\"d/train" in error and "--load_fast=false" in error and "HTTP 422" in error

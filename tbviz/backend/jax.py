@@ -57,10 +57,18 @@ def _mapping() -> dict:
 
 
 class Probe:
-    """A compiled probe: ``jax.jit`` over (variable values, arguments)."""
+    """A compiled probe: ``jax.jit`` over (variable values, arguments).
 
-    def __init__(self, fn, models=()):
+    JAX compiles once per input shape. Where the signature leaves the batch free
+    (``Spec((None, ...))``), the arguments with as many rows as the first such one are padded
+    along it to the next power of two and outputs of that many rows cut back, so a run's varying batch sizes (the last chunk of units, say) cost
+    a handful of compilations, not one each. Rows never mix in a probe (inference mode),
+    so padding changes no row's result.
+    """
+
+    def __init__(self, fn, models=(), signature=None):
         self._models = [weakref.ref(m) for m in models]
+        self._free = [bool(s.shape) and s.shape[0] is None for s in signature or ()]
         self.traces = 0
 
         def stateless(values, *args):
@@ -79,7 +87,21 @@ class Probe:
 
     def __call__(self, *args):
         values = [v.value for v in _variables(self._models)]
-        return self._jit(values, *args)
+        free = [i for i, f in enumerate(self._free) if f and i < len(args)]
+        if not free:
+            return self._jit(values, *args)
+        n = len(args[free[0]])
+        bucket = 1 << max(n - 1, 0).bit_length()
+        if bucket == n:
+            return self._jit(values, *args)
+        args = list(args)
+        for i in free:  # the arguments that share the first one's rows (not, say, a lookup table)
+            a = jnp.asarray(args[i])
+            if len(a) == n:
+                args[i] = jnp.concatenate([a, jnp.zeros((bucket - n,) + a.shape[1:], a.dtype)])
+        outs = self._jit(values, *args)
+        return jax.tree_util.tree_map(
+            lambda o: o[:n] if getattr(o, "ndim", 0) and o.shape[0] == bucket else o, outs)
 
     def trace(self, *specs):
         """The output shapes for ``specs`` (``None`` sizes taken as 1 and given back as
@@ -101,7 +123,7 @@ def batch_refusals(probe: Probe, specs) -> list:
 
 def function(fn, models=(), signature=None) -> Probe:
     """``fn`` compiled by ``jax.jit``; the ``models``' variables are passed in at each call."""
-    return Probe(fn, models)
+    return Probe(fn, models, signature)
 
 
 def tracing() -> bool:

@@ -28,12 +28,33 @@ layer it matches (:func:`tbviz.summary.metadata.match_layer`), the rule in words
 run's ``convergence/<layer>/settled`` text events (``settled`` is empty while it has
 not). The tab marks that step in the layer's evolution, and so does ``/animation``.
 
-A panel is served only when :func:`tbviz.summary.metadata.parse_panel_metadata` reads
-its version and kind; any other is listed under ``problems`` with the reason (e.g.
-written by a newer tbviz) and never drawn.
+A panel is served only when :func:`tbviz.plugin.validate.panel` accepts its metadata (a
+version and kind this build reads, fields of the types the tab reads); any other is listed
+under ``problems`` with the reason (e.g. written by a newer tbviz) and never drawn, and
+every good panel of the run still is. Each step's header is checked
+(:func:`tbviz.plugin.validate.header`): a step that cannot be drawn comes back from
+``/frames`` with an ``error`` saying why, beside the good steps; ``/blob`` and
+``/animation`` answer 422 naming the panel, step and tile. No malformed event file makes
+a route answer 500: what no check foresaw is answered 422 too (and logged).
+
+**Bounded work per request.** ``/blob`` serves stored bytes, their size read from the
+image's header first; only ``/animation`` decodes, within a pixel budget checked before
+any pixel is decoded (its layout is planned from the images' headers): each image at most
+:data:`~tbviz.plugin.validate.MAX_IMAGE_SIDE` px a side, each frame at most
+:data:`MAX_FRAME_PIXELS` and all frames together at most :data:`MAX_ANIMATION_PIXELS`
+pixels (413 otherwise, saying the limit and the request's size). Frames are made one at a
+time, and at most :data:`MAX_ANIMATIONS` animations at once (the others wait up to
+:data:`ANIMATION_WAIT_S` seconds, then get 429). ``scripts/bench_plugin.py`` measures
+what the largest allowed animation costs the server.
+
+**Names.** Any run or tag name works on every route (downloads name the file with RFC
+5987's ``filename*``), except where TensorBoard's own data server cannot read it: with the
+default fast loading, images of a run or tag whose name holds ``"`` or ``\\`` cannot be
+read (its blob keys fail, for TensorBoard's Images dashboard too); the routes then answer
+422 naming ``--load_fast=false``, which reads them.
 
 Every run, tag and step is looked up in what the data provider lists; nothing
-in a request is ever used as a file path. Lists are paged (``total`` and
+in a request is ever used as a file path (the static files are the ones found at load). Lists are paged (``total`` and
 ``next_offset`` tell the client whether to ask again) and ``/frames`` takes at
 most :data:`MAX_FRAMES` steps per request.
 
@@ -49,21 +70,28 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
-import io
+import contextlib
+import ctypes
+import functools
+import logging
 import os
 import re
+import tempfile
+import threading
 import time
+import urllib.parse
 
-import numpy as np
-from PIL import Image
 from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
-from werkzeug import wrappers
+from werkzeug import wrappers, wsgi
 
-from tbviz.plugin import animation
+from tbviz.plugin import animation, validate
 from tbviz.summary import metadata
+from tbviz.summary.metadata import PanelError
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = metadata.PLUGIN_NAME
 #: Steps kept per tbviz tag unless ``--samples_per_plugin tbviz=N`` says otherwise.
@@ -76,6 +104,21 @@ MAX_PAGE = 200
 MAX_FRAMES = 50
 #: Most steps (frames) one ``/animation`` may hold: every step kept by default.
 MAX_ANIMATION_FRAMES = DEFAULT_SAMPLES
+#: Most tiles one ``/animation`` may read (steps x tiles a step): 500 steps of an
+#: evolution of 16 feature maps with their patches fit.
+MAX_ANIMATION_TILES = 20_000
+#: Most pixels of one frame of an ``/animation``, as laid out: a 2048 px probe photo, or
+#: four of 1024 px, fit; so do 9 tiles of 256 px with their patches beside them.
+MAX_FRAME_PIXELS = 5 * 2**20
+#: Most pixels of one ``/animation``: frames x frame pixels. 500 steps of an evolution of 9
+#: feature maps at 64 px fit (about 450 with their patches beside them); 500 steps of 9
+#: tiles at 256 px do not. What the largest allowed animation costs the server is measured
+#: by scripts/bench_plugin.py (worst case: tiles of noise, which do not compress).
+MAX_ANIMATION_PIXELS = 40 * 2**20
+#: Animations made at once; the others wait (see :data:`ANIMATION_WAIT_S`).
+MAX_ANIMATIONS = 2
+#: Longest wait (seconds) for a turn to make an animation before answering 429.
+ANIMATION_WAIT_S = 300
 _CONVERGENCE = re.compile("^" + re.escape(metadata.CONVERGENCE_TAG).replace(
     re.escape("{layer}"), "(?P<layer>.+)") + "$")
 _SETTLED = re.compile("^" + re.escape(metadata.SETTLED_TAG).replace(
@@ -84,14 +127,71 @@ _SETTLED = re.compile("^" + re.escape(metadata.SETTLED_TAG).replace(
 IMAGE_MAX_AGE = 24 * 3600
 #: How long (seconds) a listed series answers tile requests before it is listed again.
 SERIES_TTL = 2.0
+#: An animation larger than this (bytes) is written to a temporary file, not memory.
+SPOOL_BYTES = 8 * 2**20
+#: Steps whose headers an animation's plan reads at once (and holds: no more).
+PLAN_BATCH = 16
+#: Decoded crop sources an animation keeps for the next steps (pixels): probe images
+#: written once per run are then decoded once.
+SOURCE_CACHE_PIXELS = 16 * 2**20
 
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="tbviz")
-
-_STATIC = {
-    "/index.js": ("index.js", "text/javascript"),
-    "/style.css": ("style.css", "text/css"),
-}
+_ANIMATIONS = threading.BoundedSemaphore(MAX_ANIMATIONS)
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 _INT = re.compile(r"-?[0-9]{1,18}")
+# The data server (Rust) parses its blob keys as borrowed JSON strings: an escaped
+# character in a run or tag name makes every blob of it unreadable.
+_FAST_UNSAFE = re.compile(r'["\\]')
+
+
+class UnreadablePanelError(errors.PublicError):
+    """A panel the event files hold that cannot be served as asked (malformed, or not
+    readable by the data server): HTTP 422, the message names the panel and the reason."""
+
+    http_code = 422
+
+
+class TooLargeError(errors.PublicError):
+    """A request over the work budget: HTTP 413, the message names the limit and the size."""
+
+    http_code = 413
+
+
+class BusyError(errors.PublicError):
+    """Every animation slot is taken: HTTP 429 with ``Retry-After``."""
+
+    http_code = 429
+
+    def __init__(self, details, retry_after: int = 10):
+        super().__init__(details)
+        self.headers = [("Retry-After", str(retry_after))]
+
+
+def _route(handler):
+    """A route whose every failure is a 4xx saying why: the errors it raises on purpose,
+    and anything else a malformed event file could still cause (logged with its
+    traceback, answered 422), so that one bad panel never costs a 500."""
+
+    @functools.wraps(handler)
+    def guarded(self, request):
+        try:
+            return handler(self, request)
+        except errors.PublicError:
+            raise
+        except PanelError as err:
+            raise UnreadablePanelError(f"{_what(request)}: {err}") from None
+        except Exception as err:  # noqa: BLE001 (the point: no 500, whatever the data)
+            logger.warning("tbviz %s failed on %s", request.path, _what(request), exc_info=True)
+            raise UnreadablePanelError(f"{_what(request)}: could not be served "
+                                       f"({type(err).__name__}: {validate.short(err)})") from None
+
+    return wrappers.Request.application(guarded)
+
+
+def _what(request) -> str:
+    """The panel a request is about, for its error message."""
+    run, tag = request.args.get("run"), request.args.get("tag")
+    return f"run {run!r}, tag {tag!r}" if run or tag else request.path
 
 
 class TbvizLoader(base_plugin.TBLoader):
@@ -120,7 +220,7 @@ class TbvizPlugin(base_plugin.TBPlugin):
         self._recent = {}  # (experiment, run, tag) -> (monotonic time, sorted series)
 
     def get_plugin_apps(self):
-        apps = {route: self._static(name, mime) for route, (name, mime) in _STATIC.items()}
+        apps = {route: _static(path, mime) for route, (path, mime) in static_files().items()}
         apps.update({
             "/panels": self._serve_panels,
             "/steps": self._serve_steps,
@@ -138,17 +238,7 @@ class TbvizPlugin(base_plugin.TBPlugin):
                                             disable_reload=True)
 
     # -- routes -------------------------------------------------------------------------------
-    def _static(self, name, mime):
-        path = os.path.join(os.path.dirname(__file__), "static", name)
-
-        @wrappers.Request.application
-        def serve(request):
-            with open(path, "rb") as f:
-                return http_util.Respond(request, f.read(), mime)
-
-        return serve
-
-    @wrappers.Request.application
+    @_route
     def _serve_panels(self, request):
         offset, limit = _page(request)
         ctx, eid = _context(request)
@@ -160,14 +250,14 @@ class TbvizPlugin(base_plugin.TBPlugin):
         items = [{"run": run, **_panels(listing[run], watched.get(run, {}))} for run in page]
         return _json(request, _paged(items, offset, len(runs)))
 
-    @wrappers.Request.application
+    @_route
     def _serve_steps(self, request):
         offset, limit = _page(request)
         data = self._series(request)
         items = [{"step": d.step, "wall_time": d.wall_time} for d in data[offset:offset + limit]]
         return _json(request, _paged(items, offset, len(data)))
 
-    @wrappers.Request.application
+    @_route
     def _serve_frames(self, request):
         raw = _arg(request, "steps")
         steps = raw.split(",")
@@ -175,32 +265,38 @@ class TbvizPlugin(base_plugin.TBPlugin):
             raise errors.InvalidArgumentError(
                 f"at most {MAX_FRAMES} steps per request, got {len(steps)}; ask in pages")
         steps = [_int("steps", s) for s in steps]
+        run, tag = _arg(request, "run"), _arg(request, "tag")
         by_step = {d.step: d for d in self._series(request)}
         data = [_lookup(by_step, step) for step in steps]
-        ctx, _ = _context(request)
+        ctx, eid = _context(request)
+        panel = self._panel(ctx, eid, run, tag)
         # One data-provider round trip per header: overlap them.
-        blobs = _POOL.map(lambda d: self._provider.read_blob(ctx, blob_key=d.values[0].blob_key),
-                          data)
-        frames = [{"step": d.step, "wall_time": d.wall_time, **_header(blob, len(d.values) - 1)}
-                  for d, blob in zip(data, blobs)]
+        headers = _POOL.map(lambda d: self._header(ctx, d, run, tag, panel), data)
+        frames = [{"step": d.step, "wall_time": d.wall_time, **header}
+                  for d, header in zip(data, headers)]
         return _json(request, {"frames": frames})
 
-    @wrappers.Request.application
+    @_route
     def _serve_blob(self, request):
         step = _int("step", _arg(request, "step"))
         index = _int("index", _arg(request, "index"))
+        run, tag = _arg(request, "run"), _arg(request, "tag")
         datum = _lookup({d.step: d for d in self._series(request)}, step)
         if not 1 <= index < len(datum.values):
             raise errors.NotFoundError(
-                f"step {step} has tiles 1..{len(datum.values) - 1}, not {index}")
+                f"step {step} has tiles 1..{len(datum.values) - 1}, not {index}"
+                if len(datum.values) > 1 else f"step {step} has no images")
         ctx, _ = _context(request)
-        image = self._provider.read_blob(ctx, blob_key=datum.values[index].blob_key)
-        mime = metadata.image_mime(image)
-        if mime == "image/png" and not image.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise errors.NotFoundError(f"tile {index} of step {step} is not a PNG or WebP image")
-        return http_util.Respond(request, image, mime, expires=IMAGE_MAX_AGE)
+        image = self._read(ctx, datum.values[index], run, tag)
+        try:
+            validate.image_size(image)  # its header only: the browser decodes it
+        except PanelError as err:
+            raise UnreadablePanelError(
+                f"run {run!r}, tag {tag!r}, step {step}, image {index}: {err}") from None
+        return http_util.Respond(request, image, metadata.image_mime(image),
+                                 expires=IMAGE_MAX_AGE)
 
-    @wrappers.Request.application
+    @_route
     def _serve_animation(self, request):
         fmt = request.args.get("format", "gif")
         if fmt not in animation.FORMATS:
@@ -212,8 +308,7 @@ class TbvizPlugin(base_plugin.TBPlugin):
         patches = request.args.get("patches", "0") == "1"
         run, tag = _arg(request, "run"), _arg(request, "tag")
         ctx, eid = _context(request)
-        series = self._series(request)
-        by_step = {d.step: d for d in series}
+        by_step = {d.step: d for d in self._series(request)}
         raw = request.args.get("steps")
         steps = [_int("steps", s) for s in raw.split(",")] if raw else sorted(by_step)
         if len(steps) > MAX_ANIMATION_FRAMES:
@@ -222,24 +317,56 @@ class TbvizPlugin(base_plugin.TBPlugin):
         data = [_lookup(by_step, step) for step in steps]
         panel = self._panel(ctx, eid, run, tag)
         settled = self._settled_of(ctx, eid, run, panel)
-        tiles = _Tiles(self, ctx, eid, run, panel)
-        per_step, labels = [], []
-        for d in data:
-            header = _header(self._provider.read_blob(ctx, blob_key=d.values[0].blob_key),
-                             len(d.values) - 1)
-            if header.get("error"):
-                raise errors.NotFoundError(f"step {d.step} of {tag}: {header['error']}")
-            pictures = list(_POOL.map(lambda k: tiles.picture(d, header["tiles"], k),
-                                      range(len(header["tiles"]))))
-            per_step.append(animation.cells(header["tiles"], pictures, patches))
-            labels.append(_label(d.step, settled, by_step))
-        body = animation.encode(animation.frames(per_step, labels), fmt, duration)
-        name = re.sub(r"[^\w.-]+", "_", f"{run}-{tag}") + animation.FORMATS[fmt][2]
-        return http_util.Respond(request, body, animation.FORMATS[fmt][1],
-                                 headers=[("Content-Disposition",
-                                           f'attachment; filename="{name}"')])
+        labels = [_label(d.step, settled, by_step) for d in data]
+        # Made whole before answering (a failing step still gets its 4xx), into a file
+        # that is then sent from: the animation itself never sits in the server's memory.
+        out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        try:
+            with _animation_turn():
+                try:
+                    maker = _Animation(self, ctx, eid, run, tag, panel, patches)
+                    animation.write(maker.frames(data, labels, maker.plan(data)), fmt, out,
+                                    duration)
+                finally:
+                    maker = None
+                    _give_memory_back()
+        except BaseException:
+            out.close()
+            raise
+        size = out.tell()
+        out.seek(0)
+        name = f"{run}-{tag}{animation.FORMATS[fmt][2]}"
+        headers = [("Content-Length", str(size)), ("Content-Disposition", attachment(name)),
+                   ("X-Content-Type-Options", "nosniff"),
+                   ("Cache-Control", "no-cache, must-revalidate")]
+        # wrap_file closes (and so deletes) the file once it is sent.
+        return wrappers.Response(wsgi.wrap_file(request.environ, out),
+                                 mimetype=animation.FORMATS[fmt][1], headers=headers,
+                                 direct_passthrough=True)
 
     # -- data ---------------------------------------------------------------------------------
+    def _read(self, ctx, blob, run: str, tag: str) -> bytes:
+        """The bytes of ``blob`` (a blob reference of ``run``/``tag``), or a 422 saying why
+        the data server could not read them."""
+        try:
+            return self._provider.read_blob(ctx, blob_key=blob.blob_key)
+        except Exception as err:  # noqa: BLE001 (each provider raises its own kinds)
+            if _FAST_UNSAFE.search(run) or _FAST_UNSAFE.search(tag):
+                raise UnreadablePanelError(
+                    f"run {run!r}, tag {tag!r}: TensorBoard's data server (the default fast "
+                    'loading) cannot read images of a run or tag whose name holds " or \\ '
+                    "(its Images dashboard cannot either); start tensorboard with "
+                    "--load_fast=false to see them") from None
+            raise UnreadablePanelError(f"run {run!r}, tag {tag!r}: the data server could not "
+                                       f"read a blob ({validate.short(err)})") from None
+
+    def _header(self, ctx, datum, run, tag, panel) -> dict:
+        """The checked header of one step (:func:`tbviz.plugin.validate.header`)."""
+        if not datum.values:
+            return validate.header(None, 0, panel)
+        blob = self._read(ctx, datum.values[0], run, tag)
+        return validate.header(blob, len(datum.values) - 1, panel)
+
     def _series(self, request):
         """The steps of the validated ``run`` and ``tag`` of a request, sorted by step."""
         run, tag = _arg(request, "run"), _arg(request, "tag")
@@ -266,7 +393,7 @@ class TbvizPlugin(base_plugin.TBPlugin):
         return series
 
     def _panel(self, ctx, eid, run, tag) -> dict:
-        """The parsed content of one panel, as ``/panels`` lists it."""
+        """The checked content of one panel, as ``/panels`` lists it."""
         listing = self._provider.list_blob_sequences(
             ctx, experiment_id=eid, plugin_name=PLUGIN_NAME,
             run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
@@ -274,9 +401,9 @@ class TbvizPlugin(base_plugin.TBPlugin):
         if series is None:
             raise errors.NotFoundError(f"no tbviz panel {tag!r} in run {run!r}")
         try:
-            return metadata.parse_panel_metadata(series.plugin_content)
-        except metadata.PanelError as err:
-            raise errors.NotFoundError(f"{tag} not shown: {err}") from None
+            return validate.panel(series.plugin_content)
+        except PanelError as err:
+            raise UnreadablePanelError(f"run {run!r}, tag {tag!r} not shown: {err}") from None
 
     def _convergence(self, ctx, eid, runs) -> dict:
         """``{run: {watched layer: {"rule", "settled": [{"step", "said_at"}]}}}`` from the
@@ -321,49 +448,206 @@ class TbvizPlugin(base_plugin.TBPlugin):
         return _convergence_entry(panel, watched)
 
 
-class _Tiles:
-    """Tile pictures of one panel as ``uint8`` RGB arrays, crops cut from their sources
-    (as the tab cuts them; see :mod:`tbviz.summary.metadata`)."""
+class _Animation:
+    """One ``/animation`` of a panel: :meth:`plan` reads every step's header and its images'
+    sizes (no pixel decoded) and checks the budget; :meth:`frames` then decodes one step
+    at a time, crops cut from their sources (as the tab cuts them; see
+    :mod:`tbviz.summary.metadata`)."""
 
-    def __init__(self, plugin, ctx, eid, run, panel):
-        self.plugin, self.ctx, self.eid, self.run, self.panel = plugin, ctx, eid, run, panel
-        self._sources = {}  # (tag, step, index) -> decoded picture
+    def __init__(self, plugin, ctx, eid, run, tag, panel, patches):
+        self.plugin, self.ctx, self.eid, self.run, self.tag = plugin, ctx, eid, run, tag
+        self.panel, self.patches = panel, patches
+        self._by_step = {}  # sources tag -> {step: datum}
+        self._shapes = {}  # (tag, step, index) of a crop source -> (height, width)
+        self._sources = {}  # (tag, step, index) -> decoded crop source
 
-    def picture(self, datum, tiles, k):
+    def plan(self, data) -> animation.Layout:
+        """The layout of the animation of ``data`` (steps), or a 413 when it is over budget.
+        Steps are read a batch at a time, their headers kept no longer than their batch."""
+        shapes, n_tiles = [], 0
+        for at in range(0, len(data), PLAN_BATCH):
+            batch = data[at:at + PLAN_BATCH]
+            headers = list(_POOL.map(self._checked_header, batch))
+            n_tiles += sum(len(h["tiles"]) for h in headers)
+            if n_tiles > MAX_ANIMATION_TILES:
+                raise TooLargeError(
+                    f"an animation reads at most {MAX_ANIMATION_TILES:,} tiles (steps x tiles "
+                    f"a step); these {len(data)} steps hold more: ask fewer steps")
+            shapes += _POOL.map(self._cell_shapes, batch, headers)
+        try:
+            plan = animation.layout(shapes)
+        except ValueError as err:
+            raise PanelError(str(err)) from None
+        total = plan.pixels * len(data)
+        if plan.pixels > MAX_FRAME_PIXELS or total > MAX_ANIMATION_PIXELS:
+            raise TooLargeError(
+                f"an animation may hold {MAX_ANIMATION_PIXELS:,} pixels (frames x frame "
+                f"pixels), each frame at most {MAX_FRAME_PIXELS:,}; this one would be "
+                f"{len(data)} frames of {plan.width}x{plan.height} = {total:,} pixels: ask "
+                "fewer steps" + (", or leave out the patches" if self.patches else ""))
+        return plan
+
+    def frames(self, data, labels, plan):
+        """The frames of :meth:`plan`'s steps, made one at a time."""
+        for d, label in zip(data, labels):
+            tiles = self._checked_header(d)["tiles"]
+            cells = animation.pairs(tiles, self.patches)
+            needed = [i for pair in cells for i in pair if i is not None]
+            pictures = dict(zip(needed, _POOL.map(lambda i: self._picture(d, tiles, i), needed)))
+            yield animation.frame(animation.cells(tiles, pictures, self.patches), label, plan)
+            del pictures
+
+    def _checked_header(self, datum) -> dict:
+        header = self.plugin._header(self.ctx, datum, self.run, self.tag, self.panel)
+        if header.get("error"):
+            raise PanelError(f"step {datum.step}: {header['error']}")
+        return header
+
+    def _cell_shapes(self, datum, header) -> list:
+        """``(height, width)`` of each cell of one step, from its images' headers."""
+        tiles = header["tiles"]
+        return [animation.cell_shape(self._shape(datum, tiles, i), k is not None)
+                for i, k in animation.pairs(tiles, self.patches)]
+
+    def _locate(self, datum, tiles, k):
+        """``(tag, datum, index, crop, source_size)``: where tile ``k``'s image is (blob
+        ``index`` of ``datum`` of ``tag``) and, for a crop, what to cut from it."""
         t = tiles[k]
-        if not (isinstance(t, dict) and "crop" in t):
-            index = sum(1 for x in tiles[:k + 1] if not (isinstance(x, dict) and "crop" in x))
-            return _decode(self.plugin._provider.read_blob(
-                self.ctx, blob_key=datum.values[index].blob_key))
+        if "crop" not in t:
+            index = sum(1 for x in tiles[:k + 1] if "crop" not in x)
+            return self.tag, datum, index, None, None
         tag = t.get("sources") or self.panel.get("sources")
-        size = t.get("source_size") or self.panel.get("source_size")
         step = t.get("source_step", datum.step)
-        source = self._source(tag, step, int(t["source"]) + 1)
-        top, bottom, left, right = (int(v) for v in t["crop"])
-        # The source's stored pixels may be of another size than the one crops are given in.
-        sy, sx = source.shape[0] / size[0], source.shape[1] / size[1]
-        return source[round(top * sy):round(bottom * sy), round(left * sx):round(right * sx)]
+        if tag not in self._by_step:
+            try:
+                series = self.plugin._series_of(self.ctx, self.eid, self.run, tag)
+            except errors.NotFoundError:
+                raise PanelError(f"step {datum.step}, tile {k}: its sources panel {tag!r} is "
+                                 "not in this run") from None
+            self._by_step[tag] = {d.step: d for d in series}
+        source = self._by_step[tag].get(step)
+        index = t["source"] + 1
+        if source is None or not 1 <= index < len(source.values):
+            raise PanelError(f"step {datum.step}, tile {k}: {tag} has no image {t['source']} "
+                             f"at step {step}")
+        return tag, source, index, t["crop"], t.get("source_size") or self.panel["source_size"]
 
-    def _source(self, tag, step, index):
-        key = (tag, step, index)
-        if key not in self._sources:
-            series = self.plugin._series_of(self.ctx, self.eid, self.run, tag)
-            datum = _lookup({d.step: d for d in series}, step)
-            if not 1 <= index < len(datum.values):
-                raise errors.NotFoundError(f"{tag} at step {step} has no image {index}")
-            self._sources[key] = _decode(self.plugin._provider.read_blob(
-                self.ctx, blob_key=datum.values[index].blob_key))
-        return self._sources[key]
+    def _shape(self, datum, tiles, k) -> tuple[int, int]:
+        """``(height, width)`` of tile ``k``, from its image's header."""
+        return self._tile(datum, tiles, k, decode=False)
+
+    def _picture(self, datum, tiles, k):
+        """Tile ``k`` as a ``uint8`` RGB array."""
+        return self._tile(datum, tiles, k, decode=True)
+
+    def _tile(self, datum, tiles, k, decode: bool):
+        tag, source, index, crop, size = self._locate(datum, tiles, k)
+        read = validate.decode if decode else validate.image_size
+        if crop is None:
+            return self._image(tag, source, index, datum, k, read)
+        # Crops share their sources (a probe image is cut for every layer): read each once.
+        cache, key = (self._sources if decode else self._shapes), (tag, source.step, index)
+        if key not in cache:
+            if decode and sum(s.shape[0] * s.shape[1] for s in cache.values()) > \
+                    SOURCE_CACHE_PIXELS:
+                cache.clear()
+            cache[key] = self._image(tag, source, index, datum, k, read)
+        whole = cache[key]
+        top, bottom, left, right = _crop_box(crop, size, whole.shape if decode else whole,
+                                             datum.step, k)
+        return whole[top:bottom, left:right] if decode else (bottom - top, right - left)
+
+    def _image(self, tag, source, index, datum, k, read):
+        blob = self.plugin._read(self.ctx, source.values[index], self.run, tag)
+        try:
+            return read(blob)
+        except PanelError as err:
+            raise PanelError(f"step {datum.step}, tile {k}: {err}") from None
 
 
-def _decode(png: bytes):
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+def _crop_box(crop, size, shape, step, k):
+    """``crop`` (in pixels of an image of ``size``) in the stored source of ``shape``, whose
+    pixels may be of another size than the one crops are given in."""
+    sy, sx = shape[0] / size[0], shape[1] / size[1]
+    top, bottom = round(crop[0] * sy), round(crop[1] * sy)
+    left, right = round(crop[2] * sx), round(crop[3] * sx)
+    if bottom <= top or right <= left:
+        raise PanelError(f"step {step}, tile {k}: crop {crop} of a {size[0]}x{size[1]} image "
+                         f"is empty in the stored {shape[0]}x{shape[1]} image")
+    return top, bottom, left, right
+
+
+@contextlib.contextmanager
+def _animation_turn():
+    """One of the :data:`MAX_ANIMATIONS` turns to make an animation, or a 429 after
+    :data:`ANIMATION_WAIT_S` seconds."""
+    if not _ANIMATIONS.acquire(timeout=ANIMATION_WAIT_S):
+        raise BusyError(f"{MAX_ANIMATIONS} animations are being made and this one waited "
+                        f"{ANIMATION_WAIT_S} s for its turn: try again in a moment")
+    try:
+        yield
+    finally:
+        _ANIMATIONS.release()
+
+
+def _give_memory_back():
+    """Return the freed heap of an animation to the system: glibc keeps freed blocks of
+    a thread's arena for reuse, which after a large animation is hundreds of MB."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def attachment(name: str) -> str:
+    """The ``Content-Disposition`` of a download called ``name``: RFC 6266 with an ASCII
+    ``filename`` for old clients and RFC 5987's ``filename*`` keeping every letter (an
+    HTTP header holds Latin-1 only).
+
+    >>> print(attachment("фото-tbviz/x.gif"))
+    attachment; filename="_-tbviz_x.gif"; filename*=UTF-8''%D1%84%D0%BE%D1%82%D0%BE-tbviz_x.gif
+    """
+    readable = re.sub(r"[^\w.-]+", "_", name)
+    plain = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return (f'attachment; filename="{plain}"; '
+            f"filename*=UTF-8''{urllib.parse.quote(readable, safe='')}")
+
+
+def static_files() -> dict:
+    """``{route: (path, MIME type)}`` of the tab's files: every ``.js`` and ``.css`` under
+    ``static/`` (the shell ``index.js``, ``lib/``, ``views/``), found once at load.
+
+    >>> sorted(static_files())[:2]
+    ['/index.js', '/lib/dom.js']
+    """
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+    out = {}
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            mime = _STATIC_TYPES.get(os.path.splitext(name)[1])
+            if mime:
+                path = os.path.join(folder, name)
+                out["/" + os.path.relpath(path, root).replace(os.sep, "/")] = (path, mime)
+    return out
+
+
+def _static(path, mime):
+    @wrappers.Request.application
+    def serve(request):
+        with open(path, "rb") as f:
+            return http_util.Respond(request, f.read(), mime)
+
+    return serve
 
 
 def _text(value) -> str:
     """A text event's string (a scalar, or the first cell of a text tensor)."""
-    item = value.reshape(-1)[0] if getattr(value, "size", 0) else value
-    item = item.item() if hasattr(item, "item") else item
+    try:
+        item = value.reshape(-1)[0] if getattr(value, "size", 0) else value
+        item = item.item() if hasattr(item, "item") else item
+    except (AttributeError, IndexError, ValueError):  # not a text tensor: no message in it
+        return ""
     return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
 
 
@@ -389,42 +673,32 @@ def _convergence_entry(panel: dict, watched: dict):
 
 
 def _panels(tags: dict, watched: dict) -> dict:
-    """Describe one run's panels. A tag this build cannot read (unreadable metadata, a newer
-    panel version or an unknown kind) is not drawn: it is listed under ``problems`` with
-    the reason, for the tab to say. A panel of a layer in ``watched`` (the run's
-    convergence layers) carries its ``convergence`` entry."""
+    """Describe one run's panels. A tag this build cannot read (metadata that
+    :func:`tbviz.plugin.validate.panel` refuses: unreadable, a newer panel version, an
+    unknown kind, fields of the wrong type) is not drawn: it is listed under ``problems``
+    with the reason, for the tab to say, and the run's other panels are listed as ever.
+    A panel of a layer in ``watched`` (the run's convergence layers) carries its
+    ``convergence`` entry."""
     panels, problems = [], []
     for tag, series in sorted(tags.items()):
         try:
-            content = metadata.parse_panel_metadata(series.plugin_content)
-        except metadata.PanelError as err:
+            content = validate.panel(series.plugin_content)
+            entry = {**content, "tag": tag, "max_step": series.max_step,
+                     "description": series.description}
+            if content.get("layer") is not None and watched:
+                convergence = _convergence_entry(content, watched)
+                if convergence:
+                    entry["convergence"] = convergence
+        except PanelError as err:
             problems.append({"tag": tag, "error": str(err)})
             continue
-        panels.append({"tag": tag, **content, "max_step": series.max_step,
-                       "description": series.description})
-        if content.get("layer") is not None and watched:
-            entry = _convergence_entry(content, watched)
-            if entry:
-                panels[-1]["convergence"] = entry
+        except Exception as err:  # noqa: BLE001 (one panel's surprise must not hide the run)
+            logger.warning("tbviz: panel %r not listed", tag, exc_info=True)
+            problems.append({"tag": tag, "error": f"could not be read ({type(err).__name__}: "
+                                                  f"{validate.short(err)})"})
+            continue
+        panels.append(entry)
     return {"panels": panels, "skipped": len(problems), "problems": problems}
-
-
-def _header(blob: bytes, n_images: int) -> dict:
-    """Blob 0 of a step, checked against the number of images it describes."""
-    try:
-        header = metadata.parse_header(blob)
-        tiles, groups = list(header["tiles"]), list(header.get("groups") or [])
-    except (ValueError, KeyError, TypeError):
-        return {"tiles": [], "groups": [], "images": n_images, "error": "unreadable header"}
-    extra = {k: v for k, v in header.items() if k not in ("tiles", "groups")}
-    out = {**extra, "tiles": tiles, "groups": groups, "images": n_images}
-    # Tiles with a crop are cut from the panel's sources; the others are its images, in order.
-    own = [i for i, t in enumerate(tiles) if not (isinstance(t, dict) and "crop" in t)]
-    if len(own) != n_images:
-        out["error"] = f"header lists {len(own)} tiles with images for {n_images} images"
-        if len(own) > n_images:
-            out["tiles"] = tiles[:own[n_images]]
-    return out
 
 
 def _lookup(by_step: dict, step: int):

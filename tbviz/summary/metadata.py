@@ -61,7 +61,7 @@ layer's evolution (:func:`match_layer` pairs a panel's layer with a watched laye
 **Adding a kind** takes two lines: a constant here (``SALIENCY_GRID = "saliency_grid"``,
 added to :data:`KINDS`), and one row in ``VIEWS`` of ``tbviz/plugin/static/index.js``
 (``{kind: "saliency_grid", label: ..., layered: ..., steps: ..., draw: ...}``) naming
-its renderer and whether it is per layer. The callback then writes it with
+its renderer (a module of ``static/views/``) and whether it is per layer. The callback then writes it with
 :func:`write_panel`. A panel of a kind without a row is listed by the tab as not shown.
 
 **The version** is that of the panel format (content and blob layout), not of tbviz.
@@ -206,7 +206,7 @@ def parse_panel_metadata(content: bytes) -> dict:
     """
     try:
         data = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (deep nesting: RecursionError)
         raise PanelError("unreadable panel metadata (not JSON)") from None
     if not isinstance(data, dict):
         raise PanelError("unreadable panel metadata (not a JSON object)")
