@@ -10,7 +10,7 @@ from style_transfer.transform_net import (LAYER_NAMES, MIN_SIZE, build_transform
 
 # Float results of different computations: ./scripts/test.sh --numerics runs these under
 # other kernels and thread counts.
-pytestmark = pytest.mark.numerics
+pytestmark = [pytest.mark.numerics, pytest.mark.backends]
 
 
 @pytest.fixture(scope="module")
@@ -103,24 +103,29 @@ def test_mixed_precision_net_loads_back_as_float32(tmp_path, rng):
 
 
 def test_upsampling_conv_equals_nearest_upsample_then_reflect_padded_conv(rng):
-    import tensorflow as tf
+    # The same function of the kernel: equal outputs, and equal gradients (the backend's own).
+    from keras import ops
 
     from style_transfer.transform_net import upsample_conv3x3
+    from tbviz import backend
 
-    x = tf.constant(rng.normal(size=(2, 5, 7, 4)), tf.float32)
-    k = tf.Variable(rng.normal(size=(3, 3, 4, 6)).astype("float32"))
-    b = tf.constant(rng.normal(size=6).astype("float32"))
+    x = rng.normal(size=(2, 5, 7, 4)).astype("float32")
+    k = rng.normal(size=(3, 3, 4, 6)).astype("float32")
+    b = rng.normal(size=6).astype("float32")
+    up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    padded = np.pad(up, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    weights = rng.normal(size=(2, 10, 14, 6)).astype("float32")
 
-    def direct():
-        up = np.repeat(np.repeat(x.numpy(), 2, axis=1), 2, axis=2)
-        padded = np.pad(up, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
-        return tf.nn.conv2d(padded, k, 1, "VALID") + b
+    def direct(kernel):
+        return ops.sum(weights * (ops.conv(padded, kernel, padding="valid") + b))
 
-    with tf.GradientTape(persistent=True) as tape:
-        want, got = direct(), upsample_conv3x3(x, k, b)
-        weights = tf.constant(rng.normal(size=want.shape).astype("float32"))
-        loss_want, loss_got = tf.reduce_sum(want * weights), tf.reduce_sum(got * weights)
-    assert got.shape == (2, 10, 14, 6)
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(tape.gradient(loss_got, k).numpy(),
-                               tape.gradient(loss_want, k).numpy(), rtol=1e-4, atol=1e-3)
+    def fast(kernel):
+        return ops.sum(weights * upsample_conv3x3(x, kernel, b))
+
+    want = ops.conv(padded, k, padding="valid") + b
+    got = upsample_conv3x3(x, k, b)
+    np.testing.assert_allclose(backend.numpy(got), backend.numpy(want), rtol=1e-5, atol=1e-4)
+    (grad_want,) = backend.vjp(direct, k)[1](np.float32(1.0))
+    (grad_got,) = backend.vjp(fast, k)[1](np.float32(1.0))
+    np.testing.assert_allclose(backend.numpy(grad_got), backend.numpy(grad_want),
+                               rtol=1e-4, atol=1e-3)
