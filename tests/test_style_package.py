@@ -17,13 +17,13 @@ from style_transfer.transform_net import build_transform_net
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def fresh_python(code, *args, env_changes=None):
+def fresh_python(code, *args, env_changes=None, timeout=300):
     """Run ``code`` in a new interpreter (nothing of this test process imported)."""
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the default a new user has
     env.update(env_changes or {})
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=env)
+                          timeout=timeout, cwd=ROOT, env=env)
 
 
 LOAD = """
@@ -103,6 +103,7 @@ print(json.dumps({"status": [train, stylize], "tensorflow": "tensorflow" in sys.
 """
 
 
+@pytest.mark.slow
 @pytest.mark.backends
 def test_train_and_stylize_never_import_tensorflow_where_it_is_not_the_backend(tmp_path):
     backend = keras.backend.backend()
@@ -110,7 +111,7 @@ def test_train_and_stylize_never_import_tensorflow_where_it_is_not_the_backend(t
         pytest.skip("TensorFlow is the backend here")
     out = fresh_python(NO_TENSORFLOW, str(tmp_path / "run"), data.asset_path("photos"),
                        data.asset_path("styles", "wave.jpg"),
-                       env_changes={"KERAS_BACKEND": backend})
+                       env_changes={"KERAS_BACKEND": backend}, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"status": [0, 0],
                                                               "tensorflow": False}
