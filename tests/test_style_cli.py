@@ -329,7 +329,10 @@ def test_module_entry_point_help():
 
 def test_train_with_mixed_precision_applies_its_steps(tmp_path, content_dir):
     log_dir = tmp_path / "mixed"
-    argv = ["train", "--content-dir", str(content_dir), "--log-dir", str(log_dir),
+    # The bundled photos only: a flat image (content_dir's CMYK one) has zero variance at
+    # every instance norm, and its float16 gradients overflow whatever the loss scale (such a
+    # step is skipped, as it should be), which is not what this test is about.
+    argv = ["train", "--content-dir", data.asset_path("photos"), "--log-dir", str(log_dir),
             "--style-image", data.asset_path("styles", "udnie.jpg"), *TRAIN,
             "--mixed-precision", "--no-viz", "--epochs", "1"]
     from contextlib import redirect_stdout
