@@ -53,18 +53,51 @@ MIN_SIZE = 8
 _PACKAGE = "style_transfer"
 
 
+@keras.saving.register_keras_serializable(_PACKAGE)
+class InstanceNormalization(keras.layers.GroupNormalization):
+    """Keras' ``GroupNormalization`` whose variance is never negative.
+
+    ``keras.ops.moments`` on PyTorch computes the variance as ``E[x^2] - E[x]^2``, which
+    rounds below zero for a constant channel (a flat photo, a flat crop): ``rsqrt`` of it
+    is NaN. Here the variance is ``E[(x - E[x])^2]`` on every backend, as TensorFlow's own
+    ``tf.nn.moments`` computes it; the rest (scale, shift, float32 compute) is Keras'.
+
+    >>> import numpy as np
+    >>> norm = InstanceNormalization(groups=-1, epsilon=1e-5)
+    >>> y = ops.convert_to_numpy(norm(np.full((1, 4, 4, 2), 77.7, "float32")))
+    >>> bool(np.isfinite(y).all()), float(np.abs(y).max())
+    (True, 0.0)
+    """
+
+    def _apply_normalization(self, reshaped_inputs, input_shape):
+        dtype = reshaped_inputs.dtype
+        x = ops.cast(reshaped_inputs, keras.backend.result_type(dtype, "float32"))
+        axes = list(range(1, len(x.shape)))
+        axes.pop(-2 if self.axis == -1 else self.axis - 1)  # the group axis stays
+        shape = self._create_broadcast_shape(input_shape)
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        inv = ops.rsqrt(ops.mean(ops.square(x - mean), axis=axes, keepdims=True) + self.epsilon)
+        if self.scale:
+            inv = inv * ops.cast(ops.reshape(self.gamma, shape), x.dtype)
+        out = (x - mean) * inv
+        if self.center:
+            out = out + ops.cast(ops.reshape(self.beta, shape), x.dtype)
+        return ops.cast(out, dtype)
+
+
 def instance_norm(name: str, dtype=None) -> keras.layers.Layer:
     """Instance normalization with learned per-channel scale and shift.
 
     ``GroupNormalization`` with as many groups as channels normalizes each
     channel of each image over its height and width, which is exactly
     instance normalization (Ulyanov et al. 2016); it computes in float32 under
-    mixed precision.
+    mixed precision (:class:`InstanceNormalization`: its variance is exact for flat
+    images on every backend).
 
     >>> instance_norm("norm").groups
     -1
     """
-    return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name, dtype=dtype)
+    return InstanceNormalization(groups=-1, epsilon=1e-5, name=name, dtype=dtype)
 
 
 def reflect_indices(n, before: int, after: int):
