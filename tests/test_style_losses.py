@@ -183,7 +183,9 @@ def test_stylize_equals_call_clipped_and_is_traced_once(model, rng):
     m, _ = model
     for size in [(12, 20), (9, 9), (16, 16)]:
         x = rng.uniform(0, 255, (1,) + size + (3,)).astype("float32")
-        np.testing.assert_allclose(m.stylize(x), np.clip(numpy(m(x)), 0, 255), atol=1e-4)
+        # A compiled function against an eager call (XLA fuses on JAX): float32 rounding.
+        np.testing.assert_allclose(m.stylize(x), np.clip(numpy(m(x)), 0, 255),
+                                   rtol=1e-5, atol=1e-3)
     if keras.backend.backend() == "tensorflow":  # one tf.function for every size
         assert m._stylize_fn.traces == 1
 
