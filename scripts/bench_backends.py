@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+from _tables import add_markdown_flag, print_table  # scripts/, on sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAYERS = ["block1_conv2", "block2_conv2", "block3_conv4", "block4_conv4", "block5_conv4"]
 SCAN_LAYERS = ["block1_conv2", "block2_conv2", "block3_conv4", "block4_conv4"]
@@ -143,15 +145,7 @@ def parent(args):
     print(f"VGG19 {args.size} px, 5 layers x 9 units; scan of {args.scan_images} images at "
           f"{args.scan_size} px; small CNN {args.steps} steps; median of {args.repeats}. "
           "Targets: (a) <= 1.5x TensorFlow, (b) >= 0.8, (c) <= 1.05.")
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-        for row in [header] + rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_table(header, rows, args.markdown)
 
 
 if __name__ == "__main__":
@@ -163,7 +157,7 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=200, help="steps per epoch for (c)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    add_markdown_flag(p)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     child(a) if a.child else parent(a)

@@ -20,7 +20,7 @@ Ratios are computed within each repeat and their median reported, for wall
 time and for the process's CPU time (all threads): on a machine shared with
 other jobs, CPU time measures the work done and is far less noisy. Usage::
 
-    TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_deconvnet.py [--repeats 3] [--distinct]
+    TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_deconvnet.py [--repeats 3] [--distinct] [--markdown]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 from tbviz import deconvnet  # noqa: E402
 from tbviz.core.layers import capture_outputs  # noqa: E402
+from _tables import add_markdown_flag, print_table  # noqa: E402  (scripts/, on sys.path)
 
 LAYERS = ["block1_conv2", "block2_conv2", "block3_conv4", "block4_conv4", "block5_conv4"]
 
@@ -131,6 +132,7 @@ def main(argv=None):
                     help="k probe images, one unit from each per layer (no shared forward pass)")
     ap.add_argument("--k", type=int, default=9)
     ap.add_argument("--max-batch", type=int, default=deconvnet.DEFAULT_MAX_BATCH)
+    add_markdown_flag(ap)
     args = ap.parse_args(argv)
 
     keras.utils.set_random_seed(0)
@@ -209,14 +211,21 @@ def main(argv=None):
 
     naive, ours = "naive (eager tape per unit)", "tbviz"
     floor, whole = "floor (one fwd+bwd, 45 rows)", "tbviz, whole images"
-    print(f"(a) speed-up over the naive per-unit eager loop: wall {ratio(naive, ours, 0):.1f}x, "
-          f"CPU {ratio(naive, ours, 1):.1f}x  (target >= 5x)")
-    print(f"(b) tbviz / one plain fwd+bwd over the same 45 rows: wall "
-          f"{ratio(ours, floor, 0):.2f}x, CPU {ratio(ours, floor, 1):.2f}x  (target <= 1.5x)")
-    print(f"    tbviz from whole images (no crops) / that floor: wall {ratio(whole, floor, 0):.2f}x, "
-          f"CPU {ratio(whole, floor, 1):.2f}x")
+    n = sum(len(u) for u in units.values())
+    rows = [
+        [f"speed-up over one eager GradientTape per unit ({n} units)",
+         f"{ratio(naive, ours, 0):.1f}x", f"{ratio(naive, ours, 1):.1f}x", ">= 5x"],
+        [f"tbviz / one plain forward+backward over the same {n} rows (the floor)",
+         f"{ratio(ours, floor, 0):.2f}x", f"{ratio(ours, floor, 1):.2f}x", "<= 1.5x"],
+        ["tbviz from whole images (no receptive-field crops) / the floor",
+         f"{ratio(whole, floor, 0):.2f}x", f"{ratio(whole, floor, 1):.2f}x", ""],
+    ] + [[f"{name}: seconds per call (median)",
+          f"{statistics.median(w for w, _ in t):.2f}", f"{statistics.median(c for _, c in t):.2f}",
+          ""] for name, t in times.items()]
     print(f"traces of tbviz's functions during the whole run: {proj.trace_count} "
-          "(none while timing)")
+          "(none while timing)\n")
+    print_table([f"VGG19 224x224, {len(LAYERS)} layers x {args.k} units", "wall", "CPU",
+                 "target"], rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ has loaded the last step (polled through the scalars route).
 
 Usage::
 
-    python scripts/bench_events.py                       # 128 px, 4 logged steps, 300 logs
+    python scripts/bench_events.py [--markdown]          # 128 px, 4 logged steps, 300 logs
     python scripts/bench_events.py --image-size 64 --logs 100 --skip-before
 
 Other processes slow the runs but do not change the sizes; RSS varies by a few MB.
@@ -55,6 +55,7 @@ from style_transfer import cli, data  # noqa: E402
 from style_transfer.callbacks import StylizedProbes  # noqa: E402
 from tbviz.callbacks.deconvnet import DeconvnetCallback  # noqa: E402
 from tbviz.summary import metadata  # noqa: E402
+from _tables import add_markdown_flag, print_table  # noqa: E402  (scripts/, on sys.path)
 
 MB = 1e6
 #: Tag written by this script at every copied step, so that loading can be polled.
@@ -123,6 +124,8 @@ def sizes(run_dir):
 
 
 def report(name, run_dir):
+    """Prints the run's sizes and biggest tags; returns (bytes per logged step, bytes per
+    logged step without what is written once, bytes written once, logged steps)."""
     by_tag, steps, logged = sizes(run_dir)
     logged = len(logged)
     total = sum(by_tag.values())
@@ -136,7 +139,7 @@ def report(name, run_dir):
         groups["/".join(parts[:1] + ["*"] * (len(parts) > 2) + parts[-1:])] += n
     for group, n in groups.most_common(6):
         print(f"    {n / MB / logged:6.3f} MB per step  {group}")
-    return total / logged, logged
+    return total / logged, (total - once) / logged, once, logged
 
 
 def write_long_run(src_run, dst_run, logs):
@@ -217,14 +220,15 @@ def main():
     parser.add_argument("--logs", type=int, default=300, help="logged steps TensorBoard serves")
     parser.add_argument("--skip-before", action="store_true", help="only today's defaults")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for loading")
+    add_markdown_flag(parser)
     args = parser.parse_args()
-    results = {}
+    results, rows = {}, []
     with tempfile.TemporaryDirectory(prefix="bench_events_") as tmp:
         for name in ([] if args.skip_before else ["before"]) + ["now"]:
             run = os.path.join(tmp, name)
             with old_defaults() if name == "before" else contextlib.nullcontext():
                 train(run, args)
-            per_step, _ = report(name, os.path.join(run, "train"))
+            per_step, repeated, once, logged = report(name, os.path.join(run, "train"))
             long_dir = os.path.join(tmp, f"{name}_{args.logs}")
             written = write_long_run(os.path.join(run, "train"), os.path.join(long_dir, "train"),
                                      args.logs)
@@ -233,11 +237,20 @@ def main():
                   f"({written / MB / args.logs:.2f} MB per logged step); tensorboard "
                   f"resident {rss / MB:.0f} MB once loaded ({seconds:.0f} s to load)")
             results[name] = per_step, rss
+            rows.append([f"{name}, {args.image_size} px",
+                         f"{per_step / MB:.2f} MB over {logged} steps",
+                         f"{repeated / MB:.2f} MB", f"{once / MB:.2f} MB",
+                         f"{written / MB:.0f} MB ({written / MB / args.logs:.2f} MB)",
+                         f"{rss / MB:.0f} MB"])
     if len(results) == 2:
         (b, rb), (n, rn) = results["before"], results["now"]
         print(f"now / before: {n / b:.2f} of the event data per logged step "
               f"({b / MB:.2f} -> {n / MB:.2f} MB), {rn / rb:.2f} of TensorBoard's RSS "
               f"({rb / MB:.0f} -> {rn / MB:.0f} MB)")
+    print()
+    print_table(["run", "event data per logged step", "without what is written once",
+                 "written once", f"{args.logs}-log run on disk (per logged step)",
+                 "tensorboard RSS serving it"], rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ with each rule and prints, side by side in one process:
 
 Usage::
 
-    TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_rules.py [--size 64] [--repeats 3]
+    TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_rules.py [--size 64] [--repeats 3] [--markdown]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tbviz import attribution, backward_rules, deconvnet  # noqa: E402
+from _tables import add_markdown_flag, print_table  # noqa: E402  (scripts/, on sys.path)
 
 L = keras.layers
 
@@ -82,7 +83,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    add_markdown_flag(parser)
     args = parser.parse_args()
+    table = []
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, args.size, args.size, 3)).astype("float32")
     for name, model, layer in models(args.size):
@@ -115,12 +118,19 @@ def main():
             print(f"  {rule:9s} |P - P_gradient| / |P_gradient| = {diff:8.3g}  |P| / |P_gradient| = "
                   f"{size:8.3g}   first call "
                   f"{t_first:6.1f} s   traced {t:6.2f} s  ({ratio:4.2f}x the gradient)")
+            table.append([name, layer, rule, f"{diff:.3g}", f"{size:.3g}", f"{t_first:.1f}",
+                          f"{t:.2f}", f"{ratio:.2f}x"])
         for method in ("saliency", "grad_cam"):
             fn = getattr(attribution, method)
             _, t_first = timed(lambda: fn(model, x, target=0))
             t = statistics.median(timed(lambda: fn(model, x, target=0))[1]
                                   for _ in range(args.repeats))
             print(f"  {method:9s} first call {t_first:6.1f} s   traced {t:6.2f} s")
+            table.append([name, "", method, "", "", f"{t_first:.1f}", f"{t:.2f}", ""])
+    print()
+    print_table(["model", "layer", "rule / method", "|P - P_gradient| / |P_gradient|",
+                 "|P| / |P_gradient|", "first call, s", "traced, s", "vs gradient"],
+                table, args.markdown)
 
 
 if __name__ == "__main__":

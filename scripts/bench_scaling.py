@@ -21,7 +21,7 @@ rounds and the median is printed, so other load on the machine hits them alike.
 
 Usage::
 
-    python scripts/bench_scaling.py                       # CPU: 2 logical devices, 64 px
+    python scripts/bench_scaling.py [--markdown]          # CPU: 2 logical devices, 64 px
     python scripts/bench_scaling.py --image-size 256 --batch-size 8 --steps 30   # on GPUs
 """
 
@@ -35,6 +35,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _tables import add_markdown_flag, print_table  # noqa: E402  (scripts/, on sys.path)
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -44,6 +46,7 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cpu-replicas", type=int, default=2,
                    help="logical CPU devices when there is no GPU")
+    add_markdown_flag(p)
     return p.parse_args()
 
 
@@ -105,10 +108,10 @@ def main():
     print(f"\nstyle pipeline training, {args.image_size}x{args.image_size} px, {kind} "
           f"({n} {'GPUs' if gpus else 'logical CPU devices sharing the same cores'}), "
           f"median of {args.rounds} rounds of {args.steps} steps")
-    print(f"{'configuration':<36}{'global batch':>13}{'images/s':>10}{'vs 1 replica':>14}")
-    for run in runs:
-        rate = float(np.median(run["rates"]))
-        print(f"{run['label']:<36}{run['batch']:>13}{rate:>10.2f}{rate / base:>13.2f}x")
+    rows = [[run["label"], run["batch"], f"{float(np.median(run['rates'])):.2f}",
+             f"{float(np.median(run['rates'])) / base:.2f}x"] for run in runs]
+    print_table(["configuration", "global batch", "images/s", "vs 1 replica"], rows,
+                args.markdown)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Functions take a run directory or an ``EventAccumulator`` already loaded from on
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.util.tensor_util import make_ndarray
@@ -110,3 +111,60 @@ def histogram_steps(run_dir, tag):
         return []
     assert acc.SummaryMetadata(tag).plugin_data.plugin_name == "histograms"
     return [e.step for e in acc.Tensors(tag)]
+
+
+def assert_same_run(got, want, rtol, skip=("tbviz/cost/",)):
+    """``got`` holds every tag, step and panel of ``want``: numbers (scalars, histograms) to
+    ``rtol`` of each tensor's largest value, images and panel tiles decoded and within one
+    level of 255 (a value on a rounding edge), panel headers alike with their floats to
+    ``rtol``. Tags starting with one of ``skip`` (wall-clock costs) are not compared."""
+    a, b = load(got), load(want)
+    tags_a = {t for t in a.Tags()["tensors"] if not t.startswith(skip)}
+    tags_b = {t for t in b.Tags()["tensors"] if not t.startswith(skip)}
+    assert tags_a == tags_b, sorted(tags_a ^ tags_b)
+
+    def close(x, y, where):
+        if isinstance(x, dict):
+            assert isinstance(y, dict) and x.keys() == y.keys(), where
+            for key in x:
+                close(x[key], y[key], f"{where}.{key}")
+        elif isinstance(x, list):
+            assert isinstance(y, list) and len(x) == len(y), where
+            for i, (u, v) in enumerate(zip(x, y)):
+                close(u, v, f"{where}[{i}]")
+        elif isinstance(x, float):
+            assert y == pytest.approx(x, rel=rtol, abs=0), where
+        else:
+            assert x == y, where
+
+    def same_pixels(p, q, where):
+        assert p.shape == q.shape, where
+        assert np.abs(p.astype(int) - q.astype(int)).max() <= 1, where
+
+    for tag in sorted(tags_b):
+        events_a, events_b = a.Tensors(tag), b.Tensors(tag)
+        assert [e.step for e in events_a] == [e.step for e in events_b], tag
+        plugin = b.SummaryMetadata(tag).plugin_data.plugin_name
+        if plugin == metadata.PLUGIN_NAME:
+            content_a, steps_a = panels(a, tag)
+            content_b, steps_b = panels(b, tag)
+            close(content_a, content_b, tag)
+            for (step, header_a, pics_a), (_, header_b, pics_b) in zip(steps_a, steps_b):
+                close(header_a, header_b, f"{tag}@{step}")
+                for i, (p, q) in enumerate(zip(pics_a, pics_b)):
+                    same_pixels(p, q, f"{tag}@{step} tile {i}")
+            continue
+        for x, y in zip(events_a, events_b):
+            u, v = make_ndarray(x.tensor_proto), make_ndarray(y.tensor_proto)
+            where = f"{tag}@{x.step}"
+            if plugin == "images":
+                assert list(u[:2]) == list(v[:2]), where
+                for p, q in zip(u[2:], v[2:]):
+                    same_pixels(decode(p), decode(q), where)
+            elif u.dtype == object:
+                assert u.tolist() == v.tolist(), where
+            else:
+                assert u.shape == v.shape, where
+                scale = float(np.abs(v).max()) if v.size else 0.0
+                np.testing.assert_allclose(u, v, rtol=0, atol=rtol * scale, err_msg=where)
+

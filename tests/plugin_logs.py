@@ -6,15 +6,27 @@ the contract (:func:`tbviz.summary.metadata.write_panel`) exactly as the style
 pipeline's ``StylizedProbes`` writes them.
 """
 
+import contextlib
 import json
 import os
 
 import numpy as np
-import tensorflow as tf
+from tensorboard.util import tensor_util
 
 import eventfiles
 import models
-from tbviz.summary import images, metadata
+from tbviz.summary import events, images, metadata
+
+
+@contextlib.contextmanager
+def writing(run_dir, step=None):
+    """An event file of its own in ``run_dir``, the default for tbviz's writers while open."""
+    writer = events.EventWriter.open(str(run_dir))
+    try:
+        with writer.as_default(step=step):
+            yield writer
+    finally:
+        writer.close()
 
 
 def photo(seed: int, size: int = 64) -> np.ndarray:
@@ -119,7 +131,7 @@ def write_settle_run(log_dir, layers=("conv1", "conv2")):
 
 def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
     """Heatmaps over probe photos, by the contract (as ``AttributionCallback`` writes them)."""
-    with tf.summary.create_file_writer(str(run_dir)).as_default():
+    with writing(run_dir):
         for step in steps:
             heat = [images.overlay(photo(i), np.outer(np.hanning(64), np.roll(np.hanning(64),
                                                                               8 * (i + step))))
@@ -133,7 +145,7 @@ def write_attribution(run_dir, steps, method: str = "grad_cam", n: int = 3):
 def write_stylized(run_dir, steps, n: int = 3):
     """Stylized probe photos, as ``StylizedProbes`` writes them but as PNGs (as a tbviz
     before panel version 3 did; the tab reads both)."""
-    with tf.summary.create_file_writer(str(run_dir)).as_default():
+    with writing(run_dir):
         for step in steps:
             pngs = [metadata.encode_png(photo(10 * i + step)) for i in range(n)]
             metadata.write_panel("tbviz/stylized/probes", metadata.STYLIZED, pngs,
@@ -164,7 +176,7 @@ def write_two_networks(run_dir):
               ("vgg19", "block1_conv1", 1), ("transform_net", "conv1", 1)]
     png = metadata.encode_png(photo(0, 16))
     unit = {"image_index": 0, "row": 1, "col": 2, "channel": 3, "value": 4.0, "unit": 0}
-    with tf.summary.create_file_writer(str(run_dir)).as_default(step=1):
+    with writing(run_dir, step=1):
         for model, layer, index in layers:
             metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", metadata.TOPK, [png, png],
                                  tiles=[dict(unit, role="projection"), dict(unit, role="patch")],
@@ -177,13 +189,13 @@ def write_from_the_future(run_dir, step: int = 1):
     """Two panels a newer tbviz could write: ``tbviz/future/topk`` with the next panel format
     version and ``tbviz/future/hologram`` of a kind this build does not know."""
     png = metadata.encode_png(photo(0, 16))
-    with tf.summary.create_file_writer(str(run_dir)).as_default(step=step):
+    with writing(run_dir, step=step):
         for tag, change in (("tbviz/future/topk", {"version": metadata.VERSION + 1}),
                             ("tbviz/future/hologram", {"kind": "hologram"})):
             md = metadata.create_panel_metadata(metadata.TOPK, layer="x", layer_index=0)
             content = json.loads(md.plugin_data.content)
             md.plugin_data.content = json.dumps({**content, **change}).encode()
-            tf.summary.write(tag, tf.constant([b'{"tiles": [{}]}', png]), metadata=md)
+            events.tensor(tag, np.array([b'{"tiles": [{}]}', png], dtype=object), metadata=md)
 
 
 _BUILT = {}
@@ -212,7 +224,7 @@ def header(run_dir, tag, step=None):
     TensorBoard's ``EventAccumulator``."""
     events = eventfiles.load(run_dir).Tensors(tag)
     event = events[-1] if step is None else next(e for e in events if e.step == step)
-    return json.loads(tf.make_ndarray(event.tensor_proto)[0])
+    return json.loads(tensor_util.make_ndarray(event.tensor_proto)[0])
 
 
 #: Tag of the panel :func:`write_heavy_run` writes.
@@ -225,7 +237,7 @@ def write_heavy_run(run_dir, steps: int, tiles: int, side: int, tag: str = HEAVY
     noise (stored as PNG: it does not compress, so an animation of it is as large as one
     of its size gets), by the contract. For the memory tests and scripts/bench_plugin.py."""
     rng = np.random.default_rng(seed)
-    with tf.summary.create_file_writer(str(run_dir)).as_default():
+    with writing(run_dir):
         for step in range(1, steps + 1):
             pngs = [metadata.encode_png(rng.integers(0, 256, (side, side, 3), np.uint8))
                     for _ in range(tiles)]

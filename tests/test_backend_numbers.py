@@ -53,8 +53,18 @@ def test_every_method_agrees_with_tensorflow(numbers, other):
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
         else:
             close(got[key], want[key], key)
-    # Not vacuous: every map has signal, and the three rules differ.
+    # Not vacuous: every map has signal, and the three rules differ where an activation lies
+    # below the unit's own (at the first layer only its own ReLU is passed, at a positive
+    # unit: the three rules are one there, by definition).
     for layer in ("relu_conv", "silu_conv", "gelu_conv"):
         rules = [want[f"{layer}/{r}"] for r in ("deconvnet", "guided", "gradient")]
         assert all(np.abs(r).max() > 0 for r in rules)
-        assert not np.allclose(rules[0], rules[2]) and not np.allclose(rules[1], rules[2])
+        if layer != "relu_conv":
+            assert not np.allclose(rules[0], rules[2]) and not np.allclose(rules[1], rules[2])
+    # the scan saw 4 images 8 times: each map's top 3 are one image's first three copies, at
+    # one position (equal values: the earlier image first), and several images win a map
+    units = want["scan/units"].reshape(8, 3, 5)  # (channel, k, [channel, image, row, col, ch])
+    first = units[:, 0, 1]
+    assert (first < 4).all() and len(set(first)) > 1
+    np.testing.assert_array_equal(units[:, :, 1], first[:, None] + [0, 4, 8])
+    assert (units[:, :, 2:4] == units[:, :1, 2:4]).all()

@@ -45,3 +45,4 @@ def test_a_fit_with_tensorboard_viz_never_imports_tensorflow(backend, tmp_path):
     assert {"epoch_loss", "conv1/kernel", "gradients/conv1/kernel", "activations/conv1",
             "tbviz/deconvnet/conv2/topk", "tbviz/deconvnet/conv2/evolution",
             "feature_maps/conv2"} <= set(tags["tags"])
+    assert tags["graph"]  # the op graph, traced by the backend's own tracer

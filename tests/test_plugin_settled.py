@@ -9,7 +9,6 @@ them through TensorBoard's WSGI app and data provider (test_plugin_routes.make_c
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import eventfiles
 import models
@@ -78,7 +77,7 @@ def test_settled_again_after_a_move_lists_both_in_order(tmp_path):
 def write_topk_panel(run_dir, layer, model):
     """A one-tile top-k panel of ``layer`` of network ``model``, by the contract."""
     png = metadata.encode_png(np.zeros((4, 4, 3), np.uint8))
-    with tf.summary.create_file_writer(str(run_dir)).as_default(step=1):
+    with plugin_logs.writing(run_dir, step=1):
         metadata.write_panel(f"tbviz/deconvnet/{layer}/topk", metadata.TOPK, [png],
                              tiles=[{"role": "projection"}], layer=layer, layer_index=0,
                              model=model)

@@ -221,17 +221,20 @@ def tell_fixed(model, paths) -> None:
 def op_graph(fn, specs, models=()) -> bytes:
     """The serialized ``GraphDef`` of ``fn(*specs)``: one node per jaxpr equation, named by
     the ``jax.named_scope`` s Keras opens per layer (``model/conv1/conv_general_dilated``),
-    the weights as inputs (as TensorFlow's graph reads its variables)."""
+    the weights as inputs (as TensorFlow's graph reads its variables); see
+    :mod:`tbviz.backend._graphdef`."""
     from tbviz.backend import _graphdef
 
     probe = Probe(fn, models)
     variables = _variables(probe._models)
     values = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in variables]
-    shapes, _, _ = _common.concrete([s.shape for s in specs])
-    args = [jax.ShapeDtypeStruct(shape, s.dtype) for shape, s in zip(shapes, specs)]
-    closed = jax.make_jaxpr(probe._stateless)(values, *args)
-    names = [v.path for v in variables] + [f"input_{i}" for i in range(len(specs))]
-    return _graphdef.from_jaxpr(closed, names)
+
+    def trace(shapes):
+        args = [jax.ShapeDtypeStruct(shape, s.dtype) for shape, s in zip(shapes, specs)]
+        closed = jax.make_jaxpr(probe._stateless)(values, *args)
+        return _graphdef.from_jaxpr(closed, [v.path for v in variables])
+
+    return _graphdef.drawn(trace, specs)
 
 
 # -- processes, errors, event files -----------------------------------------------------------

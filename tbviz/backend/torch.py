@@ -207,13 +207,16 @@ def tell_fixed(model, paths) -> None:
 # -- the op graph -----------------------------------------------------------------------------
 
 def op_graph(fn, specs, models=()) -> bytes:
-    """The serialized ``GraphDef`` of ``fn(*specs)`` from ``torch.jit.trace``: one node per
-    op, scoped by the Keras layers (modules) it runs in."""
+    """The serialized ``GraphDef`` of ``fn(*specs)``, run once eagerly: one node per PyTorch
+    function called, scoped by the Keras layers it runs in; see
+    :mod:`tbviz.backend._graphdef`."""
     from tbviz.backend import _graphdef
 
-    shapes, _, _ = _common.concrete([s.shape for s in specs])
-    args = [torch.zeros(shape, dtype=getattr(torch, s.dtype)) for shape, s in zip(shapes, specs)]
-    return _graphdef.from_torch(fn, args, models)
+    def trace(shapes):
+        args = [keras.ops.zeros(shape, dtype=s.dtype) for shape, s in zip(shapes, specs)]
+        return _graphdef.from_torch(fn, args, models)
+
+    return _graphdef.drawn(trace, specs)
 
 
 # -- processes, errors, event files -----------------------------------------------------------

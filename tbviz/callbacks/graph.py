@@ -19,8 +19,8 @@ import logging
 from tensorboard.compat.proto import summary_pb2
 
 from tbviz import backend
-from tbviz.core import graphs
 from tbviz.callbacks.base import VizCallback
+from tbviz.core import graphs
 from tbviz.summary import events
 
 log = logging.getLogger("tbviz")
@@ -70,11 +70,14 @@ class GraphCallback(VizCallback):
             self._write_graphs()
 
     def _write_graphs(self):
+        # The conceptual graph first: it needs no trace, so a model whose inference pass
+        # cannot be drawn still gets it.
+        self._write_conceptual()
+        self.writer.flush()
         spec = self.input_spec if self.input_spec is not None else graphs.input_spec(self.model)
         graph_def = graphs.op_graph(self.model, fn=self.graph_fn, spec=spec)
         with self.writer.as_default():
             events.graph(graph_def.SerializeToString())
-        self._write_conceptual()
         self.writer.flush()
 
     def _write_conceptual(self):

@@ -1,12 +1,24 @@
 """The op-level graph of a Keras model, with one name scope per layer, on every backend.
 
-Keras 3's own TensorBoard callback writes no usable op graph (on JAX and PyTorch none at
-all). The backend traces the model's inference pass (:func:`tbviz.backend.op_graph`: a
-``tf.function`` graph, a jaxpr, a ``torch.jit`` trace) into TensorBoard's ``GraphDef``
-with the layers' name scopes. Keras opens each layer's scope twice (once to build, once
-to call), so on TensorFlow every scope comes out suffixed: ``model_1/conv1_1/Conv2D``.
-:func:`op_graph` maps those back to the layers' own names (``model/conv1/Conv2D``) using
-the model's structure, so TensorBoard's Graphs dashboard reads like the model.
+Keras 3's own TensorBoard callback writes no op graph on any backend. The backend traces
+the model's inference pass into TensorBoard's ``GraphDef`` (:func:`tbviz.backend.op_graph`):
+on TensorFlow the ``tf.function`` graph; on JAX one node per jaxpr equation, on PyTorch
+one per PyTorch function called (see :mod:`tbviz.backend._graphdef`), both scoped by the
+name scopes Keras opens per layer call. Scopes nest as the layers are called:
+``model/block/conv`` for a layer of a nested model.
+
+Keras opens each layer's scope twice on TensorFlow (once to build, once to call), and
+TensorFlow uniquifies the second: ``model_1/conv1_1/Conv2D``. :func:`op_graph` maps those
+back to the layers' own names (``model/conv1/Conv2D``) using the model's structure;
+JAX and PyTorch scopes hold the names as given. So TensorBoard's Graphs dashboard reads
+like the model on every backend: one box per layer, double-click to see its ops.
+
+What differs per backend: a layer called twice (shared) is one box on JAX and PyTorch
+holding both calls, two on TensorFlow (the second keeps TensorFlow's suffix); loops and
+branches on JAX (``scan``, ``while``, ``cond``: an RNN's steps) are one node each, their
+bodies not drawn. JAX's and PyTorch's graphs label every edge with its shape (``?``
+where the batch or another size is free: traced at two sizes, the sizes that differ left
+unknown); TensorFlow's tells only the inputs' shapes.
 
 Example:
     >>> import keras
@@ -19,8 +31,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 
 from tensorboard.compat.proto import graph_pb2
 
@@ -30,7 +44,7 @@ from tbviz.core.layers import children, input_shapes
 _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
 
-def as_spec(spec) -> "backend.Spec":
+def as_spec(spec) -> backend.Spec:
     """``spec`` as a :class:`tbviz.backend.Spec`: one already, or anything with a ``shape``
     and a ``dtype`` (a ``tf.TensorSpec``, a ``jax.ShapeDtypeStruct``)."""
     if isinstance(spec, backend.Spec):
@@ -72,7 +86,10 @@ def op_graph(model, fn=None, spec=None) -> graph_pb2.GraphDef:
         def fn(*xs):
             return model(xs[0] if len(xs) == 1 else list(xs), training=False)
     graph_def = graph_pb2.GraphDef.FromString(backend.op_graph(fn, spec, models=[model]))
-    return rename_scopes(graph_def, model)
+    # Only TensorFlow uniquifies scope names (``conv1_1``); JAX's name stack and Keras' own
+    # scope stack (PyTorch) hold each layer's name as given, so a real layer named
+    # ``dense_1`` must stay ``dense_1`` there.
+    return rename_scopes(graph_def, model) if backend.name == "tensorflow" else graph_def
 
 
 def _scope_tree(model):
@@ -113,7 +130,7 @@ def rename_scopes(graph_def, model) -> graph_pb2.GraphDef:
             out.append(new)
             # Below a layer come op names; a model called inside a custom scope (graph_fn)
             # starts over from the top of the layer tree.
-            node = node[new] if new in node and node[new] else tree
+            node = node[new] if node.get(new) else tree
         return "/".join(out)
 
     renamed = {n.name: resolve(n.name.split("/")) for n in graph_def.node}
@@ -138,8 +155,31 @@ def keras_config_json(model) -> str | None:
     """``model.to_json()`` for TensorBoard's conceptual graph, or ``None`` if the model
     cannot be serialized (subclassed models without ``get_config``)."""
     try:
-        text = model.to_json()
+        with _tensorflow_left_unimported():
+            text = model.to_json()
         json.loads(text)
         return text
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to serialize means no conceptual graph
         return None
+
+
+@contextlib.contextmanager
+def _tensorflow_left_unimported():
+    """Keras' serializer imports TensorFlow, where it is installed, only to ask whether a
+    value is a ``tf.TensorShape``: seconds and hundreds of MB in a JAX or PyTorch process.
+    No value can be one while TensorFlow is not imported, so Keras is told it is absent."""
+    try:
+        from keras.src.utils import module_utils
+
+        lazy = module_utils.tensorflow
+        skip = lazy._available is None and "tensorflow" not in sys.modules
+    except (ImportError, AttributeError):  # another Keras: let it import what it wants
+        skip = False
+    if not skip:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None

@@ -59,7 +59,7 @@ x = rng.random((64, 12, 12, 3), dtype=np.float32)
 y = np.clip((x.mean((1, 2, 3)) * 6 - 2).astype("int32"), 0, 2)
 scan_data = rng.uniform(0, 1, (48, 12, 12, 3)).astype("float32")
 # strict: any part that fails raises here rather than switching itself off. The op graph
-# is left out: its JAX and PyTorch side is not ported yet (tbviz.backend._graphdef).
+# is left out: its JAX and PyTorch side (tbviz.backend._graphdef) is tested on its own.
 viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:4], probe_labels=y[:4], graph=False,
                            losses={"every_n_steps": 1}, attribution=["saliency", "grad_cam"],
                            deconvnet={"scan_data": scan_data, "channels": 2}, strict=True)
