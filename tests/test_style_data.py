@@ -113,8 +113,8 @@ def test_stream_skips_broken_files_and_the_model_counts_them(odd_folder):
     from style_transfer.model import StyleTransferModel
 
     class Counter:  # the counting half of the model, without building VGG19
-        data_position = keras.Variable(0, dtype="int")
-        skipped_files = keras.Variable(0, dtype="int")
+        data_position = keras.Variable(0, dtype="int", trainable=False)
+        skipped_files = keras.Variable(0, dtype="int", trainable=False)
         _track_stream = StyleTransferModel._track_stream
 
     c = Counter()
