@@ -35,7 +35,8 @@ from style_transfer import load_transform_net
 net = keras.saving.load_model(sys.argv[1])
 checked = load_transform_net(sys.argv[1])
 x = np.load(sys.argv[2])
-np.save(sys.argv[3], np.stack([np.asarray(net(x)), np.asarray(checked(x))]))
+np.save(sys.argv[3], np.stack([keras.ops.convert_to_numpy(net(x)),
+                               keras.ops.convert_to_numpy(checked(x))]))
 """
 
 
@@ -51,7 +52,7 @@ def test_a_saved_transform_net_loads_with_keras_after_import_style_transfer(tmp_
                        str(tmp_path / "y.npy"))
     assert out.returncode == 0, out.stderr
     loaded, checked = np.load(tmp_path / "y.npy")
-    expected = np.asarray(net(x))
+    expected = keras.ops.convert_to_numpy(net(x))
     # The same float32 graph and weights on the same CPU; 1e-3 of 255 levels allows for
     # a different summation order of the convolutions in another process.
     np.testing.assert_allclose(loaded, expected, atol=1e-3)
