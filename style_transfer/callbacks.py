@@ -24,13 +24,22 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tbviz.callbacks.base import VizCallback
 from tbviz.core.checks import positive_int
 from tbviz.summary import metadata, writers
 from tbviz.summary.images import to_uint8
 from tbviz.summary import events
+
+
+def _numpy(images) -> np.ndarray:
+    """A backend tensor or array of images as float32 NumPy."""
+    return np.asarray(keras.ops.convert_to_numpy(images), np.float32)
+
+
+def _count(obj, name) -> int:
+    """``obj.name`` (a counter variable, or a number; 0 where there is none) as an int."""
+    return int(keras.ops.convert_to_numpy(getattr(obj, name, 0)))
 
 
 class StylizedProbes(VizCallback):
@@ -86,7 +95,7 @@ class StylizedProbes(VizCallback):
         step, images = self._latest
         if model is self.model and images is not None and step == self.global_step:
             return images
-        return np.asarray(model.stylize(self.photos), np.float32)
+        return _numpy(model.stylize(self.photos))
 
     def setup(self):
         self._latest = (None, None)  # (step, stylized photos) of the last log of this fit
@@ -100,7 +109,7 @@ class StylizedProbes(VizCallback):
     def write(self, step, logs):
         tiles = [{"label": name, "index": i} for i, name in enumerate(self.names)]
         with self.writer.as_default(step=step):
-            raw = np.asarray(self.model.stylize(self.photos), np.float32)
+            raw = _numpy(self.model.stylize(self.photos))
             self._latest = (step, raw)
             stylized = to_uint8(self.finite(self.tag, raw))
             if self.image_summary:
@@ -125,8 +134,8 @@ class TrainingProgress(keras.callbacks.Callback):
         self._skipped = self._skipped_steps = 0
 
     def on_train_begin(self, logs=None):
-        self._skipped = int(getattr(self.model, "skipped_files", tf.constant(0)).numpy())
-        self._skipped_steps = int(getattr(self.model, "skipped_steps", tf.constant(0)).numpy())
+        self._skipped = _count(self.model, "skipped_files")
+        self._skipped_steps = _count(self.model, "skipped_steps")
 
     def on_epoch_begin(self, epoch, logs=None):
         steps = self.params.get("steps")
@@ -149,12 +158,12 @@ class TrainingProgress(keras.callbacks.Callback):
         self.bar.update(batch + 1, values=values)
 
     def on_epoch_end(self, epoch, logs=None):
-        skipped = int(getattr(self.model, "skipped_files", tf.constant(0)).numpy())
+        skipped = _count(self.model, "skipped_files")
         if skipped > self._skipped and self.verbose:
             print(f"  skipped {skipped} unreadable image file(s) so far "
                   f"({skipped - self._skipped} this epoch); training goes on", flush=True)
         self._skipped = skipped
-        steps = int(getattr(self.model, "skipped_steps", tf.constant(0)).numpy())
+        steps = _count(self.model, "skipped_steps")
         if steps > self._skipped_steps and self.verbose:
             print(f"  {steps} step(s) so far had non-finite gradients (e.g. a blank image) and "
                   "were not applied", flush=True)
@@ -195,7 +204,7 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.failure is None and logs:
-            failure = self.describe(int(self.model.optimizer.iterations.numpy()), logs)
+            failure = self.describe(_count(self.model.optimizer, "iterations"), logs)
             if failure:
                 self.failure = failure
                 self.model.stop_training = True
@@ -248,6 +257,9 @@ class Checkpointing(keras.callbacks.Callback):
     def _save(self):
         if self.failure or (self.guard is not None and self.guard.failure):
             return
+        # On JAX the trained state reaches the model's variables when a callback reads its
+        # model (Keras syncs it then), and the state reads those variables.
+        _ = self.model
         if not self.state.weights_finite():
             self.failure = (f"a transform-net weight became NaN or Inf by step "
                             f"{self.state.global_step}")

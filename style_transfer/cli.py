@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float, default=1e-3,
                    help="Adam learning rate (the same whatever the number of replicas)")
     t.add_argument("--strategy", choices=["none", "mirrored", "multiworker"], default="none",
-                   help="tf.distribute: 'mirrored' trains on all GPUs of this machine, "
-                        "'multiworker' on the machines listed in TF_CONFIG (see the README); "
-                        "only the chief writes logs, checkpoints and the model")
+                   help="tf.distribute (TensorFlow backend): 'mirrored' trains on all GPUs of "
+                        "this machine, 'multiworker' on the machines listed in TF_CONFIG (see "
+                        "the README); only the chief writes logs, checkpoints and the model")
     # Test hooks, not in --help: logical CPU devices to mirror over on machines without
     # GPUs, and a NaN forced into the content loss at a global step.
     t.add_argument("--cpu-replicas", type=_positive, default=None, help=argparse.SUPPRESS)
@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=_positive, default=500, help="steps")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     t.add_argument("--mixed-precision", action="store_true", help="mixed_float16 policy")
-    t.add_argument("--jit-compile", action="store_true", help="XLA-compile the train step")
+    t.add_argument("--jit-compile", action="store_true",
+                   help="compile the train step: XLA on TensorFlow, torch.compile on PyTorch "
+                        "(JAX always compiles it)")
     t.add_argument("--log-every", type=_positive, default=100,
                    help="steps between histograms and images (also written every epoch)")
     t.add_argument("--loss-every", type=_positive, default=10, help="steps between loss scalars")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
-# -- checks: everything about the options that needs neither TensorFlow nor the disk ----------
+# -- checks: everything about the options that needs neither the backend nor the disk ---------
 def check_train_options(args) -> None:
     """Raise ``ValueError`` naming the option for a bad combination of ``train`` options."""
     from style_transfer.vgg import all_layers, check_layers

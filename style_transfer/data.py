@@ -1,43 +1,58 @@
-"""Training photos as a tf.data stream, and single images for probes and stylizing.
+"""Training photos as a stream of batches, and single images for probes and stylizing.
 
-The training stream (:func:`training_dataset`) reads a COCO ``train2017/``
-folder, any folder (searched recursively) or a glob of images:
+Pillow and NumPy only: the same loader feeds ``fit`` on every Keras backend, and nothing
+here imports TensorFlow, JAX or PyTorch.
 
-* each pass over the files is shuffled with a stateless seed ``(seed, pass)``,
-  and each crop is seeded by the file's position in the stream, so a stream
-  restarted at position ``p`` (``start=p``) yields exactly what the first one
-  yielded from ``p`` on: resuming continues where training stopped;
-* TensorFlow's decoders read JPEG, PNG, GIF and BMP of any mode (grayscale,
-  CMYK, RGBA, palette, 16-bit) straight to RGB float32 in ``[0, 255]``;
-* the shorter side is resized to ``image_size`` (small images are upscaled)
-  and a random ``image_size`` square is cropped;
-* unreadable, truncated, empty and non-image files are skipped, never fatal.
-  Each element carries its stream index, so the model counts the skipped ones
-  exactly (``StyleTransferModel.skipped_files``) and the log reports them;
-* batches with ``drop_remainder`` and prefetches.
+The training stream (:func:`training_batches`) reads a COCO ``train2017/`` folder, any
+folder (searched recursively) or a glob of images:
+
+* each pass over the files is shuffled with NumPy's generator seeded by ``(seed,
+  pass)``, and each crop is placed by a generator seeded by ``(seed, position of the
+  file in the stream)``, so a stream restarted at position ``p`` (``start=p``) yields
+  exactly what the first one yielded from ``p`` on: resuming continues where training
+  stopped;
+* Pillow reads JPEG, PNG, GIF and BMP of any mode (grayscale, CMYK, RGBA, palette,
+  16-bit) as RGB float32 in ``[0, 255]``, phone photos upright (EXIF orientation);
+* the shorter side is resized to ``image_size`` (small images are upscaled;
+  antialiased bilinear) and a random ``image_size`` square is cropped;
+* unreadable, truncated, empty and non-image files are skipped, never fatal. Each
+  image of a batch carries ``(stream position after its batch, files its batch
+  skipped)``, so the model counts the skipped ones exactly
+  (``StyleTransferModel.skipped_files``) although the loader runs ahead of training;
+* a pool of threads decodes ``workers`` files at a time, in stream order, a few batches
+  ahead (Pillow releases the GIL while it decodes and resizes).
 
 Example:
     >>> from style_transfer import data
     >>> files, ignored = data.list_images(data.asset_path("photos"))
-    >>> ds = data.training_dataset(files, image_size=32, batch_size=2)
-    >>> images, index = next(iter(ds))
-    >>> images.shape, index.shape
-    (TensorShape([2, 32, 32, 3]), TensorShape([2]))
+    >>> batches = data.training_batches(files, image_size=32, batch_size=2)
+    >>> images, stream = next(batches)
+    >>> images.shape, images.dtype, stream.tolist()
+    ((2, 32, 32, 3), dtype('float32'), [[2, 0], [2, 0]])
+    >>> batches.close()
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import glob
+import itertools
+import math
 import os
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, ImageOps
 
 from tbviz.core.checks import positive_int
 
-#: What TensorFlow's ``decode_image`` reads; other files are left out of the stream.
+#: The image files the pipeline reads; other files are left out of the stream.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+#: Pillow's filters for :func:`resize`: "area" averages (downscaling), "bilinear" and
+#: "bicubic" interpolate; each is antialiased when it downscales.
+FILTERS = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
+           "bicubic": Image.Resampling.BICUBIC}
 
 _ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
@@ -80,141 +95,19 @@ def list_images(source) -> tuple[list[str], int]:
     return files, len(candidates) - len(files)
 
 
-def decode(contents):
-    """Encoded JPEG/PNG/GIF/BMP bytes -> ``(H, W, 3)`` float32 RGB in ``[0, 255]`` (TF ops).
+# -- single images ------------------------------------------------------------------------------
 
-    Grayscale is repeated to 3 channels, alpha dropped, CMYK converted,
-    16-bit scaled correctly, an animated GIF's first frame taken.
-
-    >>> png = tf.io.encode_png(tf.zeros((2, 3, 1), tf.uint8))
-    >>> decode(png).shape
-    TensorShape([2, 3, 3])
-    """
-    image = tf.io.decode_image(contents, channels=3, dtype=tf.float32, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 3])
-    return image * 255.0
-
-
-def resize_shorter(image, size: int):
-    """Resize so the shorter side is ``size`` (up or down), keeping the aspect ratio.
-
-    >>> resize_shorter(tf.zeros((10, 20, 3)), 5).shape
-    TensorShape([5, 10, 3])
-    """
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.cast(size, tf.float32) / tf.reduce_min(shape)
-    new = tf.maximum(tf.cast(tf.math.ceil(shape * scale - 1e-3), tf.int32), size)
-    resized = tf.image.resize(image, new, method="bilinear", antialias=True)
-    # The antialiasing kernel's weights sum to 1 only up to float32 rounding: a white pixel
-    # can come out at 255.00003, outside the pipeline's [0, 255] (a value range is a contract).
-    return tf.clip_by_value(resized, 0.0, 255.0)
-
-
-def random_square(image, size: int, seed):
-    """Resize the shorter side to ``size`` and crop a ``size`` square at a seeded place.
-
-    >>> random_square(tf.zeros((7, 9, 3)), 16, seed=[0, 1]).shape
-    TensorShape([16, 16, 3])
-    """
-    image = resize_shorter(image, size)
-    return tf.image.stateless_random_crop(image, [size, size, 3], seed=seed)
-
-
-def center_square(image, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` and crop the central ``size`` square.
-
-    >>> center_square(np.zeros((7, 9, 3), "float32"), 4).shape
-    (4, 4, 3)
-    """
-    image = resize_shorter(tf.convert_to_tensor(image, tf.float32), size)
-    h, w = int(image.shape[0]), int(image.shape[1])
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[top:top + size, left:left + size].numpy()
-
-
-def training_dataset(files, image_size: int = 256, batch_size: int = 4, seed: int = 0,
-                     start: int = 0) -> tf.data.Dataset:
-    """An endless stream of ``(images (B, S, S, 3), stream_index (B,))`` batches.
-
-    ``start`` is the number of files already consumed (``model.data_position``
-    of a checkpoint): the stream resumes there. Pass ``steps_per_epoch`` to
-    ``fit``; epochs are counted in steps, not passes over the files.
-    """
-    files = [os.fspath(f) for f in files]
-    if not files:
-        raise ValueError("training_dataset needs at least one file")
-    image_size = positive_int("image_size", image_size)
-    batch_size = positive_int("batch_size", batch_size)
-    n = len(files)
-    paths = tf.constant(files)
-
-    def one_pass(k):
-        positions = tf.range(n, dtype=tf.int64)
-        pass_seed = tf.stack([tf.constant(seed, tf.int64), k])
-        order = tf.random.experimental.stateless_shuffle(positions, seed=pass_seed)
-        return tf.data.Dataset.from_tensor_slices((tf.gather(paths, order), k * n + positions))
-
-    def load(path, index):
-        image = decode(tf.io.read_file(path))
-        crop_seed = tf.stack([tf.constant(seed, tf.int64), index])
-        return random_square(image, image_size, crop_seed), index
-
-    ds = tf.data.Dataset.range(start // n, 2**62).flat_map(one_pass).skip(start % n)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # Dropped elements leave gaps in the stream index: that is how they are counted.
-    ds = ds.ignore_errors(log_warning=False)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def scan_dataset(files, size: int, batch_size: int = 16) -> tf.data.Dataset:
-    """Central ``size`` squares of ``files`` in batches, in file order, read as they are used
-    (for :func:`tbviz.deconvnet.scan`; unreadable files are skipped).
-
-    >>> ds = scan_dataset(bundled_photos()[:2], 32)
-    >>> [tuple(b.shape) for b in ds]
-    [(2, 32, 32, 3)]
-    """
-    def load(path):
-        image = resize_shorter(decode(tf.io.read_file(path)), size)
-        top = (tf.shape(image)[0] - size) // 2
-        left = (tf.shape(image)[1] - size) // 2
-        return tf.ensure_shape(image[top:top + size, left:left + size], [size, size, 3])
-
-    ds = tf.data.Dataset.from_tensor_slices([os.fspath(f) for f in files])
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(1)
-
-
-def check_readable(files, tries: int = 32) -> int:
-    """Decode up to ``tries`` files; raise ``ValueError`` if none reads (returns the count read).
-
-    Catches a folder of nothing but broken files before training spins on it.
-    """
-    ok = 0
-    errors = []
-    for path in list(files)[:tries]:
-        try:
-            decode(tf.io.read_file(path))
-            ok += 1
-        except (tf.errors.OpError, ValueError) as e:
-            errors.append(f"{path}: {str(e).strip().splitlines()[-1][:80]}")
-    if ok == 0:
-        raise ValueError(f"none of the first {len(errors)} image files could be read, e.g. "
-                         + "; ".join(errors[:3]))
-    return ok
-
-
-def read_image(path, max_size: int | None = None) -> np.ndarray:
+def read_image(path, max_size: int | None = None, min_size: int | None = None) -> np.ndarray:
     """Read any image Pillow opens as ``(H, W, 3)`` float32 RGB in ``[0, 255]``.
 
     EXIF orientation is applied (phone photos come out upright), 16-bit
-    images are scaled to 8-bit range, alpha is dropped. ``max_size``: a caller
-    that only needs that many pixels on the longer side gets a huge image
-    decoded at a reduced size (never below ``2 * max_size``, so a later
-    antialiased resize stays exact), which bounds memory. Raises ``ValueError``
-    naming the file when it cannot be read, or is too large for Pillow to open
-    safely.
+    images are scaled to 8-bit range, alpha is dropped, an animated GIF's first frame
+    is taken. ``max_size``: a caller that only needs that many pixels on the longer side
+    gets a huge image decoded at a reduced size (never below ``2 * max_size``, so a later
+    antialiased resize stays exact), which bounds memory. ``min_size``: the same for a
+    caller that needs that many pixels on the *shorter* side (a JPEG is decoded at the
+    smallest scale that keeps ``2 * min_size`` there). Raises ``ValueError`` naming the
+    file when it cannot be read, or is too large for Pillow to open safely.
 
     >>> read_image(asset_path("photos", "camera.jpg")).shape[-1]
     3
@@ -223,6 +116,11 @@ def read_image(path, max_size: int | None = None) -> np.ndarray:
         with Image.open(path) as im:
             if max_size and max(im.size) > 2 * max_size:
                 im.draft(im.mode, (2 * max_size, 2 * max_size))  # JPEG: scaled decoding
+            elif min_size:
+                w, h = im.size
+                short = 2 * min_size
+                im.draft(im.mode, (max(short, math.ceil(w * short / min(w, h))),
+                                   max(short, math.ceil(h * short / min(w, h)))))
             im = ImageOps.exif_transpose(im)
             factor = max(im.size) // (2 * max_size) if max_size else 1
             if factor >= 2:
@@ -236,9 +134,195 @@ def read_image(path, max_size: int | None = None) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise ValueError(f"image {os.fspath(path)!r} is too large to open safely ({e}); "
                          "downscale it first, e.g. to 4096 px on the longer side") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SyntaxError) as e:  # SyntaxError: Pillow's broken headers
         raise ValueError(f"cannot read image {os.fspath(path)!r}: {e}") from None
     return np.clip(arr, 0, 255)
+
+
+def resize(image, size, method: str = "bilinear") -> np.ndarray:
+    """``(H, W, C)`` float image resized to ``size = (height, width)`` by Pillow's
+    ``method`` (one of :data:`FILTERS`), channel by channel in float32, clipped to
+    ``[0, 255]``.
+
+    >>> resize(np.full((4, 6, 3), 255.0, "float32"), (2, 3), "area")[..., 0].tolist()
+    [[255.0, 255.0, 255.0], [255.0, 255.0, 255.0]]
+    """
+    if method not in FILTERS:
+        raise ValueError(f"unknown resize method {method!r}; choose from {', '.join(FILTERS)}")
+    image = np.asarray(image, np.float32)
+    h, w = int(size[0]), int(size[1])
+    if image.shape[:2] == (h, w):
+        return image.copy()
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), "F")
+                           .resize((w, h), FILTERS[method]))
+                for c in range(image.shape[-1])]
+    # The filters' weights sum to 1 only up to float32 rounding: a white pixel can come out
+    # at 255.00003, outside the pipeline's [0, 255] (a value range is a contract).
+    return np.clip(np.stack(channels, axis=-1), 0.0, 255.0)
+
+
+def resize_shorter(image, size: int) -> np.ndarray:
+    """Resize so the shorter side is ``size`` (up or down), keeping the aspect ratio.
+
+    >>> resize_shorter(np.zeros((10, 20, 3), "float32"), 5).shape
+    (5, 10, 3)
+    """
+    h, w = np.shape(image)[:2]
+    scale = size / min(h, w)
+    new = (max(math.ceil(h * scale - 1e-3), size), max(math.ceil(w * scale - 1e-3), size))
+    return resize(image, new, "bilinear")
+
+
+def random_square(image, size: int, seed) -> np.ndarray:
+    """Resize the shorter side to ``size`` and crop a ``size`` square at a place drawn
+    from NumPy's generator seeded by ``seed``.
+
+    >>> random_square(np.zeros((7, 9, 3), "float32"), 16, seed=[0, 1]).shape
+    (16, 16, 3)
+    """
+    image = resize_shorter(image, size)
+    rng = np.random.default_rng(seed)
+    top = int(rng.integers(0, image.shape[0] - size + 1))
+    left = int(rng.integers(0, image.shape[1] - size + 1))
+    return image[top:top + size, left:left + size]
+
+
+def center_square(image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` and crop the central ``size`` square.
+
+    >>> center_square(np.zeros((7, 9, 3), "float32"), 4).shape
+    (4, 4, 3)
+    """
+    image = resize_shorter(image, size)
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+# -- the training stream ------------------------------------------------------------------------
+
+def stream_order(n: int, seed: int, start: int = 0):
+    """The endless stream of ``(stream position, file index)`` from ``start`` on: pass
+    ``k`` visits the ``n`` files in the order of NumPy's permutation seeded ``(seed, k)``.
+
+    >>> [p for p, _ in itertools.islice(stream_order(3, seed=0, start=2), 3)]
+    [2, 3, 4]
+    >>> sorted(i for _, i in itertools.islice(stream_order(3, seed=0), 3))  # every file once
+    [0, 1, 2]
+    """
+    for k in itertools.count(start // n):
+        order = np.random.default_rng([seed, k]).permutation(n)
+        for offset in range(start % n if k == start // n else 0, n):
+            yield k * n + offset, int(order[offset])
+
+
+def _crop(path, size, seed, position):
+    return random_square(read_image(path, min_size=size), size, [seed, position])
+
+
+def default_workers() -> int:
+    """Decoding threads: the CPU cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def training_batches(files, image_size: int = 256, batch_size: int = 4, seed: int = 0,
+                     start: int = 0, workers: int | None = None):
+    """An endless generator of ``(images (B, S, S, 3) float32, stream (B, 2) int32)``
+    batches; see the module docstring. ``stream[i]`` is ``(position after the batch,
+    files the batch skipped)``, the same for every image of the batch.
+
+    ``start`` is the number of files already consumed (``model.data_position`` of a
+    checkpoint): the stream resumes there. Pass ``steps_per_epoch`` to ``fit``; epochs
+    are counted in steps, not passes over the files. ``workers``: decoding threads
+    (default :func:`default_workers`). ``close()`` the generator to stop its threads.
+    """
+    files = [os.fspath(f) for f in files]
+    if not files:
+        raise ValueError("training_batches needs at least one file")
+    image_size = positive_int("image_size", image_size)
+    batch_size = positive_int("batch_size", batch_size)
+    workers = positive_int("workers", workers or default_workers())
+    return _batches(files, image_size, batch_size, seed, int(start), workers)
+
+
+def _batches(files, size, batch_size, seed, start, workers):
+    order = stream_order(len(files), seed, start)
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="style_data")
+    ahead = collections.deque()
+
+    def submit():
+        position, index = next(order)
+        ahead.append((position, pool.submit(_crop, files[index], size, seed, position)))
+
+    try:
+        for _ in range(max(2 * batch_size, 2 * workers)):  # decoding this far ahead
+            submit()
+        images, skipped = [], 0
+        while True:
+            position, future = ahead.popleft()
+            submit()
+            try:
+                images.append(future.result())
+            except ValueError:  # unreadable: left out of the stream, counted
+                skipped += 1
+                continue
+            if len(images) == batch_size:
+                stream = np.tile(np.array([[position + 1, skipped]], np.int32), (batch_size, 1))
+                yield np.stack(images), stream
+                images, skipped = [], 0
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def scan_batches(files, size: int, batch_size: int = 16):
+    """Central ``size`` squares of ``files`` in batches, in file order, read as they are
+    used (for :func:`tbviz.deconvnet.scan`; unreadable files are skipped). Iterable again
+    and again.
+
+    >>> [b.shape for b in scan_batches(bundled_photos()[:2], 32)]
+    [(2, 32, 32, 3)]
+    """
+    return _ScanBatches([os.fspath(f) for f in files], size, batch_size)
+
+
+class _ScanBatches:
+    def __init__(self, files, size, batch_size):
+        self.files, self.size, self.batch_size = files, size, batch_size
+
+    def __iter__(self):
+        batch = []
+        for path in self.files:
+            try:
+                batch.append(center_square(read_image(path, min_size=self.size), self.size))
+            except ValueError:
+                continue
+            if len(batch) == self.batch_size:
+                yield np.stack(batch)
+                batch = []
+        if batch:
+            yield np.stack(batch)
+
+
+def check_readable(files, tries: int = 32) -> int:
+    """Decode up to ``tries`` files; raise ``ValueError`` if none reads (returns the count read).
+
+    Catches a folder of nothing but broken files before training spins on it.
+    """
+    ok = 0
+    errors = []
+    for path in list(files)[:tries]:
+        try:
+            read_image(path)
+            ok += 1
+        except ValueError as e:
+            errors.append(f"{path}: {str(e).strip().splitlines()[-1][-80:]}")
+    if ok == 0:
+        raise ValueError(f"none of the first {len(errors)} image files could be read, e.g. "
+                         + "; ".join(errors[:3]))
+    return ok
 
 
 def load_probe_photos(paths, size: int) -> tuple[np.ndarray, list[str]]:

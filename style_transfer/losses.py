@@ -1,8 +1,8 @@
 """Perceptual losses of Johnson et al. 2016, as pure functions of feature tensors.
 
-All return float32 whatever the input dtype, so they stay exact under mixed
-precision. Batch-first ``(N, H, W, C)`` features; every loss is averaged over
-the batch.
+Written with ``keras.ops``: they run on every Keras backend, inside a compiled train step
+or eagerly. All return float32 whatever the input dtype, so they stay exact under mixed
+precision. Batch-first ``(N, H, W, C)`` features; every loss is averaged over the batch.
 
 * feature reconstruction (content): ``||a - b||^2 / (C H W)``
 * Gram matrix: ``G = F^T F / (C H W)`` with ``F`` the ``(H W, C)`` feature matrix
@@ -14,19 +14,19 @@ Example:
     >>> import numpy as np
     >>> from style_transfer import losses
     >>> f = np.ones((2, 4, 4, 3), "float32")
-    >>> losses.gram_matrix(f).shape
-    TensorShape([2, 3, 3])
+    >>> tuple(losses.gram_matrix(f).shape)
+    (2, 3, 3)
     >>> float(losses.content_loss(f, f))
     0.0
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+from keras import ops
 
 
 def _f32(x):
-    return tf.cast(x, tf.float32)
+    return ops.cast(x, "float32")
 
 
 def gram_matrix(features):
@@ -37,10 +37,11 @@ def gram_matrix(features):
     9.0
     """
     f = _f32(features)
-    shape = tf.shape(f)
-    n, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    flat = tf.reshape(f, [n, h * w, c])
-    return tf.matmul(flat, flat, transpose_a=True) / tf.cast(h * w * c, tf.float32)
+    shape = ops.shape(f)
+    h, w, c = shape[1], shape[2], shape[3]
+    flat = ops.reshape(f, (shape[0], h * w, c))
+    gram = ops.matmul(ops.transpose(flat, (0, 2, 1)), flat)
+    return gram / ops.cast(h * w * c, "float32")
 
 
 def content_loss(features, target):
@@ -50,8 +51,7 @@ def content_loss(features, target):
     >>> float(content_loss(np.zeros((1, 1, 2, 2), "float32"), np.ones((1, 1, 2, 2), "float32")))
     1.0
     """
-    d = _f32(features) - _f32(target)
-    return tf.reduce_mean(tf.square(d))
+    return ops.mean(ops.square(_f32(features) - _f32(target)))
 
 
 def style_loss(gram, target_gram):
@@ -64,7 +64,7 @@ def style_loss(gram, target_gram):
     4.0
     """
     d = _f32(gram) - _f32(target_gram)
-    return tf.reduce_mean(tf.reduce_sum(tf.square(d), axis=[-2, -1]))
+    return ops.mean(ops.sum(ops.square(d), axis=(-2, -1)))
 
 
 def tv_loss(images):
@@ -77,9 +77,9 @@ def tv_loss(images):
     x = _f32(images)
     dy = x[:, 1:, :, :] - x[:, :-1, :, :]
     dx = x[:, :, 1:, :] - x[:, :, :-1, :]
-    return _mean_or_zero(tf.square(dy)) + _mean_or_zero(tf.square(dx))
+    return _mean_or_zero(ops.square(dy)) + _mean_or_zero(ops.square(dx))
 
 
 def _mean_or_zero(x):
     # A 1-pixel-high image has no vertical neighbours: that term is 0, not NaN.
-    return tf.math.divide_no_nan(tf.reduce_sum(x), tf.cast(tf.size(x), tf.float32))
+    return ops.divide_no_nan(ops.sum(x), ops.cast(ops.size(x), "float32"))

@@ -1,42 +1,56 @@
 """The trainable style-transfer model: transform-net + frozen VGG19 + perceptual losses.
 
-``StyleTransferModel(style_image)`` is a ``keras.Model``:
+``StyleTransferModel(style_image)`` is a ``keras.Model``, written once with ``keras.ops``
+for every Keras backend:
 
-* ``model(photos)`` / ``model.stylize(photos)``: the stylized photos, ``[0, 255]``,
+* ``model(photos)``: the stylized photos, ``[0, 255]`` (``model.stylize(photos)``: the
+  same, clipped, as a NumPy array, compiled once for any size),
 * ``model.compute_losses(photos)``: ``{"loss", "content_loss", "style_loss", "tv_loss",
   "style_loss_<layer>"...}`` (float32, weighted; the per-layer terms add up to
-  ``style_loss``), traced under the name scopes ``transform_net``, ``vgg_content``,
+  ``style_loss``), under the name scopes ``transform_net``, ``vgg_content``,
   ``vgg_transformed`` and ``losses`` so the op graph reads like Fig. 4 of the paper,
-* ``model.compute_loss(x=photos)``: the total loss, so generic Keras tools and
-  gradient probes work,
-* ``model.fit(dataset)``: trains the transform-net only; the logs hold every loss.
-  The dataset yields ``photos`` or ``(photos, stream_index)`` (see
-  :mod:`style_transfer.data`), the latter keeps :attr:`data_position` and
-  :attr:`skipped_files` up to date for resuming and reporting.
+* ``model.compute_loss(x=photos)``: the total loss. Keras' own ``train_step`` takes the
+  gradients of it on each backend (``tf.GradientTape``, ``jax.value_and_grad``, PyTorch's
+  autograd), and in training it records every term of that very step, so
+* ``model.fit(data)``: trains the transform-net only; the logs hold every loss of the
+  step just trained (not running means), at every batch and at the epoch's end. ``data``
+  yields ``photos`` or ``(photos, stream)`` (see :mod:`style_transfer.data`); the latter
+  keeps :attr:`data_position` and :attr:`skipped_files` up to date for resuming and
+  reporting.
 
 ``model.transform_net`` is the Functional transform-net (what gets saved) and
 ``model.vgg`` the Functional VGG19 feature model (a deconvnet probe target).
 
+Steps whose gradients are not finite are skipped (:class:`SkipNonFinite`, the optimizer
+:func:`style_transfer.train.build_model` compiles with); :attr:`skipped_steps` counts them.
+
 Example:
-    >>> import numpy as np, keras
-    >>> from style_transfer.model import StyleTransferModel
-    >>> style = np.random.rand(64, 64, 3).astype("float32") * 255
-    >>> model = StyleTransferModel(style, vgg_weights="random")  # doctest: +SKIP
-    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))  # doctest: +SKIP
-    >>> model.fit(np.random.rand(4, 32, 32, 3).astype("float32") * 255, epochs=1)  # doctest: +SKIP
+    >>> import numpy as np
+    >>> from style_transfer.model import SkipNonFinite, StyleTransferModel
+    >>> from style_transfer.vgg import build_vgg
+    >>> vgg = build_vgg("random", ["block1_conv1"], quiet=True)
+    >>> model = StyleTransferModel(np.full((16, 16, 3), 99.0, "float32"), vgg=vgg,
+    ...                            content_layer="block1_conv1", style_layers=["block1_conv1"])
+    >>> model.compile(optimizer=SkipNonFinite(keras.optimizers.Adam(1e-3)))
+    >>> history = model.fit(np.random.rand(2, 16, 16, 3).astype("float32") * 255, verbose=0)
+    >>> sorted(history.history)
+    ['content_loss', 'loss', 'style_loss', 'style_loss_block1_conv1', 'tv_loss']
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from style_transfer import distribute
 from style_transfer import losses as L
+from style_transfer.data import resize
 from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_SIZE,
                                      STYLE_WEIGHT, TV_WEIGHT)
 from style_transfer.transform_net import build_transform_net
 from style_transfer.vgg import build_vgg, check_layers
+from tbviz import backend
 from tbviz.core.checks import number
 
 
@@ -51,8 +65,89 @@ def resize_longest(image, size: int | None) -> np.ndarray:
     if not size or max(h, w) <= size:
         return image
     scale = size / max(h, w)
-    new = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return tf.image.resize(image, new, method="area", antialias=True).numpy()
+    return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))), "area")
+
+
+class StepValue(keras.metrics.Metric):
+    """The value of the last step, not a running mean: what a loss curve should show.
+
+    Under a ``tf.distribute`` strategy each replica holds its own value and reading it
+    across replicas gives their mean: the global batch's loss, since the replicas' batches
+    are of equal size.
+
+    >>> m = StepValue("loss")
+    >>> m.update_state(3.0); m.update_state(5.0)
+    >>> float(m.result())
+    5.0
+    """
+
+    def __init__(self, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, value):
+        self.total.assign(ops.cast(value, self.dtype))
+        self.count.assign(1.0)
+
+    def result(self):
+        return distribute.for_logs(ops.divide_no_nan(self.total, self.count))
+
+
+class SkipNonFinite(keras.optimizers.LossScaleOptimizer):
+    """``inner`` (an optimizer) applied only at steps whose gradients are all finite.
+
+    A flat image (all pixels equal) has zero variance at every instance norm, and each
+    of them then multiplies the gradient by ``1/sqrt(epsilon)``: the gradient overflows.
+    Such a step leaves the weights and the optimizer's moments as they were, counts in
+    :attr:`skipped_steps`, and still advances ``iterations`` (the global step counts
+    batches, so step-triggered logs and checkpoints keep their rhythm). Built on Keras'
+    ``LossScaleOptimizer``, whose finite-or-skip step works on every backend and under
+    ``tf.distribute``, with the loss scale fixed at 1: the losses are float32, nothing
+    is scaled. (Under mixed precision use Keras' own ``LossScaleOptimizer``, which skips
+    such steps too while it adapts its scale.)
+
+    >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> net.compile(SkipNonFinite(keras.optimizers.Adam(0.1)), "mse")
+    >>> before = net.get_weights()
+    >>> _ = net.fit(np.array([[np.nan, 1.0]]), np.zeros((1, 1)), verbose=0)  # NaN gradients
+    >>> [bool((a == b).all()) for a, b in zip(before, net.get_weights())]
+    [True, True]
+    >>> [int(keras.ops.convert_to_numpy(net.optimizer.skipped_steps)),
+    ...  int(keras.ops.convert_to_numpy(net.optimizer.iterations))]
+    [1, 1]
+    """
+
+    def __init__(self, inner_optimizer, name=None, **kwargs):
+        kwargs.pop("initial_scale", None)  # from_config: always 1 here
+        kwargs.pop("dynamic_growth_steps", None)
+        super().__init__(inner_optimizer, initial_scale=1.0,
+                         dynamic_growth_steps=2**31 - 1, name=name, **kwargs)
+
+    def build(self, var_list):
+        super().build(var_list)
+        self.skipped_steps = self.add_variable(shape=(), dtype="int", initializer="zeros",
+                                               aggregation="only_first_replica",
+                                               name="skipped_steps")
+
+    # What Keras' LossScaleOptimizer does at a non-finite step (halving its scale) becomes
+    # counting and advancing the global step; the rest is Keras' own.
+    def _stateful_handle_non_finite_grads(self):
+        self.skipped_steps.assign_add(1)
+        self.inner_optimizer.iterations.assign_add(1)
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+        with keras.StatelessScope(state_mapping=list(zip(self.variables,
+                                                         optimizer_variables))) as scope:
+            self._stateful_handle_non_finite_grads()
+        return trainable_variables, [scope.get_current_value(v) for v in self.variables]
+
+
+def _counter(name, initial=0):
+    # Every replica computes the same value (from the stream positions each element
+    # carries), so under a tf.distribute strategy the first replica's write stands for all.
+    return keras.Variable(initial, dtype="int", trainable=False, name=name,
+                          aggregation="only_first_replica")
 
 
 class StyleTransferModel(keras.Model):
@@ -63,7 +158,8 @@ class StyleTransferModel(keras.Model):
                  content_weight: float = CONTENT_WEIGHT, style_weight: float = STYLE_WEIGHT,
                  tv_weight: float = TV_WEIGHT, style_size: int | None = STYLE_SIZE,
                  transform_net: keras.Model | None = None, vgg: keras.Model | None = None,
-                 name: str = "style_transfer", **kwargs):
+                 debug_nan_at_step: int | None = None, name: str = "style_transfer",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         self.content_layer = check_layers([content_layer])[0]
         self.style_layers = check_layers(style_layers)
@@ -78,173 +174,114 @@ class StyleTransferModel(keras.Model):
         self.vgg = vgg or build_vgg(vgg_weights, [self.content_layer] + self.style_layers)
         self.vgg.trainable = False
         feats = self.vgg(resize_longest(style, style_size)[None], training=False)
-        # Constants of the graph: the style never changes during a run.
-        self.style_grams = {n: tf.constant(L.gram_matrix(feats[n])[0]) for n in self.style_layers}
+        # Constants of the computation: the style never changes during a run.
+        self.style_grams = {n: ops.convert_to_numpy(L.gram_matrix(feats[n])[0])
+                            for n in self.style_layers}
 
-        # Where the data stream stands (files consumed) and how many it skipped, and the
-        # steps whose gradients were not finite and were therefore not applied. Every
-        # replica computes the same value (from all-gathered indices), so under a
-        # tf.distribute strategy the first replica's write stands for all.
-        counter = dict(dtype=tf.int64, trainable=False,
-                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.data_position = tf.Variable(0, name="data_position", **counter)
-        self.skipped_files = tf.Variable(0, name="skipped_files", **counter)
-        self.skipped_steps = tf.Variable(0, name="skipped_steps", **counter)
+        # The loss terms of the last training step, as Keras logs them.
+        names = ["loss", "content_loss", "style_loss", "tv_loss"] + [
+            f"style_loss_{n}" for n in self.style_layers]
+        self.loss_terms = [StepValue(n) for n in names]
+        # Where the data stream stands (files consumed) and how many files it skipped.
+        self.data_position = _counter("data_position")
+        self.skipped_files = _counter("skipped_files")
         #: Test hook (``style-transfer train --debug-nan-at-step N``): the content loss of
-        #: global step N becomes NaN, as a diverging run's would.
-        self.debug_nan_at_step = None
+        #: the N-th step of this process becomes NaN, as a diverging run's would.
+        self.debug_nan_at_step = debug_nan_at_step
+        self._steps_run = _counter("debug_steps") if debug_nan_at_step else None
         self._stylize_fn = None
+        # Every weight exists now (the two Functional models are built for any image size).
+        self.built = True
+
+    @property
+    def metrics(self):
+        # The loss terms only: Keras' own "loss" tracker is a running mean over the epoch.
+        return list(self.loss_terms)
+
+    @property
+    def skipped_steps(self):
+        """Steps not applied because their gradients were not finite (``0`` when the
+        optimizer does not skip them itself)."""
+        return getattr(self.optimizer, "skipped_steps", 0)
 
     # -- inference -----------------------------------------------------------------------------
     def call(self, images, training=False):
         return self.transform_net(images, training=training)
 
-    def stylize(self, images):
-        """Stylized ``images`` (``(N, H, W, 3)`` in ``[0, 255]``), clipped to ``[0, 255]``.
-
-        Traced once for any batch and image size (no retracing per call).
-        """
+    def stylize(self, images) -> np.ndarray:
+        """Stylized ``images`` (``(N, H, W, 3)`` in ``[0, 255]``), clipped to ``[0, 255]``,
+        as a float32 NumPy array. Compiled once (per image size on JAX)."""
         if self._stylize_fn is None:
-            @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-                         reduce_retracing=True)
-            def stylize(x):
-                y = self.transform_net(x, training=False)
-                return tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 255.0)
+            net = self.transform_net
 
-            self._stylize_fn = stylize
-        return self._stylize_fn(tf.convert_to_tensor(images, tf.float32))
+            def stylize(x):
+                return ops.clip(ops.cast(net(x, training=False), "float32"), 0.0, 255.0)
+
+            self._stylize_fn = backend.function(
+                stylize, models=[net], signature=[backend.Spec((None, None, None, 3))])
+        return backend.numpy(self._stylize_fn(np.asarray(images, np.float32)))
 
     # -- losses --------------------------------------------------------------------------------
-    def compute_losses(self, images, training: bool = False) -> dict:
-        """Every weighted loss term for a batch of content ``images`` (float32 scalars)."""
-        images = tf.cast(images, tf.float32)
-        with tf.name_scope("transform_net"):
-            stylized = tf.cast(self.transform_net(images, training=training), tf.float32)
-        with tf.name_scope("vgg_content"):
+    def compute_losses(self, images, stylized=None, training: bool = False) -> dict:
+        """Every weighted loss term for a batch of content ``images`` (float32 scalars);
+        ``stylized``: the transform-net's output for them, if already computed."""
+        images = ops.cast(images, "float32")
+        with keras.name_scope("transform_net"):
+            if stylized is None:
+                stylized = self.transform_net(images, training=training)
+            stylized = ops.cast(stylized, "float32")
+        with keras.name_scope("vgg_content"):
             content = self.vgg(images, training=False)[self.content_layer]
-        with tf.name_scope("vgg_transformed"):
+        with keras.name_scope("vgg_transformed"):
             feats = self.vgg(stylized, training=False)
-        with tf.name_scope("losses"):
+        with keras.name_scope("losses"):
             out = {"content_loss": self.content_weight
                    * L.content_loss(feats[self.content_layer], content)}
             terms = {f"style_loss_{n}": self.style_weight
                      * L.style_loss(L.gram_matrix(feats[n]), self.style_grams[n])
                      for n in self.style_layers}
-            out["style_loss"] = tf.add_n(list(terms.values()))
+            out["style_loss"] = sum(terms.values())
             out["tv_loss"] = self.tv_weight * L.tv_loss(stylized)
             out["loss"] = out["content_loss"] + out["style_loss"] + out["tv_loss"]
         return {"loss": out["loss"], "content_loss": out["content_loss"],
                 "style_loss": out["style_loss"], "tv_loss": out["tv_loss"], **terms}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Keras' loss hook: the total loss of :meth:`compute_losses` on ``x``."""
-        return self.compute_losses(x, training=training)["loss"]
+        """Keras' loss hook: the total loss of :meth:`compute_losses` on ``x`` (photos).
 
-    # -- training ------------------------------------------------------------------------------
-    def train_step(self, data):
-        images, index, _ = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.transform_net.trainable_variables
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            logs = self.compute_losses(images, training=True)
-            if self.debug_nan_at_step:
-                logs = self._poison(logs, int(self.debug_nan_at_step))
-            # Replicas' gradients are summed: each contributes its share of the global
-            # mean, as Keras' own losses do (a no-op on one device).
-            scaled = self.optimizer.scale_loss(logs["loss"] / replicas)
-        grads = tape.gradient(scaled, variables)
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            self.optimizer.apply(grads, variables)  # skips non-finite steps itself
-        else:
-            self._apply_if_finite(grads, variables)
-        if index is not None:
-            batch = tf.shape(index, out_type=tf.int64)[0]
-            if replicas > 1:  # the global batch is what the stream position counts
-                index, batch = self._global_batch_extent(index, batch, replicas)
-            self._track_stream(index, batch)
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3 averages each log with strategy.reduce(..., axis=0) under this
-            # strategy (tensorflow/tensorflow#72388), which needs an axis to reduce.
-            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
-        return logs
-
-    @staticmethod
-    def _global_batch_extent(index, batch, replicas):
-        """The last stream index and the size of the global batch, from every replica's part.
-
-        Each replica fills its own slot of a vector and an all-reduce sums them (an
-        all-gather by all-reduce: ReplicaContext.all_gather fails under
-        MultiWorkerMirroredStrategy in TF 2.21). float64 holds indices up to 2**53 exactly.
+        ``y_pred``: the stylized ``x`` (Keras' ``train_step`` passes ``model(x)``). With
+        ``training=True`` (a training step) it also records every term for the logs, and
+        the stream positions ``y`` (see :mod:`style_transfer.data`); otherwise it has no
+        effect, so gradient probes may call it.
         """
-        ctx = tf.distribute.get_replica_context()
-        slot = tf.one_hot(ctx.replica_id_in_sync_group, replicas, dtype=tf.float64)
-        mine = tf.stack([tf.cast(tf.reduce_max(index), tf.float64), tf.cast(batch, tf.float64)])
-        both = ctx.all_reduce(tf.distribute.ReduceOp.SUM, slot[:, None] * mine[None, :])
-        return (tf.cast(tf.reduce_max(both[:, 0]), tf.int64)[None],
-                tf.cast(tf.reduce_sum(both[:, 1]), tf.int64))
+        logs = self.compute_losses(x, stylized=y_pred, training=training)
+        if not training:
+            return logs["loss"]
+        if self._steps_run is not None:
+            self._steps_run.assign_add(1)
+            nan = ops.where(ops.equal(self._steps_run, int(self.debug_nan_at_step)), float("nan"), 0.0)
+            logs = {**logs, "content_loss": logs["content_loss"] + nan,
+                    "loss": logs["loss"] + nan}
+        for metric in self.loss_terms:
+            metric.update_state(logs[metric.name])
+        if y is not None:
+            self._track_stream(y)
+        # Replicas' gradients are summed: each contributes its share of the global mean,
+        # as Keras' own losses do (a no-op on one device).
+        return logs["loss"] / distribute.replicas()
 
-    def _poison(self, logs, step):
-        nan = tf.where(self.optimizer.iterations + 1 == step, float("nan"), 0.0)
-        return {**logs, "content_loss": logs["content_loss"] + nan, "loss": logs["loss"] + nan}
+    def _track_stream(self, stream):
+        # Each image carries (the stream position after its global batch, the files its
+        # global batch skipped): the same on every replica, whatever its slice.
+        stream = ops.cast(stream, self.data_position.dtype)
+        self.skipped_files.assign_add(stream[0, 1])
+        self.data_position.assign(stream[0, 0])
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a strategy Keras 3.15 learns input shapes by reducing the first distributed
-        # batch with strategy.reduce, which fails for an (images, index) tuple under
-        # MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388). This model and its
-        # optimizer are built before fit, so there is nothing to learn.
+        # TensorFlow: under a strategy Keras 3.15 learns input shapes by reducing the first
+        # distributed batch with strategy.reduce, which fails for an (images, stream) tuple
+        # under MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388). This model and
+        # its optimizer are built before fit, so there is nothing to learn.
         if self.optimizer is not None and self.optimizer.built and self.transform_net.built:
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _apply_if_finite(self, grads, variables):
-        # A flat image (all pixels equal) has zero variance at every instance norm,
-        # and each of them then multiplies the gradient by 1/sqrt(epsilon): the
-        # gradient overflows. Skip such a step, as a LossScaleOptimizer does, and
-        # count it, rather than writing NaN into every weight.
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-
-        def apply():
-            self.optimizer.apply(grads, variables)
-            return tf.constant(0, tf.int64)
-
-        def skip():
-            # The global step counts batches, applied or not, so step-triggered
-            # logs and checkpoints keep their rhythm.
-            self.optimizer.iterations.assign_add(1)
-            return tf.constant(1, tf.int64)
-
-        if not tf.distribute.has_strategy():
-            self.skipped_steps.assign_add(tf.cond(finite, apply, skip))
-            return
-        # Under a strategy every replica must take the same branch (the update holds
-        # collectives), so the replicas agree first; and a branch may only sync the
-        # replicas where the strategy needs no merge_call, so elsewhere the choice is
-        # made in cross-replica context (as Keras' LossScaleOptimizer does).
-        ctx = tf.distribute.get_replica_context()
-        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
-        finite = bad == 0.0
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            self.skipped_steps.assign_add(tf.cond(finite, apply, skip))
-            return
-
-        def cross_replica(strategy, grads, finite):
-            def apply_all():
-                strategy.extended.call_for_each_replica(self.optimizer.apply,
-                                                        args=(grads, variables))
-                return tf.constant(0, tf.int64)
-
-            agreed = strategy.experimental_local_results(finite)[0]
-            self.skipped_steps.assign_add(tf.cond(agreed, apply_all, skip))
-
-        ctx.merge_call(cross_replica, args=(grads, finite))
-
-    def test_step(self, data):
-        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.compute_losses(images, training=False)
-
-    def _track_stream(self, index, batch):
-        # Batches are consecutive slices of the (filtered) file stream, so the files
-        # consumed by this batch minus the images in it are the files it skipped.
-        end = tf.reduce_max(tf.cast(index, tf.int64)) + 1
-        self.skipped_files.assign_add(tf.maximum(end - self.data_position - batch, 0))
-        self.data_position.assign(end)

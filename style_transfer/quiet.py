@@ -1,4 +1,5 @@
-"""TensorFlow's start-up lines kept off the terminal, and nothing else.
+"""TensorFlow's start-up lines kept off the terminal, and nothing else (only where
+TensorFlow is Keras' backend: elsewhere it is never imported).
 
 TensorFlow 2.20+ logs its device discovery from C++ (oneDNN, "Could not find cuda
 drivers", "failed call to cuInit", ...) before it has read ``TF_CPP_MIN_LOG_LEVEL``,
@@ -15,13 +16,14 @@ TensorFlow's own log lines of a severity below the level:
 Python output of the same moment (a warning, a traceback) is written back in order.
 
 Example:
-    >>> import_tensorflow().__name__
-    'tensorflow'
+    >>> keras_backend() in ("tensorflow", "jax", "torch", "numpy", "openvino")
+    True
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -72,6 +74,24 @@ def filtered_stderr(min_level: int):
                 if level is None or level >= min_level:
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+def keras_backend() -> str:
+    """The backend Keras will choose, found without importing Keras (which imports its
+    backend): ``KERAS_BACKEND``, else ``keras.json``'s ``"backend"`` in ``KERAS_HOME``
+    (default ``~/.keras``), else TensorFlow, as Keras reads them. Keras' own answer once
+    it is imported."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend") or "tensorflow"
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 def import_tensorflow():

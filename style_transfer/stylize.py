@@ -20,12 +20,13 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 from PIL import Image
 
 from style_transfer import data
 from style_transfer.folders import check_creatable, unique_path
 from style_transfer.transform_net import MIN_SIZE, load_transform_net
+from tbviz import backend
 from tbviz.summary.images import to_uint8
 
 
@@ -73,9 +74,11 @@ def stylize(model_path, inputs, output_dir, *, max_size: int = 2048) -> tuple[in
     except ValueError as e:
         raise ValueError(f"--model: {e}") from None
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-    def run(x):
-        return tf.clip_by_value(tf.cast(net(x, training=False), tf.float32), 0.0, 255.0)
+    def stylized(x):
+        return ops.clip(ops.cast(net(x, training=False), "float32"), 0.0, 255.0)
+
+    # Compiled once (TensorFlow: for any size; JAX: per size; PyTorch runs eagerly).
+    run = backend.function(stylized, models=[net], signature=[backend.Spec((None, None, None, 3))])
 
     os.makedirs(output_dir, exist_ok=True)
     taken, failed, done = set(), 0, 0
@@ -100,12 +103,11 @@ def stylize(model_path, inputs, output_dir, *, max_size: int = 2048) -> tuple[in
             size = (max(MIN_SIZE, round(h * scale)), max(MIN_SIZE, round(w * scale)))
             print(f"{path}: {w}x{h} stylized at {size[1]}x{size[0]} (--max-size {max_size}),"
                   " then scaled back", flush=True)
-            work = tf.image.resize(image, size, method="area" if scale < 1 else "bilinear",
-                                   antialias=True).numpy()
+            work = data.resize(image, size, "area" if scale < 1 else "bilinear")
         t0 = time.perf_counter()
-        out = run(work[None])[0]
+        out = backend.numpy(run(work[None]))[0]
         if out.shape[:2] != (h, w):
-            out = tf.image.resize(out, (h, w), method="bicubic")
+            out = data.resize(out, (h, w), "bicubic")
         target = unique_path(output_dir, os.path.basename(path), taken)
         save_image(np.asarray(out), target)
         done += 1

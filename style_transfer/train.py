@@ -4,8 +4,9 @@
 
 1. check everything a user can get wrong before anything is written (the folders
    to write, the content photos, the style image, the probe photos);
-2. build the model under the ``tf.distribute`` strategy (:func:`build_model`)
-   and its checkpointed :class:`~style_transfer.checkpoints.TrainingState`;
+2. build the model, under the ``tf.distribute`` strategy if there is one
+   (:func:`build_model`), and its checkpointed
+   :class:`~style_transfer.checkpoints.TrainingState`;
 3. create the run's folders, resume from the latest checkpoint if asked, and
    train the epochs that remain (:func:`fit`) with the guard, the progress bar,
    the tbviz callbacks (:func:`tbviz_callbacks`) and the checkpointing;
@@ -16,6 +17,12 @@ The command line (:mod:`style_transfer.cli`) parses and checks the options and
 calls :func:`train` with them; the demo calls it directly. Each keyword is the
 command-line option of the same name (``content_dir`` is ``--content-dir``),
 which is what the error messages name.
+
+The recipe is the same on every Keras backend (``KERAS_BACKEND=tensorflow``, ``jax`` or
+``torch``): the data come from :mod:`style_transfer.data` (Pillow), Keras' own
+``train_step`` takes the gradients, and the tbviz callbacks write the same dashboards.
+``strategy`` (``tf.distribute``) is TensorFlow's; ``jit_compile`` is XLA on TensorFlow and
+``torch.compile`` on PyTorch, and JAX always compiles its step.
 
 Example (two steps at a tiny size, a few seconds)::
 
@@ -37,11 +44,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 
 import keras
-import tensorflow as tf
 
-from style_transfer import data
+from style_transfer import data, distribute
 from style_transfer.callbacks import (Checkpointing, NonFiniteLossGuard, StylizedProbes,
                                       TrainingProgress)
 from style_transfer.checkpoints import TrainingState
@@ -49,7 +56,9 @@ from style_transfer.defaults import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS
                                      STYLE_WEIGHT, TRANSFORM_PROBE_LAYERS, TV_WEIGHT,
                                      VGG_PROBE_LAYERS)
 from style_transfer.folders import check_creatable, save_keras_atomically
-from style_transfer.model import StyleTransferModel
+from style_transfer.distribute import make_strategy  # noqa: F401 (the recipe's own name)
+from style_transfer.model import SkipNonFinite, StyleTransferModel
+from tbviz import backend
 from tbviz.core.layers import check_layers
 from tbviz.summary import writers
 
@@ -58,34 +67,20 @@ class TrainingStopped(RuntimeError):
     """A loss or a weight went non-finite: training stopped without saving the model."""
 
 
-def make_strategy(name: str, cpu_replicas: int | None = None):
-    """The ``tf.distribute`` strategy called ``name`` (``None`` for ``"none"``).
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)`` without importing TensorFlow where it is not
+    Keras' backend: Keras seeds TensorFlow too wherever it is installed, importing it.
 
-    ``"mirrored"``: every GPU of this machine; ``"multiworker"``: the machines of
-    ``TF_CONFIG``. ``cpu_replicas`` (tests and benchmarks on machines without
-    GPUs): split the CPU into that many logical devices first, and mirror over
-    them. Must run before TensorFlow executes anything.
-
-    >>> make_strategy("none") is None
-    True
+    >>> set_random_seed(0)
     """
-    devices = None
-    if cpu_replicas:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        try:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
-        except RuntimeError:  # TensorFlow already started: fine if it has the devices
-            pass
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
-        if len(devices) < cpu_replicas:
-            raise ValueError(f"--cpu-replicas {cpu_replicas}: TensorFlow already started with "
-                             f"{len(devices)} CPU device(s)")
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices)
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return None
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    sys.modules["tensorflow"] = None  # "import tensorflow" fails: Keras seeds the rest
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        del sys.modules["tensorflow"]
 
 
 def build_model(style, *, vgg_weights="imagenet", vgg=None, content_layer=CONTENT_LAYER,
@@ -98,6 +93,10 @@ def build_model(style, *, vgg_weights="imagenet", vgg=None, content_layer=CONTEN
     Call it under the strategy's scope, if any. ``seed`` gives every run and
     every worker the same initial weights. ``mixed_precision`` sets Keras'
     global ``mixed_float16`` policy (:func:`train` restores the previous one).
+    The optimizer is Adam, behind :class:`~style_transfer.model.SkipNonFinite` (or Keras'
+    ``LossScaleOptimizer`` under mixed precision), so a step with non-finite gradients
+    is skipped. ``jit_compile``: XLA on TensorFlow, ``torch.compile`` on PyTorch; JAX
+    always compiles the step.
 
     >>> import numpy as np
     >>> model = build_model(np.zeros((16, 16, 3)), vgg_weights="random", lr=2e-3,
@@ -107,19 +106,22 @@ def build_model(style, *, vgg_weights="imagenet", vgg=None, content_layer=CONTEN
     """
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     model = StyleTransferModel(
         style, vgg_weights=vgg_weights, content_layer=content_layer, style_layers=style_layers,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-        style_size=style_size or None, vgg=vgg)
-    model.debug_nan_at_step = debug_nan_at_step
-    optimizer = keras.optimizers.Adam(lr)
+        style_size=style_size or None, vgg=vgg, debug_nan_at_step=debug_nan_at_step)
     if mixed_precision:
         # The perceptual losses are ~1e5..1e7, not ~1 like a classifier's, so their float16
         # gradients overflow unless scaled *down*: Keras' default initial scale (2**15)
         # would skip the first ~25 steps finding that out. The scale still adapts.
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**-8)
-    model.compile(optimizer=optimizer, jit_compile=bool(jit_compile))
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(lr),
+                                                        initial_scale=2.0**-8)
+    else:
+        optimizer = SkipNonFinite(keras.optimizers.Adam(lr))
+    # JAX runs a step eagerly, op by op, unless it is compiled: that is never wanted.
+    model.compile(optimizer=optimizer,
+                  jit_compile=True if keras.backend.backend() == "jax" else bool(jit_compile))
     return model
 
 
@@ -129,7 +131,8 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
     """Every tbviz callback of the recipe, in one place.
 
     * ``tbviz.TensorBoardViz``: op graph of ``model.compute_losses`` (name scopes
-      transform_net / vgg_content / vgg_transformed / losses), weight histograms
+      transform_net / vgg_content / vgg_transformed / losses; where tbviz can draw the
+      backend's graph, else the part says so once and the rest runs), weight histograms
       (instance-norm scale and shift included), the losses in one chart, and
       deconvnet images of the transform-net's ``transform_layers`` for the probe photos;
     * ``tbviz.DeconvnetCallback`` on VGG19's ``vgg_layers`` seen through the stylized
@@ -148,7 +151,7 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
     every = dict(every_n_epochs=1, every_n_steps=log_every)
     scan = {}
     if scan_files:
-        photos_ds = data.scan_dataset(scan_files, photos.shape[1])
+        photos_ds = data.scan_batches(scan_files, photos.shape[1])
         scan = dict(scan_data=photos_ds, scan_limit=len(scan_files))
     probes = StylizedProbes(log_dir, photos, names, **every)
     callbacks = [probes]
@@ -157,12 +160,12 @@ def tbviz_callbacks(model, log_dir, photos, names, *, transform_layers=TRANSFORM
     callbacks.append(tbviz.TensorBoardViz(
         log_dir, **every, deconvnet=transform if transform_layers else False,
         graph={"graph_fn": model.compute_losses,
-               "input_spec": tf.TensorSpec([None, None, None, 3], tf.float32)},
+               "input_spec": backend.Spec((None, None, None, 3), "float32")},
         losses={"every_n_steps": loss_every}))
     if vgg_layers:
         stylized = {}
         if scan:  # the scanned photos as the current transform-net stylizes them
-            stylized = dict(scan_data=lambda m: (m.stylize(b).numpy() for b in photos_ds),
+            stylized = dict(scan_data=lambda m: (m.stylize(b) for b in photos_ds),
                             scan_limit=scan["scan_limit"])
         # VGG19 looks at the stylized photos, which the Stylized panel already holds: the
         # patches are cut from it (README, "A light run").
@@ -235,8 +238,7 @@ def fit(model, files, *, state, callbacks, epochs, steps_per_epoch, batch_size, 
     at the same step) and the checkpointing (last, so every summary of a step is
     written and flushed before the step is saved).
     """
-    phases = epoch_phases(epochs, steps_per_epoch, int(state.epoch.numpy()),
-                          int(state.step_in_epoch.numpy()))
+    phases = epoch_phases(epochs, steps_per_epoch, _int(state.epoch), _int(state.step_in_epoch))
     if not phases:
         print(f"nothing to do: {epochs} epoch(s) already trained", flush=True)
     guard = NonFiniteLossGuard()
@@ -244,19 +246,31 @@ def fit(model, files, *, state, callbacks, epochs, steps_per_epoch, batch_size, 
     callbacks = [guard, *callbacks, checkpointing]
     for first, end, n_steps, offset in phases:
         checkpointing.first_epoch_offset = offset
-        ds = data.training_dataset(files, image_size, batch_size, seed=seed,
-                                   start=int(model.data_position.numpy()))
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            # Each worker takes its share of every global batch of the one stream.
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = \
-                tf.data.experimental.AutoShardPolicy.DATA
-            ds = ds.with_options(options)
-        model.fit(ds, epochs=end, initial_epoch=first, steps_per_epoch=n_steps,
-                  callbacks=callbacks, verbose=0, shuffle=False)
+        # Under a strategy every worker reads the same stream, and Keras gives each replica
+        # its slice of every global batch.
+        batches = data.training_batches(files, image_size, batch_size, seed=seed,
+                                        start=_int(model.data_position))
+        try:
+            model.fit(batches, epochs=end, initial_epoch=first, steps_per_epoch=n_steps,
+                      callbacks=callbacks, verbose=0, shuffle=False)
+        finally:
+            _close(batches)
         if guard.failure or checkpointing.failure:
             return guard.failure or checkpointing.failure
     return None
+
+
+def _int(variable) -> int:
+    return int(keras.ops.convert_to_numpy(variable))
+
+
+def _close(generator):
+    """Stop a data generator's threads (unless TensorFlow's prefetching still runs it:
+    it stops when that ends)."""
+    try:
+        generator.close()
+    except ValueError:  # "generator already executing"
+        pass
 
 
 @contextlib.contextmanager
@@ -305,7 +319,8 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
     not the chief). Raises ``ValueError`` for bad input, before anything is
     written, and :class:`TrainingStopped` when a loss went non-finite.
 
-    ``strategy``: a ``tf.distribute`` strategy (:func:`make_strategy`) or ``None``;
+    ``strategy``: a ``tf.distribute`` strategy
+    (:func:`~style_transfer.distribute.make_strategy`) or ``None``;
     ``batch_size`` is the global batch. ``vgg``: a ready loss network (else
     ``vgg_weights`` builds one). ``probe_images``: photo paths shown stylized and
     used for deconvnet images (default: the bundled photos), cropped to
@@ -327,13 +342,13 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
             raise ValueError(f"--content-dir: {e}; pass a folder of photos (e.g. COCO's "
                              "train2017/) or a glob such as 'photos/*.jpg'") from None
         scanned, files = scan_files(content_dir, files, scan_dir, scan_images)
-        chief = writers.is_chief(strategy)
+        chief = backend.is_chief()
         replicas = strategy.num_replicas_in_sync if strategy else 1
         if batch_size % replicas:
             raise ValueError(f"--batch-size {batch_size} (the global batch) cannot be split "
                              f"evenly over {replicas} replicas; use a multiple of {replicas}")
         if strategy is not None:
-            multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            multiworker = distribute.is_multiworker(strategy)
             role = "" if not multiworker else (
                 "; this is the chief, it writes the logs" if chief
                 else "; not the chief: writes nothing into --log-dir")
@@ -409,7 +424,7 @@ def train(*, content_dir, style_image, log_dir, epochs=2, batch_size=4, image_si
                                   "loss weights, check the data, then --resume")
         if chief:
             save_keras_atomically(model.transform_net, output)
-        skipped = int(model.skipped_files.numpy())
+        skipped = _int(model.skipped_files)
         print((f"saved the transform-net to {output}" if chief else "worker done")
               + f" (global step {state.global_step}"
               + (f"; {skipped} unreadable image file(s) skipped" if skipped else "") + ")",

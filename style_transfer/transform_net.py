@@ -31,8 +31,8 @@ Example:
     >>> net = build_transform_net()
     >>> net.count_params()
     1679235
-    >>> net(np.zeros((1, 37, 50, 3), "float32")).shape
-    TensorShape([1, 37, 50, 3])
+    >>> tuple(net(np.zeros((1, 37, 50, 3), "float32")).shape)
+    (1, 37, 50, 3)
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 #: Layer names in network order (the probe layers of the style pipeline).
@@ -54,51 +53,89 @@ MIN_SIZE = 8
 _PACKAGE = "style_transfer"
 
 
+@keras.saving.register_keras_serializable(_PACKAGE)
+class InstanceNormalization(keras.layers.GroupNormalization):
+    """Keras' ``GroupNormalization`` whose variance is never negative.
+
+    ``keras.ops.moments`` on PyTorch computes the variance as ``E[x^2] - E[x]^2``, which
+    rounds below zero for a constant channel (a flat photo, a flat crop): ``rsqrt`` of it
+    is NaN. Here the variance is ``E[(x - E[x])^2]`` on every backend, as TensorFlow's own
+    ``tf.nn.moments`` computes it; the rest (scale, shift, float32 compute) is Keras'.
+
+    >>> import numpy as np
+    >>> norm = InstanceNormalization(groups=-1, epsilon=1e-5)
+    >>> y = ops.convert_to_numpy(norm(np.full((1, 4, 4, 2), 77.7, "float32")))
+    >>> bool(np.isfinite(y).all()), float(np.abs(y).max())
+    (True, 0.0)
+    """
+
+    def _apply_normalization(self, reshaped_inputs, input_shape):
+        dtype = reshaped_inputs.dtype
+        x = ops.cast(reshaped_inputs, keras.backend.result_type(dtype, "float32"))
+        axes = list(range(1, len(x.shape)))
+        axes.pop(-2 if self.axis == -1 else self.axis - 1)  # the group axis stays
+        shape = self._create_broadcast_shape(input_shape)
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        inv = ops.rsqrt(ops.mean(ops.square(x - mean), axis=axes, keepdims=True) + self.epsilon)
+        if self.scale:
+            inv = inv * ops.cast(ops.reshape(self.gamma, shape), x.dtype)
+        out = (x - mean) * inv
+        if self.center:
+            out = out + ops.cast(ops.reshape(self.beta, shape), x.dtype)
+        return ops.cast(out, dtype)
+
+
 def instance_norm(name: str, dtype=None) -> keras.layers.Layer:
     """Instance normalization with learned per-channel scale and shift.
 
     ``GroupNormalization`` with as many groups as channels normalizes each
     channel of each image over its height and width, which is exactly
     instance normalization (Ulyanov et al. 2016); it computes in float32 under
-    mixed precision.
+    mixed precision (:class:`InstanceNormalization`: its variance is exact for flat
+    images on every backend).
 
     >>> instance_norm("norm").groups
     -1
     """
-    return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name, dtype=dtype)
+    return InstanceNormalization(groups=-1, epsilon=1e-5, name=name, dtype=dtype)
 
 
 def reflect_indices(n, before: int, after: int):
     """Indices that reflect-pad an axis of length ``n`` (edge not repeated, like numpy's "reflect").
 
-    >>> reflect_indices(4, 2, 1).numpy().tolist()
+    >>> ops.convert_to_numpy(reflect_indices(4, 2, 1)).tolist()
     [2, 1, 0, 1, 2, 3, 2]
     """
-    i = tf.abs(tf.range(-before, n + after))
-    return tf.where(i > n - 1, 2 * (n - 1) - i, i)
+    i = ops.abs(ops.arange(-before, n + after, dtype="int32"))
+    return ops.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
 def reflect_pad(x, top: int, bottom: int, left: int, right: int):
     """Pad the height and width of an ``(N, H, W, C)`` tensor by reflection.
 
-    A gather along each axis: TensorFlow's ``MirrorPad`` kernel is about twice as
-    slow on CPUs, and the padding copies are a fifth of the transform-net's time.
+    A gather along each axis, on every backend: TensorFlow's ``MirrorPad`` kernel is about
+    twice as slow on CPUs, and the padding copies are a fifth of the transform-net's time.
 
     >>> import numpy as np
-    >>> reflect_pad(np.arange(3.0).reshape(1, 1, 3, 1), 0, 0, 1, 1)[0, 0, :, 0].numpy()
-    array([1., 0., 1., 2., 1.])
+    >>> ops.convert_to_numpy(reflect_pad(np.arange(3.0).reshape(1, 1, 3, 1), 0, 0, 1, 1))[0, 0, :, 0].tolist()
+    [1.0, 0.0, 1.0, 2.0, 1.0]
     """
-    x = tf.convert_to_tensor(x)
-    shape = tf.shape(x)
-    if not _known_zero(top, bottom):  # the amounts may be tensors (PadToMultiple)
-        x = tf.gather(x, reflect_indices(shape[1], top, bottom), axis=1)
+    x = ops.convert_to_tensor(x)
+    shape = ops.shape(x)
+    if not _known_zero(top, bottom):  # the amounts may be tensors (PadToMultiple on TF)
+        x = ops.take(x, reflect_indices(shape[1], top, bottom), axis=1)
     if not _known_zero(left, right):
-        x = tf.gather(x, reflect_indices(shape[2], left, right), axis=2)
+        x = ops.take(x, reflect_indices(shape[2], left, right), axis=2)
     return x
 
 
 def _known_zero(*amounts) -> bool:
     return all(isinstance(a, int) and a == 0 for a in amounts)
+
+
+def _edge_indices(n):
+    # Pad by one repeating the edge pixel (numpy's "edge", TensorFlow's "SYMMETRIC" by one).
+    return ops.clip(ops.arange(-1, n + 1, dtype="int32"), 0, n - 1)
 
 
 def upsample_conv3x3(x, kernel, bias):
@@ -114,28 +151,32 @@ def upsample_conv3x3(x, kernel, bias):
     >>> import numpy as np
     >>> x, k = np.random.rand(1, 3, 4, 2).astype("float32"), np.random.rand(3, 3, 2, 5)
     >>> up = reflect_pad(np.repeat(np.repeat(x, 2, 1), 2, 2), 1, 1, 1, 1)
-    >>> direct = tf.nn.conv2d(up, k.astype("float32"), 1, "VALID")
+    >>> direct = ops.conv(up, k.astype("float32"), padding="valid")
     >>> fast = upsample_conv3x3(x, k.astype("float32"), np.zeros(5, "float32"))
-    >>> bool(np.allclose(direct, fast, atol=1e-5))
+    >>> bool(np.allclose(ops.convert_to_numpy(direct), ops.convert_to_numpy(fast), atol=1e-5))
     True
     """
-    kernel = tf.cast(kernel, x.dtype)
-    h, w = tf.shape(x)[1], tf.shape(x)[2]
-    edge = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    x = ops.convert_to_tensor(x)
+    kernel = ops.cast(kernel, x.dtype)
+    shape = ops.shape(x)
+    n, h, w = shape[0], shape[1], shape[2]
+    edge = ops.take(ops.take(x, _edge_indices(h), axis=1), _edge_indices(w), axis=2)
 
     def fold(k, axis, phase):
         # Taps (-1, 0, +1) of phase 0 land on pixels (i-1, i, i); of phase 1 on (i, i, i+1).
-        t = tf.unstack(k, axis=axis)
-        return tf.stack([t[0], t[1] + t[2]] if phase == 0 else [t[0] + t[1], t[2]], axis=axis)
+        t = ops.unstack(k, axis=axis)
+        return ops.stack([t[0], t[1] + t[2]] if phase == 0 else [t[0] + t[1], t[2]], axis=axis)
 
-    phases = []
+    rows = []
     for a in (0, 1):
-        rows = fold(kernel, 0, a)
-        for b in (0, 1):
-            window = edge[:, a:a + h + 1, b:b + w + 1]
-            phases.append(tf.nn.conv2d(window, fold(rows, 1, b), 1, "VALID"))
-    # Channel block (2a + b) becomes output pixel (2i + a, 2j + b).
-    return tf.nn.depth_to_space(tf.concat(phases, axis=-1), 2) + tf.cast(bias, x.dtype)
+        folded = fold(kernel, 0, a)
+        phase = [ops.conv(edge[:, a:a + h + 1, b:b + w + 1], fold(folded, 1, b), padding="valid")
+                 for b in (0, 1)]
+        # Column phase b becomes output column 2j + b.
+        rows.append(ops.reshape(ops.stack(phase, axis=3), (n, h, 2 * w, -1)))
+    # Row phase a becomes output row 2i + a.
+    out = ops.reshape(ops.stack(rows, axis=2), (n, 2 * h, 2 * w, -1))
+    return out + ops.cast(bias, x.dtype)
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
@@ -146,8 +187,8 @@ class ConvBlock(keras.layers.Layer):
     output layer) or ``None``.
 
     >>> import numpy as np
-    >>> ConvBlock(8, 3, upsample=2)(np.zeros((1, 5, 6, 4), "float32")).shape
-    TensorShape([1, 10, 12, 8])
+    >>> tuple(ConvBlock(8, 3, upsample=2)(np.zeros((1, 5, 6, 4), "float32")).shape)
+    (1, 10, 12, 8)
     """
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, upsample: int = 1,
@@ -208,8 +249,8 @@ class ResidualBlock(keras.layers.Layer):
     """``x + norm(conv(relu(norm(conv(x)))))`` with 3x3 reflection-padded convs.
 
     >>> import numpy as np
-    >>> ResidualBlock(16)(np.zeros((1, 6, 6, 16), "float32")).shape
-    TensorShape([1, 6, 6, 16])
+    >>> tuple(ResidualBlock(16)(np.zeros((1, 6, 6, 16), "float32")).shape)
+    (1, 6, 6, 16)
     """
 
     def __init__(self, filters: int = 128, **kwargs):
@@ -240,8 +281,8 @@ class PadToMultiple(keras.layers.Layer):
     cuts the output back to the input's size.
 
     >>> import numpy as np
-    >>> PadToMultiple(4)(np.zeros((1, 9, 13, 3), "float32")).shape
-    TensorShape([1, 12, 16, 3])
+    >>> tuple(PadToMultiple(4)(np.zeros((1, 9, 13, 3), "float32")).shape)
+    (1, 12, 16, 3)
     """
 
     def __init__(self, multiple: int = 4, **kwargs):
@@ -269,8 +310,8 @@ class CropLike(keras.layers.Layer):
     """Crop ``inputs[0]`` to the height and width of ``inputs[1]`` (top-left aligned).
 
     >>> import numpy as np
-    >>> CropLike()([np.zeros((1, 12, 16, 3)), np.zeros((1, 9, 13, 3))]).shape
-    TensorShape([1, 9, 13, 3])
+    >>> tuple(CropLike()([np.zeros((1, 12, 16, 3)), np.zeros((1, 9, 13, 3))]).shape)
+    (1, 9, 13, 3)
     """
 
     def call(self, inputs):

@@ -20,8 +20,8 @@ Example:
     >>> import numpy as np
     >>> from style_transfer.vgg import build_vgg
     >>> vgg = build_vgg("random", ["block1_conv1", "block2_conv1"], quiet=True)
-    >>> {k: v.shape for k, v in vgg(np.zeros((1, 32, 32, 3), "float32")).items()}
-    {'block1_conv1': TensorShape([1, 32, 32, 64]), 'block2_conv1': TensorShape([1, 16, 16, 128])}
+    >>> {k: tuple(v.shape) for k, v in vgg(np.zeros((1, 32, 32, 3), "float32")).items()}
+    {'block1_conv1': (1, 32, 32, 64), 'block2_conv1': (1, 16, 16, 128)}
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class CaffePreprocess(keras.layers.Layer):
     """RGB in [0, 255] -> BGR minus the ImageNet mean, inside the graph.
 
     >>> import numpy as np
-    >>> CaffePreprocess()(np.full((1, 1, 1, 3), 100.0, "float32"))[0, 0, 0].numpy().round(2)
+    >>> ops.convert_to_numpy(CaffePreprocess()(np.full((1, 1, 1, 3), 100.0, "float32")))[0, 0, 0].round(2)
     array([ -3.94, -16.78, -23.68], dtype=float32)
     """
 

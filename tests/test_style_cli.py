@@ -1,15 +1,22 @@
-"""Both commands end to end at tiny sizes, read back the way TensorBoard reads them."""
+"""Both commands end to end at tiny sizes, read back the way TensorBoard reads them.
+
+The run of ``train`` and what it wrote are checked on every backend (marked ``backends``);
+the demo, the scan and mixed precision on TensorFlow (their parts are each tested on every
+backend elsewhere; the demo's whole run is timed in the README).
+"""
 
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
+from tensorboard.util import tensor_util
 
 import eventfiles
 from style_transfer import cli, data, vgg
@@ -54,6 +61,37 @@ def trained(tmp_path_factory, content_dir):
     return {"status": status, "log_dir": log_dir, "argv": argv, "stdout": buf.getvalue()}
 
 
+BACKENDS = pytest.mark.backends
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+
+
+def latest_checkpoint(folder):
+    """The newest checkpoint's name, read the way each backend's store writes its index."""
+    if ON_TENSORFLOW:
+        import tensorflow as tf
+
+        path = tf.train.latest_checkpoint(str(folder))
+        return path and os.path.basename(path)
+    with open(os.path.join(folder, "checkpoint")) as f:
+        return json.load(f)["checkpoints"][-1]["name"]
+
+
+def rewind_checkpoints(folder, name):
+    """Make checkpoint ``name`` the latest of ``folder`` again (as a run stopped there)."""
+    if ON_TENSORFLOW:
+        import tensorflow as tf
+
+        tf.compat.v1.train.update_checkpoint_state(str(folder), os.path.join(folder, name))
+        return
+    path = os.path.join(folder, "checkpoint")
+    with open(path) as f:
+        entries = json.load(f)["checkpoints"]
+    names = [e["name"] for e in entries]
+    with open(path, "w") as f:
+        json.dump({"checkpoints": entries[:names.index(name) + 1]}, f)
+
+
+@BACKENDS
 def test_train_runs_and_saves_the_transform_net(trained):
     assert trained["status"] == 0, trained["stdout"]
     net = load_transform_net(trained["log_dir"] / "transform_net.keras")
@@ -62,6 +100,7 @@ def test_train_runs_and_saves_the_transform_net(trained):
     assert "unreadable image file(s) skipped" in trained["stdout"]  # broken + empty, every pass
 
 
+@BACKENDS
 def test_train_logs_every_loss_as_scalars(trained):
     run = trained["log_dir"] / "train"
     for key in ("loss", "content_loss", "style_loss", "tv_loss", "style_loss_block1_conv1"):
@@ -76,6 +115,7 @@ def test_train_logs_every_loss_as_scalars(trained):
         assert value == pytest.approx(sum(p[step] for p in parts), rel=1e-5)
 
 
+@BACKENDS
 def test_train_logs_stylized_probes_as_a_tbviz_panel(trained):
     acc = eventfiles.load(trained["log_dir"] / "train")
     content, steps = eventfiles.panels(acc, "tbviz/stylized/probes")
@@ -88,23 +128,25 @@ def test_train_logs_stylized_probes_as_a_tbviz_panel(trained):
     # One copy: the Images-dashboard summary is opt-in (StylizedProbes(image_summary=True)).
     assert "stylized/probes" not in acc.Tags()["tensors"]
     originals = acc.Tensors("stylized/originals")
-    wide = np.asarray(Image.open(io.BytesIO(tf.make_ndarray(
+    wide = np.asarray(Image.open(io.BytesIO(tensor_util.make_ndarray(
         originals[0].tensor_proto)[3])))
     assert np.all(np.abs(wide.astype(int) - 200) <= 1)  # the probe photo itself
 
 
+@BACKENDS
 def test_train_logs_histograms_graph_and_checkpoints(trained):
     acc = eventfiles.load(trained["log_dir"] / "train")
     tags = acc.Tags()["tensors"]
     for name in ("conv1/norm/gamma", "conv1/norm/beta", "res3/b/conv/kernel", "output/conv/kernel"):
         assert any(t.endswith(name) and t.startswith("transform_net") for t in tags), name
     assert not any("block1_conv1" in t and "kernel" in t for t in tags)  # VGG19 is frozen
-    scopes = {node.name.split("/")[0] for node in acc.Graph().node}
-    assert {"transform_net", "vgg_content", "vgg_transformed", "losses"} <= scopes
-    ckpt = tf.train.latest_checkpoint(str(trained["log_dir"] / "checkpoints"))
-    assert ckpt is not None and ckpt.endswith("ckpt-6")
+    if ON_TENSORFLOW:  # the op graph of JAX and PyTorch is drawn by tbviz.backend (elsewhere)
+        scopes = {node.name.split("/")[0] for node in acc.Graph().node}
+        assert {"transform_net", "vgg_content", "vgg_transformed", "losses"} <= scopes
+    assert latest_checkpoint(trained["log_dir"] / "checkpoints") == "ckpt-6"
 
 
+@BACKENDS
 def test_train_logs_deconvnet_of_transform_net_and_of_vgg_through_the_stylized_output(trained):
     acc = eventfiles.load(trained["log_dir"] / "train")
     tags = acc.Tags()["tensors"]
@@ -122,6 +164,7 @@ def test_train_logs_deconvnet_of_transform_net_and_of_vgg_through_the_stylized_o
                for i in patch)
 
 
+@BACKENDS
 def test_vgg19_cuts_its_patches_from_the_stylized_panel_stored_once(trained):
     acc = eventfiles.load(trained["log_dir"] / "train")
     tags = acc.Tags()["tensors"]
@@ -137,7 +180,7 @@ def test_vgg19_cuts_its_patches_from_the_stylized_panel_stored_once(trained):
         [data.asset_path("photos", "coffee.jpg"), trained["argv"][trained["argv"].index(
             "--probe-images") + 2]], 32)
     net = load_transform_net(trained["log_dir"] / "transform_net.keras")
-    stylized = np.clip(net(photos, training=False).numpy(), 0, 255)
+    stylized = np.clip(keras.ops.convert_to_numpy(net(photos, training=False)), 0, 255)
     # Another call than the run's (eager, not its tf.function): float32 rounding may move
     # a value across a rounding boundary, by one level.
     shown = eventfiles.panels(acc, "tbviz/stylized/probes")[1][-1][2]
@@ -155,13 +198,13 @@ def test_vgg19_cuts_its_patches_from_the_stylized_panel_stored_once(trained):
         np.testing.assert_allclose(im.astype(int), want, atol=1)  # (as above)
 
 
+@BACKENDS
 def test_resume_mid_epoch_continues_exactly(trained, tmp_path, content_dir):
     """Stop after step 4 (mid epoch 2), resume: same weights as the uninterrupted run
     (which also shows that the visualization callbacks left training untouched)."""
     log_dir = tmp_path / "resumed"
     shutil.copytree(trained["log_dir"] / "checkpoints", log_dir / "checkpoints")
-    ckpt_dir = str(log_dir / "checkpoints")
-    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, "ckpt-4"))
+    rewind_checkpoints(str(log_dir / "checkpoints"), "ckpt-4")
     argv = [a if a != str(trained["log_dir"]) else str(log_dir) for a in trained["argv"]]
     from contextlib import redirect_stdout
 
@@ -177,11 +220,13 @@ def test_resume_mid_epoch_continues_exactly(trained, tmp_path, content_dir):
         np.testing.assert_array_equal(wa, wb)
 
 
+@BACKENDS
 def test_train_refuses_to_overwrite_a_run_without_resume(trained, capsys):
     assert cli.main(trained["argv"] + ["--no-viz"]) == 2
     assert "--resume" in capsys.readouterr().err
 
 
+@BACKENDS
 def test_train_bad_inputs_are_clear_errors(tmp_path, content_dir, capsys):
     argv = ["train", "--content-dir", str(content_dir), "--log-dir", str(tmp_path / "x"),
             "--style-image", str(tmp_path / "missing.jpg"), *TRAIN]
@@ -192,6 +237,7 @@ def test_train_bad_inputs_are_clear_errors(tmp_path, content_dir, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
+@BACKENDS
 def test_stylize_keeps_sizes_and_names(trained, tmp_path, rng, capsys):
     inputs = tmp_path / "in"
     (inputs / "more").mkdir(parents=True)
@@ -221,7 +267,7 @@ def test_stylize_keeps_sizes_and_names(trained, tmp_path, rng, capsys):
     # Same pixels as the network itself for an image that needs no resizing.
     net = load_transform_net(trained["log_dir"] / "transform_net.keras")
     x = np.asarray(Image.open(inputs / "odd.png"), np.float32)[None]
-    expected_pixels = np.clip(np.round(np.asarray(net(x))[0]), 0, 255)
+    expected_pixels = np.clip(np.round(keras.ops.convert_to_numpy(net(x))[0]), 0, 255)
     got = np.asarray(Image.open(out / "odd.png"), np.float32)
     assert np.abs(got - expected_pixels).max() <= 1.0
 
@@ -272,6 +318,7 @@ def test_demo_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch, ca
     assert "not a previous demo run" in capsys.readouterr().err
 
 
+@BACKENDS
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "style_transfer", "--help"], capture_output=True,
                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -281,10 +328,11 @@ def test_module_entry_point_help():
 
 
 def test_train_with_mixed_precision_applies_its_steps(tmp_path, content_dir):
-    import keras
-
     log_dir = tmp_path / "mixed"
-    argv = ["train", "--content-dir", str(content_dir), "--log-dir", str(log_dir),
+    # The bundled photos only: a flat image (content_dir's CMYK one) has zero variance at
+    # every instance norm, and its float16 gradients overflow whatever the loss scale (such a
+    # step is skipped, as it should be), which is not what this test is about.
+    argv = ["train", "--content-dir", data.asset_path("photos"), "--log-dir", str(log_dir),
             "--style-image", data.asset_path("styles", "udnie.jpg"), *TRAIN,
             "--mixed-precision", "--no-viz", "--epochs", "1"]
     from contextlib import redirect_stdout
@@ -300,6 +348,7 @@ def test_train_with_mixed_precision_applies_its_steps(tmp_path, content_dir):
     assert all(np.isfinite(w).all() for w in net.get_weights())
 
 
+@BACKENDS
 def test_scan_files_default_to_val2017_or_a_held_out_slice(tmp_path):
     from style_transfer.train import scan_files
 

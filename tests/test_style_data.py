@@ -1,14 +1,27 @@
-"""The training-image loader: odd and broken files, counting skips, resuming the stream."""
+"""The training-image loader: odd and broken files, counting skips, resuming the stream.
+
+Pillow and NumPy on every backend (no tf.data): all backend-neutral.
+"""
 
 import io
+import itertools
 import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from style_transfer import data
+
+pytestmark = pytest.mark.backends
+
+
+def take(batches, n):
+    """The first ``n`` batches of a training stream, its threads stopped."""
+    try:
+        return list(itertools.islice(batches, n))
+    finally:
+        batches.close()
 
 
 def photo(rng, h=20, w=30):
@@ -62,10 +75,10 @@ def test_list_images_finds_images_and_counts_the_rest(odd_folder):
         data.list_images(folder / "*.tif")
 
 
-def test_decode_reads_every_mode_as_rgb(odd_folder):
+def test_read_image_reads_every_mode_as_rgb(odd_folder):
     folder, good, _ = odd_folder
     for name, expected in good.items():
-        image = data.decode(tf.io.read_file(str(folder / name))).numpy()
+        image = data.read_image(folder / name)
         assert image.dtype == np.float32 and image.shape[-1] == 3, name
         if expected is None:
             continue
@@ -77,44 +90,52 @@ def test_stream_skips_broken_files_and_the_model_counts_them(odd_folder):
     folder, good, bad = odd_folder
     files, _ = data.list_images(folder)
     n = len(files)
-    ds = data.training_dataset(files, image_size=16, batch_size=3, seed=5)
-    batches = list(ds.take(6))  # 18 images: more than one pass over the files
+    batches = take(data.training_batches(files, image_size=16, batch_size=3, seed=5,
+                                         workers=2), 6)  # 18 images: more than one pass
     for images, _ in batches:
-        assert images.shape == (3, 16, 16, 3)
-        assert float(tf.reduce_min(images)) >= 0 and float(tf.reduce_max(images)) <= 255
-    index = np.concatenate([i.numpy() for _, i in batches])
-    assert np.all(np.diff(index) > 0)  # in stream order
-    # Each skipped stream slot is exactly a broken file of that pass's shuffled order.
-    for slot in set(range(index[-1] + 1)) - set(index):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                         seed=[5, slot // n]).numpy()
-        assert os.path.basename(files[order[slot % n]]) in bad
-    # The model's counter agrees (fed the index of each batch, as train_step does).
+        assert images.shape == (3, 16, 16, 3) and images.dtype == np.float32
+        assert images.min() >= 0 and images.max() <= 255
+    positions = [int(stream[0, 0]) for _, stream in batches]
+    assert np.all(np.diff(positions) > 0)  # in stream order
+    # Each batch's skipped files are exactly the broken files of the stream slots it
+    # consumed, in each pass's shuffled order.
+    start = 0
+    for (_, stream), end in zip(batches, positions):
+        assert (stream == stream[0]).all()  # every image of a batch carries the same
+        slots = range(start, end)
+        broken = [s for s in slots if os.path.basename(
+            files[np.random.default_rng([5, s // n]).permutation(n)[s % n]]) in bad]
+        assert int(stream[0, 1]) == len(broken) == len(slots) - 3
+        start = end
+    # The model's counters agree (fed each batch's stream, as a training step does).
+    import keras
+
     from style_transfer.model import StyleTransferModel
 
     class Counter:  # the counting half of the model, without building VGG19
-        data_position = tf.Variable(0, dtype=tf.int64)
-        skipped_files = tf.Variable(0, dtype=tf.int64)
+        data_position = keras.Variable(0, dtype="int", trainable=False)
+        skipped_files = keras.Variable(0, dtype="int", trainable=False)
         _track_stream = StyleTransferModel._track_stream
 
     c = Counter()
-    for images, i in batches:
-        c._track_stream(i, tf.constant(3, tf.int64))
-    assert int(c.data_position.numpy()) == index[-1] + 1
-    assert int(c.skipped_files.numpy()) == index[-1] + 1 - len(index)
-    assert int(c.skipped_files.numpy()) >= len(bad)  # a whole pass was read
+    for _, stream in batches:
+        c._track_stream(stream)
+    position = int(keras.ops.convert_to_numpy(c.data_position))
+    skipped = int(keras.ops.convert_to_numpy(c.skipped_files))
+    assert position == positions[-1] and skipped == position - 18
+    assert skipped >= len(bad)  # a whole pass was read
 
 
 def test_stream_restarted_at_a_position_continues_identically(odd_folder):
     folder, _, _ = odd_folder
     files, _ = data.list_images(folder)
-    full = list(data.training_dataset(files, 12, 2, seed=1).take(8))
+    full = take(data.training_batches(files, 12, 2, seed=1), 8)
     cut = 3
-    position = int(full[cut - 1][1].numpy().max()) + 1
-    resumed = list(data.training_dataset(files, 12, 2, seed=1, start=position).take(8 - cut))
-    for (a, ia), (b, ib) in zip(full[cut:], resumed):
-        np.testing.assert_array_equal(ia.numpy(), ib.numpy())
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    position = int(full[cut - 1][1][0, 0])
+    resumed = take(data.training_batches(files, 12, 2, seed=1, start=position), 8 - cut)
+    for (a, sa), (b, sb) in zip(full[cut:], resumed):
+        np.testing.assert_array_equal(sa, sb)
+        np.testing.assert_array_equal(a, b)
 
 
 def test_each_pass_is_shuffled_differently(tmp_path):
@@ -122,11 +143,22 @@ def test_each_pass_is_shuffled_differently(tmp_path):
     for i in range(12):
         Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(tmp_path / f"{i:02d}.png")
     files, _ = data.list_images(tmp_path)
-    ds = data.training_dataset(files, 8, 1, seed=0)
-    seen = [int(round(float(images[0, 0, 0, 0]) / 10)) for images, _ in ds.take(24)]
+    seen = [int(round(float(images[0, 0, 0, 0]) / 10))
+            for images, _ in take(data.training_batches(files, 8, 1, seed=0), 24)]
     first, second = seen[:12], seen[12:]
     assert sorted(first) == sorted(second) == list(range(12))  # every file once per pass
     assert first != second and first != list(range(12))
+
+
+def test_scan_batches_skip_broken_files_and_read_again(odd_folder):
+    folder, good, bad = odd_folder
+    files, _ = data.list_images(folder)
+    scan = data.scan_batches(files, 8, batch_size=4)
+    first = list(scan)
+    assert sum(len(b) for b in first) == len(good)  # the broken files left out
+    assert all(b.shape[1:] == (8, 8, 3) and b.dtype == np.float32 for b in first)
+    for a, b in zip(first, scan):  # iterable again, the same photos
+        np.testing.assert_array_equal(a, b)
 
 
 def test_check_readable_rejects_a_folder_of_broken_files(tmp_path):

@@ -12,6 +12,7 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(style_transfer.__path__)
                  if m.name != "__main__")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write (runs/...) write here
