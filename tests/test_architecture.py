@@ -47,10 +47,6 @@ METHODS_MAY_USE = {"tbviz.summary.images"}
 #: Modules still on TensorFlow while they are ported to the seam: none since the scan was
 #: ported. An entry that no longer imports it fails the test, so the list only shrinks.
 NOT_YET_PORTED: set = set()
-#: Import circles known and owned, each broken at import time by a function-level import.
-#: ``tbviz.deconvnet.scan`` is the public name of the scan, and the scan projects its
-#: units with the deconvnet's Projector. Like the list above, an entry must still exist.
-KNOWN_CIRCLES = {frozenset({"tbviz.methods.deconvnet", "tbviz.methods.scan"})}
 
 
 @pytest.fixture(autouse=True)
@@ -212,18 +208,10 @@ def graph(imports):
 
 @pytest.mark.backends
 def test_no_import_circle():
-    found = [c for c in circles(graph(INTERNAL)) if frozenset(c) not in KNOWN_CIRCLES]
+    found = [c for c in circles(graph(INTERNAL))]
     detail = [" -> ".join(c) + "\n    " + "\n    ".join(
         repr(i) for i in INTERNAL if i.source in c and resolve(i.target) in c) for c in found]
     assert not found, "import circles:\n" + "\n".join(detail)
-
-
-@pytest.mark.backends
-def test_known_circles_still_exist():
-    """An exception that is no longer needed is removed, not kept."""
-    now = {frozenset(c) for c in circles(graph(INTERNAL))}
-    gone = [sorted(c) for c in KNOWN_CIRCLES if c not in now]
-    assert not gone, f"no longer circles, remove them from KNOWN_CIRCLES: {gone}"
 
 
 @pytest.mark.backends

@@ -66,6 +66,7 @@ from tbviz.core import receptive_field as rf
 from tbviz.core.backward_rules import check_rule
 from tbviz.core.checks import positive_int
 from tbviz.core.layers import check_layers, forward_to, image_input_shape
+from tbviz.methods.projection import projector
 from tbviz.methods.units import DEFAULT_MAX_BATCH, Unit
 
 __all__ = ["scan", "Scan"]
@@ -461,7 +462,6 @@ class Scan(dict):
         """``{channel: (n,) + image shape}``: each unit projected to pixel space from its crop -
         the same numbers as :func:`tbviz.methods.deconvnet.project` on the whole images
         (``max_batch`` crops per call, the deconvnet's default if None)."""
-        from tbviz.methods.deconvnet import projector
 
         model = self._model()
         max_batch = positive_int("max_batch", max_batch or DEFAULT_MAX_BATCH)
