@@ -44,7 +44,9 @@ def on_train_batch_end(self, batch, logs=None):
     original_end(self, batch, logs)  # Checkpointing is the last callback of the train command
     step = int(self.model.optimizer.iterations.numpy())
     if first_step and step == 1:
-        opt = self.model.optimizer  # Keras' Adam keeps its moments in variable order
+        # Keras' Adam, inside the train command's SkipNonFinite wrapper, keeps its moments in
+        # variable order.
+        opt = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
         np.savez(dump, **first_step, **values("w1", self.model.transform_net.trainable_variables),
                  **values("m", opt._momentums), **values("v", opt._velocities),
                  loss=np.asarray(logs["loss"]).reshape(()), learning_rate=opt.learning_rate.numpy(),
