@@ -164,8 +164,10 @@ class Projector:
     >>> x = np.ones((1, 8, 8, 1), "float32")
     >>> p.project(x, {"c": [(0, 2, 2, 0)]})["c"].shape
     (1, 8, 8, 1)
-    >>> _ = p.project(x, {"c": [(0, 3, 3, 1), (0, 0, 0, 0)]}); p.trace_count
-    2
+    >>> _ = p.project(x, {"c": [(0, 3, 3, 1), (0, 0, 0, 0)]})  # two units of one image
+    >>> traces = p.trace_count
+    >>> _ = p.project(x, {"c": [(0, 1, 1, 1), (0, 4, 4, 0)]}); p.trace_count == traces
+    True
     """
 
     def __init__(self, model, layers: Iterable[str], rule: str = "deconvnet",
