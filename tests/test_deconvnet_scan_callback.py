@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+import models
 import tbviz
 from eventfiles import images, load, panels, tags
 from planted import PLANTED, detector, planted_images
@@ -208,3 +209,25 @@ def test_tensorboard_viz_refuses_scan_data_twice(tmp_path, planted):
     _, ds = planted
     with pytest.raises(ValueError, match="scan_data is given twice"):
         tbviz.TensorBoardViz(tmp_path, scan_data=ds, deconvnet={"scan_data": ds})
+
+
+def test_a_vision_transformer_is_scanned_on_its_token_grid(tmp_path):
+    shape = (32, 48, 3)
+    model = models.compile(models.vit(shape))
+    x = np.random.default_rng(3).uniform(0, 1, (40,) + shape).astype("float32")
+    y = np.zeros(len(x), "int32")
+    cb = tbviz.DeconvnetCallback(tmp_path, layers=["block1_out"], scan_data=Labelled(x),
+                                 top_k=2, channels=[0, 1], strict=True)
+    model.fit(x[:8], y[:8], epochs=1, verbose=0, callbacks=[cb])
+    content, steps = panels(tmp_path / "train", "tbviz/deconvnet/block1_out/featuremaps")
+    assert content["rule"] == "gradient"  # a token layer: the plain gradient, and said
+    _, header, pngs = steps[-1]
+    assert [g["channel"] for g in header["groups"]] == [0, 1]
+    patches = [(t, png) for t, png in zip(header["tiles"], pngs) if t["role"] == "patch"]
+    assert len(patches) == 2 * 2
+    for tile, png in patches:
+        # each patch is its token's 8 x 8 cell of the scanned image, enlarged
+        i, r, c = tile["image_index"], tile["row"], tile["col"]
+        scale = png.shape[0] // 8
+        want = np.round(x[i, 8 * r:8 * r + 8, 8 * c:8 * c + 8] * 255).astype(np.uint8)
+        np.testing.assert_array_equal(png[::scale, ::scale], want)

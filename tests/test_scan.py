@@ -196,6 +196,49 @@ def test_projections_and_patches_from_the_crops_equal_the_whole_image_ones(make,
                 np.testing.assert_array_equal(mine, whole)  # the same pixels, copied
 
 
+@BACKENDS
+@pytest.mark.numerics
+def test_a_vision_transformers_token_layers_are_scanned_on_their_patch_grid():
+    shape = (32, 48, 3)  # 8-pixel patches: a 4 x 6 grid after the class token
+    model = models.vit(shape)
+    images = np.random.default_rng(1).uniform(0, 255, (21,) + shape).astype("float32")
+    layers = ["block0_out", "final_norm"]
+    found = scan(model, Batches(images, 8), layers, k=3, channels=[0, 5])
+    assert found.grids == {"block0_out": (4, 6, 1), "final_norm": (4, 6, 1)}
+    proj = deconvnet.projector(model, layers)
+    acts = proj.activations(images)  # (N, 4, 6, D): the projector's own view of the tokens
+    for layer in layers:
+        a = acts[layer]
+        assert a.shape == (21, 4, 6, 16)
+        for ch, units in found[layer].items():
+            per_image = a[..., ch].reshape(len(a), -1)
+            best = np.argsort(-per_image.max(1), kind="stable")[:3]
+            assert [u.image_index for u in units] == list(best)
+            assert [divmod(int(per_image[u.image_index].argmax()), 6) for u in units] == [
+                (u.row, u.col) for u in units]
+            # the plain gradient whatever the rule asked (a token layer), from whole images
+            whole = proj.project(images, {layer: units})[layer]
+            for rule in ("deconvnet", "gradient"):
+                np.testing.assert_allclose(found.project(layer, rule=rule)[ch], whole,
+                                           rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+            # each patch: the 8 x 8 cell of its token, one row for the class token skipped
+            for u, patch in zip(units, found.patches(layer)[ch]):
+                np.testing.assert_array_equal(
+                    patch, images[u.image_index, 8 * u.row:8 * u.row + 8, 8 * u.col:8 * u.col + 8])
+
+
+@BACKENDS
+def test_tokens_that_form_no_grid_are_said_and_the_grid_can_be_given():
+    model = models.vit((32, 32, 3), patch=(8, 4))  # 4 x 8 patches on a square image
+    images = np.random.default_rng(2).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    with pytest.raises(ValueError, match=r"'block0_out' outputs \(33, 16\).*token_grid=\(h, w\)"):
+        scan(model, images, ["block0_out"], k=2)
+    found = scan(model, images, ["block0_out"], k=2, channels=[3], token_grid=(4, 8),
+                 class_token=True)
+    assert found.grids["block0_out"] == (4, 8, 1) and len(found["block0_out"][3]) == 2
+    assert found.patches("block0_out")[3][0].shape == (8, 4, 3)
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

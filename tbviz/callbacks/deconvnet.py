@@ -229,7 +229,8 @@ class DeconvnetCallback(VizCallback):
             # Which maps fire (and the image size) from a first look at the scan data; the
             # scan also checks the data against the model, before any training step.
             limit = min(self.scan_limit or FIRING_IMAGES, FIRING_IMAGES)
-            look = deconvnet.scan(probe, self._scan_data(), self.layers, k=1, limit=limit)
+            look = deconvnet.scan(probe, self._scan_data(), self.layers, k=1, limit=limit,
+                                  token_grid=self.token_grid, class_token=self.class_token)
             self._scan_shape = look.image_shape
             firing = {path: [c for c, units in look[path].items()
                              if units and units[0].value > 0] for path in self.layers}
@@ -308,7 +309,8 @@ class DeconvnetCallback(VizCallback):
             # Every worker scans its shard (the merge is a collective); the chief writes.
             found = deconvnet.scan(self._projector.model, self._scan_data(), self.layers,
                                    k=self.top_k, channels=self._fixed, limit=self.scan_limit,
-                                   distinct=self.distinct)
+                                   distinct=self.distinct, token_grid=self.token_grid,
+                                   class_token=self.class_token)
         if not self.chief:
             return
         # per layer: the units of each set (0 top-k, 1 evolution, 2 feature maps) and, in
@@ -413,8 +415,8 @@ class DeconvnetCallback(VizCallback):
             boxes = self._boxes(path, shape, maps, raw)
             patches = found.patches(path)
             crops = [p for c in channels for p in patches[c]]
-            if self._projector.field(path, shape) is None:  # the patch is the whole image
-                crops = [_cut(p, b) for p, b in zip(crops, boxes)]
+            if self._projector.field(path, shape) is None and not found.grids.get(path):
+                crops = [_cut(p, b) for p, b in zip(crops, boxes)]  # the patch: the image
             # Dataset images are not among the probe images: each patch is a tile of its own.
             display = [(p, None, None) for p in _display_patches(crops)]
             view = views[path]

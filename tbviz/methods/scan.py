@@ -61,12 +61,12 @@ import keras
 import numpy as np
 
 from tbviz import backend
-from tbviz.core import checks, probes
+from tbviz.core import checks, probes, tokens
 from tbviz.core import receptive_field as rf
 from tbviz.core.backward_rules import check_rule
 from tbviz.core.checks import positive_int
 from tbviz.core.layers import check_layers, forward_to, image_input_shape
-from tbviz.methods.projection import projector
+from tbviz.methods.projection import projector, token_window
 from tbviz.methods.units import DEFAULT_MAX_BATCH, Unit
 
 __all__ = ["scan", "Scan"]
@@ -433,23 +433,34 @@ class Scan(dict):
     ``crops[layer][channel]`` holds each unit's input crop, ``origins[layer][channel]``
     where it starts ``(top, left)`` in its image; :meth:`project` and :meth:`patches`
     work from them alone. ``nonfinite[layer]`` counts NaN/Inf activations seen,
-    ``n_images`` the images scanned.
+    ``n_images`` the images scanned. ``grids[layer]`` is a token layer's patch grid
+    ``(h, w, skip)`` (:func:`tbviz.core.tokens.token_grid`; its units' rows and columns are
+    grid cells, each crop is the whole image), ``None`` for any other layer.
     """
 
-    def __init__(self, model, units, crops, origins, image_shape, nonfinite, n_images):
+    def __init__(self, model, units, crops, origins, image_shape, nonfinite, n_images,
+                 grids=None, token_grid=None, class_token=None):
         super().__init__(units)
         self._model = weakref.ref(model)
         self.crops, self.origins = crops, origins
         self.image_shape, self.nonfinite, self.n_images = image_shape, nonfinite, n_images
+        self.grids = dict(grids or {})
+        self._told = (token_grid, class_token)  # what the scan was told of the token grid
 
     def patches(self, layer: str) -> dict[int, list[np.ndarray]]:
         """``{channel: [patch, ...]}``: the input under each unit's receptive field, clipped
-        to the image - the same arrays as :func:`tbviz.methods.deconvnet.patches` on the whole images."""
-        field = rf.receptive_field(self._model(), layer, self.image_shape[:2])
+        to the image - the same arrays as :func:`tbviz.methods.deconvnet.patches` on the whole
+        images; for a token layer, the image region of each unit's token."""
+        grid = self.grids.get(layer)
+        field = None if grid else rf.receptive_field(self._model(), layer, self.image_shape[:2])
         result = {}
         for ch, units in self[layer].items():
             result[ch] = []
             for u, crop, (y0, x0) in zip(units, self.crops[layer][ch], self.origins[layer][ch]):
+                if grid:  # the crop is the whole image
+                    t, b, lft, r = token_window(u.row, u.col, grid, self.image_shape[:2])
+                    result[ch].append(crop[t:b, lft:r].copy())
+                    continue
                 if field is None:
                     result[ch].append(crop.copy())
                     continue
@@ -461,13 +472,18 @@ class Scan(dict):
                 max_batch: int | None = None) -> dict[int, np.ndarray]:
         """``{channel: (n,) + image shape}``: each unit projected to pixel space from its crop -
         the same numbers as :func:`tbviz.methods.deconvnet.project` on the whole images
-        (``max_batch`` crops per call, the deconvnet's default if None)."""
+        (``max_batch`` crops per call, the deconvnet's default if None). A token layer is
+        projected with the plain gradient whatever ``rule`` says, from whole images
+        (:meth:`tbviz.methods.deconvnet.Projector.rule_of`)."""
 
         model = self._model()
         max_batch = positive_int("max_batch", max_batch or DEFAULT_MAX_BATCH)
-        fn = projector(model, (layer,), check_rule(rule))._project_fn(
-            layer, tuple(self.image_shape), crop=True)
-        field = rf.receptive_field(model, layer, self.image_shape[:2])
+        grid = self.grids.get(layer)
+        # A token layer's crop is the whole image, which a transformer needs at its own size
+        # (a position embedding): its projection is traced for that size, not for any crop.
+        fn = projector(model, (layer,), check_rule(rule), True, *self._told)._project_fn(
+            layer, tuple(self.image_shape), crop=not grid)
+        field = None if grid else rf.receptive_field(model, layer, self.image_shape[:2])
         jumps = (field[0].jump, field[1].jump) if field is not None else (1, 1)
         result = {}
         for ch, units in self[layer].items():
@@ -489,7 +505,8 @@ class Scan(dict):
 
 
 def scan(model, data, layers, k: int = 9, channels=None, limit: int | None = None,
-         max_batch: int = 64, distinct: bool = True) -> Scan:
+         max_batch: int = 64, distinct: bool = True, token_grid=None,
+         class_token=None) -> Scan:
     """The ``k`` strongest units of each feature map of ``layers`` over all of ``data``.
 
     ``data`` is a NumPy array ``(N, H, W, C)``, or batches of images or of
@@ -500,6 +517,10 @@ def scan(model, data, layers, k: int = 9, channels=None, limit: int | None = Non
     layer or ``{layer: list}``. With ``distinct``, a feature map keeps at most one
     unit per image. At most ``max_batch`` images go into one forward pass (per
     process in a multi-process job, where every process must be given the same data).
+    A vision transformer's token layer ``(N, T, D)`` is scanned on its patch grid
+    (:func:`tbviz.core.tokens.token_grid`; ``token_grid=(h, w)`` and ``class_token=`` say it
+    where the token count cannot): a unit is a token channel at one grid cell, its patch the
+    image region of its token.
 
     Returns a :class:`Scan`, ``{layer: {channel: [Unit, ...]}}`` strongest first,
     where ``Unit.image_index`` counts images in the order ``data`` yields them;
@@ -519,7 +540,8 @@ def scan(model, data, layers, k: int = 9, channels=None, limit: int | None = Non
     max_batch = positive_int("max_batch", max_batch)
     count, index = backend.processes(model)
     source = _Source(model, data, limit, array_step=max_batch * count)
-    scanner = _scanner(model, tuple(layers), source.image_shape, k, channels, distinct)
+    told = (None if token_grid is None else tuple(int(g) for g in token_grid), class_token)
+    scanner = _scanner(model, tuple(layers), source.image_shape, k, channels, distinct, told)
     tops = {layer: _TopK(len(ch), k, (axes[0][1], axes[1][1], source.image_shape[2]))
             for layer, (ch, axes) in scanner.plan.items()}
     pending = None
@@ -539,7 +561,7 @@ def scan(model, data, layers, k: int = 9, channels=None, limit: int | None = Non
     if count > 1:
         every = backend.all_gather(states, model)
         states = {layer: _merge_processes([s[layer] for s in every], k) for layer in states}
-    return _result(model, scanner.plan, states, source.total, source.image_shape)
+    return _result(model, scanner, states, source.total, source.image_shape)
 
 
 _SCANNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -551,15 +573,15 @@ def _chosen(channels, layer, n):
     return list(range(n)) if chosen is None else checks.channels(list(chosen), n, layer)
 
 
-def _scanner(model, layers, image_shape, k, channels, distinct):
+def _scanner(model, layers, image_shape, k, channels, distinct, told=(None, None)):
     """The cached :class:`_Scanner` for these arguments: one scan per epoch traces once."""
     per_model = _SCANNERS.setdefault(model, {})
     given = (lambda layer: channels.get(layer)) if isinstance(channels, Mapping) else (
         lambda layer: channels)
     chosen = {layer: None if given(layer) is None else tuple(given(layer)) for layer in layers}
-    key = (layers, image_shape, k, tuple(chosen.items()), bool(distinct))
+    key = (layers, image_shape, k, tuple(chosen.items()), bool(distinct), told)
     if key not in per_model:
-        per_model[key] = _Scanner(model, layers, image_shape, k, chosen, bool(distinct))
+        per_model[key] = _Scanner(model, layers, image_shape, k, chosen, bool(distinct), told)
     return per_model[key]
 
 
@@ -577,17 +599,23 @@ class _Scanner:
     """The compiled per-batch probe of one kind of scan (one per batch size), and the
     host-side merge of its output."""
 
-    def __init__(self, model, layers, image_shape, k, channels, distinct):
+    def __init__(self, model, layers, image_shape, k, channels, distinct, told=(None, None)):
         self._model = weakref.ref(model)
         self.layers, self.image_shape, self.k, self.distinct = layers, image_shape, k, distinct
+        self.told = told
         self.plan = {}  # layer -> (channels, crop axes)
+        self.grids = {}  # layer -> (h, w, skip) of a token layer, else None
         self._picks = {}  # layer -> the channels to take from its output (None: all)
         for layer, shape in _output_shapes(model, layers, image_shape).items():
+            grid = self.grids[layer] = _token_grid(layer, shape, image_shape, told)
+            if grid:
+                shape = grid[:2] + shape[-1:]
             if len(shape) not in (1, 3):
                 raise ValueError(f"layer {layer!r} outputs (N,) + {shape}; scan needs an "
-                                 "(N, H, W, C) or (N, features) output")
-            field = rf.receptive_field(model, layer, image_shape[:2]) if len(shape) == 3 \
-                else None
+                                 "(N, H, W, C), (N, tokens, D) or (N, features) output")
+            # A token depends on every token before it (attention): its crop is the image.
+            field = rf.receptive_field(model, layer, image_shape[:2]) \
+                if len(shape) == 3 and not grid else None
             chosen = _chosen(channels, layer, shape[-1])
             self.plan[layer] = (chosen, _crop_axes(field, shape, image_shape))
             self._picks[layer] = None if chosen == list(range(shape[-1])) else np.array(
@@ -606,6 +634,8 @@ class _Scanner:
                 out = {}
                 for layer in self.layers:
                     a = acts[layer]
+                    if self.grids[layer]:
+                        a = tokens.to_grid(a, self.grids[layer])
                     if self._picks[layer] is not None:
                         a = keras.ops.take(a, self._picks[layer], axis=-1)
                     out[layer] = _candidates(a, valid, self.k, self.distinct)
@@ -642,7 +672,17 @@ class _Scanner:
             tops[layer].merge(value, ids[b], b, where, images, axes)
 
 
-def _result(model, plan, states, seen, image_shape) -> Scan:
+def _token_grid(layer, shape, image_shape, told):
+    """A token layer's ``(h, w, skip)`` (its output ``shape`` without batch), ``None`` for
+    any other rank; a 3-D output that is no grid is a ``ValueError`` saying how to give one."""
+    if len(shape) != 2:
+        return None
+    return tokens.as_units(np.zeros((1,) + tuple(shape), np.float32), image_shape, *told,
+                           layer=layer)[1]
+
+
+def _result(model, scanner, states, seen, image_shape) -> Scan:
+    plan = scanner.plan
     units, crops, origins = {}, {}, {}
     for layer, (channels, axes) in plan.items():
         s = states[layer]
@@ -660,4 +700,5 @@ def _result(model, plan, states, seen, image_shape) -> Scan:
         warnings.warn("tbviz.deconvnet.scan: NaN or Inf activations were never chosen: "
                       + ", ".join(f"{n} in {layer!r}" for layer, n in nonfinite.items() if n),
                       RuntimeWarning, stacklevel=3)
-    return Scan(model, units, crops, origins, image_shape, nonfinite, seen)
+    return Scan(model, units, crops, origins, image_shape, nonfinite, seen, scanner.grids,
+                *scanner.told)
