@@ -7,6 +7,7 @@ Screenshots land in the test's tmp dir, and also in ``$TBVIZ_SCREENSHOT_DIR`` if
 (``docs/dashboard.png`` comes from there).
 """
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -37,6 +38,37 @@ tb.configure(argv=sys.argv)
 sys.exit(tb.main())
 """
 TIMEOUT_MS = 60_000
+
+
+@contextlib.contextmanager
+def tab_on(browser, logdir, run, tag):
+    """``(page, frame)``: the tbviz tab of a ``tensorboard --logdir`` (the launcher) opened in
+    ``browser`` once ``run`` has a step of ``tag``; no JavaScript error may happen meanwhile."""
+    port = tbserver.free_port()
+    log = open(Path(logdir).parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "--logdir", str(logdir),
+                             "--port", str(port), "--host", "127.0.0.1"], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not tbserver.steps_loaded(url, run, tag, 1):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"tensorboard did not come up:\n{log.read()[-3000:]}")
+            time.sleep(0.5)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/#tbviz")
+        yield page, page.wait_for_selector("iframe").content_frame()
+        assert not errors, f"JavaScript errors in the tab: {errors}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
 
 
 def _installed_entry_point():

@@ -2,17 +2,12 @@
 metrics beside its heatmaps, and the deletion and insertion curves, in headless Chromium on a
 real ``tensorboard --logdir`` of a real (tiny) training run."""
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
-
 import plugin_logs
+import pytest
 import tbserver
-from test_plugin_browser import LAUNCHER, ROOT, TIMEOUT_MS, shoot, texts
+from test_plugin_browser import shoot, tab_on, texts
 
 pytestmark = pytest.mark.browser
 METHODS = ("saliency", "grad_cam")
@@ -48,32 +43,8 @@ def tab(tmp_path_factory):
     with tbserver.browser() as browser:
         logdir = tmp_path_factory.mktemp("faith") / "logs"
         run = write_run(logdir / "faith")
-        port = tbserver.free_port()
-        log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "--logdir", str(logdir),
-                                 "--port", str(port), "--host", "127.0.0.1"], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 90
-            while not tbserver.steps_loaded(url, "faith/train", "tbviz/faithfulness/curves", 1):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"tensorboard did not come up:\n{log.read()[-3000:]}")
-                time.sleep(0.5)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/#tbviz")
-            frame = page.wait_for_selector("iframe").content_frame()
+        with tab_on(browser, logdir, "faith/train", "tbviz/faithfulness/curves") as (page, frame):
             yield page, frame, run
-            assert not errors, f"JavaScript errors in the tab: {errors}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
-            log.close()
 
 
 def test_each_methods_metrics_are_shown_beside_its_heatmaps(tab, tmp_path):
