@@ -485,19 +485,24 @@ class Scan(dict):
             layer, tuple(self.image_shape), crop=not grid)
         field = None if grid else rf.receptive_field(model, layer, self.image_shape[:2])
         jumps = (field[0].jump, field[1].jump) if field is not None else (1, 1)
-        result = {}
-        for ch, units in self[layer].items():
-            canvas = np.zeros((len(units),) + tuple(self.image_shape), np.float32)
-            crops, origins = self.crops[layer][ch], self.origins[layer][ch]
-            pos = np.array([(u.row - y0 // jumps[0], u.col - x0 // jumps[1], ch)
-                            for u, (y0, x0) in zip(units, origins)], np.int32).reshape(-1, 3)
-            for lo in range(0, len(units), max_batch):
-                grads = backend.numpy(fn(crops[lo:lo + max_batch], pos[lo:lo + max_batch]))
-                for i, g in enumerate(grads, lo):
-                    y0, x0 = origins[i]
-                    canvas[i, y0:y0 + g.shape[0], x0:x0 + g.shape[1]] = g
-            result[ch] = canvas
-        return result
+        # Every channel's units in one stack, projected max_batch at a time: a call per
+        # channel would leave most calls a few rows (k) long.
+        channels = list(self[layer])
+        units = [u for ch in channels for u in self[layer][ch]]
+        origins = [o for ch in channels for o in self.origins[layer][ch]]
+        if not units:
+            return {ch: np.zeros((0,) + tuple(self.image_shape), np.float32) for ch in channels}
+        crops = np.concatenate([self.crops[layer][ch] for ch in channels if self[layer][ch]])
+        pos = np.array([(u.row - y0 // jumps[0], u.col - x0 // jumps[1], u.channel)
+                        for u, (y0, x0) in zip(units, origins)], np.int32).reshape(-1, 3)
+        canvas = np.zeros((len(units),) + tuple(self.image_shape), np.float32)
+        for lo in range(0, len(units), max_batch):
+            grads = backend.numpy(fn(crops[lo:lo + max_batch], pos[lo:lo + max_batch]))
+            for i, g in enumerate(grads, lo):
+                y0, x0 = origins[i]
+                canvas[i, y0:y0 + g.shape[0], x0:x0 + g.shape[1]] = g
+        ends = np.cumsum([len(self[layer][ch]) for ch in channels])
+        return dict(zip(channels, np.split(canvas, ends[:-1])))
 
 
 # --------------------------------------------------------------------------------------------
