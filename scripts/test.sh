@@ -7,12 +7,7 @@
 # float results of different computations) three times, as other CPUs would run them:
 # TensorFlow's defaults, without oneDNN's kernels (TF_ENABLE_ONEDNN_OPTS=0), and with one
 # intra-op thread (TF_NUM_INTRAOP_THREADS=1, so other reduction orders).
-# The suite and the backend runs go to two pytest-xdist workers, each test file on one of
-# them (--dist loadfile: a module's fixtures are made once): on 2 cores a test spends much
-# of its time tracing in one thread, so two at once took 0.72 of the serial time (JAX,
-# four test files). TBVIZ_TEST_WORKERS=0 runs in one process; -n N among the arguments wins.
 . "$(dirname "$0")/_venv.sh" dev
-WORKERS=(-n "${TBVIZ_TEST_WORKERS:-2}" --dist loadfile)
 # The browser tests drive Debian's chromium; install it when we can (root + apt), otherwise
 # those tests skip and say why.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -25,7 +20,7 @@ if [ "${1:-}" = "--backends" ]; then
   failed=""
   for b in jax torch; do
     echo "==> backend-neutral tests on $b"
-    KERAS_BACKEND=$b .venv/bin/python -m pytest "${WORKERS[@]}" -m "backends and not zoo" "$@" || failed="$failed $b"
+    KERAS_BACKEND=$b .venv/bin/python -m pytest -m "backends and not zoo" "$@" || failed="$failed $b"
   done
   if [ -n "$failed" ]; then
     echo "==> backend-neutral tests failed on:$failed"
@@ -48,4 +43,4 @@ if [ "${1:-}" = "--numerics" ]; then
   echo "==> numerics tests passed with all three settings"
   exit 0
 fi
-exec .venv/bin/python -m pytest "${WORKERS[@]}" "$@"
+exec .venv/bin/python -m pytest "$@"
