@@ -26,7 +26,11 @@ and it prints, per model:
   callback (fine-tuning phases, notebook cells, loops of ``fit``): tbviz's train-begin
   time in each (the time inside its ``on_train_begin`` and, where setup waits for the
   first batch, that batch's end), the first fit's beside the largest later one, and the
-  process's resident memory after the second fit and after the last.
+  process's resident memory after the second fit and after the last; side by side, the
+  same number of plain ``fit(epochs=1)`` calls of the plain model first, so that what
+  Keras and the backend themselves keep per fit is not put down to tbviz. Each side also
+  counts the Python objects the garbage collector tracks (what a callback that keeps
+  references per fit would grow).
 
 Usage::
 
@@ -38,6 +42,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -125,7 +130,8 @@ def measure(name: str, size: int, steps: int, batch: int, fits: int = 0) -> dict
               callbacks=[clock.begin] + callbacks + [clock.end])
         return time.perf_counter() - start, clock.times
 
-    plain_total, plain = fit(model(), [])
+    plain_model = model()
+    plain_total, plain = fit(plain_model, [])
     log_dir = tempfile.mkdtemp(prefix=f"bench_zoo_{name}_")
     viz = tbviz.TensorBoardViz(log_dir, probe_images=x[:4], probe_labels=y[:4],
                                attribution=["saliency", "grad_cam"])
@@ -140,14 +146,23 @@ def measure(name: str, size: int, steps: int, batch: int, fits: int = 0) -> dict
     errors = "tbviz/errors" in run.Tags()["tensors"]
     inside = sum(v for values in costs.values() for _, v in values)
     step_time = plain[1] / steps
-    rss = []
-    for _ in range(fits):
-        tbviz_model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[viz])
-        rss.append(rss_mb())
+    def refit(m, callbacks):
+        rss, objects = [], []
+        for _ in range(fits):
+            m.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
+            gc.collect()
+            rss.append(rss_mb())
+            objects.append(len(gc.get_objects()))
+        return rss, objects
+
+    # The plain model's fits first: they cannot hold anything of tbviz's.
+    plain_rss, plain_objects = refit(plain_model, []) if fits else ([], [])
+    rss, objects = refit(tbviz_model, [viz]) if fits else ([], [])
     return {"model": name, "keras_first_epoch": plain[0], "setup": viz_total - plain_total,
             "step": step_time, "log": sum(log_parts.values()),
             "inside": inside, "setup_parts": setup_parts, "log_parts": log_parts, "errors": errors,
-            "fit_setups": setups.times, "fit_rss": rss}
+            "fit_setups": setups.times, "fit_rss": rss, "fit_objects": objects,
+            "plain_rss": plain_rss, "plain_objects": plain_objects}
 
 
 def _top(parts: dict, n: int = 2) -> str:
@@ -196,8 +211,13 @@ def main(argv=None):
             print(f"{'':<18}fits: setup {first:.2f}s in the first, {min(later):.2f}-"
                   f"{max(later):.2f}s in the {len(later)} later (at most "
                   f"{max(later) / first:.1%} of the first; each: "
-                  f"{' '.join(f'{t:.2f}' for t in later)}); memory {r['fit_rss'][0]:.0f} MB "
-                  f"after the 2nd fit, {r['fit_rss'][-1]:.0f} MB after the last", flush=True)
+                  f"{' '.join(f'{t:.2f}' for t in later)})", flush=True)
+            for side, rss, objects in (("tbviz", r["fit_rss"], r["fit_objects"]),
+                                       ("plain", r["plain_rss"], r["plain_objects"])):
+                print(f"{'':<18}{side} fits: memory {rss[0]:.0f} MB after the 2nd, "
+                      f"{rss[-1]:.0f} MB after the last ({rss[-1] - rss[0]:+.0f} MB over "
+                      f"{len(rss) - 1} fits; each: {' '.join(f'{m:.0f}' for m in rss)}); "
+                      f"Python objects {objects[-1] - objects[0]:+d}", flush=True)
 
 
 if __name__ == "__main__":

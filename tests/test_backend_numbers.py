@@ -42,6 +42,7 @@ def close(got, want, what):
 
 @pytest.mark.slow
 @pytest.mark.numerics
+@pytest.mark.cross_backend
 @pytest.mark.parametrize("other", ["jax", "torch"])
 def test_every_method_agrees_with_tensorflow(numbers, other):
     want, got = numbers["tensorflow"], numbers[other]

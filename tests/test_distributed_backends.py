@@ -36,7 +36,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
 # then across devices: at most 16 roundings of eps (1.2e-7) each apart.
 RTOL = 16 * float(np.finfo(np.float32).eps)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cross_backend]
 
 
 def run(backend, log_dir, mode, env=None):

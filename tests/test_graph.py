@@ -312,6 +312,7 @@ model.fit(x, y, verbose=0, callbacks=[tbviz.GraphCallback(sys.argv[1], strict=Tr
 
 @pytest.mark.browser
 @pytest.mark.slow
+@pytest.mark.cross_backend
 def test_graphs_dashboard_draws_one_box_per_layer_for_jax_and_pytorch_runs(tmp_path):
     import tbserver
 

@@ -29,6 +29,7 @@ print(json.dumps({"tags": sorted(acc.Tags()["tensors"]), "graph": acc.Tags()["gr
 
 
 @pytest.mark.slow
+@pytest.mark.cross_backend
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_fit_with_tensorboard_viz_never_imports_tensorflow(backend, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": backend}
