@@ -167,6 +167,9 @@ RAW = {
     "Elu": (keras.ops.elu, lambda x: np.where(x > 0, 1, np.exp(x))),
     "Selu": (keras.ops.selu, lambda x: SELU_SCALE * np.where(x > 0, 1, SELU_ALPHA * np.exp(x))),
     "Softplus": (keras.ops.softplus, sigmoid),
+    # Written out of several ops on TensorFlow: its tf.nn function is ruled instead.
+    "gelu": (lambda t: keras.ops.gelu(t, approximate=False), gelu_exact_slope),
+    "silu": (keras.ops.silu, lambda x: sigmoid(x) * (1 + x * (1 - sigmoid(x)))),
 }
 
 

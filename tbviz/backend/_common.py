@@ -1,5 +1,6 @@
-"""What the JAX and PyTorch sides of the seam share: shapes for tracing, and wrapping the
-rectifiers of a backend's functional module while a rule is on.
+"""What the backends' sides of the seam share: shapes for tracing (JAX, PyTorch), and
+wrapping the rectifiers of a backend's functional module while a rule is on (all three:
+TensorFlow for the rectifiers it writes out of several ops).
 
 >>> concrete([(None, 8, 8, 3)])
 ([(1, 8, 8, 3)], True, False)
@@ -37,7 +38,7 @@ def rectifiers_ruled(module, names, rule: str, backward, ruled, state, active=la
 
         @functools.wraps(original)
         def call(x, *args, **kwargs):
-            if getattr(state, "inside", 0) or not active():
+            if getattr(state, "inside", 0) or not active():  # state None: no such count
                 return original(x, *args, **kwargs)
             label = f"{name} call"
             if label not in sites["ruled"]:

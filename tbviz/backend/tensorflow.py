@@ -26,6 +26,8 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tbviz.backend import _common
+
 _log = logging.getLogger("tbviz")
 
 #: pfor vectorizes the backward passes of many units after one forward pass.
@@ -233,16 +235,31 @@ def _overrides(rule, backward):
     return _REGISTERED[rule]
 
 
+#: Rectifiers that TensorFlow writes out of several ops (no one op type to override): their
+#: ``tf.nn`` functions, which Keras' ``ops.gelu`` and ``ops.silu`` call, are wrapped instead.
+_RAW_FUNCTIONS = ("gelu", "silu", "swish")
+
+
+def _outside_rules() -> bool:
+    """Not inside a ruled layer's (or rectifier's) own ops: those have their rule already."""
+    scope = tf.compat.v1.get_default_graph().get_name_scope()
+    return _SCOPE not in scope.split("/")
+
+
 @contextlib.contextmanager
 def raw_rules(rule: str, backward):
     """Within the block (while a probe is traced), ``Relu``, ``Relu6``, ``LeakyRelu``,
-    ``Elu``, ``Selu`` and ``Softplus`` ops written outside any ruled layer get ``rule``'s
-    ``backward(dy, slope)``. Yields ``{"ruled": [...], "missed": [...]}``, filled on exit:
-    the raw op types it acted on, and those it could not reach (none on TensorFlow)."""
+    ``Elu``, ``Selu`` and ``Softplus`` ops, and ``tf.nn.gelu`` and ``tf.nn.silu`` calls
+    (a custom layer's ``keras.activations.gelu(x)``, say), written outside any ruled layer
+    get ``rule``'s ``backward(dy, slope)``. Yields ``{"ruled": [...], "missed": [...]}``,
+    filled on exit: the raw op types and functions it acted on, and those it could not
+    reach (none on TensorFlow)."""
     graph = tf.compat.v1.get_default_graph()
     first = len(graph.get_operations())
-    sites: dict = {"ruled": [], "missed": []}
-    with graph.gradient_override_map(_overrides(rule, backward)):
+    # No per-thread state here: a ruled layer's ops are told apart by their name scope.
+    with graph.gradient_override_map(_overrides(rule, backward)), \
+            _common.rectifiers_ruled(tf.nn, _RAW_FUNCTIONS, rule, backward, ruled, None,
+                                     active=_outside_rules) as sites:
         yield sites
     raw = [op.type for op in graph.get_operations()[first:]
            if op.type in _RAW_OPS and not any(part.startswith(_SCOPE)
