@@ -27,14 +27,22 @@ if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
 fi
 export JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
+# pytest-xdist: one worker per core (at most 4), each test file whole in one worker, so a
+# module's fixtures are made once. A test of a tiny model keeps about one core busy, so on
+# two cores two workers take about 0.6 of the serial time. `-n 0` among the arguments runs
+# serially (for --pdb, say); TBVIZ_TEST_WORKERS=N sets the number of workers.
+PAR=(-n "${TBVIZ_TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile)
 if [ "${1:-}" = "--backends" ]; then
   shift
   failed=""
   echo "==> tests that run JAX and PyTorch in processes of their own"
-  .venv/bin/python -m pytest -m "cross_backend and not zoo" "$@" || failed="$failed cross-backend"
+  .venv/bin/python -m pytest "${PAR[@]}" -m "cross_backend and not zoo" "$@" || failed="$failed cross-backend"
   for b in jax torch; do
     echo "==> backend-neutral tests on $b"
-    KERAS_BACKEND=$b .venv/bin/python -m pytest -m "backends and not zoo" "$@" || failed="$failed $b"
+    # PyTorch's OpenMP threads spin while they wait: two workers of two threads each on two
+    # cores took 1.6x the serial time, two of one thread each 0.7x.
+    threads=""; [ "$b" = torch ] && threads="OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"
+    env KERAS_BACKEND=$b $threads .venv/bin/python -m pytest "${PAR[@]}" -m "backends and not zoo" "$@" || failed="$failed $b"
   done
   if [ -n "$failed" ]; then
     echo "==> backend-neutral tests failed on:$failed"
@@ -48,7 +56,7 @@ if [ "${1:-}" = "--numerics" ]; then
   for setting in "" TF_ENABLE_ONEDNN_OPTS=0 TF_NUM_INTRAOP_THREADS=1; do
     echo "==> numerics tests with ${setting:-the defaults}"
     env -u TF_ENABLE_ONEDNN_OPTS -u TF_NUM_INTRAOP_THREADS $setting \
-      .venv/bin/python -m pytest -m numerics "$@" || failed="$failed ${setting:-defaults}"
+      .venv/bin/python -m pytest "${PAR[@]}" -m numerics "$@" || failed="$failed ${setting:-defaults}"
   done
   if [ -n "$failed" ]; then
     echo "==> numerics tests failed with:$failed"
@@ -58,4 +66,4 @@ if [ "${1:-}" = "--numerics" ]; then
   exit 0
 fi
 # The default run: everything on TensorFlow but the other backends' processes (--backends).
-.venv/bin/python -m pytest -m "not zoo and not cross_backend" "$@"
+.venv/bin/python -m pytest "${PAR[@]}" -m "not zoo and not cross_backend" "$@"

@@ -504,7 +504,10 @@ def test_a_bad_panel_shows_its_own_error_and_every_other_panel_is_drawn(tab, tmp
     for why in texts(section(frame, "stylized/broken"), ".tile-error"):
         assert "tbviz/stylized/broken" in why and "truncated" in why and "HTTP 422" in why
     assert section(frame, "stylized/broken").locator("img").count() == 2  # "fine", 2 steps
-    # fields of other types than tbviz writes are shown as text
+    # fields of other types than tbviz writes are shown as text (once its panel is drawn:
+    # panels are drawn as they scroll into view, and a loaded machine draws them later)
+    section(frame, "stylized/odd").scroll_into_view_if_needed()
+    section(frame, "stylized/odd").locator("tbody th").nth(1).wait_for()
     assert texts(section(frame, "stylized/odd"), "tbody th") == ["5", '{"a":1}']
     assert all_decoded(frame, 4 + 4 + 2) == 10  # good, odd, and broken's good tiles
     assert texts(frame, ".problems li") == [
