@@ -116,13 +116,11 @@ def write_mixed_run(run_dir):
         "tbviz/deconvnet/c/topk": (fuzz.content(kind="topk", layer="c", model=5),
                                    [json.dumps({"tiles": [unit]}).encode(), fuzz.PNG]),
     }
-    fuzz.write_panels(run_dir, panels)
     # an evolution whose second step is unreadable: its first is drawn, the second says why
-    evolution = ("tbviz/deconvnet/a/evolution", fuzz.content(kind="evolution", **layer))
-    fuzz.write_panels(run_dir, {evolution[0]: (evolution[1], [json.dumps(
-        {"tiles": [unit]}).encode(), fuzz.PNG])}, steps=[1])
-    fuzz.write_panels(run_dir, {evolution[0]: (evolution[1], [b'{"tiles": [1]}', fuzz.PNG])},
-                      steps=[2])
+    evolution, content = "tbviz/deconvnet/a/evolution", fuzz.content(kind="evolution", **layer)
+    fuzz.write_steps(run_dir, {
+        1: {**panels, evolution: (content, [json.dumps({"tiles": [unit]}).encode(), fuzz.PNG])},
+        2: {**panels, evolution: (content, [b'{"tiles": [1]}', fuzz.PNG])}})
 
 
 @pytest.fixture(scope="module")
@@ -527,7 +525,7 @@ def test_a_bad_panel_shows_its_own_error_and_every_other_panel_is_drawn(tab, tmp
     # a step that fails says so; the step beside it is drawn
     frame.get_by_role("tab", name="Evolution").click()
     # wait for this panel's own table: each panel fetches its steps on its own, and
-    # "table.evo" alone is met by whichever panel is drawn first (CI met it too soon)
+    # "table.evo" alone is met by whichever panel is drawn first
     evolution = section(frame, "deconvnet/a/evolution")
     evolution.scroll_into_view_if_needed()
     evolution.locator("table.evo").wait_for()

@@ -232,8 +232,16 @@ def tensor(blobs) -> tensor_pb2.TensorProto:
 def write_panels(run_dir, panels, steps=STEPS):
     """``{tag: (content, blobs)}`` as tbviz blob-sequence summaries at each of ``steps``,
     with TensorBoard's event writer (it writes whatever it is given)."""
+    write_steps(run_dir, {step: panels for step in steps})
+
+
+def write_steps(run_dir, panels_at):
+    """``{step: {tag: (content, blobs)}}`` in one event file, steps in order. One file,
+    because TensorBoard reads a run's files in name order, and names written in one second
+    differ only by a counter (``.10`` sorts before ``.9``): a tag's step 1 read after its
+    step 2 from another file would drop step 2 as orphaned."""
     writer = EventFileWriter(str(run_dir))
-    for step in steps:
+    for step, panels in sorted(panels_at.items()):
         for tag, (raw, blobs) in panels.items():
             md = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
             md.plugin_data.plugin_name = metadata.PLUGIN_NAME
